@@ -1,0 +1,22 @@
+//! The bundle format (DESIGN.md §3): `bundle.json`, `oci-layout`, `index.json` and
+//! `blobs/sha256/…` in a tar stream, zstd-compressed in independent frames with a seek table,
+//! in one file or volumes.
+
+pub mod model;
+pub mod reader;
+pub mod volumes;
+pub mod writer;
+
+pub use model::{BlobEntry, BundleManifest, ImageEntry};
+pub use reader::Bundle;
+pub use writer::BundleWriter;
+
+pub const BUNDLE_JSON: &str = "bundle.json";
+pub const OCI_LAYOUT: &str = "oci-layout";
+pub const INDEX_JSON: &str = "index.json";
+pub const OCI_LAYOUT_CONTENT: &[u8] = br#"{"imageLayoutVersion":"1.0.0"}"#;
+
+/// Size a member takes in the tar stream: header plus data padded to 512 bytes.
+pub fn tar_span(size: u64) -> u64 {
+    512 + size.div_ceil(512) * 512
+}

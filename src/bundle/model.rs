@@ -1,0 +1,180 @@
+//! `bundle.json`, the first member of every bundle: what it holds, and the checks that make
+//! a hostile or damaged one fail before anything trusts it.
+
+use crate::digest::Digest;
+use crate::error::{Error, Result};
+use serde::{Deserialize, Serialize};
+use std::collections::HashSet;
+use std::path::Path;
+
+pub const FORMAT: &str = "airlock-bundle";
+pub const FORMAT_VERSION: u32 = 1;
+/// The largest `bundle.json` we read.
+pub const MAX_BUNDLE_JSON: u64 = 64 * 1024 * 1024;
+pub const MAX_IMAGES: usize = 100_000;
+pub const MAX_BLOBS: usize = 1_000_000;
+/// No single object may claim more than 1 TiB.
+pub const MAX_BLOB_SIZE: u64 = 1 << 40;
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct BundleManifest {
+    pub format: String,
+    pub format_version: u32,
+    pub tool: String,
+    pub created: String,
+    /// The `--platform` filter given at export; empty when every platform was kept.
+    pub platforms: Vec<String>,
+    pub images: Vec<ImageEntry>,
+    pub blobs: Vec<BlobEntry>,
+    pub total_size: u64,
+    pub layout: Layout,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ImageEntry {
+    /// The full source reference.
+    pub source: String,
+    pub registry: String,
+    /// The `--repository` given at export for short names; empty for full references.
+    pub namespace: String,
+    /// The repository path below the namespace.
+    pub path: String,
+    pub tag: String,
+    /// The root manifest stored in the bundle.
+    pub digest: Digest,
+    /// The digest at the source, when platform filtering rewrote the index.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_digest: Option<Digest>,
+    pub media_type: String,
+    pub platforms: Vec<String>,
+    pub size: u64,
+    /// Every object of the image, children first, the root manifest last.
+    pub blobs: Vec<Digest>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct BlobEntry {
+    pub digest: Digest,
+    pub size: u64,
+    pub media_type: String,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Layout {
+    pub oci_layout: Member,
+    pub index: Member,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Member {
+    pub digest: Digest,
+    pub size: u64,
+}
+
+impl ImageEntry {
+    /// The repository at the source: `namespace/path`, or `path` when there is no namespace.
+    pub fn source_repository(&self) -> String {
+        if self.namespace.is_empty() {
+            self.path.clone()
+        } else {
+            format!("{}/{}", self.namespace, self.path)
+        }
+    }
+}
+
+impl BundleManifest {
+    /// Parses and checks `bundle.json`; `file` names the bundle in errors.
+    pub fn parse(bytes: &[u8], file: &Path) -> Result<BundleManifest> {
+        let m: BundleManifest = serde_json::from_slice(bytes)
+            .map_err(|e| Error::bundle(file, format!("bundle.json is not valid: {e}")))?;
+        m.validate(file)?;
+        Ok(m)
+    }
+
+    /// Internal consistency: known format, bounded counts and sizes, every image object
+    /// listed once in `blobs`, totals that add up, names that are valid.
+    pub fn validate(&self, file: &Path) -> Result<()> {
+        let bad = |d: String| Err(Error::bundle(file, format!("bundle.json: {d}")));
+        if self.format != FORMAT {
+            return bad(format!("format is {:?}, not {FORMAT:?}", self.format));
+        }
+        if self.format_version != FORMAT_VERSION {
+            return bad(format!(
+                "format version {} is not supported (this airlock reads {FORMAT_VERSION})",
+                self.format_version
+            ));
+        }
+        if self.images.is_empty() || self.images.len() > MAX_IMAGES {
+            return bad(format!(
+                "{} images (1 to {MAX_IMAGES} allowed)",
+                self.images.len()
+            ));
+        }
+        if self.blobs.len() > MAX_BLOBS {
+            return bad(format!("{} blobs (at most {MAX_BLOBS})", self.blobs.len()));
+        }
+        let mut seen = HashSet::new();
+        let mut total: u64 = 0;
+        for b in &self.blobs {
+            if !seen.insert(&b.digest) {
+                return bad(format!("blob {} is listed twice", b.digest));
+            }
+            if b.size > MAX_BLOB_SIZE {
+                return bad(format!(
+                    "blob {} declares an absurd size {}",
+                    b.digest, b.size
+                ));
+            }
+            total = total.saturating_add(b.size);
+        }
+        if total != self.total_size {
+            return bad(format!(
+                "totalSize {} does not match the sum of blob sizes {total}",
+                self.total_size
+            ));
+        }
+        for l in [&self.layout.oci_layout, &self.layout.index] {
+            if l.size > MAX_BUNDLE_JSON {
+                return bad(format!(
+                    "layout member {} declares an absurd size",
+                    l.digest
+                ));
+            }
+        }
+        for img in &self.images {
+            let name = &img.source;
+            if !seen.contains(&img.digest) {
+                return bad(format!(
+                    "image {name}: its manifest {} is not in blobs",
+                    img.digest
+                ));
+            }
+            if img.blobs.last() != Some(&img.digest) {
+                return bad(format!(
+                    "image {name}: its blob list must end with its manifest"
+                ));
+            }
+            for d in &img.blobs {
+                if !seen.contains(d) {
+                    return bad(format!("image {name}: blob {d} is not in blobs"));
+                }
+            }
+            crate::reference::validate_repository(&img.source_repository())
+                .map_err(|e| Error::bundle(file, format!("bundle.json: image {name}: {e}")))?;
+            crate::reference::validate_tag(&img.tag)
+                .map_err(|e| Error::bundle(file, format!("bundle.json: image {name}: {e}")))?;
+            crate::reference::validate_registry(&img.registry)
+                .map_err(|e| Error::bundle(file, format!("bundle.json: image {name}: {e}")))?;
+        }
+        Ok(())
+    }
+
+    pub fn blob(&self, d: &Digest) -> Option<&BlobEntry> {
+        self.blobs.iter().find(|b| &b.digest == d)
+    }
+}

@@ -1,0 +1,362 @@
+//! Reading a bundle without trusting it: the seek table and `bundle.json` give where every
+//! member must be; each read checks the tar header it finds there and the digest and size
+//! of the content. Random access for import, one sequential pass for verify.
+
+use super::model::{BundleManifest, MAX_BUNDLE_JSON};
+use super::volumes::{discover, MultiFile};
+use super::{tar_span, BUNDLE_JSON, INDEX_JSON, OCI_LAYOUT};
+use crate::digest::{Digest, VerifyingReader};
+use crate::error::{Error, Result};
+use std::collections::HashMap;
+use std::io::{self, Read};
+use std::path::{Path, PathBuf};
+use zeekstd::SeekTable;
+
+/// Where a member sits in the uncompressed tar stream.
+#[derive(Clone, Debug)]
+pub struct Location {
+    pub name: String,
+    pub header: u64,
+    pub size: u64,
+}
+
+/// An open bundle: its files, seek table and checked `bundle.json`.
+pub struct Bundle {
+    /// The bundle's base name, for messages.
+    pub path: PathBuf,
+    pub volumes: Vec<PathBuf>,
+    files: MultiFile,
+    seek: SeekTable,
+    pub manifest: BundleManifest,
+    /// Every member in archive order.
+    pub members: Vec<Location>,
+    by_digest: HashMap<Digest, usize>,
+}
+
+/// Checks a 512-byte ustar header and returns its name and size.
+pub fn parse_header(block: &[u8; 512]) -> std::result::Result<(String, u64, u8), String> {
+    let stored = parse_octal(&block[148..156]).ok_or("bad header checksum field")?;
+    let sum: u64 = block
+        .iter()
+        .enumerate()
+        .map(|(i, b)| {
+            if (148..156).contains(&i) {
+                32
+            } else {
+                *b as u64
+            }
+        })
+        .sum();
+    if sum != stored {
+        return Err("tar header checksum mismatch".into());
+    }
+    let h = tar::Header::from_byte_slice(block);
+    let name = h
+        .path()
+        .map_err(|e| format!("bad member name: {e}"))?
+        .to_string_lossy()
+        .into_owned();
+    let size = h.size().map_err(|e| format!("bad member size: {e}"))?;
+    Ok((name, size, block[156]))
+}
+
+fn parse_octal(field: &[u8]) -> Option<u64> {
+    let s: String = field
+        .iter()
+        .take_while(|&&b| b != 0)
+        .map(|&b| b as char)
+        .collect();
+    u64::from_str_radix(s.trim(), 8).ok()
+}
+
+/// Whether a tar entry type byte is a regular file.
+fn is_regular(t: u8) -> bool {
+    t == b'0' || t == 0
+}
+
+impl Bundle {
+    /// Opens a bundle by its base name, a volume, or a single file.
+    pub fn open(given: &Path) -> Result<Bundle> {
+        let (base, volumes) = discover(given)?;
+        let files = MultiFile::open(&volumes)?;
+        let mut probe = files.clone();
+        let seek = SeekTable::from_seekable(&mut probe).map_err(|e| {
+            Error::bundle(
+                files.file_at(files.len()),
+                format!(
+                    "no valid zstd seek table at the end ({e}): the bundle is truncated, a \
+                     volume is missing, or it was not written by airlock"
+                ),
+            )
+        })?;
+        let table_len = seek.clone().into_serializer().encoded_len() as u64;
+        if seek.size_comp() + table_len != files.len() {
+            return Err(Error::bundle(
+                files.file_at(files.len()),
+                format!(
+                    "the seek table describes {} compressed bytes but the files hold {}: the \
+                     bundle is truncated or has extra data",
+                    seek.size_comp() + table_len,
+                    files.len()
+                ),
+            ));
+        }
+        let mut b = Bundle {
+            path: base,
+            volumes,
+            files,
+            seek,
+            manifest: BundleManifest {
+                format: String::new(),
+                format_version: 0,
+                tool: String::new(),
+                created: String::new(),
+                platforms: vec![],
+                images: vec![],
+                blobs: vec![],
+                total_size: 0,
+                layout: super::model::Layout {
+                    oci_layout: super::model::Member {
+                        digest: Digest::of(b""),
+                        size: 0,
+                    },
+                    index: super::model::Member {
+                        digest: Digest::of(b""),
+                        size: 0,
+                    },
+                },
+            },
+            members: vec![],
+            by_digest: HashMap::new(),
+        };
+        // bundle.json: first member, read through its header.
+        let first = Location {
+            name: BUNDLE_JSON.into(),
+            header: 0,
+            size: 0,
+        };
+        let (name, size) = b.read_header(&first)?;
+        if name != BUNDLE_JSON {
+            return Err(Error::bundle(
+                &b.path,
+                format!("the first member is {name:?}, not bundle.json"),
+            ));
+        }
+        if size > MAX_BUNDLE_JSON {
+            return Err(Error::bundle(
+                &b.path,
+                format!("bundle.json declares {size} bytes (at most {MAX_BUNDLE_JSON})"),
+            ));
+        }
+        let mut bytes = Vec::new();
+        b.range(512, size)?
+            .read_to_end(&mut bytes)
+            .map_err(|e| b.read_error(512, e))?;
+        if bytes.len() as u64 != size {
+            return Err(Error::bundle(&b.path, "bundle.json is cut short"));
+        }
+        b.manifest = BundleManifest::parse(&bytes, &b.path)?;
+        // Where every other member must be.
+        let mut off = tar_span(size);
+        let mut members = vec![Location {
+            name: BUNDLE_JSON.into(),
+            header: 0,
+            size,
+        }];
+        let layout = b.manifest.layout.clone();
+        for (name, m) in [
+            (OCI_LAYOUT, &layout.oci_layout),
+            (INDEX_JSON, &layout.index),
+        ] {
+            members.push(Location {
+                name: name.into(),
+                header: off,
+                size: m.size,
+            });
+            off += tar_span(m.size);
+        }
+        for blob in &b.manifest.blobs {
+            b.by_digest.insert(blob.digest.clone(), members.len());
+            members.push(Location {
+                name: blob.digest.layout_path(),
+                header: off,
+                size: blob.size,
+            });
+            off += tar_span(blob.size);
+        }
+        let expected_end = off + 1024;
+        if b.seek.size_decomp() < expected_end {
+            return Err(Error::bundle(
+                b.files.file_at(b.files.len()),
+                format!(
+                    "bundle.json describes {expected_end} bytes of archive but the seek table \
+                     holds {}: the bundle is truncated or inconsistent",
+                    b.seek.size_decomp()
+                ),
+            ));
+        }
+        for m in &members {
+            let idx = b.seek.frame_index_decomp(m.header);
+            let starts = b.seek.frame_start_decomp(idx).ok() == Some(m.header);
+            if !starts {
+                return Err(Error::bundle(
+                    &b.path,
+                    format!("member {} does not start a zstd frame: the seek table does not match bundle.json", m.name),
+                ));
+            }
+        }
+        b.members = members;
+        Ok(b)
+    }
+
+    fn read_error(&self, at: u64, e: io::Error) -> Error {
+        Error::bundle(
+            &self.path,
+            format!(
+                "reading at archive offset {at}: {e} (around {})",
+                self.files.file_at(self.compressed_pos(at)).display()
+            ),
+        )
+    }
+
+    /// Approximate compressed position of an uncompressed offset (for naming the volume).
+    fn compressed_pos(&self, at: u64) -> u64 {
+        let idx = self.seek.frame_index_decomp(at);
+        self.seek.frame_start_comp(idx).unwrap_or(0)
+    }
+
+    /// A reader over `len` uncompressed bytes starting at `start`.
+    fn range(&self, start: u64, len: u64) -> Result<impl Read + use<>> {
+        let opts = zeekstd::DecodeOptions::new(self.files.clone())
+            .seek_table(self.seek.clone())
+            .offset(start)
+            .offset_limit(start + len);
+        let dec = opts.into_decoder().map_err(|e| {
+            Error::bundle(
+                &self.path,
+                format!("cannot read archive bytes {start}..{}: {e}", start + len),
+            )
+        })?;
+        Ok(dec.take(len))
+    }
+
+    /// Reads and checks the tar header of a member.
+    fn read_header(&self, m: &Location) -> Result<(String, u64)> {
+        let mut block = [0u8; 512];
+        self.range(m.header, 512)?
+            .read_exact(&mut block)
+            .map_err(|e| self.read_error(m.header, e))?;
+        let (name, size, kind) = parse_header(&block).map_err(|e| {
+            Error::bundle(&self.path, format!("member at offset {}: {e}", m.header))
+        })?;
+        if !is_regular(kind) {
+            return Err(Error::bundle(
+                &self.path,
+                format!("member {name:?} is not a regular file"),
+            ));
+        }
+        Ok((name, size))
+    }
+
+    /// Opens a member's content after checking that its header says what bundle.json says.
+    fn open_member(&self, m: &Location) -> Result<impl Read + use<>> {
+        let (name, size) = self.read_header(m)?;
+        if name != m.name || size != m.size {
+            return Err(Error::bundle(
+                &self.path,
+                format!(
+                    "expected member {} of {} bytes at offset {}, found {name:?} of {size} bytes",
+                    m.name, m.size, m.header
+                ),
+            ));
+        }
+        self.range(m.header + 512, m.size)
+    }
+
+    pub fn has_blob(&self, d: &Digest) -> bool {
+        self.by_digest.contains_key(d)
+    }
+
+    /// A reader over one blob that fails, naming the blob and the bundle, if its content does
+    /// not match its digest and size.
+    pub fn open_blob(&self, d: &Digest) -> Result<BlobReader> {
+        let idx = *self
+            .by_digest
+            .get(d)
+            .ok_or_else(|| Error::bundle(&self.path, format!("blob {d} is not in this bundle")))?;
+        let m = &self.members[idx];
+        let inner = self.open_member(m)?;
+        Ok(BlobReader {
+            inner: Box::new(VerifyingReader::new(inner, d, m.size)),
+            digest: d.clone(),
+            bundle: self.path.clone(),
+        })
+    }
+
+    /// Reads a small blob (a manifest) whole, verified.
+    pub fn read_blob(&self, d: &Digest, limit: u64) -> Result<Vec<u8>> {
+        let size = self.manifest.blob(d).map(|b| b.size).unwrap_or(0);
+        if size > limit {
+            return Err(Error::bundle(
+                &self.path,
+                format!(
+                    "blob {d} declares {size} bytes, more than the {limit} allowed for a manifest"
+                ),
+            ));
+        }
+        let mut out = Vec::with_capacity(size as usize);
+        self.open_blob(d)?
+            .read_to_end(&mut out)
+            .map_err(|e| Error::bundle(&self.path, e.to_string()))?;
+        Ok(out)
+    }
+
+    /// Reads `index.json`, verified against bundle.json.
+    pub fn read_index_json(&self) -> Result<Vec<u8>> {
+        let m = &self.members[2];
+        let mut out = Vec::new();
+        VerifyingReader::new(
+            self.open_member(m)?,
+            &self.manifest.layout.index.digest,
+            m.size,
+        )
+        .read_to_end(&mut out)
+        .map_err(|e| Error::bundle(&self.path, format!("index.json: {e}")))?;
+        Ok(out)
+    }
+
+    /// All volumes (or the single file) in one stream, for a sequential pass.
+    pub fn raw_stream(&self) -> MultiFile {
+        self.files.clone()
+    }
+
+    pub fn seek_table(&self) -> &SeekTable {
+        &self.seek
+    }
+
+    pub fn compressed_size(&self) -> u64 {
+        self.files.len()
+    }
+}
+
+/// A verified reader over one blob of a bundle. Its errors name the blob and the bundle.
+pub struct BlobReader {
+    inner: Box<dyn Read + Send>,
+    digest: Digest,
+    bundle: PathBuf,
+}
+
+impl Read for BlobReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.inner.read(buf).map_err(|e| {
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!(
+                    "blob {} in bundle {}: {e}",
+                    self.digest,
+                    self.bundle.display()
+                ),
+            )
+        })
+    }
+}

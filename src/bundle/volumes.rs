@@ -1,0 +1,316 @@
+//! The files a bundle lives in: one file or numbered volumes (`NAME.001`, `NAME.002`, …)
+//! whose concatenation is the bundle. A writer that splits and hashes as it goes and only
+//! renames into place when everything is flushed, and a reader that seeks across volumes.
+
+use crate::digest::HashingWriter;
+use crate::error::{Error, IoContext, Result};
+use std::fs::{self, File};
+use std::io::{self, BufWriter, Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+
+fn with_suffix(base: &Path, suffix: &str) -> PathBuf {
+    let mut s = base.as_os_str().to_owned();
+    s.push(suffix);
+    PathBuf::from(s)
+}
+
+/// The name of volume `n` (1-based) of `base`.
+pub fn volume_name(base: &Path, n: usize) -> PathBuf {
+    with_suffix(base, &format!(".{n:03}"))
+}
+
+/// The checksum file of `base`.
+pub fn checksum_name(base: &Path) -> PathBuf {
+    with_suffix(base, ".sha256")
+}
+
+fn partial(p: &Path) -> PathBuf {
+    with_suffix(p, ".partial")
+}
+
+/// Writes the bundle's bytes into `NAME.partial`, or into `NAME.NNN.partial` volumes of at
+/// most `split` bytes; `finish` syncs, renames and writes `NAME.sha256`. Dropped unfinished,
+/// it removes its partial files, so a failed export leaves nothing that looks complete.
+pub struct VolumeWriter {
+    base: PathBuf,
+    split: Option<u64>,
+    current: Option<HashingWriter<BufWriter<File>>>,
+    /// Finished volumes: final name and sha256.
+    done: Vec<(PathBuf, String)>,
+    partials: Vec<PathBuf>,
+    finished: bool,
+}
+
+impl VolumeWriter {
+    pub fn create(base: &Path, split: Option<u64>) -> Result<VolumeWriter> {
+        if split == Some(0) {
+            return Err(Error::Usage("--split-size must be more than 0".into()));
+        }
+        let mut w = VolumeWriter {
+            base: base.to_path_buf(),
+            split,
+            current: None,
+            done: Vec::new(),
+            partials: Vec::new(),
+            finished: false,
+        };
+        w.open_next()?;
+        Ok(w)
+    }
+
+    fn final_name(&self, n: usize) -> PathBuf {
+        match self.split {
+            Some(_) => volume_name(&self.base, n),
+            None => self.base.clone(),
+        }
+    }
+
+    fn open_next(&mut self) -> Result<()> {
+        let name = self.final_name(self.partials.len() + 1);
+        let p = partial(&name);
+        let f = File::create(&p).ctx(|| format!("creating {}", p.display()))?;
+        self.partials.push(p);
+        self.current = Some(HashingWriter::new(BufWriter::with_capacity(1 << 20, f)));
+        Ok(())
+    }
+
+    fn close_current(&mut self) -> io::Result<()> {
+        if let Some(w) = self.current.take() {
+            let (buf, sum) = w.finish();
+            let f = buf.into_inner().map_err(|e| e.into_error())?;
+            f.sync_all()?;
+            let n = self.done.len() + 1;
+            self.done.push((self.final_name(n), sum));
+        }
+        Ok(())
+    }
+
+    /// Syncs and renames every volume into place and writes the `.sha256` file. Returns the
+    /// final file names.
+    pub fn finish(mut self) -> Result<Vec<PathBuf>> {
+        let base = self.base.display().to_string();
+        self.close_current()
+            .ctx(|| format!("writing bundle {base}"))?;
+        let mut listing = String::new();
+        for (name, sum) in &self.done {
+            let file_name = name
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            listing.push_str(&format!("{sum}  {file_name}\n"));
+        }
+        let sums = checksum_name(&self.base);
+        let sums_partial = partial(&sums);
+        fs::write(&sums_partial, listing).ctx(|| format!("writing {}", sums_partial.display()))?;
+        self.partials.push(sums_partial.clone());
+        for (i, (name, _)) in self.done.iter().enumerate() {
+            fs::rename(&self.partials[i], name)
+                .ctx(|| format!("renaming to {}", name.display()))?;
+        }
+        fs::rename(&sums_partial, &sums).ctx(|| format!("renaming to {}", sums.display()))?;
+        if let Some(dir) = self.base.parent().filter(|d| !d.as_os_str().is_empty()) {
+            if let Ok(d) = File::open(dir) {
+                let _ = d.sync_all();
+            }
+        }
+        self.finished = true;
+        Ok(self.done.iter().map(|(n, _)| n.clone()).collect())
+    }
+}
+
+impl Write for VolumeWriter {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let mut want = buf.len();
+        if let Some(limit) = self.split {
+            let written = self.current.as_ref().map(|c| c.written()).unwrap_or(0);
+            if written >= limit {
+                self.close_current()?;
+                self.open_next()
+                    .map_err(|e| io::Error::other(e.to_string()))?;
+                return self.write(buf);
+            }
+            want = want.min((limit - written) as usize);
+        }
+        match self.current.as_mut() {
+            Some(c) => c.write(&buf[..want]),
+            None => Err(io::Error::other("bundle writer already closed")),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        match self.current.as_mut() {
+            Some(c) => c.flush(),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for VolumeWriter {
+    fn drop(&mut self) {
+        if !self.finished {
+            self.current = None;
+            for p in &self.partials {
+                let _ = fs::remove_file(p);
+            }
+        }
+    }
+}
+
+/// Finds the files of a bundle given its base name, any of its volumes, or a single file.
+/// Volumes must be numbered without gaps; the `.sha256` file, when present, must name them all.
+pub fn discover(given: &Path) -> Result<(PathBuf, Vec<PathBuf>)> {
+    let s = given.to_string_lossy();
+    // A volume name: strip `.NNN` to get the base.
+    let base = match s.rsplit_once('.') {
+        Some((b, n)) if n.len() == 3 && n.bytes().all(|c| c.is_ascii_digit()) => PathBuf::from(b),
+        _ => given.to_path_buf(),
+    };
+    if base.is_file() {
+        return Ok((base.clone(), vec![base]));
+    }
+    let mut vols = Vec::new();
+    for n in 1..=999 {
+        let v = volume_name(&base, n);
+        if v.is_file() {
+            vols.push(v);
+        } else {
+            break;
+        }
+    }
+    if vols.is_empty() {
+        return Err(Error::bundle(
+            given,
+            "no such file, and no volumes named like NAME.001 beside it",
+        ));
+    }
+    // Any volume after a gap means one is missing.
+    for n in vols.len() + 2..=vols.len() + 10 {
+        let v = volume_name(&base, n);
+        if v.is_file() {
+            return Err(Error::bundle(
+                volume_name(&base, vols.len() + 1),
+                format!("volume is missing (but {} exists)", v.display()),
+            ));
+        }
+    }
+    let sums = checksum_name(&base);
+    if let Ok(text) = fs::read_to_string(&sums) {
+        for line in text.lines() {
+            if let Some((_, name)) = line.split_once("  ") {
+                let expected = base.with_file_name(name.trim());
+                if !expected.is_file() {
+                    return Err(Error::bundle(
+                        &expected,
+                        format!("volume listed in {} is missing", sums.display()),
+                    ));
+                }
+            }
+        }
+    }
+    Ok((base, vols))
+}
+
+/// Reads the concatenation of several files as one seekable stream.
+pub struct MultiFile {
+    files: Vec<(PathBuf, u64)>,
+    total: u64,
+    pos: u64,
+    open: Option<(usize, File)>,
+}
+
+impl MultiFile {
+    pub fn open(paths: &[PathBuf]) -> Result<MultiFile> {
+        let mut files = Vec::new();
+        let mut total = 0u64;
+        for p in paths {
+            let len = fs::metadata(p)
+                .ctx(|| format!("reading {}", p.display()))?
+                .len();
+            total += len;
+            files.push((p.clone(), len));
+        }
+        Ok(MultiFile {
+            files,
+            total,
+            pos: 0,
+            open: None,
+        })
+    }
+
+    pub fn len(&self) -> u64 {
+        self.total
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.total == 0
+    }
+
+    /// Which file holds byte `pos`, and where it starts.
+    fn locate(&self, pos: u64) -> Option<(usize, u64)> {
+        let mut start = 0;
+        for (i, (_, len)) in self.files.iter().enumerate() {
+            if pos < start + len {
+                return Some((i, start));
+            }
+            start += len;
+        }
+        None
+    }
+
+    /// The file that holds byte `pos` (for error messages).
+    pub fn file_at(&self, pos: u64) -> PathBuf {
+        self.locate(pos)
+            .or_else(|| self.files.len().checked_sub(1).map(|i| (i, 0)))
+            .map(|(i, _)| self.files[i].0.clone())
+            .unwrap_or_default()
+    }
+}
+
+impl Clone for MultiFile {
+    fn clone(&self) -> Self {
+        MultiFile {
+            files: self.files.clone(),
+            total: self.total,
+            pos: self.pos,
+            open: None,
+        }
+    }
+}
+
+impl Read for MultiFile {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let Some((idx, start)) = self.locate(self.pos) else {
+            return Ok(0);
+        };
+        let within = self.pos - start;
+        let reopen = !matches!(&self.open, Some((i, _)) if *i == idx);
+        if reopen {
+            let f = File::open(&self.files[idx].0).map_err(|e| {
+                io::Error::new(e.kind(), format!("{}: {e}", self.files[idx].0.display()))
+            })?;
+            self.open = Some((idx, f));
+        }
+        let Some((_, f)) = self.open.as_mut() else {
+            return Ok(0);
+        };
+        f.seek(SeekFrom::Start(within))?;
+        let left = self.files[idx].1 - within;
+        let want = buf.len().min(left as usize);
+        let n = f.read(&mut buf[..want])?;
+        self.pos += n as u64;
+        Ok(n)
+    }
+}
+
+impl Seek for MultiFile {
+    fn seek(&mut self, to: SeekFrom) -> io::Result<u64> {
+        let new = match to {
+            SeekFrom::Start(p) => Some(p),
+            SeekFrom::End(d) => self.total.checked_add_signed(d),
+            SeekFrom::Current(d) => self.pos.checked_add_signed(d),
+        }
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "seek out of range"))?;
+        self.pos = new;
+        Ok(new)
+    }
+}

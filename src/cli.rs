@@ -1,0 +1,137 @@
+//! Command-line flags (clap). What they resolve to, with environment fallbacks and prompts,
+//! lives in `config`.
+
+use clap::{Args, Parser, Subcommand};
+use std::path::PathBuf;
+
+const AFTER_HELP: &str = "\
+Exit codes: 0 done, 1 failure (nothing half-done is left looking complete), 2 usage error.
+
+Environment (the offline-deployment procedure's variables; flags win):
+  export: SOURCE_DOCKER_REGISTRY, SOURCE_DOCKER_REPOSITORY, SOURCE_DOCKER_TAG,
+          SOURCE_DOCKER_USERNAME, SOURCE_DOCKER_PASSWORD
+  import: TARGET_DOCKER_REGISTRY, TARGET_DOCKER_REPOSITORY, TARGET_DOCKER_TAG,
+          TARGET_DOCKER_USERNAME, TARGET_DOCKER_PASSWORD";
+
+#[derive(Parser, Debug)]
+#[command(name = "airlock", version, about = "Move container images across an air gap: export to one verified bundle, import into a private registry", after_help = AFTER_HELP)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Resolve images in a source registry and write them, deduplicated, into one bundle.
+    Export(ExportArgs),
+    /// Push every image of a bundle into a registry, byte for byte.
+    Import(ImportArgs),
+    /// Show a bundle's images, digests, platforms and sizes (reads only bundle.json and the seek table).
+    Inspect(InspectArgs),
+    /// Check a bundle offline: every blob's digest and size, the layout, the seek table.
+    Verify(VerifyArgs),
+}
+
+/// Flags shared by the commands that talk to a registry.
+#[derive(Args, Debug, Clone, Default)]
+pub struct RegistryArgs {
+    /// Registry host[:port]
+    #[arg(long, value_name = "HOST")]
+    pub registry: Option<String>,
+    /// Repository (namespace) in the registry
+    #[arg(long, value_name = "NAMESPACE")]
+    pub repository: Option<String>,
+    /// Tag
+    #[arg(long)]
+    pub tag: Option<String>,
+    /// Username (the password comes from --password-stdin, the environment or a prompt)
+    #[arg(long, short = 'u')]
+    pub username: Option<String>,
+    /// Read the password from standard input
+    #[arg(long)]
+    pub password_stdin: bool,
+    /// Trust this CA certificate (PEM) for the registry's TLS
+    #[arg(long, value_name = "FILE")]
+    pub ca_cert: Option<PathBuf>,
+    /// Do not verify the registry's TLS certificate
+    #[arg(long)]
+    pub insecure: bool,
+    /// Talk plain HTTP to the registry
+    #[arg(long)]
+    pub plain_http: bool,
+}
+
+/// Output and concurrency flags.
+#[derive(Args, Debug, Clone)]
+pub struct OutputArgs {
+    /// Concurrent transfers
+    #[arg(short = 'j', long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=64))]
+    pub jobs: u32,
+    /// Print a machine-readable JSON summary on stdout
+    #[arg(long)]
+    pub json: bool,
+    /// Print nothing but errors
+    #[arg(short, long)]
+    pub quiet: bool,
+    /// Print more detail (every blob)
+    #[arg(short, long)]
+    pub verbose: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct ExportArgs {
+    /// Images: full references (docker.io/library/nginx:1.27) or short names expanded with
+    /// --registry/--repository/--tag
+    pub images: Vec<String>,
+    /// Read images from a file, one per line (# comments and blank lines are ignored)
+    #[arg(short = 'f', long, value_name = "FILE")]
+    pub images_file: Option<PathBuf>,
+    /// The bundle to write (.tar.zst)
+    #[arg(short, long, value_name = "FILE")]
+    pub output: PathBuf,
+    /// Keep only this platform of multi-arch images (os/arch[/variant]); repeatable
+    #[arg(long, value_name = "OS/ARCH[/VARIANT]")]
+    pub platform: Vec<String>,
+    /// Split the bundle into volumes of at most this size (K, M, G, T suffixes; 4G fits FAT32)
+    #[arg(long, value_name = "SIZE")]
+    pub split_size: Option<String>,
+    /// Where downloaded blobs are kept so a re-run fetches only what is missing
+    /// [default: $XDG_CACHE_HOME/airlock or ~/.cache/airlock]
+    #[arg(long, value_name = "DIR", env = "AIRLOCK_CACHE_DIR")]
+    pub cache_dir: Option<PathBuf>,
+    #[command(flatten)]
+    pub registry: RegistryArgs,
+    #[command(flatten)]
+    pub out: OutputArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct ImportArgs {
+    /// The bundle (its base name, or any of its volumes)
+    pub bundle: PathBuf,
+    #[command(flatten)]
+    pub registry: RegistryArgs,
+    #[command(flatten)]
+    pub out: OutputArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct InspectArgs {
+    /// The bundle (its base name, or any of its volumes)
+    pub bundle: PathBuf,
+    /// Print JSON
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct VerifyArgs {
+    /// The bundle (its base name, or any of its volumes)
+    pub bundle: PathBuf,
+    /// Print the report as JSON
+    #[arg(long)]
+    pub json: bool,
+    /// Print nothing but errors
+    #[arg(short, long)]
+    pub quiet: bool,
+}

@@ -1,0 +1,627 @@
+//! `airlock export`: resolve the requested images at their source registries, download their
+//! blobs (concurrently, into a content-addressed cache that makes a re-run cheap) and write
+//! them, deduplicated and verified, into one bundle.
+
+use crate::bundle::model::{BlobEntry, BundleManifest, ImageEntry, Layout, Member};
+use crate::bundle::{BundleWriter, BUNDLE_JSON, INDEX_JSON, OCI_LAYOUT, OCI_LAYOUT_CONTENT};
+use crate::cli::ExportArgs;
+use crate::config::{self, Side, DEFAULT_SOURCE_REGISTRY, DEFAULT_SOURCE_REPOSITORY};
+use crate::copy::{self, Object, Resolved};
+use crate::digest::{Digest, Verifier, VerifyingReader};
+use crate::error::{Error, IoContext, Result};
+use crate::progress::{human, Reporter};
+use crate::reference::{validate_repository, validate_tag, Reference};
+use crate::registry::{Registry, RetryPolicy};
+use futures_util::stream::{self, StreamExt, TryStreamExt};
+use std::collections::HashMap;
+use std::io::{BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use tokio::io::AsyncWriteExt;
+
+/// An image to export, with the namespace import will replace.
+#[derive(Clone, Debug)]
+pub struct Requested {
+    pub reference: Reference,
+    pub namespace: String,
+    pub path: String,
+}
+
+/// Reads the image list: arguments, then the file's lines (`#` comments, blanks ignored).
+fn image_list(args: &ExportArgs) -> Result<Vec<String>> {
+    let mut out: Vec<String> = args.images.clone();
+    if let Some(f) = &args.images_file {
+        let text = std::fs::read_to_string(f)
+            .map_err(|e| Error::Usage(format!("images file {}: {e}", f.display())))?;
+        for line in text.lines() {
+            let line = line.split('#').next().unwrap_or("").trim();
+            if !line.is_empty() {
+                out.push(line.to_string());
+            }
+        }
+    }
+    if out.is_empty() {
+        return Err(Error::Usage(
+            "no images to export: name them as arguments or with -f/--images-file".into(),
+        ));
+    }
+    Ok(out)
+}
+
+/// Turns the list into references. A name without `/` is a short name when a source
+/// registry, repository or tag was given (flag or environment): it expands to
+/// REGISTRY/REPOSITORY/NAME:TAG. Everything else is read as docker reads it.
+pub fn requested_images(args: &ExportArgs) -> Result<Vec<Requested>> {
+    let names = image_list(args)?;
+    let r = &args.registry;
+    let namespace_mode = r.registry.is_some()
+        || r.repository.is_some()
+        || r.tag.is_some()
+        || config::env("SOURCE_DOCKER_REGISTRY").is_some()
+        || config::env("SOURCE_DOCKER_REPOSITORY").is_some()
+        || config::env("SOURCE_DOCKER_TAG").is_some();
+    let mut source: Option<(String, String)> = None;
+    let mut tag: Option<String> = None;
+    let mut out = Vec::new();
+    for name in names {
+        if namespace_mode && !name.contains('/') {
+            if source.is_none() {
+                let reg = config::value(
+                    r.registry.as_ref(),
+                    "--registry",
+                    "SOURCE_DOCKER_REGISTRY",
+                    "Source container registry",
+                    Some(DEFAULT_SOURCE_REGISTRY),
+                    true,
+                )?;
+                let repo = config::value(
+                    r.repository.as_ref(),
+                    "--repository",
+                    "SOURCE_DOCKER_REPOSITORY",
+                    "Source repository",
+                    Some(DEFAULT_SOURCE_REPOSITORY),
+                    true,
+                )?;
+                crate::reference::validate_registry(&reg).map_err(Error::Usage)?;
+                validate_repository(&repo)
+                    .map_err(|e| Error::Usage(format!("--repository: {e}")))?;
+                source = Some((reg, repo));
+            }
+            let (reg, repo) = source.clone().unwrap_or_default();
+            let (short, inline_tag) = match name.split_once(':') {
+                Some((n, t)) => (n.to_string(), Some(t.to_string())),
+                None => (name.clone(), None),
+            };
+            let t = match inline_tag {
+                Some(t) => t,
+                None => {
+                    if tag.is_none() {
+                        tag = Some(config::value(
+                            r.tag.as_ref(),
+                            "--tag",
+                            "SOURCE_DOCKER_TAG",
+                            "Source image tag",
+                            None,
+                            false,
+                        )?);
+                    }
+                    tag.clone().unwrap_or_default()
+                }
+            };
+            validate_tag(&t).map_err(Error::Usage)?;
+            let reference = Reference::parse(&format!("{reg}/{repo}/{short}:{t}"))?;
+            out.push(Requested {
+                reference,
+                namespace: repo.clone(),
+                path: short,
+            });
+        } else {
+            let reference = Reference::parse(&name)?;
+            if reference.tag.is_none() {
+                return Err(Error::Usage(format!(
+                    "{name}: give a tag with the digest (name:tag@sha256:…) so import knows which tag to write"
+                )));
+            }
+            out.push(Requested {
+                path: reference.repository.clone(),
+                namespace: String::new(),
+                reference,
+            });
+        }
+    }
+    // The same image named twice is exported once.
+    let mut seen = std::collections::HashSet::new();
+    out.retain(|r| seen.insert(r.reference.to_string()));
+    Ok(out)
+}
+
+fn cache_dir(args: &ExportArgs) -> Result<PathBuf> {
+    if let Some(d) = &args.cache_dir {
+        return Ok(d.clone());
+    }
+    if let Some(x) = config::env("XDG_CACHE_HOME") {
+        return Ok(PathBuf::from(x).join("airlock"));
+    }
+    if let Some(h) = config::env("HOME") {
+        return Ok(PathBuf::from(h).join(".cache").join("airlock"));
+    }
+    Err(Error::Usage(
+        "no cache directory: give --cache-dir or set XDG_CACHE_HOME or HOME".into(),
+    ))
+}
+
+/// RFC 3339 UTC from seconds since the epoch.
+pub fn rfc3339(secs: u64) -> String {
+    let days = (secs / 86_400) as i64;
+    let rem = secs % 86_400;
+    // Civil from days (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = if m <= 2 { y + 1 } else { y };
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        (rem % 3600) / 60,
+        rem % 60
+    )
+}
+
+/// `index.json`: every image's root manifest, named by its full source reference.
+fn build_index_json(images: &[ImageEntry], root_sizes: &[u64]) -> Result<Vec<u8>> {
+    let manifests: Vec<serde_json::Value> = images
+        .iter()
+        .zip(root_sizes)
+        .map(|(img, size)| {
+            serde_json::json!({
+                "mediaType": img.media_type,
+                "digest": img.digest,
+                "size": size,
+                "annotations": {
+                    "org.opencontainers.image.ref.name": img.source,
+                    "io.containerd.image.name": img.source,
+                }
+            })
+        })
+        .collect();
+    let index = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": crate::manifest::OCI_INDEX,
+        "manifests": manifests,
+    });
+    serde_json::to_vec_pretty(&index).map_err(|e| Error::Failed(format!("index.json: {e}")))
+}
+
+/// Downloads a blob into the cache unless a copy of the right size is there; resumes an
+/// interrupted transfer with a Range request; verifies digest and size before renaming.
+async fn fetch_to_cache(reg: &Registry, o: &Object, cache: &Path) -> Result<(PathBuf, bool)> {
+    let dest = cache.join("blobs/sha256").join(o.digest.hex());
+    if let Ok(meta) = tokio::fs::metadata(&dest).await {
+        if meta.len() == o.size {
+            return Ok((dest, true));
+        }
+    }
+    let tmp = cache
+        .join("tmp")
+        .join(format!("{}.{}", o.digest.hex(), std::process::id()));
+    let mut file = tokio::fs::File::create(&tmp)
+        .await
+        .ctx(|| format!("creating {}", tmp.display()))?;
+    let mut verifier = Verifier::new(&o.digest, o.size);
+    let mut attempts = 0;
+    let what = format!("blob {} of {}/{}", o.digest, reg.name(), o.repo);
+    loop {
+        attempts += 1;
+        let (resp, start) = reg.get_blob(&o.repo, &o.digest, verifier.seen()).await?;
+        if start == 0 && verifier.seen() > 0 {
+            // The registry ignored the range: start over.
+            file.set_len(0)
+                .await
+                .ctx(|| format!("truncating {}", tmp.display()))?;
+            file = tokio::fs::File::create(&tmp)
+                .await
+                .ctx(|| format!("creating {}", tmp.display()))?;
+            verifier = Verifier::new(&o.digest, o.size);
+        }
+        let mut body = resp.bytes_stream();
+        let mut failed = None;
+        while let Some(chunk) = body.next().await {
+            match chunk {
+                Ok(c) => {
+                    verifier.update(&c).map_err(|e| Error::Integrity {
+                        what: what.clone(),
+                        detail: e.to_string(),
+                    })?;
+                    file.write_all(&c)
+                        .await
+                        .ctx(|| format!("writing {}", tmp.display()))?;
+                }
+                Err(e) => {
+                    failed = Some(e.to_string());
+                    break;
+                }
+            }
+        }
+        match failed {
+            None => break,
+            Some(e) if attempts >= 5 => {
+                let _ = tokio::fs::remove_file(&tmp).await;
+                return Err(Error::registry(
+                    reg.name(),
+                    format!("{what}: download interrupted {attempts} times, last: {e}"),
+                ));
+            }
+            Some(_) => tokio::time::sleep(std::time::Duration::from_millis(500 << attempts)).await,
+        }
+    }
+    file.flush()
+        .await
+        .ctx(|| format!("writing {}", tmp.display()))?;
+    drop(file);
+    if let Err(e) = verifier.finish() {
+        let _ = tokio::fs::remove_file(&tmp).await;
+        return Err(e);
+    }
+    tokio::fs::rename(&tmp, &dest)
+        .await
+        .ctx(|| format!("moving {} into the cache", o.digest))?;
+    Ok((dest, false))
+}
+
+#[derive(serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Summary {
+    bundle: String,
+    files: Vec<String>,
+    images: Vec<SummaryImage>,
+    blobs: usize,
+    total_size: u64,
+    compressed_size: u64,
+    downloaded_bytes: u64,
+    cached_bytes: u64,
+}
+
+#[derive(serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+struct SummaryImage {
+    source: String,
+    digest: String,
+    platforms: Vec<String>,
+    size: u64,
+}
+
+pub async fn run(args: ExportArgs) -> Result<()> {
+    let requested = requested_images(&args)?;
+    let split = args
+        .split_size
+        .as_deref()
+        .map(config::parse_size)
+        .transpose()?;
+    for p in &args.platform {
+        let parts: Vec<&str> = p.split('/').collect();
+        let well_formed = (2..=3).contains(&parts.len())
+            && parts.iter().all(|c| {
+                !c.is_empty()
+                    && c.bytes()
+                        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+            });
+        if !well_formed {
+            return Err(Error::Usage(format!(
+                "--platform {p:?}: expected os/arch[/variant]"
+            )));
+        }
+    }
+    let out = args.output.clone();
+    if let Some(parent) = out.parent().filter(|p| !p.as_os_str().is_empty()) {
+        if !parent.is_dir() {
+            return Err(Error::Usage(format!(
+                "output directory {} does not exist",
+                parent.display()
+            )));
+        }
+    }
+    let cache = cache_dir(&args)?;
+    for sub in ["blobs/sha256", "tmp"] {
+        std::fs::create_dir_all(cache.join(sub))
+            .ctx(|| format!("creating cache directory {}", cache.join(sub).display()))?;
+    }
+    let mut reporter = Reporter::new(args.out.quiet || args.out.json, args.out.verbose);
+    let jobs = args.out.jobs as usize;
+
+    // Credentials from flags or environment belong to the source registry: the one named by
+    // --registry/SOURCE_DOCKER_REGISTRY, or the only registry in the list.
+    let mut registries: Vec<String> = Vec::new();
+    for r in &requested {
+        if !registries.contains(&r.reference.registry) {
+            registries.push(r.reference.registry.clone());
+        }
+    }
+    let named = args
+        .registry
+        .registry
+        .clone()
+        .or_else(|| config::env("SOURCE_DOCKER_REGISTRY"));
+    let explicit_creds = args.registry.username.is_some()
+        || args.registry.password_stdin
+        || config::env("SOURCE_DOCKER_USERNAME").is_some();
+    let creds_for = match (&named, registries.len()) {
+        (Some(n), _) => Some(n.clone()),
+        (None, 1) => registries.first().cloned(),
+        (None, _) if explicit_creds => {
+            return Err(Error::Usage(format!(
+                "the images come from several registries ({}); say which one the username is for with --registry",
+                registries.join(", ")
+            )))
+        }
+        _ => None,
+    };
+    let tls = config::tls(&args.registry);
+    let mut clients: HashMap<String, Arc<Registry>> = HashMap::new();
+    for name in &registries {
+        let creds = if Some(name) == creds_for.as_ref() {
+            config::credentials(&args.registry, Side::Source, name)?
+        } else {
+            crate::credentials::from_config_files(name)
+        };
+        let reg = match Registry::connect(name, &tls, creds.clone(), RetryPolicy::default()).await {
+            Err(Error::Auth { .. }) if creds.is_none() && config::interactive() => {
+                let creds = config::prompt_credentials(name)?;
+                Registry::connect(name, &tls, creds, RetryPolicy::default()).await?
+            }
+            r => r?,
+        };
+        clients.insert(name.clone(), Arc::new(reg));
+    }
+
+    // Resolve every image before writing anything: an unknown image fails here.
+    let resolved: Vec<(Requested, Resolved)> = stream::iter(requested.clone())
+        .map(|req| {
+            let reg = clients.get(&req.reference.registry).cloned();
+            let platforms = args.platform.clone();
+            let reporter = reporter.clone();
+            async move {
+                let reg = reg.ok_or_else(|| Error::Failed("registry not connected".into()))?;
+                let r = copy::resolve(
+                    &reg,
+                    &req.reference.repository,
+                    &req.reference.reference(),
+                    &platforms,
+                )
+                .await
+                .map_err(|e| match e {
+                    Error::NotFound { registry, .. } => Error::NotFound {
+                        registry,
+                        what: format!("image {}", req.reference),
+                    },
+                    e => Error::Failed(format!("image {}: {e}", req.reference)),
+                })?;
+                reporter.info(format!(
+                    "resolved {} ({}, {} objects, {})",
+                    req.reference,
+                    r.root.digest.short(),
+                    r.objects.len(),
+                    human(r.objects.iter().map(|o| o.size).sum())
+                ));
+                Ok::<_, Error>((req, r))
+            }
+        })
+        .buffered(jobs)
+        .try_collect()
+        .await?;
+
+    let objects = copy::dedup_order(resolved.iter().map(|(_, r)| r));
+    let images: Vec<ImageEntry> = resolved
+        .iter()
+        .map(|(req, r)| ImageEntry {
+            source: req.reference.to_string(),
+            registry: req.reference.registry.clone(),
+            namespace: req.namespace.clone(),
+            path: req.path.clone(),
+            tag: req.reference.tag.clone().unwrap_or_default(),
+            digest: r.root.digest.clone(),
+            source_digest: r.source_digest.clone(),
+            media_type: r.root.media_type.clone(),
+            platforms: r.platforms.clone(),
+            size: r.objects.iter().map(|o| o.size).sum(),
+            blobs: r.objects.iter().map(|o| o.digest.clone()).collect(),
+        })
+        .collect();
+    let root_sizes: Vec<u64> = resolved
+        .iter()
+        .map(|(_, r)| r.root.bytes.len() as u64)
+        .collect();
+    let index_json = build_index_json(&images, &root_sizes)?;
+    let mtime = match config::env("SOURCE_DATE_EPOCH") {
+        Some(s) => s.parse::<u64>().map_err(|_| {
+            Error::Usage(format!(
+                "SOURCE_DATE_EPOCH={s:?} is not a number of seconds"
+            ))
+        })?,
+        None => std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0),
+    };
+    let blobs: Vec<BlobEntry> = objects
+        .iter()
+        .map(|o| BlobEntry {
+            digest: o.digest.clone(),
+            size: o.size,
+            media_type: o.media_type.clone(),
+        })
+        .collect();
+    let total_size = blobs.iter().map(|b| b.size).sum();
+    let manifest = BundleManifest {
+        format: crate::bundle::model::FORMAT.into(),
+        format_version: crate::bundle::model::FORMAT_VERSION,
+        tool: format!("airlock {}", env!("CARGO_PKG_VERSION")),
+        created: rfc3339(mtime),
+        platforms: args.platform.clone(),
+        images,
+        blobs,
+        total_size,
+        layout: Layout {
+            oci_layout: Member {
+                digest: Digest::of(OCI_LAYOUT_CONTENT),
+                size: OCI_LAYOUT_CONTENT.len() as u64,
+            },
+            index: Member {
+                digest: Digest::of(&index_json),
+                size: index_json.len() as u64,
+            },
+        },
+    };
+    manifest.validate(&out)?;
+    let bundle_json = serde_json::to_vec_pretty(&manifest)
+        .map_err(|e| Error::Failed(format!("bundle.json: {e}")))?;
+
+    // Downloads run ahead, bounded by --jobs; the writer takes blobs in bundle order.
+    let mut receivers = Vec::new();
+    let mut tasks = Vec::new();
+    let sem = Arc::new(tokio::sync::Semaphore::new(jobs));
+    for o in &objects {
+        if o.inline.is_some() {
+            receivers.push(None);
+            continue;
+        }
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        receivers.push(Some(rx));
+        let reg = clients.get(&o.registry).cloned();
+        let o = o.clone();
+        let cache = cache.clone();
+        let sem = sem.clone();
+        tasks.push(tokio::spawn(async move {
+            let _permit = sem.acquire_owned().await;
+            let r = match reg {
+                Some(reg) => fetch_to_cache(&reg, &o, &cache).await,
+                None => Err(Error::Failed(format!("no registry for blob {}", o.digest))),
+            };
+            let _ = tx.send(r);
+        }));
+    }
+    struct AbortOnDrop(Vec<tokio::task::JoinHandle<()>>);
+    impl Drop for AbortOnDrop {
+        fn drop(&mut self) {
+            for t in &self.0 {
+                t.abort();
+            }
+        }
+    }
+    let _guard = AbortOnDrop(tasks);
+
+    reporter.start_bar(total_size, "writing bundle");
+    let bar = reporter.clone();
+    let out2 = out.clone();
+    let writer = tokio::task::spawn_blocking(move || -> Result<(Vec<PathBuf>, u64, u64)> {
+        let mut w = BundleWriter::create(&out2, split, mtime)?;
+        w.append(BUNDLE_JSON, bundle_json.len() as u64, &mut &bundle_json[..])?;
+        w.append(
+            OCI_LAYOUT,
+            OCI_LAYOUT_CONTENT.len() as u64,
+            &mut &OCI_LAYOUT_CONTENT[..],
+        )?;
+        w.append(INDEX_JSON, index_json.len() as u64, &mut &index_json[..])?;
+        let (mut downloaded, mut cached) = (0u64, 0u64);
+        for (o, rx) in objects.iter().zip(receivers) {
+            let name = o.digest.layout_path();
+            match (&o.inline, rx) {
+                (Some(bytes), _) => {
+                    let mut r = VerifyingReader::new(&bytes[..], &o.digest, o.size);
+                    w.append(&name, o.size, &mut r)?;
+                }
+                (None, Some(rx)) => {
+                    let (path, hit) = rx.blocking_recv().map_err(|_| {
+                        Error::Failed(format!("download of blob {} was cancelled", o.digest))
+                    })??;
+                    if hit {
+                        cached += o.size;
+                    } else {
+                        downloaded += o.size;
+                    }
+                    let f =
+                        std::fs::File::open(&path).ctx(|| format!("opening {}", path.display()))?;
+                    let mut r = VerifyingReader::new(
+                        BufReader::with_capacity(1 << 20, f),
+                        &o.digest,
+                        o.size,
+                    );
+                    if let Err(e) = w.append(&name, o.size, &mut r) {
+                        // A damaged cache entry must not poison the next run.
+                        if hit {
+                            let _ = std::fs::remove_file(&path);
+                        }
+                        return Err(e);
+                    }
+                }
+                (None, None) => {
+                    return Err(Error::Failed(format!("blob {} has no source", o.digest)))
+                }
+            }
+            bar.inc(o.size);
+        }
+        let files = w.finish()?;
+        Ok((files, downloaded, cached))
+    });
+    let (files, downloaded, cached) = writer
+        .await
+        .map_err(|e| Error::Failed(format!("bundle writer: {e}")))??;
+    reporter.finish_bar();
+    let compressed: u64 = files
+        .iter()
+        .map(|f| std::fs::metadata(f).map(|m| m.len()).unwrap_or(0))
+        .sum();
+    reporter.info(format!(
+        "wrote {} ({} images, {} blobs, {} in {} on disk; downloaded {}, {} from cache)",
+        out.display(),
+        manifest.images.len(),
+        manifest.blobs.len(),
+        human(total_size),
+        human(compressed),
+        human(downloaded),
+        human(cached)
+    ));
+    if args.out.json {
+        let summary = Summary {
+            bundle: out.display().to_string(),
+            files: files.iter().map(|f| f.display().to_string()).collect(),
+            images: manifest
+                .images
+                .iter()
+                .map(|i| SummaryImage {
+                    source: i.source.clone(),
+                    digest: i.digest.to_string(),
+                    platforms: i.platforms.clone(),
+                    size: i.size,
+                })
+                .collect(),
+            blobs: manifest.blobs.len(),
+            total_size,
+            compressed_size: compressed,
+            downloaded_bytes: downloaded,
+            cached_bytes: cached,
+        };
+        let mut stdout = std::io::stdout();
+        serde_json::to_writer_pretty(&mut stdout, &summary)
+            .map_err(|e| Error::Failed(format!("printing the summary: {e}")))?;
+        let _ = writeln!(stdout);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::rfc3339;
+
+    #[test]
+    fn formats_rfc3339() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
+        assert_eq!(rfc3339(1_764_374_400), "2025-11-29T00:00:00Z");
+        assert_eq!(rfc3339(951_782_400), "2000-02-29T00:00:00Z");
+    }
+}

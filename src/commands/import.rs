@@ -1,0 +1,206 @@
+//! `airlock import`: push every image of a bundle into the target registry under the target
+//! repository and tag, byte for byte, refusing name collisions before anything is pushed.
+
+use crate::bundle::{Bundle, ImageEntry};
+use crate::cli::ImportArgs;
+use crate::config::{self, Side};
+use crate::copy::{self, TargetImage};
+use crate::error::{Error, Result};
+use crate::progress::{human, Reporter};
+use crate::reference::{validate_repository, validate_tag};
+use crate::registry::{Registry, RetryPolicy};
+use std::collections::HashMap;
+use std::io::Write;
+use std::sync::Arc;
+
+/// Where each image goes: `--repository` replaces the namespace recorded at export (or is
+/// prepended when there was none); `--tag` replaces every tag. Two different images sent to
+/// one name is a usage error naming both.
+pub fn plan_targets(
+    images: &[ImageEntry],
+    repository: Option<&str>,
+    tag: Option<&str>,
+) -> Result<Vec<TargetImage>> {
+    let mut out: Vec<TargetImage> = Vec::new();
+    let mut names: HashMap<(String, String), usize> = HashMap::new();
+    for img in images {
+        let repo = match repository {
+            Some(ns) => format!("{ns}/{}", img.path),
+            None => img.source_repository(),
+        };
+        let tag = tag.map(str::to_string).unwrap_or_else(|| img.tag.clone());
+        validate_repository(&repo)
+            .map_err(|e| Error::Usage(format!("target repository for {}: {e}", img.source)))?;
+        validate_tag(&tag).map_err(Error::Usage)?;
+        let key = (repo.clone(), tag.clone());
+        if let Some(&i) = names.get(&key) {
+            if out[i].entry.digest != img.digest {
+                return Err(Error::Usage(format!(
+                    "{} and {} would both be pushed to {repo}:{tag}; nothing was pushed \
+                     (choose another --tag or --repository)",
+                    out[i].entry.source, img.source
+                )));
+            }
+            continue;
+        }
+        names.insert(key, out.len());
+        out.push(TargetImage {
+            entry: img.clone(),
+            repo,
+            tag,
+        });
+    }
+    Ok(out)
+}
+
+pub async fn run(args: ImportArgs) -> Result<()> {
+    let r = &args.registry;
+    let registry = config::value(
+        r.registry.as_ref(),
+        "--registry",
+        "TARGET_DOCKER_REGISTRY",
+        "Target container registry",
+        None,
+        false,
+    )?;
+    crate::reference::validate_registry(&registry).map_err(Error::Usage)?;
+    let repository = r
+        .repository
+        .clone()
+        .filter(|v| !v.is_empty())
+        .or_else(|| config::env("TARGET_DOCKER_REPOSITORY"));
+    if let Some(ns) = &repository {
+        validate_repository(ns).map_err(|e| Error::Usage(format!("--repository: {e}")))?;
+    }
+    let tag = r
+        .tag
+        .clone()
+        .filter(|v| !v.is_empty())
+        .or_else(|| config::env("TARGET_DOCKER_TAG"));
+    let mut reporter = Reporter::new(args.out.quiet || args.out.json, args.out.verbose);
+
+    let path = args.bundle.clone();
+    let bundle = tokio::task::spawn_blocking(move || Bundle::open(&path))
+        .await
+        .map_err(|e| Error::Failed(format!("opening the bundle: {e}")))??;
+    let bundle = Arc::new(bundle);
+    let targets = plan_targets(
+        &bundle.manifest.images,
+        repository.as_deref(),
+        tag.as_deref(),
+    )?;
+
+    let creds = config::credentials(r, Side::Target, &registry)?;
+    let tls = config::tls(r);
+    let target =
+        match Registry::connect(&registry, &tls, creds.clone(), RetryPolicy::default()).await {
+            Err(Error::Auth { .. }) if creds.is_none() && config::interactive() => {
+                let creds = config::prompt_credentials(&registry)?;
+                Registry::connect(&registry, &tls, creds, RetryPolicy::default()).await?
+            }
+            r => r?,
+        };
+    let target = Arc::new(target);
+    reporter.info(format!(
+        "importing {} images ({}) from {} into {registry}",
+        targets.len(),
+        human(bundle.manifest.total_size),
+        bundle.path.display()
+    ));
+    reporter.start_bar(bundle.manifest.total_size, "uploading");
+    let report = copy::push_bundle(
+        bundle.clone(),
+        target,
+        targets,
+        args.out.jobs as usize,
+        reporter.clone(),
+    )
+    .await;
+    reporter.finish_bar();
+    reporter.info(format!(
+        "{} images pushed, {} failed; blobs: {} uploaded ({}), {} mounted, {} already there",
+        report.images_pushed.len(),
+        report.images_failed.len(),
+        report.blobs_uploaded,
+        human(report.bytes_uploaded),
+        report.blobs_mounted,
+        report.blobs_skipped
+    ));
+    if args.out.json {
+        let mut stdout = std::io::stdout();
+        serde_json::to_writer_pretty(&mut stdout, &report)
+            .map_err(|e| Error::Failed(format!("printing the summary: {e}")))?;
+        let _ = writeln!(stdout);
+    }
+    if report.images_failed.is_empty() {
+        Ok(())
+    } else {
+        let lines: Vec<String> = report
+            .images_failed
+            .iter()
+            .map(|(name, why)| format!("  {name}: {why}"))
+            .collect();
+        Err(Error::Failed(format!(
+            "{} of {} images were not imported (their tags were not written):\n{}",
+            report.images_failed.len(),
+            report.images_failed.len() + report.images_pushed.len(),
+            lines.join("\n")
+        )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::digest::Digest;
+
+    fn img(ns: &str, path: &str, tag: &str, content: &[u8]) -> ImageEntry {
+        let d = Digest::of(content);
+        ImageEntry {
+            source: format!("reg.io/{ns}/{path}:{tag}"),
+            registry: "reg.io".into(),
+            namespace: ns.into(),
+            path: path.into(),
+            tag: tag.into(),
+            digest: d.clone(),
+            source_digest: None,
+            media_type: crate::manifest::OCI_MANIFEST.into(),
+            platforms: vec![],
+            size: 1,
+            blobs: vec![d],
+        }
+    }
+
+    #[test]
+    fn maps_namespaces_and_tags() {
+        let images = vec![
+            img("arcdata", "arc-controller", "v1", b"a"),
+            img("", "library/nginx", "1.27", b"b"),
+        ];
+        let t = plan_targets(&images, None, None).unwrap();
+        assert_eq!(
+            (t[0].repo.as_str(), t[0].tag.as_str()),
+            ("arcdata/arc-controller", "v1")
+        );
+        assert_eq!(t[1].repo, "library/nginx");
+        let t = plan_targets(&images, Some("mirror"), Some("v2")).unwrap();
+        assert_eq!(
+            (t[0].repo.as_str(), t[0].tag.as_str()),
+            ("mirror/arc-controller", "v2")
+        );
+        assert_eq!(t[1].repo, "mirror/library/nginx");
+    }
+
+    #[test]
+    fn refuses_two_images_on_one_name() {
+        let images = vec![img("a", "x", "1", b"one"), img("a", "x", "2", b"two")];
+        let err = plan_targets(&images, None, Some("same")).unwrap_err();
+        assert!(matches!(err, Error::Usage(_)));
+        assert!(
+            err.to_string().contains("reg.io/a/x:1") && err.to_string().contains("reg.io/a/x:2")
+        );
+        // The same image under two tags collapsing to one name is fine.
+        let images = vec![img("a", "x", "1", b"one"), img("a", "x", "2", b"one")];
+        assert_eq!(plan_targets(&images, None, Some("same")).unwrap().len(), 1);
+    }
+}

@@ -1,0 +1,76 @@
+//! `airlock inspect`: what a bundle holds, from `bundle.json` and the seek table alone.
+
+use crate::bundle::Bundle;
+use crate::cli::InspectArgs;
+use crate::error::{Error, Result};
+use crate::progress::human;
+use std::io::Write;
+
+pub fn run(args: InspectArgs) -> Result<()> {
+    let b = Bundle::open(&args.bundle)?;
+    let m = &b.manifest;
+    let mut out = std::io::stdout().lock();
+    let w = |e: std::io::Error| Error::io("writing to stdout", e);
+    if args.json {
+        let v = serde_json::json!({
+            "bundle": b.path.display().to_string(),
+            "volumes": b.volumes.iter().map(|v| v.display().to_string()).collect::<Vec<_>>(),
+            "compressedSize": b.compressed_size(),
+            "frames": b.seek_table().num_frames(),
+            "manifest": m,
+        });
+        serde_json::to_writer_pretty(&mut out, &v).map_err(|e| Error::Failed(e.to_string()))?;
+        writeln!(out).map_err(w)?;
+        return Ok(());
+    }
+    writeln!(out, "bundle   {}", b.path.display()).map_err(w)?;
+    writeln!(out, "created  {} by {}", m.created, m.tool).map_err(w)?;
+    if b.volumes.len() > 1 {
+        writeln!(out, "volumes  {}", b.volumes.len()).map_err(w)?;
+    }
+    if !m.platforms.is_empty() {
+        writeln!(out, "platforms kept  {}", m.platforms.join(", ")).map_err(w)?;
+    }
+    writeln!(out).map_err(w)?;
+    let width = m
+        .images
+        .iter()
+        .map(|i| i.source.len())
+        .max()
+        .unwrap_or(5)
+        .max(5);
+    writeln!(
+        out,
+        "{:width$}  {:19}  {:>10}  PLATFORMS",
+        "IMAGE", "DIGEST", "SIZE"
+    )
+    .map_err(w)?;
+    for i in &m.images {
+        let platforms = if i.platforms.is_empty() {
+            "-".to_string()
+        } else {
+            i.platforms.join(",")
+        };
+        writeln!(
+            out,
+            "{:width$}  {:19}  {:>10}  {platforms}",
+            i.source,
+            i.digest.short(),
+            human(i.size)
+        )
+        .map_err(w)?;
+    }
+    let sum_images: u64 = m.images.iter().map(|i| i.size).sum();
+    writeln!(out).map_err(w)?;
+    writeln!(
+        out,
+        "{} images, {} unique blobs, {} ({} before deduplication), {} compressed",
+        m.images.len(),
+        m.blobs.len(),
+        human(m.total_size),
+        human(sum_images),
+        human(b.compressed_size())
+    )
+    .map_err(w)?;
+    Ok(())
+}

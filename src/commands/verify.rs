@@ -1,0 +1,351 @@
+//! `airlock verify`: one sequential pass over a bundle, offline. Checks every volume's
+//! checksum, every member's name, type, size and digest against `bundle.json`, that every
+//! manifest's children are present, that `index.json` agrees with `bundle.json`, and that
+//! the seek table matches the archive.
+
+use crate::bundle::volumes::{checksum_name, MultiFile};
+use crate::bundle::Bundle;
+use crate::cli::VerifyArgs;
+use crate::digest::{Digest, Verifier};
+use crate::error::{Error, Result};
+use crate::manifest;
+use crate::progress::{human, Reporter};
+use crate::registry::MAX_MANIFEST_SIZE;
+use sha2::{Digest as _, Sha256};
+use std::collections::HashMap;
+use std::io::{self, Read, Write};
+use std::path::PathBuf;
+
+/// Hashes the raw bytes of each volume as they stream by.
+struct VolumeHasher {
+    inner: MultiFile,
+    bounds: Vec<(PathBuf, u64)>,
+    current: usize,
+    in_current: u64,
+    hasher: Sha256,
+    sums: Vec<(PathBuf, String)>,
+}
+
+impl VolumeHasher {
+    fn new(inner: MultiFile, volumes: &[PathBuf]) -> VolumeHasher {
+        let bounds = volumes
+            .iter()
+            .map(|v| {
+                (
+                    v.clone(),
+                    std::fs::metadata(v).map(|m| m.len()).unwrap_or(0),
+                )
+            })
+            .collect();
+        VolumeHasher {
+            inner,
+            bounds,
+            current: 0,
+            in_current: 0,
+            hasher: Sha256::new(),
+            sums: Vec::new(),
+        }
+    }
+
+    fn feed(&mut self, mut buf: &[u8]) {
+        while !buf.is_empty() && self.current < self.bounds.len() {
+            let left = self.bounds[self.current].1 - self.in_current;
+            let take = (left as usize).min(buf.len());
+            self.hasher.update(&buf[..take]);
+            self.in_current += take as u64;
+            buf = &buf[take..];
+            if self.in_current == self.bounds[self.current].1 {
+                let h = std::mem::take(&mut self.hasher);
+                self.sums.push((
+                    self.bounds[self.current].0.clone(),
+                    hex::encode(h.finalize()),
+                ));
+                self.current += 1;
+                self.in_current = 0;
+            }
+        }
+    }
+}
+
+impl Read for VolumeHasher {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.feed(&buf[..n]);
+        Ok(n)
+    }
+}
+
+#[derive(serde::Serialize, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct Report {
+    pub bundle: String,
+    pub ok: bool,
+    pub volumes: Vec<VolumeReport>,
+    pub images: usize,
+    pub blobs_checked: usize,
+    pub bytes_checked: u64,
+    pub errors: Vec<String>,
+    pub warnings: Vec<String>,
+}
+
+#[derive(serde::Serialize)]
+pub struct VolumeReport {
+    pub file: String,
+    pub sha256: String,
+    pub ok: Option<bool>,
+}
+
+/// Runs every check; structural failures end the pass, content failures are collected.
+pub fn check(bundle: &Bundle, reporter: &Reporter) -> Result<Report> {
+    let mut rep = Report {
+        bundle: bundle.path.display().to_string(),
+        images: bundle.manifest.images.len(),
+        ..Default::default()
+    };
+    let hasher = VolumeHasher::new(bundle.raw_stream(), &bundle.volumes);
+    let mut dec = zstd::stream::read::Decoder::new(hasher)
+        .map_err(|e| Error::bundle(&bundle.path, format!("zstd: {e}")))?;
+    let mut manifests: HashMap<Digest, Vec<u8>> = HashMap::new();
+    let mut index_json = Vec::new();
+    {
+        let mut archive = tar::Archive::new(&mut dec);
+        let entries = archive
+            .entries()
+            .map_err(|e| Error::bundle(&bundle.path, format!("reading the archive: {e}")))?;
+        let mut i = 0;
+        for entry in entries {
+            let mut entry = entry.map_err(|e| {
+                Error::bundle(&bundle.path, format!("reading member {}: {e}", i + 1))
+            })?;
+            let Some(expected) = bundle.members.get(i) else {
+                let name = entry
+                    .path()
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_default();
+                return Err(Error::bundle(
+                    &bundle.path,
+                    format!("unexpected extra member {name:?}"),
+                ));
+            };
+            let name = entry
+                .path()
+                .map(|p| p.to_string_lossy().into_owned())
+                .map_err(|e| {
+                    Error::bundle(&bundle.path, format!("member {}: bad name: {e}", i + 1))
+                })?;
+            if name != expected.name || !entry.header().entry_type().is_file() {
+                return Err(Error::bundle(
+                    &bundle.path,
+                    format!(
+                        "member {} is {name:?}, expected the regular file {}",
+                        i + 1,
+                        expected.name
+                    ),
+                ));
+            }
+            if entry.size() != expected.size {
+                return Err(Error::bundle(
+                    &bundle.path,
+                    format!(
+                        "member {name} holds {} bytes, bundle.json says {}",
+                        entry.size(),
+                        expected.size
+                    ),
+                ));
+            }
+            let (digest, keep) = match i {
+                0 => (None, false),
+                1 => (
+                    Some(bundle.manifest.layout.oci_layout.digest.clone()),
+                    false,
+                ),
+                2 => (Some(bundle.manifest.layout.index.digest.clone()), true),
+                _ => {
+                    let b = &bundle.manifest.blobs[i - 3];
+                    let keep = manifest::is_manifest(&b.media_type) && b.size <= MAX_MANIFEST_SIZE;
+                    (Some(b.digest.clone()), keep)
+                }
+            };
+            let mut verifier = digest.as_ref().map(|d| Verifier::new(d, expected.size));
+            let mut kept = Vec::new();
+            let mut buf = vec![0u8; 1 << 20];
+            loop {
+                let n = entry
+                    .read(&mut buf)
+                    .map_err(|e| Error::bundle(&bundle.path, format!("reading {name}: {e}")))?;
+                if n == 0 {
+                    break;
+                }
+                if let Some(v) = verifier.as_mut() {
+                    v.update(&buf[..n])
+                        .map_err(|e| Error::bundle(&bundle.path, e.to_string()))?;
+                }
+                if keep {
+                    kept.extend_from_slice(&buf[..n]);
+                }
+                reporter.inc(n as u64);
+            }
+            if let Some(v) = verifier {
+                match v.finish() {
+                    Ok(()) => {}
+                    Err(e) => rep.errors.push(format!("{name}: {e}")),
+                }
+            }
+            if i == 2 {
+                index_json = kept;
+            } else if keep {
+                if let Some(d) = digest {
+                    manifests.insert(d, kept);
+                }
+            }
+            if i >= 3 {
+                rep.blobs_checked += 1;
+                rep.bytes_checked += expected.size;
+            }
+            i += 1;
+        }
+        if i < bundle.members.len() {
+            return Err(Error::bundle(
+                &bundle.path,
+                format!(
+                    "the archive ends after {i} members; bundle.json lists {} (first missing: {})",
+                    bundle.members.len(),
+                    bundle.members[i].name
+                ),
+            ));
+        }
+    }
+    // Drain what follows the tar stream (padding, the seek table) so every volume is hashed.
+    io::copy(&mut dec, &mut io::sink())
+        .map_err(|e| Error::bundle(&bundle.path, format!("after the archive: {e}")))?;
+    let mut raw = dec.finish();
+    io::copy(&mut raw, &mut io::sink())
+        .map_err(|e| Error::bundle(&bundle.path, format!("reading the seek table: {e}")))?;
+    let hasher = raw.into_inner();
+
+    // Volume checksums against the .sha256 file.
+    let sums_file = checksum_name(&bundle.path);
+    let listed: HashMap<String, String> = std::fs::read_to_string(&sums_file)
+        .map(|t| {
+            t.lines()
+                .filter_map(|l| l.split_once("  "))
+                .map(|(h, n)| (n.trim().to_string(), h.trim().to_string()))
+                .collect()
+        })
+        .unwrap_or_default();
+    if listed.is_empty() {
+        rep.warnings
+            .push(format!("no checksum file {}", sums_file.display()));
+    }
+    for (file, sum) in &hasher.sums {
+        let fname = file
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let ok = listed.get(&fname).map(|h| h == sum);
+        if ok == Some(false) {
+            rep.errors.push(format!(
+                "{}: sha256 {sum} does not match {}",
+                file.display(),
+                sums_file.display()
+            ));
+        }
+        rep.volumes.push(VolumeReport {
+            file: file.display().to_string(),
+            sha256: sum.clone(),
+            ok,
+        });
+    }
+
+    // Every manifest's children are in the bundle with the declared size.
+    for (d, bytes) in &manifests {
+        let Some(b) = bundle.manifest.blob(d) else {
+            continue;
+        };
+        match manifest::children(bytes, &b.media_type, &format!("manifest {d}")) {
+            Ok(children) => {
+                for c in children {
+                    match bundle.manifest.blob(&c.digest) {
+                        Some(cb) if cb.size == c.size => {}
+                        Some(cb) => rep.errors.push(format!(
+                            "manifest {d}: child {} is {} bytes in the bundle, {} in the manifest",
+                            c.digest, cb.size, c.size
+                        )),
+                        None => rep.errors.push(format!(
+                            "manifest {d}: child {} is not in the bundle",
+                            c.digest
+                        )),
+                    }
+                }
+            }
+            Err(e) => rep.errors.push(e.to_string()),
+        }
+    }
+
+    // index.json names exactly the images of bundle.json.
+    match serde_json::from_slice::<serde_json::Value>(&index_json) {
+        Ok(v) => {
+            let entries = v
+                .get("manifests")
+                .and_then(|m| m.as_array())
+                .cloned()
+                .unwrap_or_default();
+            if entries.len() != bundle.manifest.images.len() {
+                rep.errors.push(format!(
+                    "index.json lists {} manifests, bundle.json {} images",
+                    entries.len(),
+                    bundle.manifest.images.len()
+                ));
+            }
+            for (e, img) in entries.iter().zip(&bundle.manifest.images) {
+                let digest = e.get("digest").and_then(|d| d.as_str());
+                let name = e
+                    .pointer("/annotations/org.opencontainers.image.ref.name")
+                    .and_then(|d| d.as_str());
+                if digest != Some(img.digest.as_str()) || name != Some(img.source.as_str()) {
+                    rep.errors.push(format!(
+                        "index.json disagrees with bundle.json about {}",
+                        img.source
+                    ));
+                }
+            }
+        }
+        Err(e) => rep.errors.push(format!("index.json is not JSON: {e}")),
+    }
+    rep.ok = rep.errors.is_empty();
+    Ok(rep)
+}
+
+pub fn run(args: VerifyArgs) -> Result<()> {
+    let bundle = Bundle::open(&args.bundle)?;
+    let mut reporter = Reporter::new(args.quiet || args.json, false);
+    reporter.start_bar(bundle.manifest.total_size, "verifying");
+    let rep = check(&bundle, &reporter)?;
+    reporter.finish_bar();
+    if args.json {
+        let mut out = std::io::stdout();
+        serde_json::to_writer_pretty(&mut out, &rep).map_err(|e| Error::Failed(e.to_string()))?;
+        let _ = writeln!(out);
+    } else {
+        for w in &rep.warnings {
+            reporter.warn(w);
+        }
+        reporter.info(format!(
+            "{}: {} images, {} blobs, {} checked; {} volume(s){}",
+            bundle.path.display(),
+            rep.images,
+            rep.blobs_checked,
+            human(rep.bytes_checked),
+            rep.volumes.len(),
+            if rep.ok { ", all good" } else { "" }
+        ));
+    }
+    if rep.ok {
+        Ok(())
+    } else {
+        Err(Error::bundle(
+            &bundle.path,
+            format!("verification failed:\n  {}", rep.errors.join("\n  ")),
+        ))
+    }
+}

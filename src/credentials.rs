@@ -1,0 +1,78 @@
+//! Credentials for a registry: where they come from (flags, the seed's environment variables,
+//! docker's config.json and its helpers, podman's auth.json, a hidden prompt) and a type that
+//! never prints its password.
+
+use std::fmt;
+
+/// A username and password. `Debug` and `Display` never show the password.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Credentials {
+    pub username: String,
+    password: String,
+}
+
+impl Credentials {
+    pub fn new(username: impl Into<String>, password: impl Into<String>) -> Self {
+        Credentials {
+            username: username.into(),
+            password: password.into(),
+        }
+    }
+
+    pub fn password(&self) -> &str {
+        &self.password
+    }
+}
+
+impl fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Credentials({:?}, <redacted>)", self.username)
+    }
+}
+
+/// Keys under which docker and podman store Docker Hub credentials.
+fn lookup_keys(registry: &str) -> Vec<String> {
+    if registry == crate::reference::DOCKER_HUB {
+        vec![
+            "https://index.docker.io/v1/".into(),
+            "index.docker.io".into(),
+            "docker.io".into(),
+            "registry-1.docker.io".into(),
+        ]
+    } else {
+        vec![registry.to_string(), format!("https://{registry}")]
+    }
+}
+
+/// Looks the registry up in docker's config.json (with `credHelpers`/`credsStore`), then in
+/// podman's auth.json. Identity tokens are not supported and are skipped.
+pub fn from_config_files(registry: &str) -> Option<Credentials> {
+    for key in lookup_keys(registry) {
+        if let Ok(docker_credential::DockerCredential::UsernamePassword(u, p)) =
+            docker_credential::get_credential(&key)
+        {
+            return Some(Credentials::new(u, p));
+        }
+    }
+    for key in lookup_keys(registry) {
+        if let Ok(docker_credential::DockerCredential::UsernamePassword(u, p)) =
+            docker_credential::get_podman_credential(&key)
+        {
+            return Some(Credentials::new(u, p));
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_hides_the_password() {
+        let c = Credentials::new("alice", "s3cret-pw");
+        let shown = format!("{c:?}");
+        assert!(shown.contains("alice"));
+        assert!(!shown.contains("s3cret-pw"));
+    }
+}

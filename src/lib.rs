@@ -1,0 +1,15 @@
+//! airlock: move container images across an air gap in two phases, through one verified,
+//! compressed, seekable OCI-layout bundle.
+
+pub mod bundle;
+pub mod cli;
+pub mod commands;
+pub mod config;
+pub mod copy;
+pub mod credentials;
+pub mod digest;
+pub mod error;
+pub mod manifest;
+pub mod progress;
+pub mod reference;
+pub mod registry;

@@ -1,0 +1,93 @@
+//! What the user sees while work goes on: a progress bar on a terminal, plain lines in logs,
+//! nothing with `--quiet`; `--json` summaries go to stdout, everything else to stderr.
+
+use indicatif::{ProgressBar, ProgressStyle};
+use std::io::IsTerminal;
+
+#[derive(Clone)]
+pub struct Reporter {
+    quiet: bool,
+    verbose: bool,
+    bar: Option<ProgressBar>,
+    tty: bool,
+}
+
+impl Reporter {
+    pub fn new(quiet: bool, verbose: bool) -> Reporter {
+        Reporter {
+            quiet,
+            verbose,
+            bar: None,
+            tty: std::io::stderr().is_terminal(),
+        }
+    }
+
+    /// A line of progress (suppressed by `--quiet`).
+    pub fn info(&self, msg: impl AsRef<str>) {
+        if self.quiet {
+            return;
+        }
+        match &self.bar {
+            Some(b) => b.println(msg.as_ref()),
+            None => eprintln!("{}", msg.as_ref()),
+        }
+    }
+
+    /// A line shown only with `--verbose`.
+    pub fn detail(&self, msg: impl AsRef<str>) {
+        if self.verbose {
+            self.info(msg);
+        }
+    }
+
+    /// A warning, shown even with `--quiet`.
+    pub fn warn(&self, msg: impl AsRef<str>) {
+        match &self.bar {
+            Some(b) => b.println(format!("warning: {}", msg.as_ref())),
+            None => eprintln!("warning: {}", msg.as_ref()),
+        }
+    }
+
+    /// Starts a byte-counting bar on a terminal.
+    pub fn start_bar(&mut self, total: u64, label: &str) {
+        if self.quiet || !self.tty {
+            return;
+        }
+        let bar = ProgressBar::new(total);
+        if let Ok(style) = ProgressStyle::with_template(
+            "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+        ) {
+            bar.set_style(style.progress_chars("=> "));
+        }
+        bar.set_message(label.to_string());
+        self.bar = Some(bar);
+    }
+
+    pub fn inc(&self, n: u64) {
+        if let Some(b) = &self.bar {
+            b.inc(n);
+        }
+    }
+
+    pub fn finish_bar(&mut self) {
+        if let Some(b) = self.bar.take() {
+            b.finish_and_clear();
+        }
+    }
+}
+
+/// `1.2 GiB` style sizes.
+pub fn human(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = bytes as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u < UNITS.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}

@@ -1,0 +1,200 @@
+//! Image references as docker and podman spell them: `nginx` is
+//! `docker.io/library/nginx:latest`, `host:5000/a/b:t@sha256:…` keeps every part.
+
+use crate::digest::Digest;
+use crate::error::{Error, Result};
+use std::fmt;
+
+pub const DOCKER_HUB: &str = "docker.io";
+
+/// A parsed, normalised image reference.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Reference {
+    /// Registry host (and port), e.g. `docker.io`, `127.0.0.1:5000`.
+    pub registry: String,
+    /// Repository path, e.g. `library/nginx`.
+    pub repository: String,
+    pub tag: Option<String>,
+    pub digest: Option<Digest>,
+}
+
+impl Reference {
+    /// Parses a reference the way docker does, defaulting the tag to `latest` when there is
+    /// neither tag nor digest.
+    pub fn parse(input: &str) -> Result<Reference> {
+        let s = input.trim();
+        let bad = |why: &str| Error::Usage(format!("invalid image reference {input:?}: {why}"));
+        if s.is_empty() {
+            return Err(bad("empty"));
+        }
+        let (rest, digest) = match s.split_once('@') {
+            Some((r, d)) => (r, Some(Digest::parse(d).map_err(|_| bad("bad digest"))?)),
+            None => (s, None),
+        };
+        let last_slash = rest.rfind('/').map(|i| i + 1).unwrap_or(0);
+        let (name, tag) = match rest[last_slash..].rfind(':') {
+            Some(i) => (
+                &rest[..last_slash + i],
+                Some(rest[last_slash + i + 1..].to_string()),
+            ),
+            None => (rest, None),
+        };
+        let (registry, repository) = match name.split_once('/') {
+            Some((first, path))
+                if first.contains('.') || first.contains(':') || first == "localhost" =>
+            {
+                (first.to_string(), path.to_string())
+            }
+            _ => (DOCKER_HUB.to_string(), name.to_string()),
+        };
+        let registry = if registry == "index.docker.io" || registry == "registry-1.docker.io" {
+            DOCKER_HUB.to_string()
+        } else {
+            registry
+        };
+        let repository = if registry == DOCKER_HUB && !repository.contains('/') {
+            format!("library/{repository}")
+        } else {
+            repository
+        };
+        validate_repository(&repository).map_err(|e| bad(&e))?;
+        if let Some(t) = &tag {
+            validate_tag(t).map_err(|e| bad(&e))?;
+        }
+        let tag = if tag.is_none() && digest.is_none() {
+            Some("latest".to_string())
+        } else {
+            tag
+        };
+        Ok(Reference {
+            registry,
+            repository,
+            tag,
+            digest,
+        })
+    }
+
+    /// What to ask the registry for: the digest when pinned, else the tag.
+    pub fn reference(&self) -> String {
+        match (&self.digest, &self.tag) {
+            (Some(d), _) => d.to_string(),
+            (None, Some(t)) => t.clone(),
+            (None, None) => "latest".to_string(),
+        }
+    }
+}
+
+impl fmt::Display for Reference {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.registry, self.repository)?;
+        if let Some(t) = &self.tag {
+            write!(f, ":{t}")?;
+        }
+        if let Some(d) = &self.digest {
+            write!(f, "@{d}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Checks a repository path against the distribution grammar (lowercase components of
+/// alphanumerics separated by `.`, `_`, `__`, `-`; components joined by `/`).
+pub fn validate_repository(repo: &str) -> std::result::Result<(), String> {
+    if repo.is_empty() || repo.len() > 255 {
+        return Err("repository must be 1 to 255 characters".into());
+    }
+    for comp in repo.split('/') {
+        let ok = !comp.is_empty()
+            && comp
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b))
+            && comp.as_bytes()[0].is_ascii_alphanumeric()
+            && comp.as_bytes()[comp.len() - 1].is_ascii_alphanumeric();
+        if !ok {
+            return Err(format!(
+                "repository component {comp:?} must be lowercase letters, digits and . _ - \
+                 (starting and ending with a letter or digit)"
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Checks a tag against the distribution grammar `[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}`.
+pub fn validate_tag(tag: &str) -> std::result::Result<(), String> {
+    let b = tag.as_bytes();
+    let ok = !b.is_empty()
+        && b.len() <= 128
+        && (b[0].is_ascii_alphanumeric() || b[0] == b'_')
+        && b.iter()
+            .all(|c| c.is_ascii_alphanumeric() || b"_.-".contains(c));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "tag {tag:?} must match [A-Za-z0-9_][A-Za-z0-9_.-]{{0,127}}"
+        ))
+    }
+}
+
+/// Checks a registry host[:port].
+pub fn validate_registry(host: &str) -> std::result::Result<(), String> {
+    let ok = !host.is_empty()
+        && host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b".-:[]".contains(&b));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "registry {host:?} must be a host name or address with an optional :port"
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(s: &str) -> String {
+        Reference::parse(s).unwrap().to_string()
+    }
+
+    #[test]
+    fn normalises_like_docker() {
+        assert_eq!(p("nginx"), "docker.io/library/nginx:latest");
+        assert_eq!(p("nginx:1.27"), "docker.io/library/nginx:1.27");
+        assert_eq!(p("bitnami/redis"), "docker.io/bitnami/redis:latest");
+        assert_eq!(
+            p("index.docker.io/library/nginx:1"),
+            "docker.io/library/nginx:1"
+        );
+        assert_eq!(
+            p("quay.io/prometheus/prometheus:v2.53.0"),
+            "quay.io/prometheus/prometheus:v2.53.0"
+        );
+        assert_eq!(p("localhost/a/b"), "localhost/a/b:latest");
+        assert_eq!(p("127.0.0.1:5000/a/b:1.0"), "127.0.0.1:5000/a/b:1.0");
+        let d = crate::digest::Digest::of(b"x");
+        assert_eq!(p(&format!("reg.io/a@{d}")), format!("reg.io/a@{d}"));
+        assert_eq!(
+            Reference::parse("127.0.0.1:5000/a").unwrap().repository,
+            "a"
+        );
+    }
+
+    #[test]
+    fn rejects_malformed() {
+        for bad in [
+            "",
+            "UPPER/case",
+            "a//b",
+            "a:b:c/d",
+            "reg.io/a@sha256:xyz",
+            "reg.io/-a",
+            "a:-t",
+        ] {
+            assert!(Reference::parse(bad).is_err(), "{bad} should be refused");
+        }
+    }
+}
