@@ -1,0 +1,430 @@
+#!/usr/bin/env bash
+# airlock vs. skopeo + tar + zstd, on local registries. Run by hand (not in CI), as root on Debian
+# (it installs docker-registry, skopeo, zstd and time when they are missing):
+#
+#   sudo bash benches/bench.sh                  # full run: a 1 GiB corpus and a 500-image corpus
+#   sudo BENCH_SMALL=1 bash benches/bench.sh    # quick run: 10 MiB layer, 20 images over 5 repositories
+#
+# Corpora, pushed into a source registry from a generated OCI image layout with skopeo:
+#   big   one image with a 1 GiB layer of random (incompressible) data, three small images and a
+#         two-platform index, all sharing a base layer;
+#   many  500 small images: 50 repositories x 10 tags, a shared base layer and a small unique layer
+#         each.
+# For each corpus, each step is timed with /usr/bin/time (wall seconds, peak RSS of the process tree):
+#   export  airlock export -f LIST (cold cache)  vs  skopeo copy each image into one OCI layout,
+#           then tar | zstd -T0 -3
+#   import  airlock import                       vs  zstd -d | tar -x, then skopeo copy each image
+#   verify  airlock verify                       vs  zstd -d > /dev/null (the floor: decompression)
+# and after the imports every manifest digest at each target is compared with the source.
+# skopeo runs one image at a time (its oci: layout is not safe for concurrent writers).
+#
+# Environment:
+#   BENCH_SMALL=1         shrink the corpora (see above)
+#   BENCH_CORPORA         corpora to run, default "big many"
+#   BENCH_TOOLS           tools to run, default "airlock skopeo" (e.g. BENCH_TOOLS=skopeo)
+#   BENCH_JOBS            airlock -j, default 8
+#   BENCH_WORKDIR         where registries, bundles and layouts go (needs ~8 GiB for the full
+#                         run); default a new directory under /var/tmp
+#   BENCH_KEEP=1          keep the work directory
+#   AIRLOCK               airlock binary, default target/release/airlock (built if missing)
+set -euo pipefail
+
+REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+CORPORA=${BENCH_CORPORA:-big many}
+TOOLS=${BENCH_TOOLS:-airlock skopeo}
+JOBS=${BENCH_JOBS:-8}
+if [[ ${BENCH_SMALL:-0} == 1 ]]; then
+    BIG_MIB=10 MANY_REPOS=5 MANY_TAGS=4
+else
+    BIG_MIB=1024 MANY_REPOS=50 MANY_TAGS=10
+fi
+
+say() { printf '\n==> %s\n' "$*" >&2; }
+die() { printf 'bench: %s\n' "$*" >&2; exit 1; }
+uses() { [[ " $TOOLS " == *" $1 "* ]]; }
+
+unset SOURCE_DOCKER_REGISTRY SOURCE_DOCKER_REPOSITORY SOURCE_DOCKER_USERNAME SOURCE_DOCKER_PASSWORD \
+      SOURCE_DOCKER_TAG TARGET_DOCKER_REGISTRY TARGET_DOCKER_REPOSITORY TARGET_DOCKER_USERNAME \
+      TARGET_DOCKER_PASSWORD TARGET_DOCKER_TAG
+
+# --- tools ---------------------------------------------------------------------------------------
+missing=()
+command -v docker-registry >/dev/null || missing+=(docker-registry)
+command -v skopeo >/dev/null || missing+=(skopeo)
+command -v zstd >/dev/null || missing+=(zstd)
+[[ -x /usr/bin/time ]] || missing+=(time)
+if ((${#missing[@]})); then
+    [[ $(id -u) == 0 ]] || die "missing ${missing[*]}; run as root or install them"
+    say "installing ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update
+    apt-get install -y "${missing[@]}"
+fi
+
+AIRLOCK=${AIRLOCK:-${CARGO_TARGET_DIR:-$REPO/target}/release/airlock}
+if uses airlock && [[ ! -x $AIRLOCK ]]; then
+    cargo=$(command -v cargo || echo "$HOME/.cargo/bin/cargo")
+    [[ -x $cargo ]] || die "$AIRLOCK is missing and cargo was not found"
+    say "building airlock"
+    (cd "$REPO" && "$cargo" build --release --locked)
+    [[ -x $AIRLOCK ]] || die "build did not produce $AIRLOCK"
+fi
+
+# --- work directory and registries -------------------------------------------------------------
+if [[ -n ${BENCH_WORKDIR:-} ]]; then
+    WORK=$BENCH_WORKDIR
+    mkdir -p "$WORK"
+else
+    WORK=$(mktemp -d /var/tmp/airlock-bench.XXXXXX)
+fi
+[[ $WORK != *:* ]] || die "the work directory must not contain ':' (skopeo oci:DIR:REF)"
+mkdir -p "$WORK/logs"
+PIDS=()
+cleanup() {
+    local pid
+    for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+    if [[ ${BENCH_KEEP:-0} == 1 ]]; then
+        echo "bench: work directory kept: $WORK" >&2
+    else
+        rm -rf "$WORK"
+    fi
+}
+trap cleanup EXIT
+
+free_port() {
+    local p _
+    for _ in $(seq 1 100); do
+        p=$((20000 + RANDOM % 40000))
+        if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then
+            echo "$p"
+            return 0
+        fi
+    done
+    return 1
+}
+
+registry_up() {
+    local status
+    exec 3<>"/dev/tcp/127.0.0.1/$1" || return 1
+    printf 'GET /v2/ HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n' >&3
+    IFS= read -r status <&3 || status=""
+    exec 3<&-
+    [[ $status == *" 200"* ]]
+}
+
+# start_registry NAME: docker-registry with filesystem storage under $WORK/registry-NAME; sets REG_PORT.
+start_registry() {
+    local name=$1 dir=$WORK/registry-$1 pid _
+    REG_PORT=$(free_port) || die "no free port"
+    mkdir -p "$dir/data"
+    cat >"$dir/config.yml" <<EOF
+version: 0.1
+log:
+  level: error
+  accesslog:
+    disabled: true
+storage:
+  filesystem:
+    rootdirectory: $dir/data
+  delete:
+    enabled: true
+http:
+  addr: 127.0.0.1:$REG_PORT
+EOF
+    docker-registry serve "$dir/config.yml" >"$dir/registry.log" 2>&1 &
+    pid=$!
+    PIDS+=("$pid")
+    for _ in $(seq 1 100); do
+        kill -0 "$pid" 2>/dev/null || { cat "$dir/registry.log" >&2; die "registry $name did not start"; }
+        if registry_up "$REG_PORT" 2>/dev/null; then return 0; fi
+        sleep 0.1
+    done
+    die "registry $name did not answer on 127.0.0.1:$REG_PORT"
+}
+
+say "starting registries in $WORK"
+start_registry source
+SRC=127.0.0.1:$REG_PORT
+start_registry airlock
+DST_AIRLOCK=127.0.0.1:$REG_PORT
+start_registry skopeo
+DST_SKOPEO=127.0.0.1:$REG_PORT
+echo "source $SRC, airlock target $DST_AIRLOCK, skopeo target $DST_SKOPEO" >&2
+
+# --- OCI image layout generator ------------------------------------------------------------------
+OCI_MANIFEST=application/vnd.oci.image.manifest.v1+json
+OCI_INDEX=application/vnd.oci.image.index.v1+json
+LAYOUT=""
+SCRATCH=""
+INDEX_ENTRIES=()
+
+layout_begin() {
+    LAYOUT=$1
+    SCRATCH=$LAYOUT.scratch
+    INDEX_ENTRIES=()
+    mkdir -p "$LAYOUT/blobs/sha256" "$SCRATCH"
+    printf '{"imageLayoutVersion":"1.0.0"}' >"$LAYOUT/oci-layout"
+}
+
+layout_end() {
+    (IFS=,; printf '{"schemaVersion":2,"mediaType":"%s","manifests":[%s]}' "$OCI_INDEX" "${INDEX_ENTRIES[*]}") \
+        >"$LAYOUT/index.json"
+    rm -rf "$SCRATCH"
+}
+
+# add_blob FILE: moves FILE into the layout, prints "sha256:HEX SIZE".
+add_blob() {
+    local hex size
+    hex=$(sha256sum "$1" | cut -d' ' -f1)
+    size=$(stat -c %s "$1")
+    mv "$1" "$LAYOUT/blobs/sha256/$hex"
+    echo "sha256:$hex $size"
+}
+
+# make_layer NAME RANDOM_BYTES: a gzip layer holding NAME.txt and NAME.bin (RANDOM_BYTES of
+# /dev/urandom); prints "DIGEST SIZE DIFF_ID".
+make_layer() {
+    local src=$SCRATCH/src-$1 diff_id blob
+    mkdir -p "$src"
+    printf '%s\n' "$1" >"$src/$1.txt"
+    head -c "$2" /dev/urandom >"$src/$1.bin"
+    tar -C "$src" --sort=name --mtime=@0 --owner=0 --group=0 --numeric-owner -cf "$SCRATCH/$1.tar" .
+    rm -rf "$src"
+    diff_id=sha256:$(sha256sum "$SCRATCH/$1.tar" | cut -d' ' -f1)
+    gzip -n -1 "$SCRATCH/$1.tar"
+    blob=$(add_blob "$SCRATCH/$1.tar.gz")
+    echo "$blob $diff_id"
+}
+
+# make_manifest ARCH LAYER...: config + OCI manifest; prints the manifest's "DIGEST SIZE".
+make_manifest() {
+    local arch=$1 diff_ids="" layers="" l d s id cfg
+    shift
+    for l in "$@"; do
+        read -r d s id <<<"$l"
+        diff_ids+="${diff_ids:+,}\"$id\""
+        layers+="${layers:+,}{\"mediaType\":\"application/vnd.oci.image.layer.v1.tar+gzip\",\"digest\":\"$d\",\"size\":$s}"
+    done
+    printf '{"architecture":"%s","os":"linux","config":{"Cmd":["/bin/sh"]},"rootfs":{"type":"layers","diff_ids":[%s]}}' \
+        "$arch" "$diff_ids" >"$SCRATCH/config.json"
+    cfg=$(add_blob "$SCRATCH/config.json")
+    read -r d s <<<"$cfg"
+    printf '{"schemaVersion":2,"mediaType":"%s","config":{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"%s","size":%s},"layers":[%s]}' \
+        "$OCI_MANIFEST" "$d" "$s" "$layers" >"$SCRATCH/manifest.json"
+    add_blob "$SCRATCH/manifest.json"
+}
+
+# make_index MANIFEST_AMD64 MANIFEST_ARM64: a two-platform OCI index; prints "DIGEST SIZE".
+make_index() {
+    local da sa db sb
+    read -r da sa <<<"$1"
+    read -r db sb <<<"$2"
+    printf '{"schemaVersion":2,"mediaType":"%s","manifests":[{"mediaType":"%s","digest":"%s","size":%s,"platform":{"architecture":"amd64","os":"linux"}},{"mediaType":"%s","digest":"%s","size":%s,"platform":{"architecture":"arm64","os":"linux","variant":"v8"}}]}' \
+        "$OCI_INDEX" "$OCI_MANIFEST" "$da" "$sa" "$OCI_MANIFEST" "$db" "$sb" >"$SCRATCH/index.json"
+    add_blob "$SCRATCH/index.json"
+}
+
+# tag_in_layout REF MEDIATYPE "DIGEST SIZE"
+tag_in_layout() {
+    local d s
+    read -r d s <<<"$3"
+    INDEX_ENTRIES+=("{\"mediaType\":\"$2\",\"digest\":\"$d\",\"size\":$s,\"annotations\":{\"org.opencontainers.image.ref.name\":\"$1\"}}")
+}
+
+# --- corpora -------------------------------------------------------------------------------------
+# Each corpus is an OCI layout whose ref names are repository paths (big/huge:1), and a list file
+# $WORK/CORPUS.list of those paths; the source references are $SRC/PATH.
+build_big() {
+    local base
+    layout_begin "$WORK/gen-big"
+    base=$(make_layer base $((2 << 20)))
+    say "big: generating a ${BIG_MIB} MiB random layer"
+    tag_in_layout big/huge:1 $OCI_MANIFEST "$(make_manifest amd64 "$base" "$(make_layer huge $((BIG_MIB << 20)))")"
+    for n in 1 2 3; do
+        tag_in_layout "big/small-$n:1" $OCI_MANIFEST "$(make_manifest amd64 "$base" "$(make_layer "small-$n" $((1 << 20)))")"
+    done
+    tag_in_layout big/multi:1 $OCI_INDEX "$(make_index \
+        "$(make_manifest amd64 "$base" "$(make_layer multi-amd64 $((1 << 20)))")" \
+        "$(make_manifest arm64 "$base" "$(make_layer multi-arm64 $((1 << 20)))")")"
+    layout_end
+    printf '%s\n' big/huge:1 big/small-1:1 big/small-2:1 big/small-3:1 big/multi:1 >"$WORK/big.list"
+}
+
+build_many() {
+    local base r t path
+    layout_begin "$WORK/gen-many"
+    base=$(make_layer base $((2 << 20)))
+    : >"$WORK/many.list"
+    for ((r = 1; r <= MANY_REPOS; r++)); do
+        for ((t = 1; t <= MANY_TAGS; t++)); do
+            path=$(printf 'many/r%02d:t%02d' "$r" "$t")
+            tag_in_layout "$path" $OCI_MANIFEST \
+                "$(make_manifest amd64 "$base" "$(make_layer "u-$r-$t" 16384)")"
+            echo "$path" >>"$WORK/many.list"
+        done
+    done
+    layout_end
+}
+
+# push_corpus CORPUS: skopeo copy every image of the generated layout into the source registry.
+push_corpus() {
+    local c=$1
+    say "$c: pushing $(wc -l <"$WORK/$c.list") images to $SRC"
+    # shellcheck disable=SC2016
+    xargs -P 2 -I{} skopeo --insecure-policy copy --quiet --all --preserve-digests --dest-tls-verify=false \
+        "oci:$WORK/gen-$c:{}" "docker://$SRC/{}" <"$WORK/$c.list"
+    rm -rf "$WORK/gen-$c"
+}
+
+# --- measurement ---------------------------------------------------------------------------------
+ROWS=()   # corpus|step|tool|wall|rss MiB|digests
+FAILED=0
+
+# measure CORPUS STEP TOOL CMD...: runs CMD under /usr/bin/time, output to a log; appends a row.
+measure() {
+    local corpus=$1 step=$2 tool=$3 tf log wall rss
+    shift 3
+    tf=$WORK/logs/$corpus-$step-${tool// /_}.time
+    log=$WORK/logs/$corpus-$step-${tool// /_}.log
+    say "$corpus: $step with $tool"
+    if /usr/bin/time -f '%e %M' -o "$tf" "$@" >"$log" 2>&1; then
+        read -r wall rss < <(tail -n 1 "$tf")
+        ROWS+=("$corpus|$step|$tool|$wall|$((rss / 1024))|-")
+        echo "   $wall s, $((rss / 1024)) MiB" >&2
+    else
+        echo "   FAILED; last lines of $log:" >&2
+        tail -n 20 "$log" | sed 's/^/   | /' >&2
+        ROWS+=("$corpus|$step|$tool|FAILED|-|-")
+        FAILED=$((FAILED + 1))
+    fi
+}
+
+# manifest_digests REGISTRY LIST OUT: "PATH sha256:..." for every path (MISSING when absent).
+manifest_digests() {
+    local reg=$1
+    # shellcheck disable=SC2016
+    xargs -P 4 -I{} bash -c 'd=$(skopeo inspect --raw --tls-verify=false "docker://$1/$2" 2>/dev/null | sha256sum | cut -d" " -f1) \
+        && [[ $d != e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855 ]] \
+        && echo "$2 sha256:$d" || echo "$2 MISSING"' _ "$reg" {} <"$2" | sort >"$3"
+}
+
+# preserved SOURCE_FILE TARGET_FILE: "kept/total" (images whose digest is unchanged).
+preserved() {
+    local total kept
+    total=$(wc -l <"$1")
+    kept=$(comm -12 "$1" "$2" | grep -vc ' MISSING$' || true)
+    echo "$kept/$total"
+}
+
+set_digest_cell() {   # set_digest_cell CORPUS TOOL VALUE: fills the import row of TOOL
+    local i
+    for i in "${!ROWS[@]}"; do
+        if [[ ${ROWS[$i]} == "$1|import|$2|"* ]]; then
+            ROWS[i]=${ROWS[$i]%|*}"|$3"
+        fi
+    done
+}
+
+run_corpus() {
+    local c=$1 list=$WORK/$1.list refs=$WORK/$1.refs
+    "build_$c"
+    push_corpus "$c"
+    sed "s|^|$SRC/|" "$list" >"$refs"   # full source references, one per line
+    du -sh "$WORK/registry-source/data" >&2
+
+    if uses airlock; then
+        measure "$c" export airlock "$AIRLOCK" export -f "$refs" -o "$WORK/$c-airlock.tar.zst" \
+            --plain-http -j "$JOBS" --cache-dir "$WORK/cache-$c"
+        rm -rf "$WORK/cache-$c"
+    fi
+    if uses skopeo; then
+        cat >"$WORK/$c-skopeo-export.sh" <<EOF
+set -euo pipefail
+while read -r ref; do
+    skopeo --insecure-policy copy --quiet --all --preserve-digests --src-tls-verify=false \\
+        "docker://\$ref" "oci:$WORK/$c-skopeo-layout:\$ref"
+done <"$refs"
+tar -C "$WORK/$c-skopeo-layout" -cf - . | zstd -q -T0 -3 >"$WORK/$c-skopeo.tar.zst"
+EOF
+        measure "$c" export skopeo bash "$WORK/$c-skopeo-export.sh"
+        rm -rf "$WORK/$c-skopeo-layout"
+    fi
+
+    if uses airlock && [[ ! -f $WORK/$c-airlock.tar.zst ]]; then
+        ROWS+=("$c|import|airlock|skipped|-|-")
+    elif uses airlock; then
+        measure "$c" import airlock "$AIRLOCK" import "$WORK/$c-airlock.tar.zst" \
+            --registry "$DST_AIRLOCK" --plain-http -j "$JOBS"
+    fi
+    if uses skopeo && [[ ! -f $WORK/$c-skopeo.tar.zst ]]; then
+        ROWS+=("$c|import|skopeo|skipped|-|-")
+    elif uses skopeo; then
+        cat >"$WORK/$c-skopeo-import.sh" <<EOF
+set -euo pipefail
+mkdir -p "$WORK/$c-skopeo-extract"
+zstd -d <"$WORK/$c-skopeo.tar.zst" | tar -x -C "$WORK/$c-skopeo-extract"
+while read -r ref; do
+    skopeo --insecure-policy copy --quiet --all --preserve-digests --dest-tls-verify=false \\
+        "oci:$WORK/$c-skopeo-extract:\$ref" "docker://$DST_SKOPEO/\${ref#*/}"
+done <"$refs"
+EOF
+        measure "$c" import skopeo bash "$WORK/$c-skopeo-import.sh"
+        rm -rf "$WORK/$c-skopeo-extract"
+    fi
+
+    if uses airlock && [[ -f $WORK/$c-airlock.tar.zst ]]; then
+        measure "$c" verify airlock "$AIRLOCK" verify "$WORK/$c-airlock.tar.zst"
+        measure "$c" verify "zstd -d" bash -c "zstd -d <'$WORK/$c-airlock.tar.zst' >/dev/null"
+    fi
+
+    say "$c: comparing manifest digests with the source"
+    manifest_digests "$SRC" "$list" "$WORK/$c.digests-source"
+    if uses airlock; then
+        manifest_digests "$DST_AIRLOCK" "$list" "$WORK/$c.digests-airlock"
+        set_digest_cell "$c" airlock "$(preserved "$WORK/$c.digests-source" "$WORK/$c.digests-airlock")"
+    fi
+    if uses skopeo; then
+        manifest_digests "$DST_SKOPEO" "$list" "$WORK/$c.digests-skopeo"
+        set_digest_cell "$c" skopeo "$(preserved "$WORK/$c.digests-source" "$WORK/$c.digests-skopeo")"
+    fi
+
+    local f
+    for f in "$WORK/$c-airlock.tar.zst" "$WORK/$c-skopeo.tar.zst"; do
+        [[ -f $f ]] && SIZES+=("$c $(basename "$f") $(stat -c %s "$f")")
+    done
+    # Keep the disk in check: the bundles are not needed any more.
+    rm -f "$WORK/$c-airlock.tar.zst" "$WORK/$c-skopeo.tar.zst"
+}
+
+SIZES=()
+for c in $CORPORA; do
+    case $c in
+        big | many) run_corpus "$c" ;;
+        *) die "unknown corpus $c (big, many)" ;;
+    esac
+done
+
+# --- report --------------------------------------------------------------------------------------
+echo
+if uses airlock; then echo "airlock: $("$AIRLOCK" --version 2>/dev/null | head -n 1 || true)"; fi
+echo "$(skopeo --version); zstd $(zstd -V | grep -o 'v[0-9.]*' | head -n 1)"
+echo "$(nproc) cores; airlock -j $JOBS; skopeo one image at a time; BENCH_SMALL=${BENCH_SMALL:-0}"
+echo
+{
+    echo "corpus|step|tool|wall s|peak RSS MiB|digests preserved"
+    printf '%s\n' "${ROWS[@]}"
+} | awk -F'|' '{ printf "%-7s %-7s %-8s %8s %13s %18s\n", $1, $2, $3, $4, $5, $6 }'
+echo
+for s in "${SIZES[@]}"; do
+    read -r c name bytes <<<"$s"
+    printf '%-6s %-22s %10.1f MiB\n' "$c" "$name" "$(echo "$bytes" | awk '{print $1 / 1048576}')"
+done
+for c in $CORPORA; do
+    a=$(printf '%s\n' "${ROWS[@]}" | awk -F'|' -v c="$c" '$1 == c && $2 == "verify" && $3 == "airlock" {print $4}')
+    z=$(printf '%s\n' "${ROWS[@]}" | awk -F'|' -v c="$c" '$1 == c && $2 == "verify" && $3 == "zstd -d" {print $4}')
+    if [[ $a =~ ^[0-9.]+$ && $z =~ ^[0-9.]+$ ]]; then
+        awk -v c="$c" -v a="$a" -v z="$z" 'BEGIN { if (z > 0) printf "%-6s verify / zstd -d = %.2f\n", c, a / z; else printf "%-6s verify / zstd -d = n/a (too fast to time)\n", c }'
+    fi
+done
+((FAILED == 0)) || { echo "bench: $FAILED step(s) failed, logs in $WORK/logs (BENCH_KEEP=1 keeps them)" >&2; exit 1; }
