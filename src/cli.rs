@@ -30,6 +30,21 @@ pub enum Command {
     Inspect(InspectArgs),
     /// Check a bundle offline: every blob's digest and size, the layout, the seek table.
     Verify(VerifyArgs),
+    /// Make a key pair for signing bundles (PREFIX.key and PREFIX.pub, minisign format).
+    Keygen(KeygenArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct KeygenArgs {
+    /// Prefix of the files to write: PREFIX.key and PREFIX.pub
+    #[arg(short, long, value_name = "PREFIX")]
+    pub output: PathBuf,
+    /// Do not encrypt the secret key (for unattended signing; protect the file instead)
+    #[arg(long)]
+    pub no_password: bool,
+    /// Overwrite existing key files
+    #[arg(long)]
+    pub force: bool,
 }
 
 /// Flags shared by the commands that talk to a registry.
@@ -99,6 +114,10 @@ pub struct ExportArgs {
     /// [default: $XDG_CACHE_HOME/airlock or ~/.cache/airlock]
     #[arg(long, value_name = "DIR", env = "AIRLOCK_CACHE_DIR")]
     pub cache_dir: Option<PathBuf>,
+    /// Sign bundle.json with this minisign secret key (writes NAME.minisig beside the bundle;
+    /// an encrypted key's password comes from AIRLOCK_KEY_PASSWORD or a prompt)
+    #[arg(long, value_name = "KEY")]
+    pub sign: Option<PathBuf>,
     #[command(flatten)]
     pub registry: RegistryArgs,
     #[command(flatten)]
@@ -109,6 +128,10 @@ pub struct ExportArgs {
 pub struct ImportArgs {
     /// The bundle (its base name, or any of its volumes)
     pub bundle: PathBuf,
+    /// Refuse the bundle unless it is signed by this minisign public key, and check all of
+    /// its content before pushing anything
+    #[arg(long, value_name = "PUB")]
+    pub trusted_key: Option<PathBuf>,
     #[command(flatten)]
     pub registry: RegistryArgs,
     #[command(flatten)]
@@ -131,6 +154,9 @@ pub struct VerifyArgs {
     /// Print the report as JSON
     #[arg(long)]
     pub json: bool,
+    /// Refuse the bundle unless it is signed by this minisign public key
+    #[arg(long, value_name = "PUB")]
+    pub trusted_key: Option<PathBuf>,
     /// Print nothing but errors
     #[arg(short, long)]
     pub quiet: bool,

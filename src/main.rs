@@ -24,6 +24,7 @@ fn main() {
             Command::Inspect(a) => tokio::task::spawn_blocking(move || commands::inspect::run(a))
                 .await
                 .map_err(|e| Error::Failed(e.to_string()))?,
+            Command::Keygen(a) => commands::keygen(a),
             Command::Verify(a) => tokio::task::spawn_blocking(move || commands::verify::run(a))
                 .await
                 .map_err(|e| Error::Failed(e.to_string()))?,

@@ -28,6 +28,8 @@ pub struct Bundle {
     files: MultiFile,
     seek: SeekTable,
     pub manifest: BundleManifest,
+    /// The exact bytes of `bundle.json` (what a signature covers).
+    pub bundle_json: Vec<u8>,
     /// Every member in archive order.
     pub members: Vec<Location>,
     by_digest: HashMap<Digest, usize>,
@@ -126,6 +128,7 @@ impl Bundle {
                     },
                 },
             },
+            bundle_json: Vec::new(),
             members: vec![],
             by_digest: HashMap::new(),
         };
@@ -156,6 +159,7 @@ impl Bundle {
             return Err(Error::bundle(&b.path, "bundle.json is cut short"));
         }
         b.manifest = BundleManifest::parse(&bytes, &b.path)?;
+        b.bundle_json = bytes;
         // Where every other member must be.
         let mut off = tar_span(size);
         let mut members = vec![Location {

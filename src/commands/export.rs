@@ -298,6 +298,11 @@ struct SummaryImage {
 
 pub async fn run(args: ExportArgs) -> Result<()> {
     let requested = requested_images(&args)?;
+    let signer = args
+        .sign
+        .as_deref()
+        .map(crate::signing::Signer::load)
+        .transpose()?;
     let split = args
         .split_size
         .as_deref()
@@ -480,6 +485,30 @@ pub async fn run(args: ExportArgs) -> Result<()> {
     manifest.validate(&out)?;
     let bundle_json = serde_json::to_vec_pretty(&manifest)
         .map_err(|e| Error::Failed(format!("bundle.json: {e}")))?;
+    // The signature is written beside the bundle and renamed into place with it; an unsigned
+    // export removes a stale one so it cannot be mistaken for this bundle's.
+    let sig_path = crate::signing::signature_path(&out);
+    let sig_partial = PathBuf::from(format!("{}.partial", sig_path.display()));
+    match &signer {
+        Some(s) => {
+            let name = out
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            let sig = s.sign(
+                &bundle_json,
+                &format!("airlock bundle {name} created {}", manifest.created),
+            )?;
+            std::fs::write(&sig_partial, sig)
+                .ctx(|| format!("writing {}", sig_partial.display()))?;
+        }
+        None => {
+            if sig_path.exists() {
+                std::fs::remove_file(&sig_path)
+                    .ctx(|| format!("removing the stale signature {}", sig_path.display()))?;
+            }
+        }
+    }
 
     // Downloads run ahead, bounded by --jobs; the writer takes blobs in bundle order.
     let mut receivers = Vec::new();
@@ -568,9 +597,21 @@ pub async fn run(args: ExportArgs) -> Result<()> {
         let files = w.finish()?;
         Ok((files, downloaded, cached))
     });
-    let (files, downloaded, cached) = writer
+    let written = writer
         .await
-        .map_err(|e| Error::Failed(format!("bundle writer: {e}")))??;
+        .map_err(|e| Error::Failed(format!("bundle writer: {e}")))
+        .and_then(|r| r);
+    let (files, downloaded, cached) = match written {
+        Ok(w) => w,
+        Err(e) => {
+            let _ = std::fs::remove_file(&sig_partial);
+            return Err(e);
+        }
+    };
+    if signer.is_some() {
+        std::fs::rename(&sig_partial, &sig_path)
+            .ctx(|| format!("renaming to {}", sig_path.display()))?;
+    }
     reporter.finish_bar();
     let compressed: u64 = files
         .iter()

@@ -84,6 +84,27 @@ pub async fn run(args: ImportArgs) -> Result<()> {
         .await
         .map_err(|e| Error::Failed(format!("opening the bundle: {e}")))??;
     let bundle = Arc::new(bundle);
+    if let Some(key) = &args.trusted_key {
+        // Prove the whole bundle before the registry sees a byte of it.
+        let (id, _) = crate::signing::verify(&bundle.path, &bundle.bundle_json, key)?;
+        reporter.info(format!(
+            "signature by trusted key {id} is good; checking every blob"
+        ));
+        let b = bundle.clone();
+        let r = reporter.clone();
+        let rep = tokio::task::spawn_blocking(move || crate::commands::verify::check(&b, &r))
+            .await
+            .map_err(|e| Error::Failed(format!("verifying the bundle: {e}")))??;
+        if !rep.ok {
+            return Err(Error::bundle(
+                &bundle.path,
+                format!(
+                    "does not match what its signature covers; nothing was pushed:\n  {}",
+                    rep.errors.join("\n  ")
+                ),
+            ));
+        }
+    }
     let targets = plan_targets(
         &bundle.manifest.images,
         repository.as_deref(),

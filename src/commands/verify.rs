@@ -86,6 +86,8 @@ pub struct Report {
     pub bytes_checked: u64,
     pub errors: Vec<String>,
     pub warnings: Vec<String>,
+    /// The trusted key that signed the bundle, when one was given and the signature holds.
+    pub signed_by: Option<String>,
 }
 
 #[derive(serde::Serialize)]
@@ -319,9 +321,22 @@ pub fn check(bundle: &Bundle, reporter: &Reporter) -> Result<Report> {
 pub fn run(args: VerifyArgs) -> Result<()> {
     let bundle = Bundle::open(&args.bundle)?;
     let mut reporter = Reporter::new(args.quiet || args.json, false);
+    let signature = match &args.trusted_key {
+        Some(key) => {
+            let (id, comment) = crate::signing::verify(&bundle.path, &bundle.bundle_json, key)?;
+            reporter.info(format!("signature by trusted key {id} is good ({comment})"));
+            Some(id)
+        }
+        None => None,
+    };
     reporter.start_bar(bundle.manifest.total_size, "verifying");
-    let rep = check(&bundle, &reporter)?;
+    let mut rep = check(&bundle, &reporter)?;
     reporter.finish_bar();
+    rep.signed_by = signature;
+    if rep.signed_by.is_none() && crate::signing::signature_path(&bundle.path).exists() {
+        rep.warnings
+            .push("the bundle is signed, but no --trusted-key was given to check it".into());
+    }
     if args.json {
         let mut out = std::io::stdout();
         serde_json::to_writer_pretty(&mut out, &rep).map_err(|e| Error::Failed(e.to_string()))?;
