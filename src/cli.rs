@@ -91,6 +91,18 @@ pub struct OutputArgs {
     /// Print more detail (every blob)
     #[arg(short, long)]
     pub verbose: bool,
+    /// How often a failed request or transfer is retried (with back-off) before giving up
+    #[arg(long, default_value_t = 4, value_name = "N", value_parser = clap::value_parser!(u32).range(0..=20))]
+    pub retries: u32,
+}
+
+impl OutputArgs {
+    pub fn retry_policy(&self) -> crate::registry::RetryPolicy {
+        crate::registry::RetryPolicy {
+            attempts: self.retries + 1,
+            ..Default::default()
+        }
+    }
 }
 
 #[derive(Args, Debug)]

@@ -361,9 +361,9 @@ async fn upload(
     size: u64,
     mut location: Option<reqwest::Url>,
 ) -> Result<()> {
-    const ATTEMPTS: u32 = 4;
+    let attempts = target.retry_policy().attempts.max(1);
     let mut last = None;
-    for attempt in 1..=ATTEMPTS {
+    for attempt in 1..=attempts {
         let loc = match location.take() {
             Some(l) => l,
             None => target.start_upload(repo).await?,
@@ -378,8 +378,8 @@ async fn upload(
             Ok(()) => return Ok(()),
             Err(e) => {
                 last = Some(e);
-                if attempt < ATTEMPTS {
-                    tokio::time::sleep(std::time::Duration::from_millis(500 << attempt)).await;
+                if attempt < attempts {
+                    tokio::time::sleep(target.transfer_backoff(attempt + 1)).await;
                 }
             }
         }

@@ -8,7 +8,7 @@ use super::{tar_span, BUNDLE_JSON, INDEX_JSON, OCI_LAYOUT};
 use crate::digest::{Digest, VerifyingReader};
 use crate::error::{Error, Result};
 use std::collections::HashMap;
-use std::io::{self, Read};
+use std::io::{self, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use zeekstd::SeekTable;
 
@@ -81,6 +81,7 @@ impl Bundle {
     pub fn open(given: &Path) -> Result<Bundle> {
         let (base, volumes) = discover(given)?;
         let files = MultiFile::open(&volumes)?;
+        check_seek_table_footer(&files)?;
         let mut probe = files.clone();
         let seek = SeekTable::from_seekable(&mut probe).map_err(|e| {
             Error::bundle(
@@ -91,6 +92,12 @@ impl Bundle {
                 ),
             )
         })?;
+        if seek.num_frames() == 0 {
+            return Err(Error::bundle(
+                files.file_at(files.len()),
+                "the seek table lists no frames: this is not a bundle",
+            ));
+        }
         let table_len = seek.clone().into_serializer().encoded_len() as u64;
         if seek.size_comp() + table_len != files.len() {
             return Err(Error::bundle(
@@ -189,12 +196,12 @@ impl Bundle {
             off += tar_span(blob.size);
         }
         let expected_end = off + 1024;
-        if b.seek.size_decomp() < expected_end {
+        if b.seek.size_decomp() != expected_end {
             return Err(Error::bundle(
                 b.files.file_at(b.files.len()),
                 format!(
                     "bundle.json describes {expected_end} bytes of archive but the seek table \
-                     holds {}: the bundle is truncated or inconsistent",
+                     holds {}: the bundle is truncated, has extra members or is inconsistent",
                     b.seek.size_decomp()
                 ),
             ));
@@ -208,6 +215,12 @@ impl Bundle {
                     format!("member {} does not start a zstd frame: the seek table does not match bundle.json", m.name),
                 ));
             }
+        }
+        // Every member's header says what bundle.json says, before anything trusts the
+        // bundle: names, types and sizes that differ are refused here, not halfway through
+        // an import.
+        for m in members.iter().skip(1) {
+            b.check_header(m)?;
         }
         b.members = members;
         Ok(b)
@@ -229,19 +242,77 @@ impl Bundle {
         self.seek.frame_start_comp(idx).unwrap_or(0)
     }
 
-    /// A reader over `len` uncompressed bytes starting at `start`.
+    /// A reader over `len` uncompressed bytes starting at `start`. It decodes only the frames
+    /// the seek table says hold them, and fails (rather than waiting for more) if those frames
+    /// end before the bytes do.
     fn range(&self, start: u64, len: u64) -> Result<impl Read + use<>> {
-        let opts = zeekstd::DecodeOptions::new(self.files.clone())
-            .seek_table(self.seek.clone())
-            .offset(start)
-            .offset_limit(start + len);
-        let dec = opts.into_decoder().map_err(|e| {
+        let cannot = |e: String| {
             Error::bundle(
                 &self.path,
                 format!("cannot read archive bytes {start}..{}: {e}", start + len),
             )
-        })?;
+        };
+        let end = start
+            .checked_add(len)
+            .filter(|&e| e <= self.seek.size_decomp())
+            .ok_or_else(|| cannot("beyond the end of the archive".into()))?;
+        let first = self.seek.frame_index_decomp(start);
+        let last = self.seek.frame_index_decomp(end.saturating_sub(1).max(start));
+        let mut table = SeekTable::new();
+        for i in first..=last {
+            let (c, d) = self
+                .frame_sizes(i)
+                .map_err(|e| cannot(format!("seek table: {e}")))?;
+            table
+                .log_frame(c, d)
+                .map_err(|e| cannot(format!("seek table: {e}")))?;
+        }
+        let c_start = self.seek.frame_start_comp(first).map_err(|e| cannot(e.to_string()))?;
+        let c_end = self.seek.frame_end_comp(last).map_err(|e| cannot(e.to_string()))?;
+        let d_start = self.seek.frame_start_decomp(first).map_err(|e| cannot(e.to_string()))?;
+        let window = Window {
+            inner: self.files.clone(),
+            start: c_start,
+            len: c_end.saturating_sub(c_start),
+            pos: 0,
+        };
+        let dec = zeekstd::DecodeOptions::new(window)
+            .seek_table(table)
+            .offset(start - d_start)
+            .offset_limit(end - d_start)
+            .into_decoder()
+            .map_err(|e| cannot(e.to_string()))?;
         Ok(dec.take(len))
+    }
+
+    /// Compressed and uncompressed size of frame `i`.
+    fn frame_sizes(&self, i: u32) -> std::result::Result<(u32, u32), String> {
+        let s = &self.seek;
+        let size = |a: zeekstd::Result<u64>, b: zeekstd::Result<u64>| -> Result<u32, String> {
+            let (a, b) = (a.map_err(|e| e.to_string())?, b.map_err(|e| e.to_string())?);
+            b.checked_sub(a)
+                .and_then(|n| u32::try_from(n).ok())
+                .ok_or_else(|| format!("frame {i} has an impossible size"))
+        };
+        Ok((
+            size(s.frame_start_comp(i), s.frame_end_comp(i))?,
+            size(s.frame_start_decomp(i), s.frame_end_decomp(i))?,
+        ))
+    }
+
+    /// Checks that the tar header at a member's place says what bundle.json says.
+    fn check_header(&self, m: &Location) -> Result<()> {
+        let (name, size) = self.read_header(m)?;
+        if name != m.name || size != m.size {
+            return Err(Error::bundle(
+                &self.path,
+                format!(
+                    "expected member {} of {} bytes at offset {}, found {name:?} of {size} bytes",
+                    m.name, m.size, m.header
+                ),
+            ));
+        }
+        Ok(())
     }
 
     /// Reads and checks the tar header of a member.
@@ -264,16 +335,7 @@ impl Bundle {
 
     /// Opens a member's content after checking that its header says what bundle.json says.
     fn open_member(&self, m: &Location) -> Result<impl Read + use<>> {
-        let (name, size) = self.read_header(m)?;
-        if name != m.name || size != m.size {
-            return Err(Error::bundle(
-                &self.path,
-                format!(
-                    "expected member {} of {} bytes at offset {}, found {name:?} of {size} bytes",
-                    m.name, m.size, m.header
-                ),
-            ));
-        }
+        self.check_header(m)?;
         self.range(m.header + 512, m.size)
     }
 
@@ -340,6 +402,87 @@ impl Bundle {
 
     pub fn compressed_size(&self) -> u64 {
         self.files.len()
+    }
+}
+
+/// Refuses a seek table whose footer claims more frames than the files can hold, before the
+/// zstd seekable parser reserves memory for them.
+fn check_seek_table_footer(files: &MultiFile) -> Result<()> {
+    const FOOTER: u64 = 9;
+    const SKIPPABLE_HEADER: u64 = 8;
+    let last = files.file_at(files.len());
+    let len = files.len();
+    if len < SKIPPABLE_HEADER + FOOTER {
+        return Err(Error::bundle(
+            last,
+            format!("{len} bytes is too short to be a bundle (no zstd seek table at the end)"),
+        ));
+    }
+    let mut footer = [0u8; FOOTER as usize];
+    let mut f = files.clone();
+    f.seek(SeekFrom::Start(len - FOOTER))
+        .and_then(|_| f.read_exact(&mut footer))
+        .map_err(|e| Error::bundle(&last, format!("reading the seek table: {e}")))?;
+    let frames = u32::from_le_bytes([footer[0], footer[1], footer[2], footer[3]]) as u64;
+    let per_frame = if footer[4] & 0x80 != 0 { 12 } else { 8 };
+    let table = SKIPPABLE_HEADER + frames * per_frame + FOOTER;
+    if table > len {
+        return Err(Error::bundle(
+            last,
+            format!(
+                "the seek table claims {frames} frames ({table} bytes), more than the {len} \
+                 bytes of the bundle: it is truncated, damaged or not written by airlock"
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// A window `[start, start + len)` of the bundle's bytes, for the frames one read needs.
+/// Reading past its end is an error: the seek table promised more than the frames hold.
+struct Window {
+    inner: MultiFile,
+    start: u64,
+    len: u64,
+    pos: u64,
+}
+
+impl Read for Window {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if buf.is_empty() {
+            return Ok(0);
+        }
+        let left = self.len.saturating_sub(self.pos);
+        if left == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "the zstd frames end before the seek table says they do",
+            ));
+        }
+        let want = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
+        self.inner.seek(SeekFrom::Start(self.start + self.pos))?;
+        let n = self.inner.read(&mut buf[..want])?;
+        if n == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "the bundle's files end before its seek table says they do",
+            ));
+        }
+        self.pos += n as u64;
+        Ok(n)
+    }
+}
+
+impl Seek for Window {
+    fn seek(&mut self, to: SeekFrom) -> io::Result<u64> {
+        let new = match to {
+            SeekFrom::Start(p) => Some(p),
+            SeekFrom::End(d) => self.len.checked_add_signed(d),
+            SeekFrom::Current(d) => self.pos.checked_add_signed(d),
+        }
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "seek out of range"))?;
+        self.pos = new;
+        Ok(new)
     }
 }
 

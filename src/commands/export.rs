@@ -11,7 +11,7 @@ use crate::digest::{Digest, Verifier, VerifyingReader};
 use crate::error::{Error, IoContext, Result};
 use crate::progress::{human, Reporter};
 use crate::reference::{validate_repository, validate_tag, Reference};
-use crate::registry::{Registry, RetryPolicy};
+use crate::registry::Registry;
 use futures_util::stream::{self, StreamExt, TryStreamExt};
 use std::collections::HashMap;
 use std::io::{BufReader, Write};
@@ -250,14 +250,14 @@ async fn fetch_to_cache(reg: &Registry, o: &Object, cache: &Path) -> Result<(Pat
         }
         match failed {
             None => break,
-            Some(e) if attempts >= 5 => {
+            Some(e) if attempts >= reg.retry_policy().attempts.max(1) => {
                 let _ = tokio::fs::remove_file(&tmp).await;
                 return Err(Error::registry(
                     reg.name(),
                     format!("{what}: download interrupted {attempts} times, last: {e}"),
                 ));
             }
-            Some(_) => tokio::time::sleep(std::time::Duration::from_millis(500 << attempts)).await,
+            Some(_) => tokio::time::sleep(reg.transfer_backoff(attempts + 1)).await,
         }
     }
     file.flush()
@@ -374,10 +374,11 @@ pub async fn run(args: ExportArgs) -> Result<()> {
         } else {
             crate::credentials::from_config_files(name)
         };
-        let reg = match Registry::connect(name, &tls, creds.clone(), RetryPolicy::default()).await {
+        let reg = match Registry::connect(name, &tls, creds.clone(), args.out.retry_policy()).await
+        {
             Err(Error::Auth { .. }) if creds.is_none() && config::interactive() => {
                 let creds = config::prompt_credentials(name)?;
-                Registry::connect(name, &tls, creds, RetryPolicy::default()).await?
+                Registry::connect(name, &tls, creds, args.out.retry_policy()).await?
             }
             r => r?,
         };

@@ -8,7 +8,7 @@ use crate::copy::{self, TargetImage};
 use crate::error::{Error, Result};
 use crate::progress::{human, Reporter};
 use crate::reference::{validate_repository, validate_tag};
-use crate::registry::{Registry, RetryPolicy};
+use crate::registry::Registry;
 use std::collections::HashMap;
 use std::io::Write;
 use std::sync::Arc;
@@ -114,10 +114,10 @@ pub async fn run(args: ImportArgs) -> Result<()> {
     let creds = config::credentials(r, Side::Target, &registry)?;
     let tls = config::tls(r);
     let target =
-        match Registry::connect(&registry, &tls, creds.clone(), RetryPolicy::default()).await {
+        match Registry::connect(&registry, &tls, creds.clone(), args.out.retry_policy()).await {
             Err(Error::Auth { .. }) if creds.is_none() && config::interactive() => {
                 let creds = config::prompt_credentials(&registry)?;
-                Registry::connect(&registry, &tls, creds, RetryPolicy::default()).await?
+                Registry::connect(&registry, &tls, creds, args.out.retry_policy()).await?
             }
             r => r?,
         };

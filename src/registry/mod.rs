@@ -211,6 +211,15 @@ impl Registry {
         &self.name
     }
 
+    pub fn retry_policy(&self) -> &RetryPolicy {
+        &self.retry
+    }
+
+    /// How long to wait before attempt `attempt` (2, 3, …) of a transfer.
+    pub fn transfer_backoff(&self, attempt: u32) -> Duration {
+        self.backoff(attempt.saturating_sub(1), None)
+    }
+
     /// `GET /v2/`: learns the auth challenge and checks credentials where they are needed.
     async fn ping(&self, single_try: bool) -> Result<()> {
         let url = self.url("v2/")?;
