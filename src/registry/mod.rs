@@ -185,7 +185,7 @@ impl Registry {
         } else {
             &["https"]
         };
-        let mut last_err = None;
+        let mut errors: Vec<(String, Error)> = Vec::new();
         for scheme in schemes {
             let base = Url::parse(&format!("{scheme}://{host}/"))
                 .map_err(|e| Error::Usage(format!("registry {name:?}: {e}")))?;
@@ -201,10 +201,30 @@ impl Registry {
             let fallback = schemes.len() > 1 && *scheme == "https";
             match reg.ping(fallback).await {
                 Ok(()) => return Ok(reg),
-                Err(e) => last_err = Some(e),
+                // Wrong credentials are final, whatever the scheme.
+                Err(e @ Error::Auth { .. }) => return Err(e),
+                Err(e) => errors.push((scheme.to_string(), e)),
             }
         }
-        Err(last_err.unwrap_or_else(|| Error::registry(name, "no scheme to try")))
+        match errors.len() {
+            0 => Err(Error::registry(name, "no scheme to try")),
+            1 => Err(errors.remove(0).1),
+            _ => Err(Error::registry(
+                name,
+                errors
+                    .iter()
+                    .map(|(scheme, e)| {
+                        let msg = e.to_string();
+                        let prefix = format!("registry {name}: ");
+                        format!(
+                            "over {scheme}: {}",
+                            msg.strip_prefix(&prefix).unwrap_or(&msg)
+                        )
+                    })
+                    .collect::<Vec<_>>()
+                    .join("; "),
+            )),
+        }
     }
 
     pub fn name(&self) -> &str {

@@ -1,0 +1,630 @@
+//! Bad input and bad networks: unknown images, wrong passwords, TLS, corrupt and truncated
+//! bundles, a registry that is down or flaky. Each gets a clear error naming the image, blob,
+//! registry or file, a non-zero exit, and nothing half-done that looks complete.
+
+mod common;
+
+use common::*;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+fn stderr(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+fn files_in(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .expect("read dir")
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    v.sort();
+    v
+}
+
+/// Flips one byte in the middle of the compressed frame that holds `digest`'s content.
+fn corrupt_blob(bundle: &Path, digest: &str) {
+    let b = airlock::bundle::Bundle::open(bundle).expect("open bundle");
+    let name = format!("blobs/sha256/{}", &digest[7..]);
+    let m = b
+        .members
+        .iter()
+        .find(|m| m.name == name)
+        .expect("blob is in the bundle");
+    let table = b.seek_table();
+    let frame = table.frame_index_decomp(m.header + 512 + m.size / 2);
+    let start = table.frame_start_comp(frame).expect("frame start");
+    let end = table.frame_end_comp(frame).expect("frame end");
+    let at = start + (end - start) / 2;
+    let mut bytes = std::fs::read(bundle).expect("read bundle");
+    bytes[at as usize] ^= 0x40;
+    std::fs::write(bundle, bytes).expect("write bundle");
+}
+
+#[test]
+fn an_unknown_image_fails_naming_it_and_writes_no_bundle() {
+    let src = TestRegistry::start(RegistryOpts::plain());
+    let corpus = build_corpus(&src);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out_path = dir.path().join("b.tar.zst");
+    let missing = format!("{}/src/nope:9.9", src.host());
+    let out = run_airlock(
+        [
+            "export",
+            &corpus.get("src/alpha", "1.0").reference(&src.host()),
+            &missing,
+            "-o",
+            out_path.to_str().unwrap(),
+        ],
+        &[],
+        None,
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", describe_output(&out));
+    assert!(stderr(&out).contains(&missing), "{}", stderr(&out));
+    assert!(
+        files_in(dir.path()).is_empty(),
+        "left behind: {:?}",
+        files_in(dir.path())
+    );
+    // A tag that does not exist in an existing repository, too.
+    let missing_tag = format!("{}/src/alpha:0.0.0", src.host());
+    let out = run_airlock(
+        ["export", &missing_tag, "-o", out_path.to_str().unwrap()],
+        &[],
+        None,
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", describe_output(&out));
+    assert!(stderr(&out).contains(&missing_tag), "{}", stderr(&out));
+    assert!(files_in(dir.path()).is_empty());
+}
+
+#[test]
+fn basic_auth_and_tls_on_both_sides_and_wrong_passwords() {
+    let src = TestRegistry::start(
+        RegistryOpts::plain()
+            .with_auth("puller", "pull-S3cret")
+            .with_tls(),
+    );
+    let corpus = build_corpus(&src);
+    let dst = TestRegistry::start(
+        RegistryOpts::plain()
+            .with_auth("pusher", "push-S3cret")
+            .with_tls(),
+    );
+    let dir = tempfile::tempdir().expect("tempdir");
+    let bundle = dir.path().join("b.tar.zst");
+    let list = dir.path().join("images.txt");
+    std::fs::write(&list, corpus.images_file(&src.host())).expect("write list");
+    let ca = src.ca_cert_path();
+
+    // Wrong password: names the registry, says authentication failed, never shows the password.
+    let out = run_airlock(
+        [
+            "export",
+            "-f",
+            list.to_str().unwrap(),
+            "-o",
+            bundle.to_str().unwrap(),
+            "--ca-cert",
+            ca.to_str().unwrap(),
+        ],
+        &[
+            ("SOURCE_DOCKER_USERNAME", "puller"),
+            ("SOURCE_DOCKER_PASSWORD", "wrong-Pa55word"),
+        ],
+        None,
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", describe_output(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains(&src.host()) && err.contains("authentication failed"),
+        "{err}"
+    );
+    assert!(!err.contains("wrong-Pa55word"));
+    assert!(!bundle.exists());
+
+    // No credentials at all: the same, clearly.
+    let out = run_airlock(
+        [
+            "export",
+            "-f",
+            list.to_str().unwrap(),
+            "-o",
+            bundle.to_str().unwrap(),
+            "--ca-cert",
+            ca.to_str().unwrap(),
+        ],
+        &[],
+        None,
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", describe_output(&out));
+    assert!(
+        stderr(&out).contains("authentication failed"),
+        "{}",
+        stderr(&out)
+    );
+
+    // Without the CA the certificate is refused (verified by default).
+    let out = run_airlock(
+        [
+            "export",
+            "-f",
+            list.to_str().unwrap(),
+            "-o",
+            bundle.to_str().unwrap(),
+        ],
+        &[
+            ("SOURCE_DOCKER_USERNAME", "puller"),
+            ("SOURCE_DOCKER_PASSWORD", "pull-S3cret"),
+        ],
+        None,
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", describe_output(&out));
+    assert!(stderr(&out).contains(&src.host()), "{}", stderr(&out));
+
+    // Right password from the environment, CA given: works.
+    let out = run_airlock(
+        [
+            "export",
+            "-f",
+            list.to_str().unwrap(),
+            "-o",
+            bundle.to_str().unwrap(),
+            "--ca-cert",
+            ca.to_str().unwrap(),
+        ],
+        &[
+            ("SOURCE_DOCKER_USERNAME", "puller"),
+            ("SOURCE_DOCKER_PASSWORD", "pull-S3cret"),
+        ],
+        None,
+    );
+    assert_success(&out, "export with credentials");
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("pull-S3cret"));
+    let raw = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!("zstd -dc '{}'", bundle.display()))
+        .output()
+        .expect("zstd");
+    let text = String::from_utf8_lossy(&raw.stdout);
+    assert!(
+        !text.contains("pull-S3cret") && !text.contains("puller"),
+        "credentials in the bundle"
+    );
+
+    // Import with --password-stdin: wrong first, then right.
+    let dst_ca = dst.ca_cert_path();
+    let out = run_airlock(
+        [
+            "import",
+            bundle.to_str().unwrap(),
+            "--registry",
+            &dst.host(),
+            "--ca-cert",
+            dst_ca.to_str().unwrap(),
+            "--username",
+            "pusher",
+            "--password-stdin",
+        ],
+        &[],
+        Some("nope-nope\n"),
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", describe_output(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains(&dst.host()) && err.contains("authentication failed"),
+        "{err}"
+    );
+    assert!(!err.contains("nope-nope"));
+    let out = run_airlock(
+        [
+            "import",
+            bundle.to_str().unwrap(),
+            "--registry",
+            &dst.host(),
+            "--ca-cert",
+            dst_ca.to_str().unwrap(),
+            "--username",
+            "pusher",
+            "--password-stdin",
+        ],
+        &[],
+        Some("push-S3cret\n"),
+    );
+    assert_success(&out, "import with --password-stdin");
+    for img in &corpus.images {
+        assert_eq!(
+            skopeo_digest(&dst, &img.name()),
+            img.digest,
+            "{}",
+            img.name()
+        );
+    }
+    // TARGET_DOCKER_* credentials work as well (re-import: everything already there).
+    let out = run_airlock(
+        [
+            "import",
+            bundle.to_str().unwrap(),
+            "--ca-cert",
+            dst_ca.to_str().unwrap(),
+        ],
+        &[
+            ("TARGET_DOCKER_REGISTRY", &dst.host()),
+            ("TARGET_DOCKER_USERNAME", "pusher"),
+            ("TARGET_DOCKER_PASSWORD", "push-S3cret"),
+        ],
+        None,
+    );
+    assert_success(&out, "import with TARGET_DOCKER_* credentials");
+    // --insecure skips verification.
+    let out = run_airlock(
+        [
+            "import",
+            bundle.to_str().unwrap(),
+            "--registry",
+            &dst.host(),
+            "--insecure",
+        ],
+        &[
+            ("TARGET_DOCKER_USERNAME", "pusher"),
+            ("TARGET_DOCKER_PASSWORD", "push-S3cret"),
+        ],
+        None,
+    );
+    assert_success(&out, "import with --insecure");
+}
+
+#[test]
+fn docker_config_json_credentials_are_used() {
+    let src = TestRegistry::start(RegistryOpts::plain().with_auth("cfguser", "cfg-pass"));
+    let corpus = build_corpus(&src);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let docker = dir.path().join("docker");
+    std::fs::create_dir(&docker).expect("mkdir");
+    let auth = base64_encode(b"cfguser:cfg-pass");
+    std::fs::write(
+        docker.join("config.json"),
+        format!(r#"{{"auths":{{"{}":{{"auth":"{auth}"}}}}}}"#, src.host()),
+    )
+    .expect("write config.json");
+    let bundle = dir.path().join("b.tar.zst");
+    let out = run_airlock(
+        [
+            "export",
+            &corpus.get("src/alpha", "1.0").reference(&src.host()),
+            "-o",
+            bundle.to_str().unwrap(),
+        ],
+        &[("DOCKER_CONFIG", docker.to_str().unwrap())],
+        None,
+    );
+    assert_success(&out, "export with docker config.json");
+}
+
+fn base64_encode(data: &[u8]) -> String {
+    const T: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut s = String::new();
+    for c in data.chunks(3) {
+        let b = [c[0], *c.get(1).unwrap_or(&0), *c.get(2).unwrap_or(&0)];
+        let n = (b[0] as u32) << 16 | (b[1] as u32) << 8 | b[2] as u32;
+        for i in 0..4 {
+            if i <= c.len() {
+                s.push(T[(n >> (18 - 6 * i) & 63) as usize] as char);
+            } else {
+                s.push('=');
+            }
+        }
+    }
+    s
+}
+
+#[test]
+fn a_corrupt_or_truncated_bundle_is_refused_and_no_affected_tag_is_written() {
+    let src = TestRegistry::start(RegistryOpts::plain());
+    let corpus = build_corpus(&src);
+    let alpha = corpus.get("src/alpha", "1.0");
+    let beta = corpus.get("src/beta", "1.0");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let bundle = dir.path().join("b.tar.zst");
+    let out = run_airlock(
+        [
+            "export",
+            &alpha.reference(&src.host()),
+            &beta.reference(&src.host()),
+            "-o",
+            bundle.to_str().unwrap(),
+        ],
+        &[],
+        None,
+    );
+    assert_success(&out, "export");
+    let good = std::fs::read(&bundle).expect("read");
+
+    // A layer unique to beta, corrupted on the media.
+    let beta_only: Vec<String> = beta
+        .blob_digests()
+        .into_iter()
+        .filter(|d| !alpha.blob_digests().contains(d))
+        .collect();
+    let victim = beta_only
+        .iter()
+        .max_by_key(|d| {
+            beta.manifest
+                .blobs
+                .iter()
+                .find(|b| &b.digest == *d)
+                .map(|b| b.size)
+                .unwrap_or(0)
+        })
+        .expect("beta has its own layer")
+        .clone();
+    corrupt_blob(&bundle, &victim);
+
+    let out = run_airlock(["verify", bundle.to_str().unwrap()], &[], None);
+    assert_eq!(out.status.code(), Some(1), "{}", describe_output(&out));
+    assert!(
+        stderr(&out).contains(&victim[..19]),
+        "verify must name the blob: {}",
+        stderr(&out)
+    );
+
+    let dst = TestRegistry::start(RegistryOpts::plain());
+    let out = run_airlock(
+        [
+            "import",
+            bundle.to_str().unwrap(),
+            "--registry",
+            &dst.host(),
+            "--retries",
+            "0",
+        ],
+        &[],
+        None,
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", describe_output(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains(&victim[..19]) && err.contains("b.tar.zst"),
+        "{err}"
+    );
+    assert!(
+        !skopeo_exists(&dst, &beta.name()),
+        "beta must not be tagged"
+    );
+    assert!(
+        !dst.blob_exists(&beta.repo, &victim),
+        "the corrupt blob must not land"
+    );
+    // The intact image went in.
+    assert_eq!(skopeo_digest(&dst, &alpha.name()), alpha.digest);
+
+    // Cut short: refused up front, naming the file, nothing pushed.
+    std::fs::write(&bundle, &good[..good.len() / 2]).expect("truncate");
+    let empty = TestRegistry::start(RegistryOpts::plain());
+    for args in [
+        vec!["verify", bundle.to_str().unwrap()],
+        vec!["inspect", bundle.to_str().unwrap()],
+        vec![
+            "import",
+            bundle.to_str().unwrap(),
+            "--registry",
+            &empty.host(),
+        ],
+    ] {
+        let out = run_airlock(&args, &[], None);
+        assert_eq!(
+            out.status.code(),
+            Some(1),
+            "{args:?}: {}",
+            describe_output(&out)
+        );
+        let err = stderr(&out);
+        assert!(
+            err.contains("b.tar.zst") && err.contains("truncated"),
+            "{args:?}: {err}"
+        );
+    }
+    assert!(empty.catalog().is_empty());
+}
+
+#[test]
+fn a_registry_that_is_down_gives_a_clear_error_after_retries() {
+    let port = free_port();
+    let host = format!("127.0.0.1:{port}");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let started = Instant::now();
+    let out = run_airlock(
+        [
+            "export",
+            &format!("{host}/src/alpha:1.0"),
+            "-o",
+            dir.path().join("b.tar.zst").to_str().unwrap(),
+            "--plain-http",
+        ],
+        &[],
+        None,
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", describe_output(&out));
+    let err = stderr(&out);
+    assert!(err.contains(&host) && err.contains("attempts"), "{err}");
+    assert!(
+        started.elapsed() < Duration::from_secs(60),
+        "took {:?}",
+        started.elapsed()
+    );
+    assert!(files_in(dir.path()).is_empty());
+
+    let bundle_dir = tempfile::tempdir().expect("tempdir");
+    let src = TestRegistry::start(RegistryOpts::plain());
+    let corpus = build_corpus(&src);
+    let bundle = bundle_dir.path().join("b.tar.zst");
+    let out = run_airlock(
+        [
+            "export",
+            &corpus.get("src/alpha", "1.0").reference(&src.host()),
+            "-o",
+            bundle.to_str().unwrap(),
+        ],
+        &[],
+        None,
+    );
+    assert_success(&out, "export");
+    let out = run_airlock(
+        [
+            "import",
+            bundle.to_str().unwrap(),
+            "--registry",
+            &host,
+            "--retries",
+            "2",
+        ],
+        &[],
+        None,
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", describe_output(&out));
+    assert!(stderr(&out).contains(&host), "{}", stderr(&out));
+}
+
+#[test]
+fn transient_5xx_429_and_cut_downloads_are_retried() {
+    let src = TestRegistry::start(RegistryOpts::plain());
+    let corpus = build_corpus(&src);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let list = |host: &str| {
+        let p = dir
+            .path()
+            .join(format!("images-{}.txt", host.replace(':', "_")));
+        std::fs::write(&p, corpus.images_file(host)).expect("write list");
+        p
+    };
+
+    // 503 on the first requests.
+    let proxy = FaultProxy::fail_503(&src, 3);
+    let bundle = dir.path().join("a.tar.zst");
+    let out = run_airlock(
+        [
+            "export",
+            "-f",
+            list(&proxy.host()).to_str().unwrap(),
+            "-o",
+            bundle.to_str().unwrap(),
+            "--plain-http",
+        ],
+        &[],
+        None,
+    );
+    assert_success(&out, "export through 503s");
+    assert_eq!(proxy.faults_injected(), 3);
+
+    // 429 with Retry-After: 1 is honoured.
+    let proxy = FaultProxy::throttle_429(&src, 2);
+    let started = Instant::now();
+    let out = run_airlock(
+        [
+            "export",
+            "-f",
+            list(&proxy.host()).to_str().unwrap(),
+            "-o",
+            dir.path().join("b.tar.zst").to_str().unwrap(),
+            "--plain-http",
+        ],
+        &[],
+        None,
+    );
+    assert_success(&out, "export through 429s");
+    assert_eq!(proxy.faults_injected(), 2);
+    assert!(started.elapsed() >= Duration::from_secs(1));
+
+    // A blob download cut in the middle resumes (or restarts) and still verifies.
+    let proxy = FaultProxy::for_registry(
+        &src,
+        FaultPlan::new(Fault::TruncateBody { after_bytes: 64 }, 2)
+            .method("GET")
+            .path_contains("/blobs/sha256:"),
+    );
+    let c = dir.path().join("c.tar.zst");
+    let out = run_airlock(
+        [
+            "export",
+            "-f",
+            list(&proxy.host()).to_str().unwrap(),
+            "-o",
+            c.to_str().unwrap(),
+            "--plain-http",
+        ],
+        &[],
+        None,
+    );
+    assert_success(&out, "export through cut downloads");
+    assert_eq!(proxy.faults_injected(), 2);
+    let out = run_airlock(["verify", c.to_str().unwrap()], &[], None);
+    assert_success(&out, "verify after resumed downloads");
+
+    // Imports retry too.
+    let dst = TestRegistry::start(RegistryOpts::plain());
+    let proxy = FaultProxy::for_registry(
+        &dst,
+        FaultPlan::new(Fault::ServiceUnavailable, 4).method("PATCH"),
+    );
+    let out = run_airlock(
+        [
+            "import",
+            c.to_str().unwrap(),
+            "--registry",
+            &proxy.host(),
+            "--plain-http",
+        ],
+        &[],
+        None,
+    );
+    assert_success(&out, "import through 503s");
+    assert_eq!(proxy.faults_injected(), 4);
+    for img in &corpus.images {
+        assert_eq!(skopeo_digest(&dst, &img.name()), img.digest);
+    }
+}
+
+#[test]
+fn a_rerun_export_reuses_its_cache() {
+    let src = TestRegistry::start(RegistryOpts::plain());
+    let corpus = build_corpus(&src);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cache = dir.path().join("cache");
+    let list = dir.path().join("images.txt");
+    std::fs::write(&list, corpus.images_file(&src.host())).expect("write list");
+    let cache_env = [("AIRLOCK_CACHE_DIR", cache.to_str().unwrap())];
+    let first = run_airlock(
+        [
+            "export",
+            "-f",
+            list.to_str().unwrap(),
+            "-o",
+            dir.path().join("1.tar.zst").to_str().unwrap(),
+            "--json",
+        ],
+        &cache_env,
+        None,
+    );
+    assert_success(&first, "first export");
+    let gets_before = src.access_log("GET", "/blobs/sha256:").len();
+    let second = run_airlock(
+        [
+            "export",
+            "-f",
+            list.to_str().unwrap(),
+            "-o",
+            dir.path().join("2.tar.zst").to_str().unwrap(),
+            "--json",
+        ],
+        &cache_env,
+        None,
+    );
+    assert_success(&second, "second export");
+    let v: serde_json::Value = serde_json::from_slice(&second.stdout).expect("json");
+    assert_eq!(v["downloadedBytes"], 0, "{v}");
+    assert_eq!(
+        src.access_log("GET", "/blobs/sha256:").len(),
+        gets_before,
+        "no blob fetched again"
+    );
+}
