@@ -9,6 +9,7 @@ pub mod copy;
 pub mod credentials;
 pub mod digest;
 pub mod error;
+pub mod fetch;
 pub mod manifest;
 pub mod progress;
 pub mod reference;

@@ -6,18 +6,18 @@ use crate::bundle::model::{BlobEntry, BundleManifest, ImageEntry, Layout, Member
 use crate::bundle::{BundleWriter, BUNDLE_JSON, INDEX_JSON, OCI_LAYOUT, OCI_LAYOUT_CONTENT};
 use crate::cli::ExportArgs;
 use crate::config::{self, Side, DEFAULT_SOURCE_REGISTRY, DEFAULT_SOURCE_REPOSITORY};
-use crate::copy::{self, Object, Resolved};
-use crate::digest::{Digest, Verifier, VerifyingReader};
+use crate::copy::{self, Resolved};
+use crate::digest::{Digest, VerifyingReader};
 use crate::error::{Error, IoContext, Result};
+use crate::fetch::{self, Source, Supply};
 use crate::progress::{human, Reporter};
 use crate::reference::{validate_repository, validate_tag, Reference};
 use crate::registry::Registry;
 use futures_util::stream::{self, StreamExt, TryStreamExt};
 use std::collections::HashMap;
-use std::io::{BufReader, Write};
-use std::path::{Path, PathBuf};
+use std::io::Write;
+use std::path::PathBuf;
 use std::sync::Arc;
-use tokio::io::AsyncWriteExt;
 
 /// An image to export, with the namespace import will replace.
 #[derive(Clone, Debug)]
@@ -196,82 +196,6 @@ fn build_index_json(images: &[ImageEntry], root_sizes: &[u64]) -> Result<Vec<u8>
         "manifests": manifests,
     });
     serde_json::to_vec_pretty(&index).map_err(|e| Error::Failed(format!("index.json: {e}")))
-}
-
-/// Downloads a blob into the cache unless a copy of the right size is there; resumes an
-/// interrupted transfer with a Range request; verifies digest and size before renaming.
-async fn fetch_to_cache(reg: &Registry, o: &Object, cache: &Path) -> Result<(PathBuf, bool)> {
-    let dest = cache.join("blobs/sha256").join(o.digest.hex());
-    if let Ok(meta) = tokio::fs::metadata(&dest).await {
-        if meta.len() == o.size {
-            return Ok((dest, true));
-        }
-    }
-    let tmp = cache
-        .join("tmp")
-        .join(format!("{}.{}", o.digest.hex(), std::process::id()));
-    let mut file = tokio::fs::File::create(&tmp)
-        .await
-        .ctx(|| format!("creating {}", tmp.display()))?;
-    let mut verifier = Verifier::new(&o.digest, o.size);
-    let mut attempts = 0;
-    let what = format!("blob {} of {}/{}", o.digest, reg.name(), o.repo);
-    loop {
-        attempts += 1;
-        let (resp, start) = reg.get_blob(&o.repo, &o.digest, verifier.seen()).await?;
-        if start == 0 && verifier.seen() > 0 {
-            // The registry ignored the range: start over.
-            file.set_len(0)
-                .await
-                .ctx(|| format!("truncating {}", tmp.display()))?;
-            file = tokio::fs::File::create(&tmp)
-                .await
-                .ctx(|| format!("creating {}", tmp.display()))?;
-            verifier = Verifier::new(&o.digest, o.size);
-        }
-        let mut body = resp.bytes_stream();
-        let mut failed = None;
-        while let Some(chunk) = body.next().await {
-            match chunk {
-                Ok(c) => {
-                    verifier.update(&c).map_err(|e| Error::Integrity {
-                        what: what.clone(),
-                        detail: e.to_string(),
-                    })?;
-                    file.write_all(&c)
-                        .await
-                        .ctx(|| format!("writing {}", tmp.display()))?;
-                }
-                Err(e) => {
-                    failed = Some(e.to_string());
-                    break;
-                }
-            }
-        }
-        match failed {
-            None => break,
-            Some(e) if attempts >= reg.retry_policy().attempts.max(1) => {
-                let _ = tokio::fs::remove_file(&tmp).await;
-                return Err(Error::registry(
-                    reg.name(),
-                    format!("{what}: download interrupted {attempts} times, last: {e}"),
-                ));
-            }
-            Some(_) => tokio::time::sleep(reg.transfer_backoff(attempts + 1)).await,
-        }
-    }
-    file.flush()
-        .await
-        .ctx(|| format!("writing {}", tmp.display()))?;
-    drop(file);
-    if let Err(e) = verifier.finish() {
-        let _ = tokio::fs::remove_file(&tmp).await;
-        return Err(e);
-    }
-    tokio::fs::rename(&tmp, &dest)
-        .await
-        .ctx(|| format!("moving {} into the cache", o.digest))?;
-    Ok((dest, false))
 }
 
 #[derive(serde::Serialize)]
@@ -511,30 +435,9 @@ pub async fn run(args: ExportArgs) -> Result<()> {
         }
     }
 
-    // Downloads run ahead, bounded by --jobs; the writer takes blobs in bundle order.
-    let mut receivers = Vec::new();
-    let mut tasks = Vec::new();
-    let sem = Arc::new(tokio::sync::Semaphore::new(jobs));
-    for o in &objects {
-        if o.inline.is_some() {
-            receivers.push(None);
-            continue;
-        }
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        receivers.push(Some(rx));
-        let reg = clients.get(&o.registry).cloned();
-        let o = o.clone();
-        let cache = cache.clone();
-        let sem = sem.clone();
-        tasks.push(tokio::spawn(async move {
-            let _permit = sem.acquire_owned().await;
-            let r = match reg {
-                Some(reg) => fetch_to_cache(&reg, &o, &cache).await,
-                None => Err(Error::Failed(format!("no registry for blob {}", o.digest))),
-            };
-            let _ = tx.send(r);
-        }));
-    }
+    // Small blobs are fetched ahead into the cache by --jobs workers; the writer takes blobs
+    // in bundle order and streams the ones nobody fetched yet straight into the bundle.
+    let supply = Supply::new(&objects, clients.clone(), &cache, jobs);
     struct AbortOnDrop(Vec<tokio::task::JoinHandle<()>>);
     impl Drop for AbortOnDrop {
         fn drop(&mut self) {
@@ -543,60 +446,62 @@ pub async fn run(args: ExportArgs) -> Result<()> {
             }
         }
     }
-    let _guard = AbortOnDrop(tasks);
+    let _guard = AbortOnDrop(supply.start_prefetch(jobs));
 
     reporter.start_bar(total_size, "writing bundle");
     let bar = reporter.clone();
     let out2 = out.clone();
+    let supply2 = supply.clone();
     let writer = tokio::task::spawn_blocking(move || -> Result<(Vec<PathBuf>, u64, u64)> {
-        let mut w = BundleWriter::create(&out2, split, mtime)?;
-        w.append(BUNDLE_JSON, bundle_json.len() as u64, &mut &bundle_json[..])?;
-        w.append(
-            OCI_LAYOUT,
-            OCI_LAYOUT_CONTENT.len() as u64,
-            &mut &OCI_LAYOUT_CONTENT[..],
-        )?;
-        w.append(INDEX_JSON, index_json.len() as u64, &mut &index_json[..])?;
-        let (mut downloaded, mut cached) = (0u64, 0u64);
-        for (o, rx) in objects.iter().zip(receivers) {
-            let name = o.digest.layout_path();
-            match (&o.inline, rx) {
-                (Some(bytes), _) => {
+        let supply = supply2;
+        let result = (|| {
+            let mut w = BundleWriter::create(&out2, split, mtime)?;
+            w.append(BUNDLE_JSON, bundle_json.len() as u64, &mut &bundle_json[..])?;
+            w.append(
+                OCI_LAYOUT,
+                OCI_LAYOUT_CONTENT.len() as u64,
+                &mut &OCI_LAYOUT_CONTENT[..],
+            )?;
+            w.append(INDEX_JSON, index_json.len() as u64, &mut &index_json[..])?;
+            let (mut downloaded, mut cached) = (0u64, 0u64);
+            for o in &objects {
+                let name = o.digest.layout_path();
+                if let Some(bytes) = &o.inline {
                     let mut r = VerifyingReader::new(&bytes[..], &o.digest, o.size);
                     w.append(&name, o.size, &mut r)?;
+                    bar.inc(o.size);
+                    continue;
                 }
-                (None, Some(rx)) => {
-                    let (path, hit) = rx.blocking_recv().map_err(|_| {
-                        Error::Failed(format!("download of blob {} was cancelled", o.digest))
-                    })??;
-                    if hit {
-                        cached += o.size;
-                    } else {
-                        downloaded += o.size;
-                    }
-                    let f =
-                        std::fs::File::open(&path).ctx(|| format!("opening {}", path.display()))?;
-                    let mut r = VerifyingReader::new(
-                        BufReader::with_capacity(1 << 20, f),
-                        &o.digest,
-                        o.size,
-                    );
-                    if let Err(e) = w.append(&name, o.size, &mut r) {
-                        // A damaged cache entry must not poison the next run.
-                        if hit {
-                            let _ = std::fs::remove_file(&path);
+                let source = supply.take(o)?;
+                let cached_file = match &source {
+                    Source::Cached { path, hit } => {
+                        if *hit {
+                            cached += o.size;
+                        } else {
+                            downloaded += o.size;
                         }
-                        return Err(e);
+                        Some(path.clone())
                     }
+                    Source::Stream(_) => {
+                        downloaded += o.size;
+                        None
+                    }
+                };
+                let mut r = fetch::open(source, o)?;
+                if let Err(e) = w.append(&name, o.size, &mut r) {
+                    // A damaged cache entry must not poison the next run.
+                    if let Some(p) = cached_file {
+                        let _ = std::fs::remove_file(&p);
+                    }
+                    return Err(e);
                 }
-                (None, None) => {
-                    return Err(Error::Failed(format!("blob {} has no source", o.digest)))
-                }
+                bar.inc(o.size);
             }
-            bar.inc(o.size);
-        }
-        let files = w.finish()?;
-        Ok((files, downloaded, cached))
+            let files = w.finish()?;
+            Ok((files, downloaded, cached))
+        })();
+        supply.finish();
+        result
     });
     let written = writer
         .await

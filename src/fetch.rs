@@ -1,0 +1,419 @@
+//! Getting blobs from the source registries to the bundle writer, in bundle order, with as
+//! few writes as possible: small blobs are fetched ahead (by `--jobs` workers) into the
+//! content-addressed cache, which a re-run reuses; the blob the writer needs next, if nobody
+//! fetched it yet, and every large blob, streams straight from the registry into the bundle.
+//! Every byte is checked against the blob's digest and size; a cut download resumes with a
+//! `Range` request.
+
+use crate::copy::Object;
+use crate::digest::{Digest, Verifier, VerifyingReader};
+use crate::error::{Error, IoContext, Result};
+use crate::registry::Registry;
+use bytes::{Bytes, BytesMut};
+use futures_util::StreamExt;
+use std::collections::HashMap;
+use std::io::{self, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Condvar, Mutex};
+use tokio::io::AsyncWriteExt;
+
+/// Blobs larger than this are never fetched ahead into the cache: they stream into the
+/// bundle when their turn comes (writing them to disk twice would cost more than it saves).
+pub const STREAM_THRESHOLD: u64 = 256 * 1024 * 1024;
+/// Chunks handed from a download to the writer.
+const STREAM_CHUNK: usize = 256 * 1024;
+
+#[derive(Debug)]
+enum Slot {
+    Pending,
+    Prefetching,
+    Ready { path: PathBuf, hit: bool },
+    Failed(String),
+    Streaming,
+}
+
+struct State {
+    slots: HashMap<Digest, Slot>,
+    /// Remote objects in bundle order.
+    order: Vec<Object>,
+    /// Index in `order` of the blob the writer works on.
+    writer_at: usize,
+}
+
+/// Where the writer reads a blob from.
+pub enum Source {
+    /// A verified file in the cache (`hit`: it was there before this run).
+    Cached { path: PathBuf, hit: bool },
+    /// A download in progress.
+    Stream(StreamReader),
+}
+
+pub struct Supply {
+    state: Mutex<State>,
+    ready: Condvar,
+    progress: tokio::sync::Notify,
+    clients: HashMap<String, Arc<Registry>>,
+    cache: PathBuf,
+    handle: tokio::runtime::Handle,
+    window: usize,
+}
+
+impl Supply {
+    /// Prepares the supply for `objects` (inline manifests are ignored); blobs already in the
+    /// cache with the right size are ready at once.
+    pub fn new(
+        objects: &[Object],
+        clients: HashMap<String, Arc<Registry>>,
+        cache: &Path,
+        jobs: usize,
+    ) -> Arc<Supply> {
+        let order: Vec<Object> = objects
+            .iter()
+            .filter(|o| o.inline.is_none())
+            .cloned()
+            .collect();
+        let mut slots = HashMap::new();
+        for o in &order {
+            let path = cache_path(cache, &o.digest);
+            let hit = std::fs::metadata(&path)
+                .map(|m| m.len() == o.size)
+                .unwrap_or(false);
+            slots.insert(
+                o.digest.clone(),
+                if hit {
+                    Slot::Ready { path, hit: true }
+                } else {
+                    Slot::Pending
+                },
+            );
+        }
+        Arc::new(Supply {
+            state: Mutex::new(State {
+                slots,
+                order,
+                writer_at: 0,
+            }),
+            ready: Condvar::new(),
+            progress: tokio::sync::Notify::new(),
+            clients,
+            cache: cache.to_path_buf(),
+            handle: tokio::runtime::Handle::current(),
+            window: (jobs * 4).max(16),
+        })
+    }
+
+    /// Starts `workers` tasks that fetch small blobs ahead of the writer into the cache.
+    pub fn start_prefetch(self: &Arc<Self>, workers: usize) -> Vec<tokio::task::JoinHandle<()>> {
+        (0..workers)
+            .map(|_| {
+                let me = self.clone();
+                tokio::spawn(async move { me.prefetch_worker().await })
+            })
+            .collect()
+    }
+
+    /// The next small pending blob within the window ahead of the writer, marked as taken.
+    fn claim_next(&self) -> Option<Option<Object>> {
+        let mut st = self.state.lock().ok()?;
+        let limit = (st.writer_at + self.window).min(st.order.len());
+        let start = st.writer_at.min(limit);
+        if start >= st.order.len() {
+            return None; // the writer is past everything: nothing left to do
+        }
+        let pick = st.order[start..limit]
+            .iter()
+            .find(|o| {
+                o.size <= STREAM_THRESHOLD && matches!(st.slots.get(&o.digest), Some(Slot::Pending))
+            })
+            .cloned();
+        if let Some(o) = &pick {
+            st.slots.insert(o.digest.clone(), Slot::Prefetching);
+        }
+        Some(pick)
+    }
+
+    async fn prefetch_worker(self: Arc<Self>) {
+        loop {
+            // Register for progress before looking, so a wake-up between the two is not lost.
+            let notified = self.progress.notified();
+            let o = match self.claim_next() {
+                None => return,
+                Some(None) => {
+                    notified.await;
+                    continue;
+                }
+                Some(Some(o)) => o,
+            };
+            let result = match self.clients.get(&o.registry) {
+                Some(reg) => fetch_to_cache(reg, &o, &self.cache).await,
+                None => Err(Error::Failed(format!("no registry for blob {}", o.digest))),
+            };
+            if let Ok(mut st) = self.state.lock() {
+                let slot = match result {
+                    Ok(path) => Slot::Ready { path, hit: false },
+                    Err(e) => Slot::Failed(e.to_string()),
+                };
+                st.slots.insert(o.digest.clone(), slot);
+            }
+            self.ready.notify_all();
+        }
+    }
+
+    /// Blocks until the writer can read `o` (call from a blocking thread, in bundle order).
+    pub fn take(&self, o: &Object) -> Result<Source> {
+        let mut st = self
+            .state
+            .lock()
+            .map_err(|_| Error::Failed("blob supply poisoned".into()))?;
+        if let Some(i) = st.order.iter().position(|x| x.digest == o.digest) {
+            st.writer_at = i;
+        }
+        self.progress.notify_waiters();
+        loop {
+            match st.slots.get(&o.digest) {
+                Some(Slot::Ready { path, hit }) => {
+                    return Ok(Source::Cached {
+                        path: path.clone(),
+                        hit: *hit,
+                    })
+                }
+                Some(Slot::Failed(e)) => return Err(Error::Failed(e.clone())),
+                Some(Slot::Prefetching) => {
+                    st = self
+                        .ready
+                        .wait(st)
+                        .map_err(|_| Error::Failed("blob supply poisoned".into()))?;
+                }
+                Some(Slot::Pending) => {
+                    st.slots.insert(o.digest.clone(), Slot::Streaming);
+                    break;
+                }
+                Some(Slot::Streaming) | None => {
+                    return Err(Error::Failed(format!("blob {} requested twice", o.digest)))
+                }
+            }
+        }
+        drop(st);
+        let reg = self
+            .clients
+            .get(&o.registry)
+            .cloned()
+            .ok_or_else(|| Error::Failed(format!("no registry for blob {}", o.digest)))?;
+        let (tx, rx) = tokio::sync::mpsc::channel(8);
+        let obj = o.clone();
+        self.handle.spawn(async move { pump(&reg, &obj, tx).await });
+        Ok(Source::Stream(StreamReader {
+            rx,
+            current: Bytes::new(),
+            done: false,
+            what: format!("blob {} from {}/{}", o.digest, o.registry, o.repo),
+        }))
+    }
+
+    /// Stops the prefetchers (the writer is done or failed).
+    pub fn finish(&self) {
+        if let Ok(mut st) = self.state.lock() {
+            st.writer_at = st.order.len();
+        }
+        self.progress.notify_waiters();
+    }
+}
+
+/// Opens a source as a reader that fails unless the content matches digest and size. A
+/// cached file is hashed as it is read; a stream was hashed by its download.
+pub fn open(source: Source, o: &Object) -> Result<Box<dyn Read + Send>> {
+    Ok(match source {
+        Source::Cached { path, .. } => {
+            let f = std::fs::File::open(&path).ctx(|| format!("opening {}", path.display()))?;
+            Box::new(VerifyingReader::new(
+                BufReader::with_capacity(1 << 20, f),
+                &o.digest,
+                o.size,
+            ))
+        }
+        Source::Stream(s) => Box::new(s),
+    })
+}
+
+pub fn cache_path(cache: &Path, d: &Digest) -> PathBuf {
+    cache.join("blobs/sha256").join(d.hex())
+}
+
+enum Msg {
+    Data(Bytes),
+    /// Everything was sent and matched the digest and size.
+    Done,
+    Fail(String),
+}
+
+/// The writer's end of a streaming download.
+pub struct StreamReader {
+    rx: tokio::sync::mpsc::Receiver<Msg>,
+    current: Bytes,
+    done: bool,
+    what: String,
+}
+
+impl Read for StreamReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        while self.current.is_empty() {
+            if self.done {
+                return Ok(0);
+            }
+            match self.rx.blocking_recv() {
+                Some(Msg::Data(b)) => self.current = b,
+                Some(Msg::Done) => self.done = true,
+                Some(Msg::Fail(e)) => return Err(io::Error::new(io::ErrorKind::InvalidData, e)),
+                None => {
+                    return Err(io::Error::other(format!(
+                        "{}: the download ended unexpectedly",
+                        self.what
+                    )))
+                }
+            }
+        }
+        let n = buf.len().min(self.current.len());
+        buf[..n].copy_from_slice(&self.current[..n]);
+        self.current = self.current.slice(n..);
+        Ok(n)
+    }
+}
+
+/// Downloads a blob into a channel, verifying it; resumes cut transfers with `Range`.
+async fn pump(reg: &Registry, o: &Object, tx: tokio::sync::mpsc::Sender<Msg>) {
+    let what = format!("blob {} of {}/{}", o.digest, reg.name(), o.repo);
+    let mut verifier = Verifier::new(&o.digest, o.size);
+    let mut attempts = 0;
+    let mut buf = BytesMut::with_capacity(STREAM_CHUNK);
+    loop {
+        attempts += 1;
+        let (resp, start) = match reg.get_blob(&o.repo, &o.digest, verifier.seen()).await {
+            Ok(r) => r,
+            Err(e) => {
+                let _ = tx.send(Msg::Fail(e.to_string())).await;
+                return;
+            }
+        };
+        if start != verifier.seen() {
+            let _ = tx
+                .send(Msg::Fail(format!(
+                    "{what}: the download was cut and the registry cannot resume it (no Range support)"
+                )))
+                .await;
+            return;
+        }
+        let mut body = resp.bytes_stream();
+        let mut failed = None;
+        while let Some(chunk) = body.next().await {
+            match chunk {
+                Ok(c) => {
+                    if let Err(e) = verifier.update(&c) {
+                        let _ = tx.send(Msg::Fail(format!("{what}: {e}"))).await;
+                        return;
+                    }
+                    buf.extend_from_slice(&c);
+                    if buf.len() >= STREAM_CHUNK
+                        && tx.send(Msg::Data(buf.split().freeze())).await.is_err()
+                    {
+                        return; // the writer gave up
+                    }
+                }
+                Err(e) => {
+                    failed = Some(e.to_string());
+                    break;
+                }
+            }
+        }
+        match failed {
+            None => break,
+            Some(e) if attempts >= reg.retry_policy().attempts.max(1) => {
+                let _ = tx
+                    .send(Msg::Fail(format!(
+                        "{what}: download interrupted {attempts} times, last: {e}"
+                    )))
+                    .await;
+                return;
+            }
+            Some(_) => tokio::time::sleep(reg.transfer_backoff(attempts + 1)).await,
+        }
+    }
+    if !buf.is_empty() && tx.send(Msg::Data(buf.split().freeze())).await.is_err() {
+        return;
+    }
+    let msg = match verifier.finish() {
+        Ok(()) => Msg::Done,
+        Err(e) => Msg::Fail(e.to_string()),
+    };
+    let _ = tx.send(msg).await;
+}
+
+/// Downloads a blob into the cache; resumes an interrupted transfer with a Range request;
+/// verifies digest and size before renaming it into place.
+pub async fn fetch_to_cache(reg: &Registry, o: &Object, cache: &Path) -> Result<PathBuf> {
+    let dest = cache_path(cache, &o.digest);
+    let tmp = cache
+        .join("tmp")
+        .join(format!("{}.{}", o.digest.hex(), std::process::id()));
+    let mut file = tokio::fs::File::create(&tmp)
+        .await
+        .ctx(|| format!("creating {}", tmp.display()))?;
+    let mut verifier = Verifier::new(&o.digest, o.size);
+    let mut attempts = 0;
+    let what = format!("blob {} of {}/{}", o.digest, reg.name(), o.repo);
+    let result: Result<()> = async {
+        loop {
+            attempts += 1;
+            let (resp, start) = reg.get_blob(&o.repo, &o.digest, verifier.seen()).await?;
+            if start != verifier.seen() {
+                // The registry ignored the range: start over.
+                file = tokio::fs::File::create(&tmp)
+                    .await
+                    .ctx(|| format!("creating {}", tmp.display()))?;
+                verifier = Verifier::new(&o.digest, o.size);
+            }
+            let mut body = resp.bytes_stream();
+            let mut failed = None;
+            while let Some(chunk) = body.next().await {
+                match chunk {
+                    Ok(c) => {
+                        verifier.update(&c).map_err(|e| Error::Integrity {
+                            what: what.clone(),
+                            detail: e.to_string(),
+                        })?;
+                        file.write_all(&c)
+                            .await
+                            .ctx(|| format!("writing {}", tmp.display()))?;
+                    }
+                    Err(e) => {
+                        failed = Some(e.to_string());
+                        break;
+                    }
+                }
+            }
+            match failed {
+                None => break,
+                Some(e) if attempts >= reg.retry_policy().attempts.max(1) => {
+                    return Err(Error::registry(
+                        reg.name(),
+                        format!("{what}: download interrupted {attempts} times, last: {e}"),
+                    ));
+                }
+                Some(_) => tokio::time::sleep(reg.transfer_backoff(attempts + 1)).await,
+            }
+        }
+        file.flush()
+            .await
+            .ctx(|| format!("writing {}", tmp.display()))?;
+        verifier.finish()
+    }
+    .await;
+    drop(file);
+    if let Err(e) = result {
+        let _ = tokio::fs::remove_file(&tmp).await;
+        return Err(e);
+    }
+    tokio::fs::rename(&tmp, &dest)
+        .await
+        .ctx(|| format!("moving {} into the cache", o.digest))?;
+    Ok(dest)
+}
