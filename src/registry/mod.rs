@@ -695,6 +695,71 @@ impl Registry {
         Ok(())
     }
 
+    /// Follows `Link: <…>; rel="next"` paging of a list endpoint, collecting `key`'s strings.
+    async fn list_paged(
+        &self,
+        first: Url,
+        scope: &Scope,
+        key: &str,
+        what: &str,
+    ) -> Result<Vec<String>> {
+        const MAX_PAGES: usize = 10_000;
+        let mut out = Vec::new();
+        let mut next = Some(first);
+        let mut pages = 0;
+        while let Some(url) = next.take() {
+            pages += 1;
+            if pages > MAX_PAGES {
+                return Err(Error::registry(
+                    &self.name,
+                    format!("{what}: too many pages"),
+                ));
+            }
+            let resp = self.send(scope, || Ok(self.http.get(url.clone()))).await?;
+            if !resp.status().is_success() {
+                return Err(self.unexpected(what, resp).await);
+            }
+            next = resp
+                .headers()
+                .get("link")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| {
+                    let start = v.find('<')? + 1;
+                    let end = v[start..].find('>')? + start;
+                    v[end..]
+                        .contains("rel=\"next\"")
+                        .then(|| v[start..end].to_string())
+                })
+                .and_then(|l| self.base.join(&l).ok());
+            let body = read_limited(resp, 64 << 20)
+                .await
+                .map_err(|e| Error::registry(&self.name, format!("{what}: {e}")))?;
+            let v: serde_json::Value = serde_json::from_slice(&body)
+                .map_err(|e| Error::registry(&self.name, format!("{what}: {e}")))?;
+            if let Some(items) = v.get(key).and_then(|t| t.as_array()) {
+                out.extend(items.iter().filter_map(|t| t.as_str().map(str::to_string)));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Every tag of a repository (`GET /v2/<repo>/tags/list`, paged).
+    pub async fn list_tags(&self, repo: &str) -> Result<Vec<String>> {
+        let url = self.url(&format!("v2/{repo}/tags/list"))?;
+        self.list_paged(url, &Scope::pull(repo), "tags", &format!("tags of {repo}"))
+            .await
+    }
+
+    /// Every repository the registry lists (`GET /v2/_catalog`, paged); not all registries
+    /// offer it.
+    pub async fn catalog(&self) -> Result<Vec<String>> {
+        let mut url = self.url("v2/_catalog")?;
+        url.query_pairs_mut().append_pair("n", "1000");
+        let scope = Scope(vec!["registry:catalog:*".into()]);
+        self.list_paged(url, &scope, "repositories", "the catalog")
+            .await
+    }
+
     /// Pushes a manifest's exact bytes under a tag or its digest.
     pub async fn put_manifest(&self, repo: &str, reference: &str, m: &Manifest) -> Result<()> {
         let url = self.url(&format!("v2/{repo}/manifests/{reference}"))?;
