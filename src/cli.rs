@@ -5,7 +5,8 @@ use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
 
 const AFTER_HELP: &str = "\
-Exit codes: 0 done, 1 failure (nothing half-done is left looking complete), 2 usage error.
+Exit codes: 0 done, 1 failure (nothing half-done is left looking complete), 2 usage error,
+3 partial (export --keep-going left out images that failed; the bundle names them).
 
 Environment (the offline-deployment procedure's variables; flags win):
   export: SOURCE_DOCKER_REGISTRY, SOURCE_DOCKER_REPOSITORY, SOURCE_DOCKER_TAG,
@@ -113,7 +114,8 @@ pub struct ExportArgs {
     /// Read images from a file, one per line (# comments and blank lines are ignored)
     #[arg(short = 'f', long, value_name = "FILE")]
     pub images_file: Option<PathBuf>,
-    /// The bundle to write (.tar.zst)
+    /// The bundle to write (.tar.zst); {date} (YYYY-MM-DD), {month} (YYYY-MM) and {tag}
+    /// are filled in
     #[arg(short, long, value_name = "FILE")]
     pub output: PathBuf,
     /// Keep only this platform of multi-arch images (os/arch[/variant]); repeatable
@@ -126,6 +128,20 @@ pub struct ExportArgs {
     /// [default: $XDG_CACHE_HOME/airlock or ~/.cache/airlock]
     #[arg(long, value_name = "DIR", env = "AIRLOCK_CACHE_DIR")]
     pub cache_dir: Option<PathBuf>,
+    /// Leave out the blobs that this earlier bundle (or its bundle.json, or the bundles it was
+    /// based on) already carried: an incremental bundle. Manifests always travel.
+    #[arg(long, value_name = "BUNDLE")]
+    pub since: Option<PathBuf>,
+    /// Show what would be exported, with sizes, and write nothing
+    #[arg(long)]
+    pub plan: bool,
+    /// Export the images that can be resolved, name the others in the bundle, exit 3
+    #[arg(long)]
+    pub keep_going: bool,
+    /// Do not carry cosign-style signatures, attestations and SBOMs (sha256-<digest>.sig,
+    /// .att, .sbom tags and referrers tags) along with the images
+    #[arg(long)]
+    pub no_referrers: bool,
     /// Sign bundle.json with this minisign secret key (writes NAME.minisig beside the bundle;
     /// an encrypted key's password comes from AIRLOCK_KEY_PASSWORD or a prompt)
     #[arg(long, value_name = "KEY")]

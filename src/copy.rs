@@ -209,44 +209,50 @@ pub async fn push_bundle(
     images: Vec<TargetImage>,
     jobs: usize,
     reporter: Reporter,
-) -> PushReport {
+) -> Result<PushReport> {
     let counters = Arc::new(Counters::default());
-    // Which repositories need each blob (manifests are pushed later, by image).
-    let mut needs: Vec<(Digest, u64, Vec<String>)> = Vec::new();
+    // Which repositories need each blob (manifests are pushed later, by image); blobs that
+    // a base bundle carried (`external`) must be in the target already.
+    let mut needs: Vec<Need> = Vec::new();
     let mut pos: HashMap<Digest, usize> = HashMap::new();
     for img in &images {
         for d in &img.entry.blobs {
-            let Some(b) = bundle.manifest.blob(d) else {
-                continue;
+            let (size, external) = match (bundle.manifest.blob(d), bundle.manifest.external_blob(d))
+            {
+                (Some(b), _) if manifest::is_manifest(&b.media_type) => continue,
+                (Some(b), _) => (b.size, false),
+                (None, Some(x)) => (x.size, true),
+                (None, None) => continue,
             };
-            if manifest::is_manifest(&b.media_type) {
-                continue;
-            }
             let i = *pos.entry(d.clone()).or_insert_with(|| {
-                needs.push((d.clone(), b.size, Vec::new()));
+                needs.push(Need {
+                    digest: d.clone(),
+                    size,
+                    external,
+                    repos: Vec::new(),
+                    images: Vec::new(),
+                });
                 needs.len() - 1
             });
-            if !needs[i].2.contains(&img.repo) {
-                needs[i].2.push(img.repo.clone());
+            if !needs[i].repos.contains(&img.repo) {
+                needs[i].repos.push(img.repo.clone());
             }
+            needs[i].images.push(img.name(target.name()));
         }
     }
+    check_external(&bundle, &target, &needs, jobs).await?;
     let failed_blobs: Arc<Mutex<HashMap<Digest, String>>> = Arc::default();
     stream::iter(needs)
-        .for_each_concurrent(jobs, |(digest, size, repos)| {
+        .for_each_concurrent(jobs, |need| {
             let bundle = bundle.clone();
             let target = target.clone();
             let counters = counters.clone();
             let failed = failed_blobs.clone();
             let reporter = reporter.clone();
             async move {
-                if let Err(e) = place_blob(
-                    &bundle, &target, &digest, size, &repos, &counters, &reporter,
-                )
-                .await
-                {
+                if let Err(e) = place_blob(&bundle, &target, &need, &counters, &reporter).await {
                     if let Ok(mut f) = failed.lock() {
-                        f.insert(digest, e.to_string());
+                        f.insert(need.digest, e.to_string());
                     }
                 }
             }
@@ -298,22 +304,102 @@ pub async fn push_bundle(
         }
     }
     report.images_pushed.sort();
-    report
+    Ok(report)
+}
+
+/// A blob and where it must end up.
+struct Need {
+    digest: Digest,
+    size: u64,
+    /// Carried by a base bundle, not this one.
+    external: bool,
+    repos: Vec<String>,
+    images: Vec<String>,
+}
+
+/// Before anything is written: every external blob must already be in the target (in one of
+/// the repositories that need it; it is mounted into the others). Names the base bundle to
+/// import first when some are missing.
+async fn check_external(
+    bundle: &Bundle,
+    target: &Registry,
+    needs: &[Need],
+    jobs: usize,
+) -> Result<()> {
+    let checks: Vec<Result<Option<String>>> = stream::iter(needs.iter().filter(|n| n.external))
+        .map(|n| async move {
+            for repo in &n.repos {
+                let scope = crate::registry::Scope::push(repo);
+                if target.blob_exists(repo, &n.digest, &scope).await?.is_some() {
+                    return Ok(None);
+                }
+            }
+            let base = bundle
+                .manifest
+                .external_blob(&n.digest)
+                .map(|x| bundle.manifest.base_of(x))
+                .unwrap_or_default();
+            Ok(Some(format!(
+                "{} (needed by {}) is carried by {base}",
+                n.digest,
+                n.images.first().cloned().unwrap_or_default()
+            )))
+        })
+        .buffer_unordered(jobs)
+        .collect()
+        .await;
+    let mut missing = Vec::new();
+    for c in checks {
+        if let Some(m) = c? {
+            missing.push(m);
+        }
+    }
+    if missing.is_empty() {
+        return Ok(());
+    }
+    missing.sort();
+    let bases: Vec<String> = bundle
+        .manifest
+        .bases
+        .iter()
+        .map(|b| format!("{} (created {})", b.name, b.created))
+        .collect();
+    Err(Error::Failed(format!(
+        "{} is incremental and {} of the blobs it relies on are not in {}; import {} first. \
+         Nothing was written. Missing:\n  {}",
+        bundle.path.display(),
+        missing.len(),
+        target.name(),
+        bases.join(" and "),
+        missing.join("\n  ")
+    )))
 }
 
 /// Makes one blob present in every repository in `repos`.
 async fn place_blob(
     bundle: &Arc<Bundle>,
     target: &Arc<Registry>,
-    digest: &Digest,
-    size: u64,
-    repos: &[String],
+    need: &Need,
     counters: &Counters,
     reporter: &Reporter,
 ) -> Result<()> {
+    let (digest, size) = (&need.digest, need.size);
     let mut have: Option<String> = None;
     let scope_of = |r: &str| crate::registry::Scope::push(r);
-    for repo in repos {
+    if need.external {
+        // Start from a repository that has it (checked before anything was written).
+        for repo in &need.repos {
+            if target
+                .blob_exists(repo, digest, &scope_of(repo))
+                .await?
+                .is_some()
+            {
+                have = Some(repo.clone());
+                break;
+            }
+        }
+    }
+    for repo in &need.repos {
         if target
             .blob_exists(repo, digest, &scope_of(repo))
             .await?
@@ -337,6 +423,12 @@ async fn place_blob(
                 }
                 MountResult::Upload(loc) => location = Some(loc),
             }
+        }
+        if need.external {
+            return Err(Error::Failed(format!(
+                "blob {digest} is not in this bundle (a base bundle carries it) and could not be \
+                 mounted into {repo}"
+            )));
         }
         upload(bundle, target, repo, digest, size, location).await?;
         counters.uploaded.fetch_add(1, Ordering::Relaxed);

@@ -8,6 +8,8 @@ pub const EXIT_OK: i32 = 0;
 pub const EXIT_FAILURE: i32 = 1;
 /// Exit code: the command line or the environment was wrong; nothing was done.
 pub const EXIT_USAGE: i32 = 2;
+/// Exit code: done in part (`export --keep-going` left some images out; the bundle says which).
+pub const EXIT_PARTIAL: i32 = 3;
 
 /// Everything that can go wrong, with enough context to name the image, blob, registry or file.
 #[derive(Debug, thiserror::Error)]
@@ -40,6 +42,9 @@ pub enum Error {
     /// Several images failed; each is named in the message.
     #[error("{0}")]
     Failed(String),
+    /// The work was done in part, as asked (exit 3).
+    #[error("{0}")]
+    Partial(String),
 }
 
 impl Error {
@@ -47,6 +52,7 @@ impl Error {
     pub fn exit_code(&self) -> i32 {
         match self {
             Error::Usage(_) => EXIT_USAGE,
+            Error::Partial(_) => EXIT_PARTIAL,
             _ => EXIT_FAILURE,
         }
     }

@@ -29,6 +29,44 @@ pub struct BundleManifest {
     pub blobs: Vec<BlobEntry>,
     pub total_size: u64,
     pub layout: Layout,
+    /// Objects the images need that this bundle does not carry, because an earlier bundle
+    /// (named in `bases`) did: an incremental bundle (`export --since`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub external: Vec<ExternalBlob>,
+    /// The bundles that carry the external objects.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub bases: Vec<Base>,
+    /// Images that were asked for but could not be exported (`export --keep-going`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub failed: Vec<FailedImage>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ExternalBlob {
+    pub digest: Digest,
+    pub size: u64,
+    pub media_type: String,
+    /// The digest of the `bundle.json` of the bundle that carries it.
+    pub bundle: Digest,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Base {
+    /// The digest of the base bundle's `bundle.json`.
+    pub bundle_json: Digest,
+    /// When the base bundle was made.
+    pub created: String,
+    /// Its file name, as given to `--since`.
+    pub name: String,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct FailedImage {
+    pub source: String,
+    pub error: String,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -47,6 +85,9 @@ pub struct ImageEntry {
     /// The digest at the source, when platform filtering rewrote the index.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source_digest: Option<Digest>,
+    /// For a signature, attestation or SBOM carried along: the digest it is about.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subject: Option<Digest>,
     pub media_type: String,
     pub platforms: Vec<String>,
     pub size: u64,
@@ -138,6 +179,28 @@ impl BundleManifest {
                 self.total_size
             ));
         }
+        if self.external.len() > MAX_BLOBS || self.bases.len() > MAX_BLOBS {
+            return bad("too many external objects or bases".into());
+        }
+        let bases: HashSet<&Digest> = self.bases.iter().map(|b| &b.bundle_json).collect();
+        let mut external = HashSet::new();
+        for x in &self.external {
+            if seen.contains(&x.digest) || !external.insert(&x.digest) {
+                return bad(format!("external blob {} is listed twice", x.digest));
+            }
+            if x.size > MAX_BLOB_SIZE {
+                return bad(format!(
+                    "external blob {} declares an absurd size",
+                    x.digest
+                ));
+            }
+            if !bases.contains(&x.bundle) {
+                return bad(format!(
+                    "external blob {} names bundle {}, which is not among the bases",
+                    x.digest, x.bundle
+                ));
+            }
+        }
         for l in [&self.layout.oci_layout, &self.layout.index] {
             if l.size > MAX_BUNDLE_JSON {
                 return bad(format!(
@@ -160,7 +223,7 @@ impl BundleManifest {
                 ));
             }
             for d in &img.blobs {
-                if !seen.contains(d) {
+                if !seen.contains(d) && !external.contains(d) {
                     return bad(format!("image {name}: blob {d} is not in blobs"));
                 }
             }
@@ -176,5 +239,20 @@ impl BundleManifest {
 
     pub fn blob(&self, d: &Digest) -> Option<&BlobEntry> {
         self.blobs.iter().find(|b| &b.digest == d)
+    }
+
+    pub fn external_blob(&self, d: &Digest) -> Option<&ExternalBlob> {
+        self.external.iter().find(|b| &b.digest == d)
+    }
+
+    /// The base bundle that carries an external blob, for messages.
+    pub fn base_of(&self, x: &ExternalBlob) -> String {
+        match self.bases.iter().find(|b| b.bundle_json == x.bundle) {
+            Some(b) => format!(
+                "{} (created {}, bundle.json {})",
+                b.name, b.created, b.bundle_json
+            ),
+            None => format!("the bundle whose bundle.json is {}", x.bundle),
+        }
     }
 }

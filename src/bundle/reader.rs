@@ -134,6 +134,9 @@ impl Bundle {
                         size: 0,
                     },
                 },
+                external: vec![],
+                bases: vec![],
+                failed: vec![],
             },
             bundle_json: Vec::new(),
             members: vec![],
@@ -257,7 +260,9 @@ impl Bundle {
             .filter(|&e| e <= self.seek.size_decomp())
             .ok_or_else(|| cannot("beyond the end of the archive".into()))?;
         let first = self.seek.frame_index_decomp(start);
-        let last = self.seek.frame_index_decomp(end.saturating_sub(1).max(start));
+        let last = self
+            .seek
+            .frame_index_decomp(end.saturating_sub(1).max(start));
         let mut table = SeekTable::new();
         for i in first..=last {
             let (c, d) = self
@@ -267,9 +272,18 @@ impl Bundle {
                 .log_frame(c, d)
                 .map_err(|e| cannot(format!("seek table: {e}")))?;
         }
-        let c_start = self.seek.frame_start_comp(first).map_err(|e| cannot(e.to_string()))?;
-        let c_end = self.seek.frame_end_comp(last).map_err(|e| cannot(e.to_string()))?;
-        let d_start = self.seek.frame_start_decomp(first).map_err(|e| cannot(e.to_string()))?;
+        let c_start = self
+            .seek
+            .frame_start_comp(first)
+            .map_err(|e| cannot(e.to_string()))?;
+        let c_end = self
+            .seek
+            .frame_end_comp(last)
+            .map_err(|e| cannot(e.to_string()))?;
+        let d_start = self
+            .seek
+            .frame_start_decomp(first)
+            .map_err(|e| cannot(e.to_string()))?;
         let window = Window {
             inner: self.files.clone(),
             start: c_start,
@@ -352,10 +366,30 @@ impl Bundle {
             .ok_or_else(|| Error::bundle(&self.path, format!("blob {d} is not in this bundle")))?;
         let m = &self.members[idx];
         let inner = self.open_member(m)?;
+        let mut bundle = self.path.display().to_string();
+        if self.volumes.len() > 1 {
+            // Name the volumes the blob is stored in: that is what to replace if it is damaged.
+            let first = self.seek.frame_index_decomp(m.header);
+            let last = self
+                .seek
+                .frame_index_decomp(m.header + tar_span(m.size) - 1);
+            if let (Ok(start), Ok(end)) = (
+                self.seek.frame_start_comp(first),
+                self.seek.frame_end_comp(last),
+            ) {
+                let names: Vec<String> = self
+                    .files
+                    .files_between(start, end)
+                    .iter()
+                    .map(|v| v.display().to_string())
+                    .collect();
+                bundle = format!("{bundle} (stored in {})", names.join(", "));
+            }
+        }
         Ok(BlobReader {
             inner: Box::new(VerifyingReader::new(inner, d, m.size)),
             digest: d.clone(),
-            bundle: self.path.clone(),
+            bundle,
         })
     }
 
@@ -423,6 +457,13 @@ fn check_seek_table_footer(files: &MultiFile) -> Result<()> {
     f.seek(SeekFrom::Start(len - FOOTER))
         .and_then(|_| f.read_exact(&mut footer))
         .map_err(|e| Error::bundle(&last, format!("reading the seek table: {e}")))?;
+    if footer[5..] != zeekstd::SEEKABLE_MAGIC_NUMBER.to_le_bytes() {
+        return Err(Error::bundle(
+            last,
+            "no zstd seek table at the end: the bundle is truncated, a volume is missing, or it \
+             was not written by airlock",
+        ));
+    }
     let frames = u32::from_le_bytes([footer[0], footer[1], footer[2], footer[3]]) as u64;
     let per_frame = if footer[4] & 0x80 != 0 { 12 } else { 8 };
     let table = SKIPPABLE_HEADER + frames * per_frame + FOOTER;
@@ -490,7 +531,8 @@ impl Seek for Window {
 pub struct BlobReader {
     inner: Box<dyn Read + Send>,
     digest: Digest,
-    bundle: PathBuf,
+    /// The bundle (and the volumes holding the blob), for messages.
+    bundle: String,
 }
 
 impl Read for BlobReader {
@@ -498,11 +540,7 @@ impl Read for BlobReader {
         self.inner.read(buf).map_err(|e| {
             io::Error::new(
                 io::ErrorKind::InvalidData,
-                format!(
-                    "blob {} in bundle {}: {e}",
-                    self.digest,
-                    self.bundle.display()
-                ),
+                format!("blob {} in bundle {}: {e}", self.digest, self.bundle),
             )
         })
     }

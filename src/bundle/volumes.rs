@@ -210,6 +210,62 @@ pub fn discover(given: &Path) -> Result<(PathBuf, Vec<PathBuf>)> {
     Ok((base, vols))
 }
 
+/// The volumes (or the single file) whose sha256 differs from the one `NAME.sha256` lists.
+/// Re-reads them; used to explain a failure, so empty when there is no checksum file.
+pub fn damaged_volumes(base: &Path, volumes: &[PathBuf]) -> Vec<PathBuf> {
+    use sha2::{Digest as _, Sha256};
+    let Ok(text) = fs::read_to_string(checksum_name(base)) else {
+        return Vec::new();
+    };
+    let listed: std::collections::HashMap<&str, &str> = text
+        .lines()
+        .filter_map(|l| l.split_once("  "))
+        .map(|(h, n)| (n.trim(), h.trim()))
+        .collect();
+    volumes
+        .iter()
+        .filter(|v| {
+            let name = v.file_name().map(|n| n.to_string_lossy().into_owned());
+            let Some(want) = name.as_deref().and_then(|n| listed.get(n)) else {
+                return false;
+            };
+            let mut h = Sha256::new();
+            match File::open(v).and_then(|mut f| io::copy(&mut f, &mut h)) {
+                Ok(_) => hex::encode(h.finalize()) != *want,
+                Err(_) => true,
+            }
+        })
+        .cloned()
+        .collect()
+}
+
+/// Adds to a bundle error which volumes do not match `NAME.sha256`: a structural failure in
+/// a damaged volume is then reported against that volume.
+pub fn explain_damage(e: Error, given: &Path) -> Error {
+    let Ok((base, volumes)) = discover(given) else {
+        return e;
+    };
+    let damaged = damaged_volumes(&base, &volumes);
+    if damaged.is_empty() {
+        return e;
+    }
+    let detail = match e {
+        Error::Bundle { detail, .. } => detail,
+        other => other.to_string(),
+    };
+    let lines: Vec<String> = damaged
+        .iter()
+        .map(|v| {
+            format!(
+                "{} does not match its checksum in {}: it is damaged or out of order",
+                v.display(),
+                checksum_name(&base).display()
+            )
+        })
+        .collect();
+    Error::bundle(base, format!("{detail}\n  {}", lines.join("\n  ")))
+}
+
 /// Reads the concatenation of several files as one seekable stream.
 pub struct MultiFile {
     files: Vec<(PathBuf, u64)>,
@@ -255,6 +311,19 @@ impl MultiFile {
             start += len;
         }
         None
+    }
+
+    /// The files that hold bytes `start..end` (for error messages).
+    pub fn files_between(&self, start: u64, end: u64) -> Vec<PathBuf> {
+        let mut at = 0;
+        let mut out = Vec::new();
+        for (p, len) in &self.files {
+            if at < end && start < at + len {
+                out.push(p.clone());
+            }
+            at += len;
+        }
+        out
     }
 
     /// The file that holds byte `pos` (for error messages).

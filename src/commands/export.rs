@@ -2,8 +2,12 @@
 //! blobs (concurrently, into a content-addressed cache that makes a re-run cheap) and write
 //! them, deduplicated and verified, into one bundle.
 
-use crate::bundle::model::{BlobEntry, BundleManifest, ImageEntry, Layout, Member};
-use crate::bundle::{BundleWriter, BUNDLE_JSON, INDEX_JSON, OCI_LAYOUT, OCI_LAYOUT_CONTENT};
+use crate::bundle::model::{
+    Base, BlobEntry, BundleManifest, ExternalBlob, FailedImage, ImageEntry, Layout, Member,
+};
+use crate::bundle::{
+    Bundle, BundleWriter, BUNDLE_JSON, INDEX_JSON, OCI_LAYOUT, OCI_LAYOUT_CONTENT,
+};
 use crate::cli::ExportArgs;
 use crate::config::{self, Side, DEFAULT_SOURCE_REGISTRY, DEFAULT_SOURCE_REPOSITORY};
 use crate::copy::{self, Resolved};
@@ -13,10 +17,10 @@ use crate::fetch::{self, Source, Supply};
 use crate::progress::{human, Reporter};
 use crate::reference::{validate_repository, validate_tag, Reference};
 use crate::registry::Registry;
-use futures_util::stream::{self, StreamExt, TryStreamExt};
-use std::collections::HashMap;
+use futures_util::stream::{self, StreamExt};
+use std::collections::{HashMap, HashSet};
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 /// An image to export, with the namespace import will replace.
@@ -25,6 +29,10 @@ pub struct Requested {
     pub reference: Reference,
     pub namespace: String,
     pub path: String,
+    /// Platforms to keep for this image (empty: the global `--platform` list).
+    pub platforms: Vec<String>,
+    /// For a signature or attestation carried along: the image digest it is about.
+    pub subject: Option<Digest>,
 }
 
 /// Reads the image list: arguments, then the file's lines (`#` comments, blanks ignored).
@@ -114,6 +122,8 @@ pub fn requested_images(args: &ExportArgs) -> Result<Vec<Requested>> {
                 reference,
                 namespace: repo.clone(),
                 path: short,
+                platforms: Vec::new(),
+                subject: None,
             });
         } else {
             let reference = Reference::parse(&name)?;
@@ -126,6 +136,8 @@ pub fn requested_images(args: &ExportArgs) -> Result<Vec<Requested>> {
                 path: reference.repository.clone(),
                 namespace: String::new(),
                 reference,
+                platforms: Vec::new(),
+                subject: None,
             });
         }
     }
@@ -209,6 +221,9 @@ struct Summary {
     compressed_size: u64,
     downloaded_bytes: u64,
     cached_bytes: u64,
+    external_blobs: usize,
+    external_size: u64,
+    failed: Vec<FailedImage>,
 }
 
 #[derive(serde::Serialize)]
@@ -220,53 +235,113 @@ struct SummaryImage {
     size: u64,
 }
 
-pub async fn run(args: ExportArgs) -> Result<()> {
-    let requested = requested_images(&args)?;
-    let signer = args
-        .sign
-        .as_deref()
-        .map(crate::signing::Signer::load)
-        .transpose()?;
-    let split = args
-        .split_size
-        .as_deref()
-        .map(config::parse_size)
-        .transpose()?;
-    for p in &args.platform {
-        let parts: Vec<&str> = p.split('/').collect();
-        let well_formed = (2..=3).contains(&parts.len())
-            && parts.iter().all(|c| {
-                !c.is_empty()
-                    && c.bytes()
-                        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
-            });
-        if !well_formed {
-            return Err(Error::Usage(format!(
-                "--platform {p:?}: expected os/arch[/variant]"
-            )));
-        }
+/// Checks `os/arch[/variant]`.
+fn validate_platform(p: &str) -> Result<()> {
+    let parts: Vec<&str> = p.split('/').collect();
+    let well_formed = (2..=3).contains(&parts.len())
+        && parts.iter().all(|c| {
+            !c.is_empty()
+                && c.bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+        });
+    if well_formed {
+        Ok(())
+    } else {
+        Err(Error::Usage(format!(
+            "platform {p:?}: expected os/arch[/variant] in lowercase"
+        )))
     }
-    let out = args.output.clone();
-    if let Some(parent) = out.parent().filter(|p| !p.as_os_str().is_empty()) {
-        if !parent.is_dir() {
-            return Err(Error::Usage(format!(
-                "output directory {} does not exist",
-                parent.display()
-            )));
-        }
-    }
-    let cache = cache_dir(&args)?;
-    for sub in ["blobs/sha256", "tmp"] {
-        std::fs::create_dir_all(cache.join(sub))
-            .ctx(|| format!("creating cache directory {}", cache.join(sub).display()))?;
-    }
-    let mut reporter = Reporter::new(args.out.quiet || args.out.json, args.out.verbose);
-    let jobs = args.out.jobs as usize;
+}
 
-    // Credentials from flags or environment belong to the source registry: the one named by
-    // --registry/SOURCE_DOCKER_REGISTRY, or the only registry in the list.
+/// Fills `{date}` (YYYY-MM-DD), `{month}` (YYYY-MM) and `{tag}` in the output name.
+fn expand_output(template: &Path, mtime: u64, tags: &[String]) -> Result<PathBuf> {
+    let t = template.to_string_lossy();
+    if !t.contains('{') {
+        return Ok(template.to_path_buf());
+    }
+    let date = rfc3339(mtime);
+    let mut s = t
+        .replace("{date}", &date[..10])
+        .replace("{month}", &date[..7]);
+    if s.contains("{tag}") {
+        let distinct: HashSet<&String> = tags.iter().collect();
+        if distinct.len() != 1 {
+            return Err(Error::Usage(format!(
+                "-o {t}: {{tag}} needs every image to have the same tag (they have {})",
+                distinct.len()
+            )));
+        }
+        let tag = tags.first().cloned().unwrap_or_default();
+        s = s.replace("{tag}", &tag);
+    }
+    if s.contains('{') || s.contains('}') {
+        return Err(Error::Usage(format!(
+            "-o {t}: only {{date}}, {{month}} and {{tag}} can be filled in"
+        )));
+    }
+    Ok(PathBuf::from(s))
+}
+
+/// What earlier bundles carried: each object's digest and the bundle.json digest of the
+/// bundle that holds it.
+#[derive(Default)]
+struct Carried {
+    by: HashMap<Digest, (Digest, u64)>,
+    bases: HashMap<Digest, Base>,
+}
+
+/// Reads `--since`: a bundle (any volume) or its `bundle.json`.
+fn load_since(path: &Path) -> Result<Carried> {
+    let is_json = path.extension().is_some_and(|e| e == "json");
+    let bytes = if is_json {
+        let meta = std::fs::metadata(path)
+            .map_err(|e| Error::Usage(format!("--since {}: {e}", path.display())))?;
+        if meta.len() > crate::bundle::model::MAX_BUNDLE_JSON {
+            return Err(Error::Usage(format!(
+                "--since {}: too large for a bundle.json",
+                path.display()
+            )));
+        }
+        std::fs::read(path).map_err(|e| Error::Usage(format!("--since {}: {e}", path.display())))?
+    } else {
+        Bundle::open(path)?.bundle_json
+    };
+    let prev = BundleManifest::parse(&bytes, path)?;
+    let digest = Digest::of(&bytes);
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let mut c = Carried::default();
+    for b in &prev.blobs {
+        c.by.insert(b.digest.clone(), (digest.clone(), b.size));
+    }
+    for x in &prev.external {
+        c.by.insert(x.digest.clone(), (x.bundle.clone(), x.size));
+    }
+    for b in &prev.bases {
+        c.bases.insert(b.bundle_json.clone(), b.clone());
+    }
+    c.bases.insert(
+        digest.clone(),
+        Base {
+            bundle_json: digest,
+            created: prev.created.clone(),
+            name,
+        },
+    );
+    Ok(c)
+}
+
+/// Connects to every registry the images come from. Credentials from flags or environment
+/// belong to the source registry: the one named by --registry/SOURCE_DOCKER_REGISTRY, or the
+/// only registry in the list.
+async fn connect_sources(
+    args: &ExportArgs,
+    requested: &[Requested],
+) -> Result<HashMap<String, Arc<Registry>>> {
     let mut registries: Vec<String> = Vec::new();
-    for r in &requested {
+    for r in requested {
         if !registries.contains(&r.reference.registry) {
             registries.push(r.reference.registry.clone());
         }
@@ -291,82 +366,226 @@ pub async fn run(args: ExportArgs) -> Result<()> {
         _ => None,
     };
     let tls = config::tls(&args.registry);
-    let mut clients: HashMap<String, Arc<Registry>> = HashMap::new();
+    let mut clients = HashMap::new();
     for name in &registries {
         let creds = if Some(name) == creds_for.as_ref() {
             config::credentials(&args.registry, Side::Source, name)?
         } else {
             crate::credentials::from_config_files(name)
         };
-        let reg = match Registry::connect(name, &tls, creds.clone(), args.out.retry_policy()).await
-        {
-            Err(Error::Auth { .. }) if creds.is_none() && config::interactive() => {
-                let creds = config::prompt_credentials(name)?;
-                Registry::connect(name, &tls, creds, args.out.retry_policy()).await?
-            }
-            r => r?,
-        };
+        let reg = connect_one(name, &tls, creds, args).await?;
         clients.insert(name.clone(), Arc::new(reg));
     }
+    Ok(clients)
+}
 
-    // Resolve every image before writing anything: an unknown image fails here.
-    let resolved: Vec<(Requested, Resolved)> = stream::iter(requested.clone())
+/// Connects, asking for credentials on a terminal when the registry wants some we lack.
+async fn connect_one(
+    name: &str,
+    tls: &crate::registry::TlsOptions,
+    creds: Option<crate::credentials::Credentials>,
+    args: &ExportArgs,
+) -> Result<Registry> {
+    match Registry::connect(name, tls, creds.clone(), args.out.retry_policy()).await {
+        Err(Error::Auth { .. }) if creds.is_none() && config::interactive() => {
+            let creds = config::prompt_credentials(name)?;
+            Registry::connect(name, tls, creds, args.out.retry_policy()).await
+        }
+        r => r,
+    }
+}
+
+/// Resolves every image; with `keep_going` a failed image is set aside instead of failing.
+async fn resolve_all(
+    requested: Vec<Requested>,
+    clients: &HashMap<String, Arc<Registry>>,
+    global_platforms: &[String],
+    jobs: usize,
+    keep_going: bool,
+    reporter: &Reporter,
+) -> Result<(Vec<(Requested, Resolved)>, Vec<FailedImage>)> {
+    let results: Vec<(Requested, Result<Resolved>)> = stream::iter(requested)
         .map(|req| {
             let reg = clients.get(&req.reference.registry).cloned();
-            let platforms = args.platform.clone();
+            let platforms = if req.platforms.is_empty() && req.subject.is_none() {
+                global_platforms.to_vec()
+            } else {
+                req.platforms.clone()
+            };
             let reporter = reporter.clone();
             async move {
-                let reg = reg.ok_or_else(|| Error::Failed("registry not connected".into()))?;
-                let r = copy::resolve(
-                    &reg,
-                    &req.reference.repository,
-                    &req.reference.reference(),
-                    &platforms,
-                )
-                .await
-                .map_err(|e| match e {
-                    Error::NotFound { registry, .. } => Error::NotFound {
-                        registry,
-                        what: format!("image {}", req.reference),
-                    },
-                    e => Error::Failed(format!("image {}: {e}", req.reference)),
-                })?;
-                reporter.info(format!(
-                    "resolved {} ({}, {} objects, {})",
-                    req.reference,
-                    r.root.digest.short(),
-                    r.objects.len(),
-                    human(r.objects.iter().map(|o| o.size).sum())
-                ));
-                Ok::<_, Error>((req, r))
+                let r = async {
+                    let reg = reg.ok_or_else(|| Error::Failed("registry not connected".into()))?;
+                    copy::resolve(
+                        &reg,
+                        &req.reference.repository,
+                        &req.reference.reference(),
+                        &platforms,
+                    )
+                    .await
+                    .map_err(|e| match e {
+                        Error::NotFound { registry, .. } => Error::NotFound {
+                            registry,
+                            what: format!("image {}", req.reference),
+                        },
+                        e @ Error::Usage(_) => e,
+                        e => Error::Failed(format!("image {}: {e}", req.reference)),
+                    })
+                }
+                .await;
+                if let Ok(r) = &r {
+                    reporter.info(format!(
+                        "resolved {} ({}, {} objects, {})",
+                        req.reference,
+                        r.root.digest.short(),
+                        r.objects.len(),
+                        human(r.objects.iter().map(|o| o.size).sum())
+                    ));
+                }
+                (req, r)
             }
         })
         .buffered(jobs)
-        .try_collect()
-        .await?;
+        .collect()
+        .await;
+    let mut ok = Vec::new();
+    let mut failed = Vec::new();
+    for (req, r) in results {
+        match r {
+            Ok(r) => ok.push((req, r)),
+            Err(e) if keep_going && !matches!(e, Error::Usage(_)) => {
+                reporter.warn(format!("skipping {}: {e}", req.reference));
+                failed.push(FailedImage {
+                    source: req.reference.to_string(),
+                    error: e.to_string(),
+                });
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok((ok, failed))
+}
 
-    let objects = copy::dedup_order(resolved.iter().map(|(_, r)| r));
-    let images: Vec<ImageEntry> = resolved
+/// Signatures, attestations and SBOMs stored as cosign-style companion tags
+/// (`sha256-<hex>.sig`, `.att`, `.sbom`) or under the OCI referrers tag schema
+/// (`sha256-<hex>`) for the exported images: each becomes an image of its own.
+async fn companions(
+    resolved: &[(Requested, Resolved)],
+    clients: &HashMap<String, Arc<Registry>>,
+    reporter: &Reporter,
+) -> Result<Vec<Requested>> {
+    let mut tags_of: HashMap<(String, String), Vec<String>> = HashMap::new();
+    let mut out = Vec::new();
+    let mut seen: HashSet<String> = resolved
         .iter()
-        .map(|(req, r)| ImageEntry {
-            source: req.reference.to_string(),
-            registry: req.reference.registry.clone(),
-            namespace: req.namespace.clone(),
-            path: req.path.clone(),
-            tag: req.reference.tag.clone().unwrap_or_default(),
-            digest: r.root.digest.clone(),
-            source_digest: r.source_digest.clone(),
-            media_type: r.root.media_type.clone(),
-            platforms: r.platforms.clone(),
-            size: r.objects.iter().map(|o| o.size).sum(),
-            blobs: r.objects.iter().map(|o| o.digest.clone()).collect(),
-        })
+        .map(|(r, _)| r.reference.to_string())
         .collect();
-    let root_sizes: Vec<u64> = resolved
+    for (req, r) in resolved {
+        let key = (
+            req.reference.registry.clone(),
+            req.reference.repository.clone(),
+        );
+        if !tags_of.contains_key(&key) {
+            let Some(reg) = clients.get(&key.0) else {
+                continue;
+            };
+            let tags = match reg.list_tags(&key.1).await {
+                Ok(t) => t,
+                Err(e) => {
+                    reporter.warn(format!(
+                        "cannot list the tags of {}/{} to find signatures: {e}",
+                        key.0, key.1
+                    ));
+                    Vec::new()
+                }
+            };
+            tags_of.insert(key.clone(), tags);
+        }
+        let tags = tags_of.get(&key).cloned().unwrap_or_default();
+        let mut subjects: Vec<Digest> = vec![r.root.digest.clone()];
+        if let Some(d) = &r.source_digest {
+            subjects.push(d.clone());
+        }
+        subjects.extend(
+            r.objects
+                .iter()
+                .filter(|o| crate::manifest::is_manifest(&o.media_type))
+                .map(|o| o.digest.clone()),
+        );
+        for subject in subjects {
+            let prefix = format!("sha256-{}", subject.hex());
+            for tag in tags.iter().filter(|t| {
+                t.as_str() == prefix
+                    || [".sig", ".att", ".sbom"]
+                        .iter()
+                        .any(|s| t.as_str() == format!("{prefix}{s}"))
+            }) {
+                let mut reference = req.reference.clone();
+                reference.tag = Some(tag.clone());
+                reference.digest = None;
+                if seen.insert(reference.to_string()) {
+                    out.push(Requested {
+                        reference,
+                        namespace: req.namespace.clone(),
+                        path: req.path.clone(),
+                        platforms: Vec::new(),
+                        subject: Some(subject.clone()),
+                    });
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+#[derive(serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+struct PlanImage {
+    source: String,
+    digest: String,
+    platforms: Vec<String>,
+    size: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    subject: Option<String>,
+}
+
+#[derive(serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Plan {
+    images: Vec<PlanImage>,
+    failed: Vec<FailedImage>,
+    blobs: usize,
+    /// Bytes the bundle will carry (deduplicated, before compression).
+    bundle_size: u64,
+    /// Bytes left out because a base bundle carries them.
+    external_size: u64,
+    external_blobs: usize,
+    /// Bytes already in the cache.
+    cached_size: u64,
+}
+
+pub async fn run(args: ExportArgs) -> Result<()> {
+    let mut requested = requested_images(&args)?;
+    let signer = if args.plan {
+        None
+    } else {
+        args.sign
+            .as_deref()
+            .map(crate::signing::Signer::load)
+            .transpose()?
+    };
+    let split = args
+        .split_size
+        .as_deref()
+        .map(config::parse_size)
+        .transpose()?;
+    for p in args
+        .platform
         .iter()
-        .map(|(_, r)| r.root.bytes.len() as u64)
-        .collect();
-    let index_json = build_index_json(&images, &root_sizes)?;
+        .chain(requested.iter().flat_map(|r| &r.platforms))
+    {
+        validate_platform(p)?;
+    }
     let mtime = match config::env("SOURCE_DATE_EPOCH") {
         Some(s) => s.parse::<u64>().map_err(|_| {
             Error::Usage(format!(
@@ -378,6 +597,152 @@ pub async fn run(args: ExportArgs) -> Result<()> {
             .map(|d| d.as_secs())
             .unwrap_or(0),
     };
+    let tags: Vec<String> = requested
+        .iter()
+        .filter_map(|r| r.reference.tag.clone())
+        .collect();
+    let out = expand_output(&args.output, mtime, &tags)?;
+    if let Some(parent) = out.parent().filter(|p| !p.as_os_str().is_empty()) {
+        if !parent.is_dir() {
+            return Err(Error::Usage(format!(
+                "output directory {} does not exist",
+                parent.display()
+            )));
+        }
+    }
+    let carried = match &args.since {
+        Some(p) => load_since(p)?,
+        None => Carried::default(),
+    };
+    let cache = cache_dir(&args)?;
+    for sub in ["blobs/sha256", "tmp"] {
+        std::fs::create_dir_all(cache.join(sub))
+            .ctx(|| format!("creating cache directory {}", cache.join(sub).display()))?;
+    }
+    let mut reporter = Reporter::new(args.out.quiet || args.out.json, args.out.verbose);
+    let jobs = args.out.jobs as usize;
+    let clients = connect_sources(&args, &requested).await?;
+
+    // Resolve every image before writing anything: an unknown image fails here (or, with
+    // --keep-going, is left out and named in the bundle).
+    let (mut resolved, failed) = resolve_all(
+        std::mem::take(&mut requested),
+        &clients,
+        &args.platform,
+        jobs,
+        args.keep_going,
+        &reporter,
+    )
+    .await?;
+    if resolved.is_empty() {
+        return Err(Error::Failed(
+            "no image could be resolved; nothing to export".into(),
+        ));
+    }
+    if !args.no_referrers {
+        let extra = companions(&resolved, &clients, &reporter).await?;
+        if !extra.is_empty() {
+            let (more, more_failed) =
+                resolve_all(extra, &clients, &[], jobs, true, &reporter).await?;
+            for f in more_failed {
+                reporter.warn(format!("could not carry {}: {}", f.source, f.error));
+            }
+            resolved.extend(more);
+        }
+    }
+
+    // What the bundle carries: every object once, less what a base bundle already carried
+    // (manifests always travel).
+    let all_objects = copy::dedup_order(resolved.iter().map(|(_, r)| r));
+    let mut objects = Vec::new();
+    let mut external = Vec::new();
+    for o in all_objects {
+        let carried_by = carried
+            .by
+            .get(&o.digest)
+            .filter(|(_, size)| *size == o.size && !crate::manifest::is_manifest(&o.media_type));
+        match carried_by {
+            Some((bundle, _)) => external.push(ExternalBlob {
+                digest: o.digest.clone(),
+                size: o.size,
+                media_type: o.media_type.clone(),
+                bundle: bundle.clone(),
+            }),
+            None => objects.push(o),
+        }
+    }
+    let mut bases: Vec<Base> = Vec::new();
+    for x in &external {
+        if !bases.iter().any(|b| b.bundle_json == x.bundle) {
+            if let Some(b) = carried.bases.get(&x.bundle) {
+                bases.push(b.clone());
+            }
+        }
+    }
+    let images: Vec<ImageEntry> = resolved
+        .iter()
+        .map(|(req, r)| ImageEntry {
+            source: req.reference.to_string(),
+            registry: req.reference.registry.clone(),
+            namespace: req.namespace.clone(),
+            path: req.path.clone(),
+            tag: req.reference.tag.clone().unwrap_or_default(),
+            digest: r.root.digest.clone(),
+            source_digest: r.source_digest.clone(),
+            subject: req.subject.clone(),
+            media_type: r.root.media_type.clone(),
+            platforms: r.platforms.clone(),
+            size: r.objects.iter().map(|o| o.size).sum(),
+            blobs: r.objects.iter().map(|o| o.digest.clone()).collect(),
+        })
+        .collect();
+    let total_size: u64 = objects.iter().map(|o| o.size).sum();
+
+    if args.plan {
+        let cached_size = objects
+            .iter()
+            .filter(|o| o.inline.is_none())
+            .filter(|o| {
+                std::fs::metadata(fetch::cache_path(&cache, &o.digest))
+                    .map(|m| m.len() == o.size)
+                    .unwrap_or(false)
+            })
+            .map(|o| o.size)
+            .sum();
+        let plan = Plan {
+            images: images
+                .iter()
+                .map(|i| PlanImage {
+                    source: i.source.clone(),
+                    digest: i.digest.to_string(),
+                    platforms: i.platforms.clone(),
+                    size: i.size,
+                    subject: i.subject.as_ref().map(|d| d.to_string()),
+                })
+                .collect(),
+            failed: failed.clone(),
+            blobs: objects.len(),
+            bundle_size: total_size,
+            external_size: external.iter().map(|x| x.size).sum(),
+            external_blobs: external.len(),
+            cached_size,
+        };
+        print_plan(&plan, &out, args.out.json)?;
+        return if failed.is_empty() {
+            Ok(())
+        } else {
+            Err(Error::Partial(format!(
+                "{} image(s) could not be resolved",
+                failed.len()
+            )))
+        };
+    }
+
+    let root_sizes: Vec<u64> = resolved
+        .iter()
+        .map(|(_, r)| r.root.bytes.len() as u64)
+        .collect();
+    let index_json = build_index_json(&images, &root_sizes)?;
     let blobs: Vec<BlobEntry> = objects
         .iter()
         .map(|o| BlobEntry {
@@ -386,7 +751,6 @@ pub async fn run(args: ExportArgs) -> Result<()> {
             media_type: o.media_type.clone(),
         })
         .collect();
-    let total_size = blobs.iter().map(|b| b.size).sum();
     let manifest = BundleManifest {
         format: crate::bundle::model::FORMAT.into(),
         format_version: crate::bundle::model::FORMAT_VERSION,
@@ -406,6 +770,9 @@ pub async fn run(args: ExportArgs) -> Result<()> {
                 size: index_json.len() as u64,
             },
         },
+        external,
+        bases,
+        failed: failed.clone(),
     };
     manifest.validate(&out)?;
     let bundle_json = serde_json::to_vec_pretty(&manifest)
@@ -552,11 +919,92 @@ pub async fn run(args: ExportArgs) -> Result<()> {
             compressed_size: compressed,
             downloaded_bytes: downloaded,
             cached_bytes: cached,
+            external_blobs: manifest.external.len(),
+            external_size: manifest.external.iter().map(|x| x.size).sum(),
+            failed: manifest.failed.clone(),
         };
         let mut stdout = std::io::stdout();
         serde_json::to_writer_pretty(&mut stdout, &summary)
             .map_err(|e| Error::Failed(format!("printing the summary: {e}")))?;
         let _ = writeln!(stdout);
+    }
+    if manifest.failed.is_empty() {
+        Ok(())
+    } else {
+        let lines: Vec<String> = manifest
+            .failed
+            .iter()
+            .map(|f| format!("  {}: {}", f.source, f.error))
+            .collect();
+        Err(Error::Partial(format!(
+            "{} holds {} images; {} could not be exported:\n{}",
+            out.display(),
+            manifest.images.len(),
+            manifest.failed.len(),
+            lines.join("\n")
+        )))
+    }
+}
+
+fn print_plan(plan: &Plan, out: &Path, json: bool) -> Result<()> {
+    let mut stdout = std::io::stdout().lock();
+    let w = |e: std::io::Error| Error::io("writing to stdout", e);
+    if json {
+        serde_json::to_writer_pretty(&mut stdout, plan)
+            .map_err(|e| Error::Failed(format!("printing the plan: {e}")))?;
+        writeln!(stdout).map_err(w)?;
+        return Ok(());
+    }
+    let width = plan
+        .images
+        .iter()
+        .map(|i| i.source.len())
+        .max()
+        .unwrap_or(5)
+        .max(5);
+    writeln!(
+        stdout,
+        "{:width$}  {:19}  {:>10}  PLATFORMS",
+        "IMAGE", "DIGEST", "SIZE"
+    )
+    .map_err(w)?;
+    for i in &plan.images {
+        let platforms = if i.platforms.is_empty() {
+            "-".to_string()
+        } else {
+            i.platforms.join(",")
+        };
+        writeln!(
+            stdout,
+            "{:width$}  {:19}  {:>10}  {platforms}",
+            i.source,
+            &i.digest[..19],
+            human(i.size)
+        )
+        .map_err(w)?;
+    }
+    for f in &plan.failed {
+        writeln!(stdout, "{:width$}  FAILED: {}", f.source, f.error).map_err(w)?;
+    }
+    writeln!(stdout).map_err(w)?;
+    writeln!(
+        stdout,
+        "{} would get {} images, {} blobs, {} before compression ({} already in the cache)",
+        out.display(),
+        plan.images.len(),
+        plan.blobs,
+        human(plan.bundle_size),
+        human(plan.cached_size)
+    )
+    .map_err(w)?;
+    if plan.external_blobs > 0 {
+        writeln!(
+            stdout,
+            "left out: {} blobs, {}, carried by earlier bundles",
+            plan.external_blobs,
+            human(plan.external_size)
+        )
+        .map_err(w)?;
     }
     Ok(())
 }

@@ -137,6 +137,13 @@ pub async fn run(args: ImportArgs) -> Result<()> {
         reporter.clone(),
     )
     .await;
+    let report = match report {
+        Ok(r) => r,
+        Err(e) => {
+            reporter.finish_bar();
+            return Err(e);
+        }
+    };
     reporter.finish_bar();
     reporter.info(format!(
         "{} images pushed, {} failed; blobs: {} uploaded ({}), {} mounted, {} already there",
@@ -185,6 +192,7 @@ mod tests {
             tag: tag.into(),
             digest: d.clone(),
             source_digest: None,
+            subject: None,
             media_type: crate::manifest::OCI_MANIFEST.into(),
             platforms: vec![],
             size: 1,

@@ -60,6 +60,35 @@ pub fn run(args: InspectArgs) -> Result<()> {
         )
         .map_err(w)?;
     }
+    for f in &m.failed {
+        writeln!(out, "{:width$}  NOT EXPORTED: {}", f.source, f.error).map_err(w)?;
+    }
+    let signatures = m.images.iter().filter(|i| i.subject.is_some()).count();
+    if signatures > 0 {
+        writeln!(
+            out,
+            "({signatures} of these are signatures or attestations of the others)"
+        )
+        .map_err(w)?;
+    }
+    if !m.external.is_empty() {
+        let size: u64 = m.external.iter().map(|x| x.size).sum();
+        writeln!(
+            out,
+            "\nincremental: {} blobs ({}) are not in this bundle; import these first:",
+            m.external.len(),
+            human(size)
+        )
+        .map_err(w)?;
+        for b in &m.bases {
+            writeln!(
+                out,
+                "  {} (created {}, bundle.json {})",
+                b.name, b.created, b.bundle_json
+            )
+            .map_err(w)?;
+        }
+    }
     let sum_images: u64 = m.images.iter().map(|i| i.size).sum();
     writeln!(out).map_err(w)?;
     writeln!(

@@ -3,7 +3,7 @@
 //! manifest's children are present, that `index.json` agrees with `bundle.json`, and that
 //! the seek table matches the archive.
 
-use crate::bundle::volumes::{checksum_name, MultiFile};
+use crate::bundle::volumes::{checksum_name, explain_damage, MultiFile};
 use crate::bundle::Bundle;
 use crate::cli::VerifyArgs;
 use crate::digest::{Digest, Verifier};
@@ -67,6 +67,72 @@ impl VolumeHasher {
     }
 }
 
+/// Reads the volumes on a thread of its own, hashing them, and hands the bytes over a small
+/// bounded channel; returns the reading end and the thread, which yields the hashes.
+fn spawn_volume_reader(
+    mut hasher: VolumeHasher,
+) -> Result<(
+    ChannelReader,
+    std::thread::JoinHandle<io::Result<VolumeHasher>>,
+)> {
+    let (tx, rx) = std::sync::mpsc::sync_channel::<io::Result<Vec<u8>>>(4);
+    let handle = std::thread::Builder::new()
+        .name("verify-read".into())
+        .spawn(move || -> io::Result<VolumeHasher> {
+            loop {
+                let mut buf = vec![0u8; 1 << 20];
+                match hasher.read(&mut buf) {
+                    Ok(0) => return Ok(hasher),
+                    Ok(n) => {
+                        buf.truncate(n);
+                        if tx.send(Ok(buf)).is_err() {
+                            return Ok(hasher);
+                        }
+                    }
+                    Err(e) => {
+                        let _ = tx.send(Err(io::Error::new(e.kind(), e.to_string())));
+                        return Err(e);
+                    }
+                }
+            }
+        })
+        .map_err(|e| Error::io("starting the reading thread", e))?;
+    Ok((
+        ChannelReader {
+            rx,
+            current: Vec::new(),
+            pos: 0,
+        },
+        handle,
+    ))
+}
+
+/// The receiving end of [`spawn_volume_reader`].
+struct ChannelReader {
+    rx: std::sync::mpsc::Receiver<io::Result<Vec<u8>>>,
+    current: Vec<u8>,
+    pos: usize,
+}
+
+impl Read for ChannelReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        while self.pos == self.current.len() {
+            match self.rx.recv() {
+                Ok(Ok(b)) => {
+                    self.current = b;
+                    self.pos = 0;
+                }
+                Ok(Err(e)) => return Err(e),
+                Err(_) => return Ok(0),
+            }
+        }
+        let n = buf.len().min(self.current.len() - self.pos);
+        buf[..n].copy_from_slice(&self.current[self.pos..self.pos + n]);
+        self.pos += n;
+        Ok(n)
+    }
+}
+
 impl Read for VolumeHasher {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let n = self.inner.read(buf)?;
@@ -88,6 +154,9 @@ pub struct Report {
     pub warnings: Vec<String>,
     /// The trusted key that signed the bundle, when one was given and the signature holds.
     pub signed_by: Option<String>,
+    /// Objects the bundle relies on but does not carry (an incremental bundle), with the
+    /// base bundle that carries each.
+    pub external: Vec<String>,
 }
 
 #[derive(serde::Serialize)]
@@ -97,27 +166,58 @@ pub struct VolumeReport {
     pub ok: Option<bool>,
 }
 
-/// Runs every check; structural failures end the pass, content failures are collected.
+/// How a member is named in messages: blobs by digest.
+fn describe_member(bundle: &Bundle, i: usize) -> String {
+    match i.checked_sub(3).and_then(|b| bundle.manifest.blobs.get(b)) {
+        Some(b) => format!("blob {}", b.digest),
+        None => bundle
+            .members
+            .get(i)
+            .map(|m| m.name.clone())
+            .unwrap_or_default(),
+    }
+}
+
+/// Runs every check; structural failures end the pass, content failures are collected. A
+/// structural failure names the volumes that do not match `NAME.sha256`.
 pub fn check(bundle: &Bundle, reporter: &Reporter) -> Result<Report> {
+    check_pass(bundle, reporter).map_err(|e| explain_damage(e, &bundle.path))
+}
+
+fn check_pass(bundle: &Bundle, reporter: &Reporter) -> Result<Report> {
     let mut rep = Report {
         bundle: bundle.path.display().to_string(),
         images: bundle.manifest.images.len(),
         ..Default::default()
     };
-    let hasher = VolumeHasher::new(bundle.raw_stream(), &bundle.volumes);
-    let mut dec = zstd::stream::read::Decoder::new(hasher)
+    // One thread reads and hashes the raw volumes, this one decompresses and checks members.
+    let (raw_reader, hash_thread) =
+        spawn_volume_reader(VolumeHasher::new(bundle.raw_stream(), &bundle.volumes))?;
+    let mut dec = zstd::stream::read::Decoder::new(raw_reader)
         .map_err(|e| Error::bundle(&bundle.path, format!("zstd: {e}")))?;
     let mut manifests: HashMap<Digest, Vec<u8>> = HashMap::new();
     let mut index_json = Vec::new();
     {
         let mut archive = tar::Archive::new(&mut dec);
+        // Raw: GNU long names and pax headers are members like any other (and refused as
+        // such), never read into memory or applied.
         let entries = archive
             .entries()
-            .map_err(|e| Error::bundle(&bundle.path, format!("reading the archive: {e}")))?;
-        let mut i = 0;
+            .map_err(|e| Error::bundle(&bundle.path, format!("reading the archive: {e}")))?
+            .raw(true);
+        let mut i: usize = 0;
         for entry in entries {
             let mut entry = entry.map_err(|e| {
-                Error::bundle(&bundle.path, format!("reading member {}: {e}", i + 1))
+                // zstd checks a frame when it ends, which is when the next header is read:
+                // the damage is in the member before.
+                let damaged = match i.checked_sub(1) {
+                    Some(prev) => format!(" (in or after {})", describe_member(bundle, prev)),
+                    None => String::new(),
+                };
+                Error::bundle(
+                    &bundle.path,
+                    format!("reading member {}{damaged}: {e}", i + 1),
+                )
             })?;
             let Some(expected) = bundle.members.get(i) else {
                 let name = entry
@@ -217,13 +317,26 @@ pub fn check(bundle: &Bundle, reporter: &Reporter) -> Result<Report> {
             ));
         }
     }
-    // Drain what follows the tar stream (padding, the seek table) so every volume is hashed.
-    io::copy(&mut dec, &mut io::sink())
+    // Drain what follows the tar stream (padding, the seek table) so every volume is hashed;
+    // a writer leaves 1 KiB of end-of-archive blocks, so much more is not ours to decompress.
+    const TRAILER_LIMIT: u64 = 1 << 20;
+    let trailer = io::copy(&mut (&mut dec).take(TRAILER_LIMIT), &mut io::sink())
         .map_err(|e| Error::bundle(&bundle.path, format!("after the archive: {e}")))?;
+    if trailer == TRAILER_LIMIT {
+        return Err(Error::bundle(
+            &bundle.path,
+            "more than 1 MiB of data follows the end of the archive",
+        ));
+    }
     let mut raw = dec.finish();
     io::copy(&mut raw, &mut io::sink())
         .map_err(|e| Error::bundle(&bundle.path, format!("reading the seek table: {e}")))?;
-    let hasher = raw.into_inner();
+    drop(raw);
+    let hasher = match hash_thread.join() {
+        Ok(Ok(h)) => h,
+        Ok(Err(e)) => return Err(Error::bundle(&bundle.path, format!("reading: {e}"))),
+        Err(_) => return Err(Error::bundle(&bundle.path, "the reading thread failed")),
+    };
 
     // Volume checksums against the .sha256 file.
     let sums_file = checksum_name(&bundle.path);
@@ -273,10 +386,14 @@ pub fn check(bundle: &Bundle, reporter: &Reporter) -> Result<Report> {
                             "manifest {d}: child {} is {} bytes in the bundle, {} in the manifest",
                             c.digest, cb.size, c.size
                         )),
-                        None => rep.errors.push(format!(
-                            "manifest {d}: child {} is not in the bundle",
-                            c.digest
-                        )),
+                        None => match bundle.manifest.external_blob(&c.digest) {
+                            // Declared as carried by a base bundle: accepted as declared.
+                            Some(x) if x.size == c.size => {}
+                            _ => rep.errors.push(format!(
+                                "manifest {d}: child {} is not in the bundle",
+                                c.digest
+                            )),
+                        },
                     }
                 }
             }
@@ -314,12 +431,25 @@ pub fn check(bundle: &Bundle, reporter: &Reporter) -> Result<Report> {
         }
         Err(e) => rep.errors.push(format!("index.json is not JSON: {e}")),
     }
+    rep.external = bundle
+        .manifest
+        .external
+        .iter()
+        .map(|x| {
+            format!(
+                "{} ({} bytes) from {}",
+                x.digest,
+                x.size,
+                bundle.manifest.base_of(x)
+            )
+        })
+        .collect();
     rep.ok = rep.errors.is_empty();
     Ok(rep)
 }
 
 pub fn run(args: VerifyArgs) -> Result<()> {
-    let bundle = Bundle::open(&args.bundle)?;
+    let bundle = Bundle::open(&args.bundle).map_err(|e| explain_damage(e, &args.bundle))?;
     let mut reporter = Reporter::new(args.quiet || args.json, false);
     let signature = match &args.trusted_key {
         Some(key) => {
@@ -354,6 +484,19 @@ pub fn run(args: VerifyArgs) -> Result<()> {
             rep.volumes.len(),
             if rep.ok { ", all good" } else { "" }
         ));
+        if !rep.external.is_empty() {
+            reporter.info(format!(
+                "{} blobs are not in this bundle but declared as carried by earlier bundles: {}",
+                rep.external.len(),
+                bundle
+                    .manifest
+                    .bases
+                    .iter()
+                    .map(|b| format!("{} (created {})", b.name, b.created))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+        }
     }
     if rep.ok {
         Ok(())

@@ -1,0 +1,442 @@
+//! The monthly job: incremental bundles (`--since`), `--plan`, `--keep-going` (exit 3),
+//! `{date}`/`{tag}` in `-o`, and signatures carried along as companion tags.
+
+mod common;
+
+use common::*;
+use serde_json::Value;
+use std::path::Path;
+use std::process::Command;
+
+fn bundle_json(bundle: &Path) -> Value {
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "zstd -dc '{}' | tar -xO bundle.json",
+            bundle.display()
+        ))
+        .output()
+        .expect("zstd | tar");
+    assert!(out.status.success(), "{}", describe_output(&out));
+    serde_json::from_slice(&out.stdout).expect("bundle.json")
+}
+
+/// Every bundle.json airlock writes matches the published schema.
+fn assert_schema(bj: &Value) {
+    let schema: Value = serde_json::from_str(
+        &std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/bundle-schema/bundle.schema.json"
+        ))
+        .expect("read schema"),
+    )
+    .expect("schema is JSON");
+    let validator = jsonschema::validator_for(&schema).expect("schema compiles");
+    let errors: Vec<String> = validator.iter_errors(bj).map(|e| e.to_string()).collect();
+    assert!(
+        errors.is_empty(),
+        "bundle.json violates the schema: {errors:#?}"
+    );
+}
+
+fn stderr(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn incremental_bundles_carry_only_new_blobs_and_import_needs_the_base_first() {
+    let src = TestRegistry::start(RegistryOpts::plain());
+    let corpus = build_corpus(&src);
+    let host = src.host();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let list = dir.path().join("images.txt");
+    std::fs::write(&list, corpus.images_file(&host)).expect("list");
+    let oct = dir.path().join("arc-2026-10.tar.zst");
+    let out = run_airlock(
+        [
+            "export",
+            "-f",
+            list.to_str().unwrap(),
+            "-o",
+            oct.to_str().unwrap(),
+        ],
+        &[],
+        None,
+    );
+    assert_success(&out, "October export");
+
+    // November: one new layer on top of alpha 1.1's layers, under a new tag.
+    let alpha11 = corpus.get("src/alpha", "1.1");
+    let base_layers: Vec<Layer> = vec![small_layer(7, "november", true)];
+    let nov_image = src.client().push_image(
+        "src/alpha",
+        Some("1.2"),
+        ImageFormat::Oci,
+        &Platform::linux_amd64(),
+        &base_layers,
+        &[("month", "november")],
+    );
+    let _ = alpha11;
+    let mut nov_list = corpus.images_file(&host);
+    nov_list.push_str(&format!("{host}/src/alpha:1.2\n"));
+    std::fs::write(&list, nov_list).expect("list");
+    let nov = dir.path().join("arc-2026-11.tar.zst");
+    let out = run_airlock(
+        [
+            "export",
+            "-f",
+            list.to_str().unwrap(),
+            "--since",
+            oct.to_str().unwrap(),
+            "-o",
+            nov.to_str().unwrap(),
+            "--json",
+        ],
+        &[],
+        None,
+    );
+    assert_success(&out, "November export --since");
+    let oct_size = std::fs::metadata(&oct).expect("oct").len();
+    let nov_size = std::fs::metadata(&nov).expect("nov").len();
+    assert!(
+        nov_size * 3 < oct_size,
+        "incremental {nov_size} vs full {oct_size}"
+    );
+    let bj = bundle_json(&nov);
+    let stored: Vec<&str> = bj["blobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["digest"].as_str().unwrap())
+        .collect();
+    let external: Vec<&str> = bj["external"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["digest"].as_str().unwrap())
+        .collect();
+    // Only the new image's own blobs travel, plus every manifest.
+    for d in nov_image.blob_digests() {
+        assert!(stored.contains(&d.as_str()), "new blob {d} must travel");
+    }
+    assert!(external.contains(&corpus.shared_layer_digest.as_str()));
+    for img in &corpus.images {
+        assert!(
+            stored.contains(&img.digest.as_str()),
+            "manifests always travel"
+        );
+    }
+    assert_eq!(bj["bases"][0]["name"], "arc-2026-10.tar.zst");
+    assert_schema(&bj);
+
+    // Offline verify accepts the external blobs as declared and reports them.
+    let out = run_airlock(["verify", nov.to_str().unwrap(), "--json"], &[], None);
+    assert_success(&out, "verify incremental");
+    let rep: Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(
+        rep["external"].as_array().map(|a| a.len()),
+        Some(external.len())
+    );
+
+    // Import into an empty registry: refused before anything is written, naming October.
+    let dst = TestRegistry::start(RegistryOpts::plain());
+    let out = run_airlock(
+        ["import", nov.to_str().unwrap(), "--registry", &dst.host()],
+        &[],
+        None,
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", describe_output(&out));
+    assert!(
+        stderr(&out).contains("arc-2026-10.tar.zst"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(
+        dst.catalog().is_empty(),
+        "nothing may be written: {:?}",
+        dst.catalog()
+    );
+
+    // October first, then November: everything arrives with its digest.
+    let out = run_airlock(
+        ["import", oct.to_str().unwrap(), "--registry", &dst.host()],
+        &[],
+        None,
+    );
+    assert_success(&out, "import October");
+    let out = run_airlock(
+        [
+            "import",
+            nov.to_str().unwrap(),
+            "--registry",
+            &dst.host(),
+            "--json",
+        ],
+        &[],
+        None,
+    );
+    assert_success(&out, "import November");
+    for img in &corpus.images {
+        assert_eq!(skopeo_digest(&dst, &img.name()), img.digest);
+    }
+    assert_eq!(skopeo_digest(&dst, "src/alpha:1.2"), nov_image.digest);
+
+    // December, based on November (given as its bundle.json): blobs only October carried are
+    // still external and still name October.
+    let extracted = dir.path().join("nov-bundle.json");
+    std::fs::write(&extracted, serde_json::to_vec(&bj).unwrap()).expect("write bundle.json");
+    let raw = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "zstd -dc '{}' | tar -xO bundle.json > '{}'",
+            nov.display(),
+            extracted.display()
+        ))
+        .output()
+        .expect("extract");
+    assert!(raw.status.success());
+    let dec = dir.path().join("arc-2026-12.tar.zst");
+    let out = run_airlock(
+        [
+            "export",
+            "-f",
+            list.to_str().unwrap(),
+            "--since",
+            extracted.to_str().unwrap(),
+            "-o",
+            dec.to_str().unwrap(),
+        ],
+        &[],
+        None,
+    );
+    assert_success(&out, "December export --since bundle.json");
+    let dj = bundle_json(&dec);
+    let names: Vec<&str> = dj["bases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["name"].as_str().unwrap())
+        .collect();
+    assert!(
+        names.contains(&"arc-2026-10.tar.zst") && names.contains(&"nov-bundle.json"),
+        "{names:?}"
+    );
+    assert!(
+        dj["blobs"].as_array().unwrap().iter().all(|b| {
+            let mt = b["mediaType"].as_str().unwrap_or_default();
+            mt.contains("manifest") || mt.contains("index")
+        }),
+        "nothing new: only manifests travel"
+    );
+    let out = run_airlock(
+        ["import", dec.to_str().unwrap(), "--registry", &dst.host()],
+        &[],
+        None,
+    );
+    assert_success(&out, "import December");
+}
+
+#[test]
+fn plan_shows_what_would_be_exported_and_writes_nothing() {
+    let src = TestRegistry::start(RegistryOpts::plain());
+    let corpus = build_corpus(&src);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let list = dir.path().join("images.txt");
+    std::fs::write(&list, corpus.images_file(&src.host())).expect("list");
+    let target = dir.path().join("b.tar.zst");
+    let out = run_airlock(
+        [
+            "export",
+            "-f",
+            list.to_str().unwrap(),
+            "-o",
+            target.to_str().unwrap(),
+            "--plan",
+        ],
+        &[],
+        None,
+    );
+    assert_success(&out, "--plan");
+    let text = String::from_utf8_lossy(&out.stdout);
+    for img in &corpus.images {
+        assert!(text.contains(&img.reference(&src.host())), "{text}");
+    }
+    assert!(!target.exists());
+    assert_eq!(
+        std::fs::read_dir(dir.path()).unwrap().count(),
+        1,
+        "only the list file"
+    );
+    let out = run_airlock(
+        [
+            "export",
+            "-f",
+            list.to_str().unwrap(),
+            "-o",
+            target.to_str().unwrap(),
+            "--plan",
+            "--json",
+        ],
+        &[],
+        None,
+    );
+    assert_success(&out, "--plan --json");
+    let plan: Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(
+        plan["images"].as_array().map(|a| a.len()),
+        Some(corpus.images.len())
+    );
+    let real = run_airlock(
+        [
+            "export",
+            "-f",
+            list.to_str().unwrap(),
+            "-o",
+            target.to_str().unwrap(),
+        ],
+        &[],
+        None,
+    );
+    assert_success(&real, "export");
+    assert_eq!(plan["bundleSize"], bundle_json(&target)["totalSize"]);
+}
+
+#[test]
+fn keep_going_exports_the_rest_names_the_failures_and_exits_3() {
+    let src = TestRegistry::start(RegistryOpts::plain());
+    let corpus = build_corpus(&src);
+    let host = src.host();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out_path = dir.path().join("b.tar.zst");
+    let missing = format!("{host}/src/gone:1");
+    let alpha = corpus.get("src/alpha", "1.0").reference(&host);
+    let out = run_airlock(
+        [
+            "export",
+            &alpha,
+            &missing,
+            "-o",
+            out_path.to_str().unwrap(),
+            "--keep-going",
+        ],
+        &[],
+        None,
+    );
+    assert_eq!(out.status.code(), Some(3), "{}", describe_output(&out));
+    assert!(stderr(&out).contains(&missing));
+    let bj = bundle_json(&out_path);
+    assert_eq!(bj["failed"][0]["source"], missing.as_str());
+    assert_schema(&bj);
+    assert_eq!(bj["images"].as_array().map(|a| a.len()), Some(1));
+    let out = run_airlock(["verify", out_path.to_str().unwrap()], &[], None);
+    assert_success(&out, "verify a partial bundle");
+}
+
+#[test]
+fn output_names_fill_in_date_and_tag() {
+    let src = TestRegistry::start(RegistryOpts::plain());
+    let _corpus = build_corpus(&src);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let template = dir.path().join("arc-{tag}-{date}.tar.zst");
+    let out = run_airlock(
+        [
+            "export",
+            "alpha",
+            "beta",
+            "--registry",
+            &src.host(),
+            "--repository",
+            "src",
+            "--tag",
+            "1.0",
+            "-o",
+            template.to_str().unwrap(),
+        ],
+        &[("SOURCE_DATE_EPOCH", "1700000000")],
+        None,
+    );
+    assert_success(&out, "export with {tag} and {date}");
+    assert!(dir.path().join("arc-1.0-2023-11-14.tar.zst").is_file());
+    assert!(dir
+        .path()
+        .join("arc-1.0-2023-11-14.tar.zst.sha256")
+        .is_file());
+}
+
+#[test]
+fn signatures_travel_as_companion_tags_unless_asked_not_to() {
+    let src = TestRegistry::start(RegistryOpts::plain());
+    let corpus = build_corpus(&src);
+    let host = src.host();
+    let alpha = corpus.get("src/alpha", "1.0");
+    let sig_tag = format!("sha256-{}.sig", &alpha.digest[7..]);
+    let payload = format!(
+        r#"{{"critical":{{"image":{{"docker-manifest-digest":"{}"}}}}}}"#,
+        alpha.digest
+    );
+    let sig = src.client().push_artifact(
+        "src/alpha",
+        &sig_tag,
+        "application/vnd.oci.image.config.v1+json",
+        b"{}",
+        &[(
+            "application/vnd.dev.cosign.simplesigning.v1+json",
+            payload.into_bytes(),
+        )],
+    );
+    let dir = tempfile::tempdir().expect("tempdir");
+    let b = dir.path().join("b.tar.zst");
+    let out = run_airlock(
+        ["export", &alpha.reference(&host), "-o", b.to_str().unwrap()],
+        &[],
+        None,
+    );
+    assert_success(&out, "export with signatures");
+    let bj = bundle_json(&b);
+    let images = bj["images"].as_array().expect("images");
+    let carried = images
+        .iter()
+        .find(|i| i["tag"] == sig_tag.as_str())
+        .expect("signature carried");
+    assert_eq!(carried["subject"], alpha.digest.as_str());
+    assert_schema(&bj);
+    assert_eq!(carried["digest"], sig.digest.as_str());
+
+    let dst = TestRegistry::start(RegistryOpts::plain());
+    let out = run_airlock(
+        [
+            "import",
+            b.to_str().unwrap(),
+            "--registry",
+            &dst.host(),
+            "--repository",
+            "mirror",
+        ],
+        &[],
+        None,
+    );
+    assert_success(&out, "import with signatures");
+    assert_eq!(
+        skopeo_digest(&dst, &format!("mirror/src/alpha:{sig_tag}")),
+        sig.digest
+    );
+    assert_eq!(skopeo_digest(&dst, "mirror/src/alpha:1.0"), alpha.digest);
+
+    let nb = dir.path().join("n.tar.zst");
+    let out = run_airlock(
+        [
+            "export",
+            &alpha.reference(&host),
+            "-o",
+            nb.to_str().unwrap(),
+            "--no-referrers",
+        ],
+        &[],
+        None,
+    );
+    assert_success(&out, "export --no-referrers");
+    assert_eq!(
+        bundle_json(&nb)["images"].as_array().map(|a| a.len()),
+        Some(1)
+    );
+}
