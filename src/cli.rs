@@ -111,6 +111,9 @@ pub struct ExportArgs {
     /// Images: full references (docker.io/library/nginx:1.27) or short names expanded with
     /// --registry/--repository/--tag
     pub images: Vec<String>,
+    /// Take the registries, images and tag rules from this image-set file (YAML; see README)
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
     /// Read images from a file, one per line (# comments and blank lines are ignored)
     #[arg(short = 'f', long, value_name = "FILE")]
     pub images_file: Option<PathBuf>,

@@ -10,6 +10,7 @@ pub mod credentials;
 pub mod digest;
 pub mod error;
 pub mod fetch;
+pub mod imageset;
 pub mod manifest;
 pub mod progress;
 pub mod reference;

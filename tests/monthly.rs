@@ -440,3 +440,92 @@ fn signatures_travel_as_companion_tags_unless_asked_not_to() {
         Some(1)
     );
 }
+
+#[test]
+fn an_image_set_file_drives_the_export() {
+    let src = TestRegistry::start(RegistryOpts::plain());
+    let corpus = build_corpus(&src);
+    let host = src.host();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = dir.path().join("set.yaml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "# the monthly set\nregistries:\n  - registry: {host}\n    namespace: src\n    tls: {{ plainHttp: true }}\n    images:\n      - name: alpha\n        tagRegex: '^1\\.'\n      - name: multi\n        tags: ['2.0']\n        platforms: [linux/arm64]\n"
+        ),
+    )
+    .expect("write set");
+    let out = run_airlock(
+        [
+            "export",
+            "--config",
+            cfg.to_str().unwrap(),
+            "-o",
+            "unused.tar.zst",
+            "--plan",
+            "--json",
+        ],
+        &[],
+        None,
+    );
+    assert_success(&out, "--config --plan");
+    let plan: Value = serde_json::from_slice(&out.stdout).expect("json");
+    let sources: Vec<&str> = plan["images"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["source"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        sources,
+        vec![
+            format!("{host}/src/alpha:1.0"),
+            format!("{host}/src/alpha:1.1"),
+            format!("{host}/src/multi:2.0"),
+        ]
+    );
+    let bundle = dir.path().join("set-{date}.tar.zst");
+    let out = run_airlock(
+        [
+            "export",
+            "--config",
+            cfg.to_str().unwrap(),
+            "-o",
+            bundle.to_str().unwrap(),
+        ],
+        &[("SOURCE_DATE_EPOCH", "1764547200")],
+        None,
+    );
+    assert_success(&out, "--config export");
+    let written = dir.path().join("set-2025-12-01.tar.zst");
+    let bj = bundle_json(&written);
+    assert_schema(&bj);
+    let multi = bj["images"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["path"] == "multi")
+        .expect("multi");
+    assert_eq!(multi["platforms"], serde_json::json!(["linux/arm64/v8"]));
+    assert_eq!(
+        multi["sourceDigest"],
+        corpus.get("src/multi", "2.0").digest.as_str()
+    );
+
+    // A mistake in the file names the file, the line and the key; exit 2, nothing written.
+    std::fs::write(&cfg, format!("registries:\n  - registry: {host}\n    images:\n      - name: alpha\n        tgs: [x]\n")).expect("write");
+    let out = run_airlock(
+        [
+            "export",
+            "--config",
+            cfg.to_str().unwrap(),
+            "-o",
+            dir.path().join("x.tar.zst").to_str().unwrap(),
+        ],
+        &[],
+        None,
+    );
+    assert_eq!(out.status.code(), Some(2), "{}", describe_output(&out));
+    let err = stderr(&out);
+    assert!(err.contains("set.yaml:5") && err.contains("tgs"), "{err}");
+}

@@ -379,6 +379,35 @@ async fn connect_sources(
     Ok(clients)
 }
 
+/// Connects to every registry of an image-set file, each with its own TLS settings and
+/// credential source.
+async fn connect_image_set(
+    args: &ExportArgs,
+    set: &crate::imageset::ImageSet,
+) -> Result<HashMap<String, Arc<Registry>>> {
+    use crate::imageset::CredentialSource;
+    let mut clients = HashMap::new();
+    for r in &set.registries {
+        if clients.contains_key(&r.registry) {
+            continue;
+        }
+        let creds = match &r.credentials {
+            CredentialSource::Default => {
+                config::credentials(&args.registry, Side::Source, &r.registry)?
+            }
+            CredentialSource::Anonymous => None,
+            env @ CredentialSource::Env { .. } => env.env_credentials()?,
+        };
+        let reg = Arc::new(connect_one(&r.registry, &r.tls, creds, args).await?);
+        // Images name their registry as references normalise it (index.docker.io → docker.io).
+        if let Ok(normal) = Reference::parse(&format!("{}/x", r.registry)) {
+            clients.insert(normal.registry, reg.clone());
+        }
+        clients.insert(r.registry.clone(), reg);
+    }
+    Ok(clients)
+}
+
 /// Connects, asking for credentials on a terminal when the registry wants some we lack.
 async fn connect_one(
     name: &str,
@@ -565,7 +594,24 @@ struct Plan {
 }
 
 pub async fn run(args: ExportArgs) -> Result<()> {
-    let mut requested = requested_images(&args)?;
+    // The image list from the command line is read (and checked) before any network work;
+    // an image-set file is loaded now and its tags are listed once connected.
+    let image_set = match &args.config {
+        Some(path) => {
+            if !args.images.is_empty() || args.images_file.is_some() {
+                return Err(Error::Usage(
+                    "give the images either in --config or as arguments/--images-file, not both"
+                        .into(),
+                ));
+            }
+            Some(crate::imageset::load(path)?)
+        }
+        None => None,
+    };
+    let cli_requested = match &image_set {
+        Some(_) => Vec::new(),
+        None => requested_images(&args)?,
+    };
     let signer = if args.plan {
         None
     } else {
@@ -579,11 +625,7 @@ pub async fn run(args: ExportArgs) -> Result<()> {
         .as_deref()
         .map(config::parse_size)
         .transpose()?;
-    for p in args
-        .platform
-        .iter()
-        .chain(requested.iter().flat_map(|r| &r.platforms))
-    {
+    for p in &args.platform {
         validate_platform(p)?;
     }
     let mtime = match config::env("SOURCE_DATE_EPOCH") {
@@ -597,12 +639,12 @@ pub async fn run(args: ExportArgs) -> Result<()> {
             .map(|d| d.as_secs())
             .unwrap_or(0),
     };
-    let tags: Vec<String> = requested
-        .iter()
-        .filter_map(|r| r.reference.tag.clone())
-        .collect();
-    let out = expand_output(&args.output, mtime, &tags)?;
-    if let Some(parent) = out.parent().filter(|p| !p.as_os_str().is_empty()) {
+    // Checked now so a bad -o fails before any network work; {tag} is filled in later.
+    if let Some(parent) = args
+        .output
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty() && !p.to_string_lossy().contains('{'))
+    {
         if !parent.is_dir() {
             return Err(Error::Usage(format!(
                 "output directory {} does not exist",
@@ -621,14 +663,55 @@ pub async fn run(args: ExportArgs) -> Result<()> {
     }
     let mut reporter = Reporter::new(args.out.quiet || args.out.json, args.out.verbose);
     let jobs = args.out.jobs as usize;
-    let clients = connect_sources(&args, &requested).await?;
+    let (mut requested, clients, set_platforms) = match &image_set {
+        Some(set) => {
+            let clients = connect_image_set(&args, set).await?;
+            let selected = set.select(&clients).await?;
+            let requested: Vec<Requested> = selected
+                .into_iter()
+                .map(|s| Requested {
+                    reference: s.reference,
+                    namespace: s.namespace,
+                    path: s.path,
+                    platforms: s.platforms,
+                    subject: None,
+                })
+                .collect();
+            (requested, clients, set.platforms.clone())
+        }
+        None => {
+            let clients = connect_sources(&args, &cli_requested).await?;
+            (cli_requested, clients, Vec::new())
+        }
+    };
+    for p in requested.iter().flat_map(|r| &r.platforms) {
+        validate_platform(p)?;
+    }
+    let tags: Vec<String> = requested
+        .iter()
+        .filter_map(|r| r.reference.tag.clone())
+        .collect();
+    let out = expand_output(&args.output, mtime, &tags)?;
+    if let Some(parent) = out.parent().filter(|p| !p.as_os_str().is_empty()) {
+        if !parent.is_dir() {
+            return Err(Error::Usage(format!(
+                "output directory {} does not exist",
+                parent.display()
+            )));
+        }
+    }
+    let global_platforms = if args.platform.is_empty() {
+        set_platforms
+    } else {
+        args.platform.clone()
+    };
 
     // Resolve every image before writing anything: an unknown image fails here (or, with
     // --keep-going, is left out and named in the bundle).
     let (mut resolved, failed) = resolve_all(
         std::mem::take(&mut requested),
         &clients,
-        &args.platform,
+        &global_platforms,
         jobs,
         args.keep_going,
         &reporter,
@@ -756,7 +839,7 @@ pub async fn run(args: ExportArgs) -> Result<()> {
         format_version: crate::bundle::model::FORMAT_VERSION,
         tool: format!("airlock {}", env!("CARGO_PKG_VERSION")),
         created: rfc3339(mtime),
-        platforms: args.platform.clone(),
+        platforms: global_platforms.clone(),
         images,
         blobs,
         total_size,
