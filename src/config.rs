@@ -160,6 +160,32 @@ pub fn prompt_credentials(registry: &str) -> Result<Option<Credentials>> {
     Ok(Some(Credentials::new(user, pass)))
 }
 
+/// Connects to a registry; when it wants credentials we lack and a terminal is attached, asks
+/// for a username and password and tries once more.
+pub async fn connect(
+    name: &str,
+    tls: &TlsOptions,
+    creds: Option<Credentials>,
+    retry: crate::registry::RetryPolicy,
+) -> Result<crate::registry::Registry> {
+    use crate::registry::Registry;
+    match Registry::connect(name, tls, creds.clone(), retry.clone()).await {
+        Err(Error::Auth { .. }) if creds.is_none() && interactive() => {
+            let creds = prompt_credentials(name)?;
+            Registry::connect(name, tls, creds, retry).await
+        }
+        r => r,
+    }
+}
+
+/// Prints a serialisable summary as pretty JSON on stdout (for `--json`).
+pub fn print_json(value: &impl serde::Serialize) -> Result<()> {
+    let mut stdout = std::io::stdout().lock();
+    serde_json::to_writer_pretty(&mut stdout, value)
+        .map_err(|e| Error::Failed(format!("printing JSON: {e}")))?;
+    writeln!(stdout).map_err(|e| Error::io("writing to stdout", e))
+}
+
 pub fn tls(args: &RegistryArgs) -> TlsOptions {
     TlsOptions {
         ca_cert: args.ca_cert.clone(),

@@ -279,132 +279,156 @@ impl Read for StreamReader {
     }
 }
 
-/// Downloads a blob into a channel, verifying it; resumes cut transfers with `Range`.
-async fn pump(reg: &Registry, o: &Object, tx: tokio::sync::mpsc::Sender<Msg>) {
-    let what = format!("blob {} of {}/{}", o.digest, reg.name(), o.repo);
-    let mut verifier = Verifier::new(&o.digest, o.size);
-    let mut attempts = 0;
-    let mut buf = BytesMut::with_capacity(STREAM_CHUNK);
-    loop {
-        attempts += 1;
-        let (resp, start) = match reg.get_blob(&o.repo, &o.digest, verifier.seen()).await {
-            Ok(r) => r,
-            Err(e) => {
-                let _ = tx.send(Msg::Fail(e.to_string())).await;
-                return;
-            }
-        };
-        if start != verifier.seen() {
-            let _ = tx
-                .send(Msg::Fail(format!(
-                    "{what}: the download was cut and the registry cannot resume it (no Range support)"
-                )))
-                .await;
-            return;
-        }
-        let mut body = resp.bytes_stream();
-        let mut failed = None;
-        while let Some(chunk) = body.next().await {
-            match chunk {
-                Ok(c) => {
-                    if let Err(e) = verifier.update(&c) {
-                        let _ = tx.send(Msg::Fail(format!("{what}: {e}"))).await;
-                        return;
-                    }
-                    buf.extend_from_slice(&c);
-                    if buf.len() >= STREAM_CHUNK
-                        && tx.send(Msg::Data(buf.split().freeze())).await.is_err()
-                    {
-                        return; // the writer gave up
-                    }
-                }
-                Err(e) => {
-                    failed = Some(e.to_string());
-                    break;
-                }
-            }
-        }
-        match failed {
-            None => break,
-            Some(e) if attempts >= reg.retry_policy().attempts.max(1) => {
-                let _ = tx
-                    .send(Msg::Fail(format!(
-                        "{what}: download interrupted {attempts} times, last: {e}"
-                    )))
-                    .await;
-                return;
-            }
-            Some(_) => tokio::time::sleep(reg.transfer_backoff(attempts + 1)).await,
-        }
-    }
-    if !buf.is_empty() && tx.send(Msg::Data(buf.split().freeze())).await.is_err() {
-        return;
-    }
-    let msg = match verifier.finish() {
-        Ok(()) => Msg::Done,
-        Err(e) => Msg::Fail(e.to_string()),
-    };
-    let _ = tx.send(msg).await;
+/// What a download step gave.
+enum Step {
+    /// The next verified-so-far bytes.
+    Data(Bytes),
+    /// The registry ignored the `Range` of a resumed download: what came before is void.
+    Restarted,
+    /// Everything arrived and matched the digest and size.
+    End,
 }
 
-/// Downloads a blob into the cache; resumes an interrupted transfer with a Range request;
-/// verifies digest and size before renaming it into place.
+/// One blob download: streams the body, checks every byte against the digest and size, and
+/// resumes a cut transfer with a `Range` request, up to the registry's retry policy.
+struct Download<'a> {
+    reg: &'a Registry,
+    o: &'a Object,
+    what: String,
+    verifier: Option<Verifier>,
+    attempts: u32,
+    body: Option<futures_util::stream::BoxStream<'static, reqwest::Result<Bytes>>>,
+}
+
+impl<'a> Download<'a> {
+    fn new(reg: &'a Registry, o: &'a Object) -> Download<'a> {
+        Download {
+            reg,
+            o,
+            what: format!("blob {} of {}/{}", o.digest, reg.name(), o.repo),
+            verifier: Some(Verifier::new(&o.digest, o.size)),
+            attempts: 0,
+            body: None,
+        }
+    }
+
+    async fn next(&mut self) -> Result<Step> {
+        loop {
+            let Some(verifier) = self.verifier.as_mut() else {
+                return Ok(Step::End);
+            };
+            let Some(body) = self.body.as_mut() else {
+                self.attempts += 1;
+                let seen = verifier.seen();
+                let (resp, start) = self
+                    .reg
+                    .get_blob(&self.o.repo, &self.o.digest, seen)
+                    .await?;
+                self.body = Some(resp.bytes_stream().boxed());
+                if start != seen {
+                    *verifier = Verifier::new(&self.o.digest, self.o.size);
+                    return Ok(Step::Restarted);
+                }
+                continue;
+            };
+            match body.next().await {
+                Some(Ok(chunk)) => {
+                    verifier.update(&chunk).map_err(|e| Error::Integrity {
+                        what: self.what.clone(),
+                        detail: e.to_string(),
+                    })?;
+                    return Ok(Step::Data(chunk));
+                }
+                Some(Err(e)) => {
+                    self.body = None;
+                    if self.attempts >= self.reg.retry_policy().attempts.max(1) {
+                        return Err(Error::registry(
+                            self.reg.name(),
+                            format!(
+                                "{}: download interrupted {} times, last: {e}",
+                                self.what, self.attempts
+                            ),
+                        ));
+                    }
+                    tokio::time::sleep(self.reg.transfer_backoff(self.attempts + 1)).await;
+                }
+                None => {
+                    if let Some(v) = self.verifier.take() {
+                        v.finish()?;
+                    }
+                    return Ok(Step::End);
+                }
+            }
+        }
+    }
+}
+
+/// Downloads a blob into a channel for the writer. Bytes already handed over cannot be taken
+/// back, so a registry that cannot resume a cut transfer is an error here.
+async fn pump(reg: &Registry, o: &Object, tx: tokio::sync::mpsc::Sender<Msg>) {
+    let mut dl = Download::new(reg, o);
+    let mut buf = BytesMut::with_capacity(STREAM_CHUNK);
+    let mut sent = false;
+    loop {
+        let msg = match dl.next().await {
+            Ok(Step::Data(c)) => {
+                buf.extend_from_slice(&c);
+                if buf.len() < STREAM_CHUNK {
+                    continue;
+                }
+                sent = true;
+                Msg::Data(buf.split().freeze())
+            }
+            Ok(Step::Restarted) if !sent => {
+                buf.clear();
+                continue;
+            }
+            Ok(Step::Restarted) => Msg::Fail(format!(
+                "{}: the download was cut and the registry cannot resume it (no Range support)",
+                dl.what
+            )),
+            Ok(Step::End) => {
+                if !buf.is_empty() && tx.send(Msg::Data(buf.split().freeze())).await.is_err() {
+                    return;
+                }
+                Msg::Done
+            }
+            Err(e) => Msg::Fail(e.to_string()),
+        };
+        let last = !matches!(msg, Msg::Data(_));
+        if tx.send(msg).await.is_err() || last {
+            return; // the writer gave up, or we are done
+        }
+    }
+}
+
+/// Downloads a blob into the cache; verifies digest and size before renaming it into place.
 pub async fn fetch_to_cache(reg: &Registry, o: &Object, cache: &Path) -> Result<PathBuf> {
     let dest = cache_path(cache, &o.digest);
     let tmp = cache
         .join("tmp")
         .join(format!("{}.{}", o.digest.hex(), std::process::id()));
-    let mut file = tokio::fs::File::create(&tmp)
-        .await
-        .ctx(|| format!("creating {}", tmp.display()))?;
-    let mut verifier = Verifier::new(&o.digest, o.size);
-    let mut attempts = 0;
-    let what = format!("blob {} of {}/{}", o.digest, reg.name(), o.repo);
+    let create = || async {
+        tokio::fs::File::create(&tmp)
+            .await
+            .ctx(|| format!("creating {}", tmp.display()))
+    };
+    let mut file = create().await?;
+    let mut dl = Download::new(reg, o);
     let result: Result<()> = async {
         loop {
-            attempts += 1;
-            let (resp, start) = reg.get_blob(&o.repo, &o.digest, verifier.seen()).await?;
-            if start != verifier.seen() {
-                // The registry ignored the range: start over.
-                file = tokio::fs::File::create(&tmp)
+            match dl.next().await? {
+                Step::Data(c) => file
+                    .write_all(&c)
                     .await
-                    .ctx(|| format!("creating {}", tmp.display()))?;
-                verifier = Verifier::new(&o.digest, o.size);
-            }
-            let mut body = resp.bytes_stream();
-            let mut failed = None;
-            while let Some(chunk) = body.next().await {
-                match chunk {
-                    Ok(c) => {
-                        verifier.update(&c).map_err(|e| Error::Integrity {
-                            what: what.clone(),
-                            detail: e.to_string(),
-                        })?;
-                        file.write_all(&c)
-                            .await
-                            .ctx(|| format!("writing {}", tmp.display()))?;
-                    }
-                    Err(e) => {
-                        failed = Some(e.to_string());
-                        break;
-                    }
-                }
-            }
-            match failed {
-                None => break,
-                Some(e) if attempts >= reg.retry_policy().attempts.max(1) => {
-                    return Err(Error::registry(
-                        reg.name(),
-                        format!("{what}: download interrupted {attempts} times, last: {e}"),
-                    ));
-                }
-                Some(_) => tokio::time::sleep(reg.transfer_backoff(attempts + 1)).await,
+                    .ctx(|| format!("writing {}", tmp.display()))?,
+                Step::Restarted => file = create().await?,
+                Step::End => break,
             }
         }
         file.flush()
             .await
-            .ctx(|| format!("writing {}", tmp.display()))?;
-        verifier.finish()
+            .ctx(|| format!("writing {}", tmp.display()))
     }
     .await;
     drop(file);

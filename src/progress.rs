@@ -76,6 +76,40 @@ impl Reporter {
     }
 }
 
+/// The IMAGE / DIGEST / SIZE / PLATFORMS table of `inspect` and `export --plan`. Returns the
+/// width of the first column, for lines that follow.
+pub fn write_image_table(
+    out: &mut impl std::io::Write,
+    images: &[crate::bundle::ImageEntry],
+) -> std::io::Result<usize> {
+    let width = images
+        .iter()
+        .map(|i| i.source.len())
+        .max()
+        .unwrap_or(5)
+        .max(5);
+    writeln!(
+        out,
+        "{:width$}  {:19}  {:>10}  PLATFORMS",
+        "IMAGE", "DIGEST", "SIZE"
+    )?;
+    for i in images {
+        let platforms = if i.platforms.is_empty() {
+            "-".to_string()
+        } else {
+            i.platforms.join(",")
+        };
+        writeln!(
+            out,
+            "{:width$}  {:19}  {:>10}  {platforms}",
+            i.source,
+            i.digest.short(),
+            human(i.size)
+        )?;
+    }
+    Ok(width)
+}
+
 /// `1.2 GiB` style sizes.
 pub fn human(bytes: u64) -> String {
     const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];

@@ -373,7 +373,7 @@ async fn connect_sources(
         } else {
             crate::credentials::from_config_files(name)
         };
-        let reg = connect_one(name, &tls, creds, args).await?;
+        let reg = config::connect(name, &tls, creds, args.out.retry_policy()).await?;
         clients.insert(name.clone(), Arc::new(reg));
     }
     Ok(clients)
@@ -398,7 +398,8 @@ async fn connect_image_set(
             CredentialSource::Anonymous => None,
             env @ CredentialSource::Env { .. } => env.env_credentials()?,
         };
-        let reg = Arc::new(connect_one(&r.registry, &r.tls, creds, args).await?);
+        let reg =
+            Arc::new(config::connect(&r.registry, &r.tls, creds, args.out.retry_policy()).await?);
         // Images name their registry as references normalise it (index.docker.io → docker.io).
         if let Ok(normal) = Reference::parse(&format!("{}/x", r.registry)) {
             clients.insert(normal.registry, reg.clone());
@@ -406,22 +407,6 @@ async fn connect_image_set(
         clients.insert(r.registry.clone(), reg);
     }
     Ok(clients)
-}
-
-/// Connects, asking for credentials on a terminal when the registry wants some we lack.
-async fn connect_one(
-    name: &str,
-    tls: &crate::registry::TlsOptions,
-    creds: Option<crate::credentials::Credentials>,
-    args: &ExportArgs,
-) -> Result<Registry> {
-    match Registry::connect(name, tls, creds.clone(), args.out.retry_policy()).await {
-        Err(Error::Auth { .. }) if creds.is_none() && config::interactive() => {
-            let creds = config::prompt_credentials(name)?;
-            Registry::connect(name, tls, creds, args.out.retry_policy()).await
-        }
-        r => r,
-    }
 }
 
 /// Resolves every image; with `keep_going` a failed image is set aside instead of failing.
@@ -810,7 +795,7 @@ pub async fn run(args: ExportArgs) -> Result<()> {
             external_blobs: external.len(),
             cached_size,
         };
-        print_plan(&plan, &out, args.out.json)?;
+        print_plan(&plan, &images, &out, args.out.json)?;
         return if failed.is_empty() {
             Ok(())
         } else {
@@ -1006,10 +991,7 @@ pub async fn run(args: ExportArgs) -> Result<()> {
             external_size: manifest.external.iter().map(|x| x.size).sum(),
             failed: manifest.failed.clone(),
         };
-        let mut stdout = std::io::stdout();
-        serde_json::to_writer_pretty(&mut stdout, &summary)
-            .map_err(|e| Error::Failed(format!("printing the summary: {e}")))?;
-        let _ = writeln!(stdout);
+        config::print_json(&summary)?;
     }
     if manifest.failed.is_empty() {
         Ok(())
@@ -1029,43 +1011,13 @@ pub async fn run(args: ExportArgs) -> Result<()> {
     }
 }
 
-fn print_plan(plan: &Plan, out: &Path, json: bool) -> Result<()> {
+fn print_plan(plan: &Plan, images: &[ImageEntry], out: &Path, json: bool) -> Result<()> {
+    if json {
+        return config::print_json(plan);
+    }
     let mut stdout = std::io::stdout().lock();
     let w = |e: std::io::Error| Error::io("writing to stdout", e);
-    if json {
-        serde_json::to_writer_pretty(&mut stdout, plan)
-            .map_err(|e| Error::Failed(format!("printing the plan: {e}")))?;
-        writeln!(stdout).map_err(w)?;
-        return Ok(());
-    }
-    let width = plan
-        .images
-        .iter()
-        .map(|i| i.source.len())
-        .max()
-        .unwrap_or(5)
-        .max(5);
-    writeln!(
-        stdout,
-        "{:width$}  {:19}  {:>10}  PLATFORMS",
-        "IMAGE", "DIGEST", "SIZE"
-    )
-    .map_err(w)?;
-    for i in &plan.images {
-        let platforms = if i.platforms.is_empty() {
-            "-".to_string()
-        } else {
-            i.platforms.join(",")
-        };
-        writeln!(
-            stdout,
-            "{:width$}  {:19}  {:>10}  {platforms}",
-            i.source,
-            &i.digest[..19],
-            human(i.size)
-        )
-        .map_err(w)?;
-    }
+    let width = crate::progress::write_image_table(&mut stdout, images).map_err(w)?;
     for f in &plan.failed {
         writeln!(stdout, "{:width$}  FAILED: {}", f.source, f.error).map_err(w)?;
     }

@@ -8,9 +8,7 @@ use crate::copy::{self, TargetImage};
 use crate::error::{Error, Result};
 use crate::progress::{human, Reporter};
 use crate::reference::{validate_repository, validate_tag};
-use crate::registry::Registry;
 use std::collections::HashMap;
-use std::io::Write;
 use std::sync::Arc;
 
 /// Where each image goes: `--repository` replaces the namespace recorded at export (or is
@@ -113,14 +111,7 @@ pub async fn run(args: ImportArgs) -> Result<()> {
 
     let creds = config::credentials(r, Side::Target, &registry)?;
     let tls = config::tls(r);
-    let target =
-        match Registry::connect(&registry, &tls, creds.clone(), args.out.retry_policy()).await {
-            Err(Error::Auth { .. }) if creds.is_none() && config::interactive() => {
-                let creds = config::prompt_credentials(&registry)?;
-                Registry::connect(&registry, &tls, creds, args.out.retry_policy()).await?
-            }
-            r => r?,
-        };
+    let target = config::connect(&registry, &tls, creds, args.out.retry_policy()).await?;
     let target = Arc::new(target);
     reporter.info(format!(
         "importing {} images ({}) from {} into {registry}",
@@ -155,10 +146,7 @@ pub async fn run(args: ImportArgs) -> Result<()> {
         report.blobs_skipped
     ));
     if args.out.json {
-        let mut stdout = std::io::stdout();
-        serde_json::to_writer_pretty(&mut stdout, &report)
-            .map_err(|e| Error::Failed(format!("printing the summary: {e}")))?;
-        let _ = writeln!(stdout);
+        config::print_json(&report)?;
     }
     if report.images_failed.is_empty() {
         Ok(())

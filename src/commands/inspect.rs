@@ -3,7 +3,7 @@
 use crate::bundle::Bundle;
 use crate::cli::InspectArgs;
 use crate::error::{Error, Result};
-use crate::progress::human;
+use crate::progress::{human, write_image_table};
 use std::io::Write;
 
 pub fn run(args: InspectArgs) -> Result<()> {
@@ -32,34 +32,7 @@ pub fn run(args: InspectArgs) -> Result<()> {
         writeln!(out, "platforms kept  {}", m.platforms.join(", ")).map_err(w)?;
     }
     writeln!(out).map_err(w)?;
-    let width = m
-        .images
-        .iter()
-        .map(|i| i.source.len())
-        .max()
-        .unwrap_or(5)
-        .max(5);
-    writeln!(
-        out,
-        "{:width$}  {:19}  {:>10}  PLATFORMS",
-        "IMAGE", "DIGEST", "SIZE"
-    )
-    .map_err(w)?;
-    for i in &m.images {
-        let platforms = if i.platforms.is_empty() {
-            "-".to_string()
-        } else {
-            i.platforms.join(",")
-        };
-        writeln!(
-            out,
-            "{:width$}  {:19}  {:>10}  {platforms}",
-            i.source,
-            i.digest.short(),
-            human(i.size)
-        )
-        .map_err(w)?;
-    }
+    let width = write_image_table(&mut out, &m.images).map_err(w)?;
     for f in &m.failed {
         writeln!(out, "{:width$}  NOT EXPORTED: {}", f.source, f.error).map_err(w)?;
     }
