@@ -15,6 +15,8 @@
 #           then tar | zstd -T0 -3
 #   import  airlock import                       vs  zstd -d | tar -x, then skopeo copy each image
 #   verify  airlock verify                       vs  zstd -d > /dev/null (the floor: decompression)
+#   next    airlock export --since (the first bundle) of the corpus with one layer of one image
+#           changed: the incremental bundle's size is listed with the others
 # and after the imports every manifest digest at each target is compared with the source.
 # skopeo runs one image at a time (its oci: layout is not safe for concurrent writers).
 #
@@ -241,6 +243,8 @@ build_big() {
     base=$(make_layer base $((2 << 20)))
     say "big: generating a ${BIG_MIB} MiB random layer"
     tag_in_layout big/huge:1 $OCI_MANIFEST "$(make_manifest amd64 "$base" "$(make_layer huge $((BIG_MIB << 20)))")"
+    # "Next month": small-1 with one layer changed (for the incremental export).
+    tag_in_layout big/small-1:2 $OCI_MANIFEST "$(make_manifest amd64 "$base" "$(make_layer "small-1-v2" $((1 << 20)))")"
     for n in 1 2 3; do
         tag_in_layout "big/small-$n:1" $OCI_MANIFEST "$(make_manifest amd64 "$base" "$(make_layer "small-$n" $((1 << 20)))")"
     done
@@ -249,6 +253,7 @@ build_big() {
         "$(make_manifest arm64 "$base" "$(make_layer multi-arm64 $((1 << 20)))")")"
     layout_end
     printf '%s\n' big/huge:1 big/small-1:1 big/small-2:1 big/small-3:1 big/multi:1 >"$WORK/big.list"
+    printf '%s\n' big/huge:1 big/small-1:2 big/small-2:1 big/small-3:1 big/multi:1 >"$WORK/big.next.list"
 }
 
 build_many() {
@@ -264,16 +269,20 @@ build_many() {
             echo "$path" >>"$WORK/many.list"
         done
     done
+    # "Next month": r01:t01 with its unique layer changed.
+    tag_in_layout many/r01:t01-next $OCI_MANIFEST "$(make_manifest amd64 "$base" "$(make_layer "u-next" 16384)")"
+    sed 's|^many/r01:t01$|many/r01:t01-next|' "$WORK/many.list" >"$WORK/many.next.list"
     layout_end
 }
 
 # push_corpus CORPUS: skopeo copy every image of the generated layout into the source registry.
 push_corpus() {
     local c=$1
-    say "$c: pushing $(wc -l <"$WORK/$c.list") images to $SRC"
+    sort -u "$WORK/$c.list" "$WORK/$c.next.list" >"$WORK/$c.push.list"
+    say "$c: pushing $(wc -l <"$WORK/$c.push.list") images to $SRC"
     # shellcheck disable=SC2016
     xargs -P 2 -I{} skopeo --insecure-policy copy --quiet --all --preserve-digests --dest-tls-verify=false \
-        "oci:$WORK/gen-$c:{}" "docker://$SRC/{}" <"$WORK/$c.list"
+        "oci:$WORK/gen-$c:{}" "docker://$SRC/{}" <"$WORK/$c.push.list"
     rm -rf "$WORK/gen-$c"
 }
 
@@ -331,12 +340,23 @@ run_corpus() {
     "build_$c"
     push_corpus "$c"
     sed "s|^|$SRC/|" "$list" >"$refs"   # full source references, one per line
+    sed "s|^|$SRC/|" "$WORK/$c.next.list" >"$WORK/$c.next.refs"
     du -sh "$WORK/registry-source/data" >&2
 
     if uses airlock; then
         measure "$c" export airlock "$AIRLOCK" export -f "$refs" -o "$WORK/$c-airlock.tar.zst" \
             --plain-http -j "$JOBS" --cache-dir "$WORK/cache-$c"
         rm -rf "$WORK/cache-$c"
+        # The next month: one layer of one image changed; only new blobs travel.
+        if [[ -f $WORK/$c-airlock.tar.zst ]]; then
+            measure "$c" "next" airlock "$AIRLOCK" export -f "$WORK/$c.next.refs" \
+                --since "$WORK/$c-airlock.tar.zst" -o "$WORK/$c-airlock-next-month.tar.zst" \
+                --plain-http -j "$JOBS" --cache-dir "$WORK/cache-$c"
+            rm -rf "$WORK/cache-$c"
+            [[ -f $WORK/$c-airlock-next-month.tar.zst ]] &&
+                SIZES+=("$c $(basename "$WORK/$c-airlock-next-month.tar.zst") $(stat -c %s "$WORK/$c-airlock-next-month.tar.zst")")
+            rm -f "$WORK/$c-airlock-next-month.tar.zst"
+        fi
     fi
     if uses skopeo; then
         cat >"$WORK/$c-skopeo-export.sh" <<EOF
@@ -418,7 +438,7 @@ echo
 echo
 for s in "${SIZES[@]}"; do
     read -r c name bytes <<<"$s"
-    printf '%-6s %-22s %10.1f MiB\n' "$c" "$name" "$(echo "$bytes" | awk '{print $1 / 1048576}')"
+    printf '%-6s %-34s %10.2f MiB %14d bytes\n' "$c" "$name" "$(echo "$bytes" | awk '{print $1 / 1048576}')" "$bytes"
 done
 for c in $CORPORA; do
     a=$(printf '%s\n' "${ROWS[@]}" | awk -F'|' -v c="$c" '$1 == c && $2 == "verify" && $3 == "airlock" {print $4}')
