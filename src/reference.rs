@@ -57,6 +57,7 @@ impl Reference {
         } else {
             repository
         };
+        validate_registry(&registry).map_err(|e| bad(&e))?;
         validate_repository(&repository).map_err(|e| bad(&e))?;
         if let Some(t) = &tag {
             validate_tag(t).map_err(|e| bad(&e))?;
@@ -139,10 +140,35 @@ pub fn validate_tag(tag: &str) -> std::result::Result<(), String> {
 
 /// Checks a registry host[:port].
 pub fn validate_registry(host: &str) -> std::result::Result<(), String> {
-    let ok = !host.is_empty()
-        && host
+    // host, host:port, [ipv6] or [ipv6]:port
+    let (name, port) = match host.strip_prefix('[') {
+        Some(rest) => match rest.split_once(']') {
+            Some((v6, tail))
+                if !v6.is_empty()
+                    && v6
+                        .bytes()
+                        .all(|b| b.is_ascii_hexdigit() || b == b':' || b == b'.') =>
+            {
+                (
+                    "v6",
+                    tail.strip_prefix(':')
+                        .map(Some)
+                        .unwrap_or(if tail.is_empty() { None } else { Some("x") }),
+                )
+            }
+            _ => ("", None),
+        },
+        None => match host.split_once(':') {
+            Some((h, p)) => (h, Some(p)),
+            None => (host, None),
+        },
+    };
+    let ok = !name.is_empty()
+        && name
             .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b".-:[]".contains(&b));
+            .all(|b| b.is_ascii_alphanumeric() || b".-".contains(&b))
+        && port
+            .is_none_or(|p| !p.is_empty() && p.len() <= 5 && p.bytes().all(|b| b.is_ascii_digit()));
     if ok {
         Ok(())
     } else {
@@ -175,6 +201,7 @@ mod tests {
         );
         assert_eq!(p("localhost/a/b"), "localhost/a/b:latest");
         assert_eq!(p("127.0.0.1:5000/a/b:1.0"), "127.0.0.1:5000/a/b:1.0");
+        assert_eq!(p("[::1]:5000/a/b:1.0"), "[::1]:5000/a/b:1.0");
         let d = crate::digest::Digest::of(b"x");
         assert_eq!(p(&format!("reg.io/a@{d}")), format!("reg.io/a@{d}"));
         assert_eq!(

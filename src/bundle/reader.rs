@@ -1,6 +1,8 @@
 //! Reading a bundle without trusting it: the seek table and `bundle.json` give where every
-//! member must be; each read checks the tar header it finds there and the digest and size
-//! of the content. Random access for import, one sequential pass for verify.
+//! member must be; opening checks the tar header found at each of those places, and each
+//! read checks it again and the digest and size of the content. Reads decode only the frames
+//! the seek table names, and fail if those frames hold less than it says. Random access for
+//! import, one sequential pass for verify.
 
 use super::model::{BundleManifest, MAX_BUNDLE_JSON};
 use super::volumes::{discover, MultiFile};
