@@ -1,0 +1,285 @@
+//! What the user asked for: the image list from arguments or a file (short names expanded
+//! with the source registry, repository and tag), the output name, the cache, and what an
+//! earlier bundle already carried (`--since`).
+
+use crate::bundle::model::{Base, BundleManifest};
+use crate::bundle::Bundle;
+use crate::cli::ExportArgs;
+use crate::config::{self, DEFAULT_SOURCE_REGISTRY, DEFAULT_SOURCE_REPOSITORY};
+use crate::digest::Digest;
+use crate::error::{Error, Result};
+use crate::reference::{validate_repository, validate_tag, Reference};
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+
+/// An image to export, with the namespace import will replace.
+#[derive(Clone, Debug)]
+pub struct Requested {
+    pub reference: Reference,
+    pub namespace: String,
+    pub path: String,
+    /// Platforms to keep for this image (empty: the global `--platform` list).
+    pub platforms: Vec<String>,
+    /// For a signature or attestation carried along: the image digest it is about.
+    pub subject: Option<Digest>,
+}
+
+/// Reads the image list: arguments, then the file's lines (`#` comments, blanks ignored).
+fn image_list(args: &ExportArgs) -> Result<Vec<String>> {
+    let mut out: Vec<String> = args.images.clone();
+    if let Some(f) = &args.images_file {
+        let text = std::fs::read_to_string(f)
+            .map_err(|e| Error::Usage(format!("images file {}: {e}", f.display())))?;
+        for line in text.lines() {
+            let line = line.split('#').next().unwrap_or("").trim();
+            if !line.is_empty() {
+                out.push(line.to_string());
+            }
+        }
+    }
+    if out.is_empty() {
+        return Err(Error::Usage(
+            "no images to export: name them as arguments or with -f/--images-file".into(),
+        ));
+    }
+    Ok(out)
+}
+
+/// Turns the list into references. A name without `/` is a short name when a source
+/// registry, repository or tag was given (flag or environment): it expands to
+/// REGISTRY/REPOSITORY/NAME:TAG. Everything else is read as docker reads it.
+pub fn requested_images(args: &ExportArgs) -> Result<Vec<Requested>> {
+    let names = image_list(args)?;
+    let r = &args.registry;
+    let namespace_mode = r.registry.is_some()
+        || r.repository.is_some()
+        || r.tag.is_some()
+        || config::env("SOURCE_DOCKER_REGISTRY").is_some()
+        || config::env("SOURCE_DOCKER_REPOSITORY").is_some()
+        || config::env("SOURCE_DOCKER_TAG").is_some();
+    let mut source: Option<(String, String)> = None;
+    let mut tag: Option<String> = None;
+    let mut out = Vec::new();
+    for name in names {
+        if namespace_mode && !name.contains('/') {
+            if source.is_none() {
+                let reg = config::value(
+                    r.registry.as_ref(),
+                    "--registry",
+                    "SOURCE_DOCKER_REGISTRY",
+                    "Source container registry",
+                    Some(DEFAULT_SOURCE_REGISTRY),
+                    true,
+                )?;
+                let repo = config::value(
+                    r.repository.as_ref(),
+                    "--repository",
+                    "SOURCE_DOCKER_REPOSITORY",
+                    "Source repository",
+                    Some(DEFAULT_SOURCE_REPOSITORY),
+                    true,
+                )?;
+                crate::reference::validate_registry(&reg).map_err(Error::Usage)?;
+                validate_repository(&repo)
+                    .map_err(|e| Error::Usage(format!("--repository: {e}")))?;
+                source = Some((reg, repo));
+            }
+            let (reg, repo) = source.clone().unwrap_or_default();
+            let (short, inline_tag) = match name.split_once(':') {
+                Some((n, t)) => (n.to_string(), Some(t.to_string())),
+                None => (name.clone(), None),
+            };
+            let t = match inline_tag {
+                Some(t) => t,
+                None => {
+                    if tag.is_none() {
+                        tag = Some(config::value(
+                            r.tag.as_ref(),
+                            "--tag",
+                            "SOURCE_DOCKER_TAG",
+                            "Source image tag",
+                            None,
+                            false,
+                        )?);
+                    }
+                    tag.clone().unwrap_or_default()
+                }
+            };
+            validate_tag(&t).map_err(Error::Usage)?;
+            let reference = Reference::parse(&format!("{reg}/{repo}/{short}:{t}"))?;
+            out.push(Requested {
+                reference,
+                namespace: repo.clone(),
+                path: short,
+                platforms: Vec::new(),
+                subject: None,
+            });
+        } else {
+            let reference = Reference::parse(&name)?;
+            if reference.tag.is_none() {
+                return Err(Error::Usage(format!(
+                    "{name}: give a tag with the digest (name:tag@sha256:…) so import knows which tag to write"
+                )));
+            }
+            out.push(Requested {
+                path: reference.repository.clone(),
+                namespace: String::new(),
+                reference,
+                platforms: Vec::new(),
+                subject: None,
+            });
+        }
+    }
+    // The same image named twice is exported once.
+    let mut seen = std::collections::HashSet::new();
+    out.retain(|r| seen.insert(r.reference.to_string()));
+    Ok(out)
+}
+
+pub(super) fn cache_dir(args: &ExportArgs) -> Result<PathBuf> {
+    if let Some(d) = &args.cache_dir {
+        return Ok(d.clone());
+    }
+    if let Some(x) = config::env("XDG_CACHE_HOME") {
+        return Ok(PathBuf::from(x).join("airlock"));
+    }
+    if let Some(h) = config::env("HOME") {
+        return Ok(PathBuf::from(h).join(".cache").join("airlock"));
+    }
+    Err(Error::Usage(
+        "no cache directory: give --cache-dir or set XDG_CACHE_HOME or HOME".into(),
+    ))
+}
+
+/// RFC 3339 UTC from seconds since the epoch.
+pub fn rfc3339(secs: u64) -> String {
+    let days = (secs / 86_400) as i64;
+    let rem = secs % 86_400;
+    // Civil from days (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = if m <= 2 { y + 1 } else { y };
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        (rem % 3600) / 60,
+        rem % 60
+    )
+}
+
+/// Checks `os/arch[/variant]`.
+pub(super) fn validate_platform(p: &str) -> Result<()> {
+    let parts: Vec<&str> = p.split('/').collect();
+    let well_formed = (2..=3).contains(&parts.len())
+        && parts.iter().all(|c| {
+            !c.is_empty()
+                && c.bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+        });
+    if well_formed {
+        Ok(())
+    } else {
+        Err(Error::Usage(format!(
+            "platform {p:?}: expected os/arch[/variant] in lowercase"
+        )))
+    }
+}
+
+/// Fills `{date}` (YYYY-MM-DD), `{month}` (YYYY-MM) and `{tag}` in the output name.
+pub(super) fn expand_output(template: &Path, mtime: u64, tags: &[String]) -> Result<PathBuf> {
+    let t = template.to_string_lossy();
+    if !t.contains('{') {
+        return Ok(template.to_path_buf());
+    }
+    let date = rfc3339(mtime);
+    let mut s = t
+        .replace("{date}", &date[..10])
+        .replace("{month}", &date[..7]);
+    if s.contains("{tag}") {
+        let distinct: HashSet<&String> = tags.iter().collect();
+        if distinct.len() != 1 {
+            return Err(Error::Usage(format!(
+                "-o {t}: {{tag}} needs every image to have the same tag (they have {})",
+                distinct.len()
+            )));
+        }
+        let tag = tags.first().cloned().unwrap_or_default();
+        s = s.replace("{tag}", &tag);
+    }
+    if s.contains('{') || s.contains('}') {
+        return Err(Error::Usage(format!(
+            "-o {t}: only {{date}}, {{month}} and {{tag}} can be filled in"
+        )));
+    }
+    Ok(PathBuf::from(s))
+}
+
+/// What earlier bundles carried: each object's digest and the bundle.json digest of the
+/// bundle that holds it.
+#[derive(Default)]
+pub(super) struct Carried {
+    pub by: HashMap<Digest, (Digest, u64)>,
+    pub bases: HashMap<Digest, Base>,
+}
+
+/// Reads `--since`: a bundle (any volume) or its `bundle.json`.
+pub(super) fn load_since(path: &Path) -> Result<Carried> {
+    let is_json = path.extension().is_some_and(|e| e == "json");
+    let bytes = if is_json {
+        let meta = std::fs::metadata(path)
+            .map_err(|e| Error::Usage(format!("--since {}: {e}", path.display())))?;
+        if meta.len() > crate::bundle::model::MAX_BUNDLE_JSON {
+            return Err(Error::Usage(format!(
+                "--since {}: too large for a bundle.json",
+                path.display()
+            )));
+        }
+        std::fs::read(path).map_err(|e| Error::Usage(format!("--since {}: {e}", path.display())))?
+    } else {
+        Bundle::open(path)?.bundle_json
+    };
+    let prev = BundleManifest::parse(&bytes, path)?;
+    let digest = Digest::of(&bytes);
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let mut c = Carried::default();
+    for b in &prev.blobs {
+        c.by.insert(b.digest.clone(), (digest.clone(), b.size));
+    }
+    for x in &prev.external {
+        c.by.insert(x.digest.clone(), (x.bundle.clone(), x.size));
+    }
+    for b in &prev.bases {
+        c.bases.insert(b.bundle_json.clone(), b.clone());
+    }
+    c.bases.insert(
+        digest.clone(),
+        Base {
+            bundle_json: digest,
+            created: prev.created.clone(),
+            name,
+        },
+    );
+    Ok(c)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::rfc3339;
+
+    #[test]
+    fn formats_rfc3339() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
+        assert_eq!(rfc3339(1_764_374_400), "2025-11-29T00:00:00Z");
+        assert_eq!(rfc3339(951_782_400), "2000-02-29T00:00:00Z");
+    }
+}

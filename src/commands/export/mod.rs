@@ -1,0 +1,270 @@
+//! `airlock export`: resolve the requested images at their source registries and write them,
+//! deduplicated and verified, into one bundle. `inputs` reads what was asked (arguments, an
+//! images file, an image-set file, `--since`), `sources` connects and resolves, `plan` shows
+//! `--plan`, `write` streams the bundle out.
+
+mod inputs;
+mod plan;
+mod sources;
+mod write;
+
+pub use inputs::{requested_images, rfc3339, Requested};
+
+use crate::bundle::model::{Base, ExternalBlob, FailedImage, ImageEntry};
+use crate::cli::ExportArgs;
+use crate::config;
+use crate::copy::{self, Object, Resolved};
+use crate::error::{Error, IoContext, Result};
+use crate::progress::Reporter;
+use inputs::{cache_dir, expand_output, load_since, validate_platform, Carried};
+use sources::{companions, connect_image_set, connect_sources, resolve_all};
+
+/// What the bundle will hold.
+struct Contents {
+    /// Stored objects, in archive order.
+    objects: Vec<Object>,
+    /// Objects a base bundle carries.
+    external: Vec<ExternalBlob>,
+    bases: Vec<Base>,
+    images: Vec<ImageEntry>,
+}
+
+/// Every object once, less what a base bundle already carried (manifests always travel).
+fn assemble(resolved: &[(Requested, Resolved)], carried: &Carried) -> Contents {
+    let all_objects = copy::dedup_order(resolved.iter().map(|(_, r)| r));
+    let mut objects = Vec::new();
+    let mut external = Vec::new();
+    for o in all_objects {
+        let carried_by = carried
+            .by
+            .get(&o.digest)
+            .filter(|(_, size)| *size == o.size && !crate::manifest::is_manifest(&o.media_type));
+        match carried_by {
+            Some((bundle, _)) => external.push(ExternalBlob {
+                digest: o.digest.clone(),
+                size: o.size,
+                media_type: o.media_type.clone(),
+                bundle: bundle.clone(),
+            }),
+            None => objects.push(o),
+        }
+    }
+    let mut bases: Vec<Base> = Vec::new();
+    for x in &external {
+        if !bases.iter().any(|b| b.bundle_json == x.bundle) {
+            if let Some(b) = carried.bases.get(&x.bundle) {
+                bases.push(b.clone());
+            }
+        }
+    }
+    let images = resolved
+        .iter()
+        .map(|(req, r)| ImageEntry {
+            source: req.reference.to_string(),
+            registry: req.reference.registry.clone(),
+            namespace: req.namespace.clone(),
+            path: req.path.clone(),
+            tag: req.reference.tag.clone().unwrap_or_default(),
+            digest: r.root.digest.clone(),
+            source_digest: r.source_digest.clone(),
+            subject: req.subject.clone(),
+            media_type: r.root.media_type.clone(),
+            platforms: r.platforms.clone(),
+            size: r.objects.iter().map(|o| o.size).sum(),
+            blobs: r.objects.iter().map(|o| o.digest.clone()).collect(),
+        })
+        .collect();
+    Contents {
+        objects,
+        external,
+        bases,
+        images,
+    }
+}
+
+/// The exit for work done in part: the images that could not be exported, named.
+fn partial(failed: &[FailedImage], what: String) -> Result<()> {
+    if failed.is_empty() {
+        return Ok(());
+    }
+    let lines: Vec<String> = failed
+        .iter()
+        .map(|f| format!("  {}: {}", f.source, f.error))
+        .collect();
+    Err(Error::Partial(format!("{what}:\n{}", lines.join("\n"))))
+}
+
+pub async fn run(args: ExportArgs) -> Result<()> {
+    // The image list from the command line is read (and checked) before any network work;
+    // an image-set file is loaded now and its tags are listed once connected.
+    let image_set = match &args.config {
+        Some(path) => {
+            if !args.images.is_empty() || args.images_file.is_some() {
+                return Err(Error::Usage(
+                    "give the images either in --config or as arguments/--images-file, not both"
+                        .into(),
+                ));
+            }
+            Some(crate::imageset::load(path)?)
+        }
+        None => None,
+    };
+    let cli_requested = match &image_set {
+        Some(_) => Vec::new(),
+        None => requested_images(&args)?,
+    };
+    let signer = if args.plan {
+        None
+    } else {
+        args.sign
+            .as_deref()
+            .map(crate::signing::Signer::load)
+            .transpose()?
+    };
+    let split = args
+        .split_size
+        .as_deref()
+        .map(config::parse_size)
+        .transpose()?;
+    for p in &args.platform {
+        validate_platform(p)?;
+    }
+    let mtime = match config::env("SOURCE_DATE_EPOCH") {
+        Some(s) => s.parse::<u64>().map_err(|_| {
+            Error::Usage(format!(
+                "SOURCE_DATE_EPOCH={s:?} is not a number of seconds"
+            ))
+        })?,
+        None => std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0),
+    };
+    // Checked now so a bad -o fails before any network work; {tag} is filled in later.
+    if let Some(parent) = args
+        .output
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty() && !p.to_string_lossy().contains('{'))
+    {
+        if !parent.is_dir() {
+            return Err(Error::Usage(format!(
+                "output directory {} does not exist",
+                parent.display()
+            )));
+        }
+    }
+    let carried = match &args.since {
+        Some(p) => load_since(p)?,
+        None => Carried::default(),
+    };
+    let cache = cache_dir(&args)?;
+    for sub in ["blobs/sha256", "tmp"] {
+        std::fs::create_dir_all(cache.join(sub))
+            .ctx(|| format!("creating cache directory {}", cache.join(sub).display()))?;
+    }
+    let reporter = Reporter::new(args.out.quiet || args.out.json, args.out.verbose);
+    let jobs = args.out.jobs as usize;
+    let (mut requested, clients, set_platforms) = match &image_set {
+        Some(set) => {
+            let clients = connect_image_set(&args, set).await?;
+            let selected = set.select(&clients).await?;
+            let requested: Vec<Requested> = selected
+                .into_iter()
+                .map(|s| Requested {
+                    reference: s.reference,
+                    namespace: s.namespace,
+                    path: s.path,
+                    platforms: s.platforms,
+                    subject: None,
+                })
+                .collect();
+            (requested, clients, set.platforms.clone())
+        }
+        None => {
+            let clients = connect_sources(&args, &cli_requested).await?;
+            (cli_requested, clients, Vec::new())
+        }
+    };
+    for p in requested.iter().flat_map(|r| &r.platforms) {
+        validate_platform(p)?;
+    }
+    let tags: Vec<String> = requested
+        .iter()
+        .filter_map(|r| r.reference.tag.clone())
+        .collect();
+    let out = expand_output(&args.output, mtime, &tags)?;
+    if let Some(parent) = out.parent().filter(|p| !p.as_os_str().is_empty()) {
+        if !parent.is_dir() {
+            return Err(Error::Usage(format!(
+                "output directory {} does not exist",
+                parent.display()
+            )));
+        }
+    }
+    let global_platforms = if args.platform.is_empty() {
+        set_platforms
+    } else {
+        args.platform.clone()
+    };
+
+    // Resolve every image before writing anything: an unknown image fails here (or, with
+    // --keep-going, is left out and named in the bundle).
+    let (mut resolved, failed) = resolve_all(
+        std::mem::take(&mut requested),
+        &clients,
+        &global_platforms,
+        jobs,
+        args.keep_going,
+        &reporter,
+    )
+    .await?;
+    if resolved.is_empty() {
+        return Err(Error::Failed(
+            "no image could be resolved; nothing to export".into(),
+        ));
+    }
+    if !args.no_referrers {
+        let extra = companions(&resolved, &clients, &reporter).await?;
+        if !extra.is_empty() {
+            let (more, more_failed) =
+                resolve_all(extra, &clients, &[], jobs, true, &reporter).await?;
+            for f in more_failed {
+                reporter.warn(format!("could not carry {}: {}", f.source, f.error));
+            }
+            resolved.extend(more);
+        }
+    }
+    let contents = assemble(&resolved, &carried);
+    if args.plan {
+        plan::show(&contents, &failed, &cache, &out, args.out.json)?;
+        return partial(
+            &failed,
+            format!("{} image(s) could not be resolved", failed.len()),
+        );
+    }
+    let root_sizes: Vec<u64> = resolved
+        .iter()
+        .map(|(_, r)| r.root.bytes.len() as u64)
+        .collect();
+    let job = write::Job {
+        out: out.clone(),
+        split,
+        mtime,
+        platforms: global_platforms,
+        signer,
+        clients,
+        cache,
+        jobs,
+        json: args.out.json,
+    };
+    let manifest = write::write(job, contents, &root_sizes, failed, reporter).await?;
+    partial(
+        &manifest.failed,
+        format!(
+            "{} holds {} images; {} could not be exported",
+            out.display(),
+            manifest.images.len(),
+            manifest.failed.len()
+        ),
+    )
+}

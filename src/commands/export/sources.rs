@@ -1,0 +1,236 @@
+//! Where the images come from: connecting to the source registries (credentials, TLS, an
+//! image-set file's settings), resolving every image, and finding the signatures and
+//! attestations stored beside them.
+
+use super::Requested;
+use crate::bundle::model::FailedImage;
+use crate::cli::ExportArgs;
+use crate::config::{self, Side};
+use crate::copy::{self, Resolved};
+use crate::digest::Digest;
+use crate::error::{Error, Result};
+use crate::progress::{human, Reporter};
+use crate::reference::Reference;
+use crate::registry::Registry;
+use futures_util::stream::{self, StreamExt};
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+/// Connects to every registry the images come from. Credentials from flags or environment
+/// belong to the source registry: the one named by --registry/SOURCE_DOCKER_REGISTRY, or the
+/// only registry in the list.
+pub(super) async fn connect_sources(
+    args: &ExportArgs,
+    requested: &[Requested],
+) -> Result<HashMap<String, Arc<Registry>>> {
+    let mut registries: Vec<String> = Vec::new();
+    for r in requested {
+        if !registries.contains(&r.reference.registry) {
+            registries.push(r.reference.registry.clone());
+        }
+    }
+    let named = args
+        .registry
+        .registry
+        .clone()
+        .or_else(|| config::env("SOURCE_DOCKER_REGISTRY"));
+    let explicit_creds = args.registry.username.is_some()
+        || args.registry.password_stdin
+        || config::env("SOURCE_DOCKER_USERNAME").is_some();
+    let creds_for = match (&named, registries.len()) {
+        (Some(n), _) => Some(n.clone()),
+        (None, 1) => registries.first().cloned(),
+        (None, _) if explicit_creds => {
+            return Err(Error::Usage(format!(
+                "the images come from several registries ({}); say which one the username is for with --registry",
+                registries.join(", ")
+            )))
+        }
+        _ => None,
+    };
+    let tls = config::tls(&args.registry);
+    let mut clients = HashMap::new();
+    for name in &registries {
+        let creds = if Some(name) == creds_for.as_ref() {
+            config::credentials(&args.registry, Side::Source, name)?
+        } else {
+            crate::credentials::from_config_files(name)
+        };
+        let reg = config::connect(name, &tls, creds, args.out.retry_policy()).await?;
+        clients.insert(name.clone(), Arc::new(reg));
+    }
+    Ok(clients)
+}
+
+/// Connects to every registry of an image-set file, each with its own TLS settings and
+/// credential source.
+pub(super) async fn connect_image_set(
+    args: &ExportArgs,
+    set: &crate::imageset::ImageSet,
+) -> Result<HashMap<String, Arc<Registry>>> {
+    use crate::imageset::CredentialSource;
+    let mut clients = HashMap::new();
+    for r in &set.registries {
+        if clients.contains_key(&r.registry) {
+            continue;
+        }
+        let creds = match &r.credentials {
+            CredentialSource::Default => {
+                config::credentials(&args.registry, Side::Source, &r.registry)?
+            }
+            CredentialSource::Anonymous => None,
+            env @ CredentialSource::Env { .. } => env.env_credentials()?,
+        };
+        let reg =
+            Arc::new(config::connect(&r.registry, &r.tls, creds, args.out.retry_policy()).await?);
+        // Images name their registry as references normalise it (index.docker.io → docker.io).
+        if let Ok(normal) = Reference::parse(&format!("{}/x", r.registry)) {
+            clients.insert(normal.registry, reg.clone());
+        }
+        clients.insert(r.registry.clone(), reg);
+    }
+    Ok(clients)
+}
+
+/// Resolves every image; with `keep_going` a failed image is set aside instead of failing.
+pub(super) async fn resolve_all(
+    requested: Vec<Requested>,
+    clients: &HashMap<String, Arc<Registry>>,
+    global_platforms: &[String],
+    jobs: usize,
+    keep_going: bool,
+    reporter: &Reporter,
+) -> Result<(Vec<(Requested, Resolved)>, Vec<FailedImage>)> {
+    let results: Vec<(Requested, Result<Resolved>)> = stream::iter(requested)
+        .map(|req| {
+            let reg = clients.get(&req.reference.registry).cloned();
+            let platforms = if req.platforms.is_empty() && req.subject.is_none() {
+                global_platforms.to_vec()
+            } else {
+                req.platforms.clone()
+            };
+            let reporter = reporter.clone();
+            async move {
+                let r = async {
+                    let reg = reg.ok_or_else(|| Error::Failed("registry not connected".into()))?;
+                    copy::resolve(
+                        &reg,
+                        &req.reference.repository,
+                        &req.reference.reference(),
+                        &platforms,
+                    )
+                    .await
+                    .map_err(|e| match e {
+                        Error::NotFound { registry, .. } => Error::NotFound {
+                            registry,
+                            what: format!("image {}", req.reference),
+                        },
+                        e @ Error::Usage(_) => e,
+                        e => Error::Failed(format!("image {}: {e}", req.reference)),
+                    })
+                }
+                .await;
+                if let Ok(r) = &r {
+                    reporter.info(format!(
+                        "resolved {} ({}, {} objects, {})",
+                        req.reference,
+                        r.root.digest.short(),
+                        r.objects.len(),
+                        human(r.objects.iter().map(|o| o.size).sum())
+                    ));
+                }
+                (req, r)
+            }
+        })
+        .buffered(jobs)
+        .collect()
+        .await;
+    let mut ok = Vec::new();
+    let mut failed = Vec::new();
+    for (req, r) in results {
+        match r {
+            Ok(r) => ok.push((req, r)),
+            Err(e) if keep_going && !matches!(e, Error::Usage(_)) => {
+                reporter.warn(format!("skipping {}: {e}", req.reference));
+                failed.push(FailedImage {
+                    source: req.reference.to_string(),
+                    error: e.to_string(),
+                });
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok((ok, failed))
+}
+
+/// Signatures, attestations and SBOMs stored as cosign-style companion tags
+/// (`sha256-<hex>.sig`, `.att`, `.sbom`) or under the OCI referrers tag schema
+/// (`sha256-<hex>`) for the exported images: each becomes an image of its own.
+pub(super) async fn companions(
+    resolved: &[(Requested, Resolved)],
+    clients: &HashMap<String, Arc<Registry>>,
+    reporter: &Reporter,
+) -> Result<Vec<Requested>> {
+    let mut tags_of: HashMap<(String, String), Vec<String>> = HashMap::new();
+    let mut out = Vec::new();
+    let mut seen: HashSet<String> = resolved
+        .iter()
+        .map(|(r, _)| r.reference.to_string())
+        .collect();
+    for (req, r) in resolved {
+        let key = (
+            req.reference.registry.clone(),
+            req.reference.repository.clone(),
+        );
+        if !tags_of.contains_key(&key) {
+            let Some(reg) = clients.get(&key.0) else {
+                continue;
+            };
+            let tags = match reg.list_tags(&key.1).await {
+                Ok(t) => t,
+                Err(e) => {
+                    reporter.warn(format!(
+                        "cannot list the tags of {}/{} to find signatures: {e}",
+                        key.0, key.1
+                    ));
+                    Vec::new()
+                }
+            };
+            tags_of.insert(key.clone(), tags);
+        }
+        let tags = tags_of.get(&key).cloned().unwrap_or_default();
+        let mut subjects: Vec<Digest> = vec![r.root.digest.clone()];
+        if let Some(d) = &r.source_digest {
+            subjects.push(d.clone());
+        }
+        subjects.extend(
+            r.objects
+                .iter()
+                .filter(|o| crate::manifest::is_manifest(&o.media_type))
+                .map(|o| o.digest.clone()),
+        );
+        for subject in subjects {
+            let prefix = format!("sha256-{}", subject.hex());
+            for tag in tags.iter().filter(|t| {
+                t.as_str() == prefix
+                    || [".sig", ".att", ".sbom"]
+                        .iter()
+                        .any(|s| t.as_str() == format!("{prefix}{s}"))
+            }) {
+                let mut reference = req.reference.clone();
+                reference.tag = Some(tag.clone());
+                reference.digest = None;
+                if seen.insert(reference.to_string()) {
+                    out.push(Requested {
+                        reference,
+                        namespace: req.namespace.clone(),
+                        path: req.path.clone(),
+                        platforms: Vec::new(),
+                        subject: Some(subject.clone()),
+                    });
+                }
+            }
+        }
+    }
+    Ok(out)
+}
