@@ -22,13 +22,20 @@ pub struct Location {
     pub size: u64,
 }
 
+/// The compressed archive: its files and seek table, read by uncompressed offset.
+struct Archive {
+    /// The bundle's base name, for messages.
+    path: PathBuf,
+    files: MultiFile,
+    seek: SeekTable,
+}
+
 /// An open bundle: its files, seek table and checked `bundle.json`.
 pub struct Bundle {
     /// The bundle's base name, for messages.
     pub path: PathBuf,
     pub volumes: Vec<PathBuf>,
-    files: MultiFile,
-    seek: SeekTable,
+    archive: Archive,
     pub manifest: BundleManifest,
     /// The exact bytes of `bundle.json` (what a signature covers).
     pub bundle_json: Vec<u8>,
@@ -78,159 +85,7 @@ fn is_regular(t: u8) -> bool {
     t == b'0' || t == 0
 }
 
-impl Bundle {
-    /// Opens a bundle by its base name, a volume, or a single file.
-    pub fn open(given: &Path) -> Result<Bundle> {
-        let (base, volumes) = discover(given)?;
-        let files = MultiFile::open(&volumes)?;
-        check_seek_table_footer(&files)?;
-        let mut probe = files.clone();
-        let seek = SeekTable::from_seekable(&mut probe).map_err(|e| {
-            Error::bundle(
-                files.file_at(files.len()),
-                format!(
-                    "no valid zstd seek table at the end ({e}): the bundle is truncated, a \
-                     volume is missing, or it was not written by airlock"
-                ),
-            )
-        })?;
-        if seek.num_frames() == 0 {
-            return Err(Error::bundle(
-                files.file_at(files.len()),
-                "the seek table lists no frames: this is not a bundle",
-            ));
-        }
-        let table_len = seek.clone().into_serializer().encoded_len() as u64;
-        if seek.size_comp() + table_len != files.len() {
-            return Err(Error::bundle(
-                files.file_at(files.len()),
-                format!(
-                    "the seek table describes {} compressed bytes but the files hold {}: the \
-                     bundle is truncated or has extra data",
-                    seek.size_comp() + table_len,
-                    files.len()
-                ),
-            ));
-        }
-        let mut b = Bundle {
-            path: base,
-            volumes,
-            files,
-            seek,
-            manifest: BundleManifest {
-                format: String::new(),
-                format_version: 0,
-                tool: String::new(),
-                created: String::new(),
-                platforms: vec![],
-                images: vec![],
-                blobs: vec![],
-                total_size: 0,
-                layout: super::model::Layout {
-                    oci_layout: super::model::Member {
-                        digest: Digest::of(b""),
-                        size: 0,
-                    },
-                    index: super::model::Member {
-                        digest: Digest::of(b""),
-                        size: 0,
-                    },
-                },
-                external: vec![],
-                bases: vec![],
-                failed: vec![],
-            },
-            bundle_json: Vec::new(),
-            members: vec![],
-            by_digest: HashMap::new(),
-        };
-        // bundle.json: first member, read through its header.
-        let first = Location {
-            name: BUNDLE_JSON.into(),
-            header: 0,
-            size: 0,
-        };
-        let (name, size) = b.read_header(&first)?;
-        if name != BUNDLE_JSON {
-            return Err(Error::bundle(
-                &b.path,
-                format!("the first member is {name:?}, not bundle.json"),
-            ));
-        }
-        if size > MAX_BUNDLE_JSON {
-            return Err(Error::bundle(
-                &b.path,
-                format!("bundle.json declares {size} bytes (at most {MAX_BUNDLE_JSON})"),
-            ));
-        }
-        let mut bytes = Vec::new();
-        b.range(512, size)?
-            .read_to_end(&mut bytes)
-            .map_err(|e| b.read_error(512, e))?;
-        if bytes.len() as u64 != size {
-            return Err(Error::bundle(&b.path, "bundle.json is cut short"));
-        }
-        b.manifest = BundleManifest::parse(&bytes, &b.path)?;
-        b.bundle_json = bytes;
-        // Where every other member must be.
-        let mut off = tar_span(size);
-        let mut members = vec![Location {
-            name: BUNDLE_JSON.into(),
-            header: 0,
-            size,
-        }];
-        let layout = b.manifest.layout.clone();
-        for (name, m) in [
-            (OCI_LAYOUT, &layout.oci_layout),
-            (INDEX_JSON, &layout.index),
-        ] {
-            members.push(Location {
-                name: name.into(),
-                header: off,
-                size: m.size,
-            });
-            off += tar_span(m.size);
-        }
-        for blob in &b.manifest.blobs {
-            b.by_digest.insert(blob.digest.clone(), members.len());
-            members.push(Location {
-                name: blob.digest.layout_path(),
-                header: off,
-                size: blob.size,
-            });
-            off += tar_span(blob.size);
-        }
-        let expected_end = off + 1024;
-        if b.seek.size_decomp() != expected_end {
-            return Err(Error::bundle(
-                b.files.file_at(b.files.len()),
-                format!(
-                    "bundle.json describes {expected_end} bytes of archive but the seek table \
-                     holds {}: the bundle is truncated, has extra members or is inconsistent",
-                    b.seek.size_decomp()
-                ),
-            ));
-        }
-        for m in &members {
-            let idx = b.seek.frame_index_decomp(m.header);
-            let starts = b.seek.frame_start_decomp(idx).ok() == Some(m.header);
-            if !starts {
-                return Err(Error::bundle(
-                    &b.path,
-                    format!("member {} does not start a zstd frame: the seek table does not match bundle.json", m.name),
-                ));
-            }
-        }
-        // Every member's header says what bundle.json says, before anything trusts the
-        // bundle: names, types and sizes that differ are refused here, not halfway through
-        // an import.
-        for m in members.iter().skip(1) {
-            b.check_header(m)?;
-        }
-        b.members = members;
-        Ok(b)
-    }
-
+impl Archive {
     fn read_error(&self, at: u64, e: io::Error) -> Error {
         Error::bundle(
             &self.path,
@@ -348,11 +203,147 @@ impl Bundle {
         }
         Ok((name, size))
     }
+}
+
+impl Bundle {
+    /// Opens a bundle by its base name, a volume, or a single file.
+    pub fn open(given: &Path) -> Result<Bundle> {
+        let (base, volumes) = discover(given)?;
+        let files = MultiFile::open(&volumes)?;
+        check_seek_table_footer(&files)?;
+        let mut probe = files.clone();
+        let seek = SeekTable::from_seekable(&mut probe).map_err(|e| {
+            Error::bundle(
+                files.file_at(files.len()),
+                format!(
+                    "no valid zstd seek table at the end ({e}): the bundle is truncated, a \
+                     volume is missing, or it was not written by airlock"
+                ),
+            )
+        })?;
+        if seek.num_frames() == 0 {
+            return Err(Error::bundle(
+                files.file_at(files.len()),
+                "the seek table lists no frames: this is not a bundle",
+            ));
+        }
+        let table_len = seek.clone().into_serializer().encoded_len() as u64;
+        if seek.size_comp() + table_len != files.len() {
+            return Err(Error::bundle(
+                files.file_at(files.len()),
+                format!(
+                    "the seek table describes {} compressed bytes but the files hold {}: the \
+                     bundle is truncated or has extra data",
+                    seek.size_comp() + table_len,
+                    files.len()
+                ),
+            ));
+        }
+        let archive = Archive {
+            path: base.clone(),
+            files,
+            seek,
+        };
+        // bundle.json: first member, read through its header.
+        let first = Location {
+            name: BUNDLE_JSON.into(),
+            header: 0,
+            size: 0,
+        };
+        let (name, size) = archive.read_header(&first)?;
+        if name != BUNDLE_JSON {
+            return Err(Error::bundle(
+                &base,
+                format!("the first member is {name:?}, not bundle.json"),
+            ));
+        }
+        if size > MAX_BUNDLE_JSON {
+            return Err(Error::bundle(
+                &base,
+                format!("bundle.json declares {size} bytes (at most {MAX_BUNDLE_JSON})"),
+            ));
+        }
+        let mut bytes = Vec::new();
+        archive
+            .range(512, size)?
+            .read_to_end(&mut bytes)
+            .map_err(|e| archive.read_error(512, e))?;
+        if bytes.len() as u64 != size {
+            return Err(Error::bundle(&base, "bundle.json is cut short"));
+        }
+        let manifest = BundleManifest::parse(&bytes, &base)?;
+        let mut by_digest = HashMap::new();
+        // Where every other member must be.
+        let mut off = tar_span(size);
+        let mut members = vec![Location {
+            name: BUNDLE_JSON.into(),
+            header: 0,
+            size,
+        }];
+        let layout = &manifest.layout;
+        for (name, m) in [
+            (OCI_LAYOUT, &layout.oci_layout),
+            (INDEX_JSON, &layout.index),
+        ] {
+            members.push(Location {
+                name: name.into(),
+                header: off,
+                size: m.size,
+            });
+            off += tar_span(m.size);
+        }
+        for blob in &manifest.blobs {
+            by_digest.insert(blob.digest.clone(), members.len());
+            members.push(Location {
+                name: blob.digest.layout_path(),
+                header: off,
+                size: blob.size,
+            });
+            off += tar_span(blob.size);
+        }
+        let expected_end = off + 1024;
+        let seek = &archive.seek;
+        if seek.size_decomp() != expected_end {
+            return Err(Error::bundle(
+                archive.files.file_at(archive.files.len()),
+                format!(
+                    "bundle.json describes {expected_end} bytes of archive but the seek table \
+                     holds {}: the bundle is truncated, has extra members or is inconsistent",
+                    seek.size_decomp()
+                ),
+            ));
+        }
+        for m in &members {
+            let idx = seek.frame_index_decomp(m.header);
+            let starts = seek.frame_start_decomp(idx).ok() == Some(m.header);
+            if !starts {
+                return Err(Error::bundle(
+                    &base,
+                    format!("member {} does not start a zstd frame: the seek table does not match bundle.json", m.name),
+                ));
+            }
+        }
+        // Every member's header says what bundle.json says, before anything trusts the
+        // bundle: names, types and sizes that differ are refused here, not halfway through
+        // an import.
+        for m in members.iter().skip(1) {
+            archive.check_header(m)?;
+        }
+        Ok(Bundle {
+            path: base,
+            volumes,
+            archive,
+            manifest,
+            bundle_json: bytes,
+            members,
+            by_digest,
+        })
+    }
 
     /// Opens a member's content after checking that its header says what bundle.json says.
     fn open_member(&self, m: &Location) -> Result<impl Read + use<>> {
-        self.check_header(m)?;
-        self.range(m.header + 512, m.size)
+        self.archive.check_header(m)?;
+        self.archive.range(m.header + 512, m.size)
     }
 
     pub fn has_blob(&self, d: &Digest) -> bool {
@@ -371,15 +362,17 @@ impl Bundle {
         let mut bundle = self.path.display().to_string();
         if self.volumes.len() > 1 {
             // Name the volumes the blob is stored in: that is what to replace if it is damaged.
-            let first = self.seek.frame_index_decomp(m.header);
+            let first = self.archive.seek.frame_index_decomp(m.header);
             let last = self
+                .archive
                 .seek
                 .frame_index_decomp(m.header + tar_span(m.size) - 1);
             if let (Ok(start), Ok(end)) = (
-                self.seek.frame_start_comp(first),
-                self.seek.frame_end_comp(last),
+                self.archive.seek.frame_start_comp(first),
+                self.archive.seek.frame_end_comp(last),
             ) {
                 let names: Vec<String> = self
+                    .archive
                     .files
                     .files_between(start, end)
                     .iter()
@@ -429,15 +422,15 @@ impl Bundle {
 
     /// All volumes (or the single file) in one stream, for a sequential pass.
     pub fn raw_stream(&self) -> MultiFile {
-        self.files.clone()
+        self.archive.files.clone()
     }
 
     pub fn seek_table(&self) -> &SeekTable {
-        &self.seek
+        &self.archive.seek
     }
 
     pub fn compressed_size(&self) -> u64 {
-        self.files.len()
+        self.archive.files.len()
     }
 }
 
