@@ -430,10 +430,9 @@ async fn place_blob(
                  mounted into {repo}"
             )));
         }
-        upload(bundle, target, repo, digest, size, location).await?;
+        upload(bundle, target, repo, digest, size, location, reporter).await?;
         counters.uploaded.fetch_add(1, Ordering::Relaxed);
         counters.bytes.fetch_add(size, Ordering::Relaxed);
-        reporter.inc(size);
         reporter.detail(format!(
             "{repo}: uploaded blob {} ({size} bytes)",
             digest.short()
@@ -452,6 +451,7 @@ async fn upload(
     digest: &Digest,
     size: u64,
     mut location: Option<reqwest::Url>,
+    reporter: &Reporter,
 ) -> Result<()> {
     let attempts = target.retry_policy().attempts.max(1);
     let mut last = None;
@@ -460,15 +460,16 @@ async fn upload(
             Some(l) => l,
             None => target.start_upload(repo).await?,
         };
-        let (body, producer) = blob_body(bundle.clone(), digest.clone());
+        let (body, producer) = blob_body(bundle.clone(), digest.clone(), reporter.clone());
         let sent = target.finish_upload(repo, loc, digest, size, body).await;
         let produced = producer
             .await
             .map_err(|e| Error::Failed(format!("reading blob {digest}: {e}")))?;
-        produced?;
+        let read = produced?;
         match sent {
             Ok(()) => return Ok(()),
             Err(e) => {
+                reporter.dec(read);
                 last = Some(e);
                 if attempt < attempts {
                     tokio::time::sleep(target.transfer_backoff(attempt + 1)).await;
@@ -484,25 +485,28 @@ async fn upload(
 fn blob_body(
     bundle: Arc<Bundle>,
     digest: Digest,
-) -> (reqwest::Body, tokio::task::JoinHandle<Result<()>>) {
+    reporter: Reporter,
+) -> (reqwest::Body, tokio::task::JoinHandle<Result<u64>>) {
     let (tx, rx) = tokio::sync::mpsc::channel::<std::io::Result<bytes::Bytes>>(4);
-    let handle = tokio::task::spawn_blocking(move || -> Result<()> {
+    let handle = tokio::task::spawn_blocking(move || -> Result<u64> {
         let mut r = match bundle.open_blob(&digest) {
-            Ok(r) => r,
+            Ok(r) => crate::progress::Counting::new(r, reporter),
             Err(e) => {
                 let _ = tx.blocking_send(Err(std::io::Error::other(e.to_string())));
                 return Err(e);
             }
         };
+        let mut read = 0u64;
         loop {
             let mut buf = vec![0u8; 256 * 1024];
             match r.read(&mut buf) {
-                Ok(0) => return Ok(()),
+                Ok(0) => return Ok(read),
                 Ok(n) => {
+                    read += n as u64;
                     buf.truncate(n);
                     if tx.blocking_send(Ok(bytes::Bytes::from(buf))).is_err() {
                         // The request ended early (network failure): not a content problem.
-                        return Ok(());
+                        return Ok(read);
                     }
                 }
                 Err(e) => {

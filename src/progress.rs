@@ -69,10 +69,37 @@ impl Reporter {
         }
     }
 
+    /// Takes back bytes counted for a transfer that is being redone.
+    pub fn dec(&self, n: u64) {
+        if let Some(b) = &self.bar {
+            b.dec(n);
+        }
+    }
+
     pub fn finish_bar(&mut self) {
         if let Some(b) = self.bar.take() {
             b.finish_and_clear();
         }
+    }
+}
+
+/// A reader that moves the progress bar as bytes pass.
+pub struct Counting<R> {
+    inner: R,
+    reporter: Reporter,
+}
+
+impl<R> Counting<R> {
+    pub fn new(inner: R, reporter: Reporter) -> Self {
+        Counting { inner, reporter }
+    }
+}
+
+impl<R: std::io::Read> std::io::Read for Counting<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.reporter.inc(n as u64);
+        Ok(n)
     }
 }
 

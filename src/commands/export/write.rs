@@ -218,7 +218,7 @@ pub(super) async fn write(
                         None
                     }
                 };
-                let mut r = fetch::open(source, o)?;
+                let mut r = crate::progress::Counting::new(fetch::open(source, o)?, bar.clone());
                 if let Err(e) = w.append(&name, o.size, &mut r) {
                     // A damaged cache entry must not poison the next run.
                     if let Some(p) = cached_file {
@@ -226,7 +226,6 @@ pub(super) async fn write(
                     }
                     return Err(e);
                 }
-                bar.inc(o.size);
             }
             let files = w.finish()?;
             Ok((files, downloaded, cached))
