@@ -50,6 +50,17 @@ pub async fn resolve(
     platforms: &[String],
 ) -> Result<Resolved> {
     let root = reg.get_manifest(repo, reference).await?;
+    resolve_manifest(reg, repo, reference, root, platforms).await
+}
+
+/// Like [`resolve`], from a root manifest already fetched (`reference` names it in messages).
+pub async fn resolve_manifest(
+    reg: &Registry,
+    repo: &str,
+    reference: &str,
+    root: Manifest,
+    platforms: &[String],
+) -> Result<Resolved> {
     let what = format!("{}/{repo}:{reference}", reg.name());
     let mut objects = Vec::new();
     let mut seen = HashSet::new();

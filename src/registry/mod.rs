@@ -743,6 +743,40 @@ impl Registry {
         Ok(out)
     }
 
+    /// The OCI 1.1 referrers of a manifest (`GET /v2/<repo>/referrers/<digest>`): an image
+    /// index listing them, or `None` when the registry has no referrers API or none exist.
+    pub async fn referrers(&self, repo: &str, digest: &Digest) -> Result<Option<Manifest>> {
+        let url = self.url(&format!("v2/{repo}/referrers/{digest}"))?;
+        let resp = self
+            .send(&Scope::pull(repo), || {
+                Ok(self
+                    .http
+                    .get(url.clone())
+                    .header(ACCEPT, crate::manifest::OCI_INDEX))
+            })
+            .await?;
+        if !resp.status().is_success() {
+            return Ok(None);
+        }
+        let bytes = match read_limited(resp, MAX_MANIFEST_SIZE).await {
+            Ok(b) => b,
+            Err(_) => return Ok(None),
+        };
+        let has_referrers = serde_json::from_slice::<serde_json::Value>(&bytes)
+            .ok()
+            .and_then(|v| {
+                v.get("manifests")
+                    .and_then(|m| m.as_array())
+                    .map(|m| !m.is_empty())
+            })
+            .unwrap_or(false);
+        Ok(has_referrers.then(|| Manifest {
+            digest: Digest::of(&bytes),
+            bytes,
+            media_type: crate::manifest::OCI_INDEX.to_string(),
+        }))
+    }
+
     /// Every tag of a repository (`GET /v2/<repo>/tags/list`, paged).
     pub async fn list_tags(&self, repo: &str) -> Result<Vec<String>> {
         let url = self.url(&format!("v2/{repo}/tags/list"))?;

@@ -22,6 +22,9 @@ pub struct Requested {
     pub platforms: Vec<String>,
     /// For a signature or attestation carried along: the image digest it is about.
     pub subject: Option<Digest>,
+    /// The root manifest when it was already fetched (a referrers index from the OCI 1.1
+    /// referrers API, carried under the referrers tag schema's `sha256-<hex>` tag).
+    pub prefetched: Option<crate::registry::Manifest>,
 }
 
 /// Reads the image list: arguments, then the file's lines (`#` comments, blanks ignored).
@@ -113,6 +116,7 @@ pub fn requested_images(args: &ExportArgs) -> Result<Vec<Requested>> {
                 path: short,
                 platforms: Vec::new(),
                 subject: None,
+                prefetched: None,
             });
         } else {
             let reference = Reference::parse(&name)?;
@@ -127,6 +131,7 @@ pub fn requested_images(args: &ExportArgs) -> Result<Vec<Requested>> {
                 reference,
                 platforms: Vec::new(),
                 subject: None,
+                prefetched: None,
             });
         }
     }

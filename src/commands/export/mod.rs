@@ -176,6 +176,7 @@ pub async fn run(args: ExportArgs) -> Result<()> {
                     path: s.path,
                     platforms: s.platforms,
                     subject: None,
+                    prefetched: None,
                 })
                 .collect();
             (requested, clients, set.platforms.clone())
@@ -224,7 +225,7 @@ pub async fn run(args: ExportArgs) -> Result<()> {
         ));
     }
     if !args.no_referrers {
-        let extra = companions(&resolved, &clients, &reporter).await?;
+        let extra = companions(&resolved, &clients, jobs, &reporter).await?;
         if !extra.is_empty() {
             let (more, more_failed) =
                 resolve_all(extra, &clients, &[], jobs, true, &reporter).await?;

@@ -113,13 +113,27 @@ pub(super) async fn resolve_all(
             async move {
                 let r = async {
                     let reg = reg.ok_or_else(|| Error::Failed("registry not connected".into()))?;
-                    copy::resolve(
-                        &reg,
-                        &req.reference.repository,
-                        &req.reference.reference(),
-                        &platforms,
-                    )
-                    .await
+                    match &req.prefetched {
+                        Some(root) => {
+                            copy::resolve_manifest(
+                                &reg,
+                                &req.reference.repository,
+                                &req.reference.reference(),
+                                root.clone(),
+                                &platforms,
+                            )
+                            .await
+                        }
+                        None => {
+                            copy::resolve(
+                                &reg,
+                                &req.reference.repository,
+                                &req.reference.reference(),
+                                &platforms,
+                            )
+                            .await
+                        }
+                    }
                     .map_err(|e| match e {
                         Error::NotFound { registry, .. } => Error::NotFound {
                             registry,
@@ -163,46 +177,61 @@ pub(super) async fn resolve_all(
     Ok((ok, failed))
 }
 
-/// Signatures, attestations and SBOMs stored as cosign-style companion tags
-/// (`sha256-<hex>.sig`, `.att`, `.sbom`) or under the OCI referrers tag schema
-/// (`sha256-<hex>`) for the exported images: each becomes an image of its own.
+/// Signatures, attestations and SBOMs of the exported images, each carried as an image of
+/// its own: cosign-style companion tags (`sha256-<hex>.sig`, `.att`, `.sbom`) and the OCI
+/// referrers tag schema (`sha256-<hex>`) found by listing tags; where a root manifest has no
+/// such tag, the OCI 1.1 referrers API is asked, and its answer (an index of the referrers)
+/// travels under the tag schema's name, so a target without the API still finds them.
 pub(super) async fn companions(
     resolved: &[(Requested, Resolved)],
     clients: &HashMap<String, Arc<Registry>>,
+    jobs: usize,
     reporter: &Reporter,
 ) -> Result<Vec<Requested>> {
-    let mut tags_of: HashMap<(String, String), Vec<String>> = HashMap::new();
-    let mut out = Vec::new();
-    let mut seen: HashSet<String> = resolved
-        .iter()
-        .map(|(r, _)| r.reference.to_string())
-        .collect();
-    for (req, r) in resolved {
+    // Tags of every repository, listed once each.
+    let mut repos: Vec<(String, String)> = Vec::new();
+    for (req, _) in resolved {
         let key = (
             req.reference.registry.clone(),
             req.reference.repository.clone(),
         );
-        if !tags_of.contains_key(&key) {
-            let Some(reg) = clients.get(&key.0) else {
-                continue;
-            };
-            let tags = match reg.list_tags(&key.1).await {
-                Ok(t) => t,
-                Err(e) => {
+        if !repos.contains(&key) {
+            repos.push(key);
+        }
+    }
+    let tags_of: HashMap<(String, String), Vec<String>> = stream::iter(repos)
+        .map(|key| async move {
+            let tags = match clients.get(&key.0) {
+                Some(reg) => reg.list_tags(&key.1).await.unwrap_or_else(|e| {
                     reporter.warn(format!(
                         "cannot list the tags of {}/{} to find signatures: {e}",
                         key.0, key.1
                     ));
                     Vec::new()
-                }
+                }),
+                None => Vec::new(),
             };
-            tags_of.insert(key.clone(), tags);
-        }
+            (key, tags)
+        })
+        .buffer_unordered(jobs)
+        .collect()
+        .await;
+    let mut out = Vec::new();
+    let mut seen: HashSet<String> = resolved
+        .iter()
+        .map(|(r, _)| r.reference.to_string())
+        .collect();
+    let mut ask_api: Vec<(Requested, Digest)> = Vec::new();
+    for (req, r) in resolved {
+        let key = (
+            req.reference.registry.clone(),
+            req.reference.repository.clone(),
+        );
         let tags = tags_of.get(&key).cloned().unwrap_or_default();
-        let mut subjects: Vec<Digest> = vec![r.root.digest.clone()];
-        if let Some(d) = &r.source_digest {
-            subjects.push(d.clone());
-        }
+        let roots: Vec<Digest> = std::iter::once(r.root.digest.clone())
+            .chain(r.source_digest.clone())
+            .collect();
+        let mut subjects = roots.clone();
         subjects.extend(
             r.objects
                 .iter()
@@ -211,25 +240,50 @@ pub(super) async fn companions(
         );
         for subject in subjects {
             let prefix = format!("sha256-{}", subject.hex());
-            for tag in tags.iter().filter(|t| {
-                t.as_str() == prefix
-                    || [".sig", ".att", ".sbom"]
-                        .iter()
-                        .any(|s| t.as_str() == format!("{prefix}{s}"))
-            }) {
+            let companion = |suffix: &str| {
                 let mut reference = req.reference.clone();
-                reference.tag = Some(tag.clone());
+                reference.tag = Some(format!("{prefix}{suffix}"));
                 reference.digest = None;
-                if seen.insert(reference.to_string()) {
-                    out.push(Requested {
-                        reference,
-                        namespace: req.namespace.clone(),
-                        path: req.path.clone(),
-                        platforms: Vec::new(),
-                        subject: Some(subject.clone()),
-                    });
+                Requested {
+                    reference,
+                    namespace: req.namespace.clone(),
+                    path: req.path.clone(),
+                    platforms: Vec::new(),
+                    subject: Some(subject.clone()),
+                    prefetched: None,
+                }
+            };
+            for suffix in ["", ".sig", ".att", ".sbom"] {
+                if tags.iter().any(|t| *t == format!("{prefix}{suffix}")) {
+                    let c = companion(suffix);
+                    if seen.insert(c.reference.to_string()) {
+                        out.push(c);
+                    }
                 }
             }
+            if roots.contains(&subject) && !tags.contains(&prefix) {
+                ask_api.push((companion(""), subject.clone()));
+            }
+        }
+    }
+    let from_api: Vec<Requested> = stream::iter(ask_api)
+        .map(|(mut c, subject)| async move {
+            let reg = clients.get(&c.reference.registry)?;
+            match reg.referrers(&c.reference.repository, &subject).await {
+                Ok(Some(index)) => {
+                    c.prefetched = Some(index);
+                    Some(c)
+                }
+                _ => None,
+            }
+        })
+        .buffer_unordered(jobs)
+        .filter_map(|c| async move { c })
+        .collect()
+        .await;
+    for c in from_api {
+        if seen.insert(c.reference.to_string()) {
+            out.push(c);
         }
     }
     Ok(out)
