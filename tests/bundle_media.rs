@@ -31,10 +31,6 @@ fn tempdir(prefix: &str) -> tempfile::TempDir {
         .expect("create tempdir")
 }
 
-fn stderr_of(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
 fn file_name(p: &Path) -> String {
     p.file_name()
         .expect("file name")
@@ -203,7 +199,7 @@ fn run_limited(cwd: &Path, args: &[OsString]) -> (Output, Duration) {
 /// A clean refusal: exit code 1 or 2 (not a signal, not a panic), quickly, with an error line
 /// that names one of `names`.
 fn assert_refused(what: &str, out: &Output, elapsed: Duration, names: &[&str]) {
-    let err = stderr_of(out);
+    let err = stderr_text(out);
     eprintln!("--- {what} ({elapsed:.1?}):\n{}", err.trim_end());
     assert!(
         elapsed < QUICK,
@@ -458,7 +454,7 @@ fn split_bundle_is_volumes_with_checksums_and_imports_from_any_volume() {
         let o = run_airlock([OsString::from("verify"), given.clone().into()], &[], None);
         assert_success(&o, &format!("verify {}", given.display()));
         assert!(
-            stderr_of(&o).contains("all good"),
+            stderr_text(&o).contains("all good"),
             "{}",
             describe_output(&o)
         );
@@ -629,7 +625,7 @@ fn broken_volume_sets_are_refused_naming_the_volume() {
     let (o, t) = run_limited(dir.path(), &import_args(&base, &dst, &[]));
     assert_refused("corrupt .002: import", &o, t, &[&digest]);
     assert!(
-        stderr_of(&o).contains("set.tar.zst.002"),
+        stderr_text(&o).contains("set.tar.zst.002"),
         "the import error does not name the volume holding the blob\n{}",
         describe_output(&o)
     );
@@ -690,7 +686,7 @@ fn signed_bundles_verify_with_airlock_and_minisign_and_tampering_is_refused() {
     );
     assert_success(&o, "verify --trusted-key");
     assert!(
-        stderr_of(&o).contains("signature"),
+        stderr_text(&o).contains("signature"),
         "{}",
         describe_output(&o)
     );
@@ -856,7 +852,11 @@ fn signed_bundles_verify_with_airlock_and_minisign_and_tampering_is_refused() {
         "{}",
         describe_output(&o)
     );
-    assert!(stderr_of(&o).contains("enc.key"), "{}", describe_output(&o));
+    assert!(
+        stderr_text(&o).contains("enc.key"),
+        "{}",
+        describe_output(&o)
+    );
     assert!(!wrong.exists() && !beside(&wrong, "minisig").exists());
     // Without the variable and without a terminal, signing cannot ask: a usage error.
     let o = run_airlock(
@@ -875,7 +875,7 @@ fn signed_bundles_verify_with_airlock_and_minisign_and_tampering_is_refused() {
     );
     assert_eq!(o.status.code(), Some(2), "{}", describe_output(&o));
     assert!(
-        stderr_of(&o).contains("AIRLOCK_KEY_PASSWORD"),
+        stderr_text(&o).contains("AIRLOCK_KEY_PASSWORD"),
         "{}",
         describe_output(&o)
     );

@@ -8,10 +8,6 @@ use common::*;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-fn stderr(out: &std::process::Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
 fn files_in(dir: &Path) -> Vec<String> {
     let mut v: Vec<String> = std::fs::read_dir(dir)
         .expect("read dir")
@@ -60,7 +56,11 @@ fn an_unknown_image_fails_naming_it_and_writes_no_bundle() {
         None,
     );
     assert_eq!(out.status.code(), Some(1), "{}", describe_output(&out));
-    assert!(stderr(&out).contains(&missing), "{}", stderr(&out));
+    assert!(
+        stderr_text(&out).contains(&missing),
+        "{}",
+        stderr_text(&out)
+    );
     assert!(
         files_in(dir.path()).is_empty(),
         "left behind: {:?}",
@@ -74,7 +74,11 @@ fn an_unknown_image_fails_naming_it_and_writes_no_bundle() {
         None,
     );
     assert_eq!(out.status.code(), Some(1), "{}", describe_output(&out));
-    assert!(stderr(&out).contains(&missing_tag), "{}", stderr(&out));
+    assert!(
+        stderr_text(&out).contains(&missing_tag),
+        "{}",
+        stderr_text(&out)
+    );
     assert!(files_in(dir.path()).is_empty());
 }
 
@@ -115,7 +119,7 @@ fn basic_auth_and_tls_on_both_sides_and_wrong_passwords() {
         None,
     );
     assert_eq!(out.status.code(), Some(1), "{}", describe_output(&out));
-    let err = stderr(&out);
+    let err = stderr_text(&out);
     assert!(
         err.contains(&src.host()) && err.contains("authentication failed"),
         "{err}"
@@ -139,9 +143,9 @@ fn basic_auth_and_tls_on_both_sides_and_wrong_passwords() {
     );
     assert_eq!(out.status.code(), Some(1), "{}", describe_output(&out));
     assert!(
-        stderr(&out).contains("authentication failed"),
+        stderr_text(&out).contains("authentication failed"),
         "{}",
-        stderr(&out)
+        stderr_text(&out)
     );
 
     // Without the CA the certificate is refused (verified by default).
@@ -160,7 +164,11 @@ fn basic_auth_and_tls_on_both_sides_and_wrong_passwords() {
         None,
     );
     assert_eq!(out.status.code(), Some(1), "{}", describe_output(&out));
-    assert!(stderr(&out).contains(&src.host()), "{}", stderr(&out));
+    assert!(
+        stderr_text(&out).contains(&src.host()),
+        "{}",
+        stderr_text(&out)
+    );
 
     // Right password from the environment, CA given: works.
     let out = run_airlock(
@@ -210,7 +218,7 @@ fn basic_auth_and_tls_on_both_sides_and_wrong_passwords() {
         Some("nope-nope\n"),
     );
     assert_eq!(out.status.code(), Some(1), "{}", describe_output(&out));
-    let err = stderr(&out);
+    let err = stderr_text(&out);
     assert!(
         err.contains(&dst.host()) && err.contains("authentication failed"),
         "{err}"
@@ -363,9 +371,9 @@ fn a_corrupt_or_truncated_bundle_is_refused_and_no_affected_tag_is_written() {
     let out = run_airlock(["verify", bundle.to_str().unwrap()], &[], None);
     assert_eq!(out.status.code(), Some(1), "{}", describe_output(&out));
     assert!(
-        stderr(&out).contains(&victim[..19]),
+        stderr_text(&out).contains(&victim[..19]),
         "verify must name the blob: {}",
-        stderr(&out)
+        stderr_text(&out)
     );
 
     let dst = TestRegistry::start(RegistryOpts::plain());
@@ -382,7 +390,7 @@ fn a_corrupt_or_truncated_bundle_is_refused_and_no_affected_tag_is_written() {
         None,
     );
     assert_eq!(out.status.code(), Some(1), "{}", describe_output(&out));
-    let err = stderr(&out);
+    let err = stderr_text(&out);
     assert!(
         err.contains(&victim[..19]) && err.contains("b.tar.zst"),
         "{err}"
@@ -418,7 +426,7 @@ fn a_corrupt_or_truncated_bundle_is_refused_and_no_affected_tag_is_written() {
             "{args:?}: {}",
             describe_output(&out)
         );
-        let err = stderr(&out);
+        let err = stderr_text(&out);
         assert!(
             err.contains("b.tar.zst") && err.contains("truncated"),
             "{args:?}: {err}"
@@ -445,7 +453,7 @@ fn a_registry_that_is_down_gives_a_clear_error_after_retries() {
         None,
     );
     assert_eq!(out.status.code(), Some(1), "{}", describe_output(&out));
-    let err = stderr(&out);
+    let err = stderr_text(&out);
     assert!(err.contains(&host) && err.contains("attempts"), "{err}");
     assert!(
         started.elapsed() < Duration::from_secs(60),
@@ -482,7 +490,7 @@ fn a_registry_that_is_down_gives_a_clear_error_after_retries() {
         None,
     );
     assert_eq!(out.status.code(), Some(1), "{}", describe_output(&out));
-    assert!(stderr(&out).contains(&host), "{}", stderr(&out));
+    assert!(stderr_text(&out).contains(&host), "{}", stderr_text(&out));
 }
 
 #[test]

@@ -5,43 +5,7 @@ mod common;
 
 use common::*;
 use serde_json::Value;
-use std::path::Path;
 use std::process::Command;
-
-fn bundle_json(bundle: &Path) -> Value {
-    let out = Command::new("sh")
-        .arg("-c")
-        .arg(format!(
-            "zstd -dc '{}' | tar -xO bundle.json",
-            bundle.display()
-        ))
-        .output()
-        .expect("zstd | tar");
-    assert!(out.status.success(), "{}", describe_output(&out));
-    serde_json::from_slice(&out.stdout).expect("bundle.json")
-}
-
-/// Every bundle.json airlock writes matches the published schema.
-fn assert_schema(bj: &Value) {
-    let schema: Value = serde_json::from_str(
-        &std::fs::read_to_string(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/bundle-schema/bundle.schema.json"
-        ))
-        .expect("read schema"),
-    )
-    .expect("schema is JSON");
-    let validator = jsonschema::validator_for(&schema).expect("schema compiles");
-    let errors: Vec<String> = validator.iter_errors(bj).map(|e| e.to_string()).collect();
-    assert!(
-        errors.is_empty(),
-        "bundle.json violates the schema: {errors:#?}"
-    );
-}
-
-fn stderr(out: &std::process::Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
 
 #[test]
 fn incremental_bundles_carry_only_new_blobs_and_import_needs_the_base_first() {
@@ -102,7 +66,7 @@ fn incremental_bundles_carry_only_new_blobs_and_import_needs_the_base_first() {
         nov_size * 3 < oct_size,
         "incremental {nov_size} vs full {oct_size}"
     );
-    let bj = bundle_json(&nov);
+    let bj = read_bundle_json(&nov);
     let stored: Vec<&str> = bj["blobs"]
         .as_array()
         .unwrap()
@@ -127,7 +91,7 @@ fn incremental_bundles_carry_only_new_blobs_and_import_needs_the_base_first() {
         );
     }
     assert_eq!(bj["bases"][0]["name"], "arc-2026-10.tar.zst");
-    assert_schema(&bj);
+    assert_bundle_schema(&bj);
 
     // Offline verify accepts the external blobs as declared and reports them.
     let out = run_airlock(["verify", nov.to_str().unwrap(), "--json"], &[], None);
@@ -147,9 +111,9 @@ fn incremental_bundles_carry_only_new_blobs_and_import_needs_the_base_first() {
     );
     assert_eq!(out.status.code(), Some(1), "{}", describe_output(&out));
     assert!(
-        stderr(&out).contains("arc-2026-10.tar.zst"),
+        stderr_text(&out).contains("arc-2026-10.tar.zst"),
         "{}",
-        stderr(&out)
+        stderr_text(&out)
     );
     assert!(
         dst.catalog().is_empty(),
@@ -210,7 +174,7 @@ fn incremental_bundles_carry_only_new_blobs_and_import_needs_the_base_first() {
         None,
     );
     assert_success(&out, "December export --since bundle.json");
-    let dj = bundle_json(&dec);
+    let dj = read_bundle_json(&dec);
     let names: Vec<&str> = dj["bases"]
         .as_array()
         .unwrap()
@@ -298,7 +262,7 @@ fn plan_shows_what_would_be_exported_and_writes_nothing() {
         None,
     );
     assert_success(&real, "export");
-    assert_eq!(plan["bundleSize"], bundle_json(&target)["totalSize"]);
+    assert_eq!(plan["bundleSize"], read_bundle_json(&target)["totalSize"]);
 }
 
 #[test]
@@ -323,10 +287,10 @@ fn keep_going_exports_the_rest_names_the_failures_and_exits_3() {
         None,
     );
     assert_eq!(out.status.code(), Some(3), "{}", describe_output(&out));
-    assert!(stderr(&out).contains(&missing));
-    let bj = bundle_json(&out_path);
+    assert!(stderr_text(&out).contains(&missing));
+    let bj = read_bundle_json(&out_path);
     assert_eq!(bj["failed"][0]["source"], missing.as_str());
-    assert_schema(&bj);
+    assert_bundle_schema(&bj);
     assert_eq!(bj["images"].as_array().map(|a| a.len()), Some(1));
     let out = run_airlock(["verify", out_path.to_str().unwrap()], &[], None);
     assert_success(&out, "verify a partial bundle");
@@ -392,14 +356,14 @@ fn signatures_travel_as_companion_tags_unless_asked_not_to() {
         None,
     );
     assert_success(&out, "export with signatures");
-    let bj = bundle_json(&b);
+    let bj = read_bundle_json(&b);
     let images = bj["images"].as_array().expect("images");
     let carried = images
         .iter()
         .find(|i| i["tag"] == sig_tag.as_str())
         .expect("signature carried");
     assert_eq!(carried["subject"], alpha.digest.as_str());
-    assert_schema(&bj);
+    assert_bundle_schema(&bj);
     assert_eq!(carried["digest"], sig.digest.as_str());
 
     let dst = TestRegistry::start(RegistryOpts::plain());
@@ -436,7 +400,7 @@ fn signatures_travel_as_companion_tags_unless_asked_not_to() {
     );
     assert_success(&out, "export --no-referrers");
     assert_eq!(
-        bundle_json(&nb)["images"].as_array().map(|a| a.len()),
+        read_bundle_json(&nb)["images"].as_array().map(|a| a.len()),
         Some(1)
     );
 }
@@ -498,8 +462,8 @@ fn an_image_set_file_drives_the_export() {
     );
     assert_success(&out, "--config export");
     let written = dir.path().join("set-2025-12-01.tar.zst");
-    let bj = bundle_json(&written);
-    assert_schema(&bj);
+    let bj = read_bundle_json(&written);
+    assert_bundle_schema(&bj);
     let multi = bj["images"]
         .as_array()
         .unwrap()
@@ -526,6 +490,6 @@ fn an_image_set_file_drives_the_export() {
         None,
     );
     assert_eq!(out.status.code(), Some(2), "{}", describe_output(&out));
-    let err = stderr(&out);
+    let err = stderr_text(&out);
     assert!(err.contains("set.yaml:5") && err.contains("tgs"), "{err}");
 }

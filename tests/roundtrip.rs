@@ -21,24 +21,6 @@ fn json_stdout(out: &std::process::Output) -> Value {
         .unwrap_or_else(|e| panic!("stdout is not JSON ({e}):\n{}", describe_output(out)))
 }
 
-/// bundle.json as stored in the bundle (read with plain zstd + tar, not airlock).
-fn bundle_json(bundle: &Path) -> Value {
-    let out = Command::new("sh")
-        .arg("-c")
-        .arg(format!(
-            "zstd -dc '{}' | tar -xO bundle.json",
-            bundle.display()
-        ))
-        .output()
-        .expect("run zstd | tar");
-    assert!(
-        out.status.success(),
-        "zstd | tar failed: {}",
-        describe_output(&out)
-    );
-    serde_json::from_slice(&out.stdout).expect("bundle.json is JSON")
-}
-
 fn export(args: &[&str], envs: &[(&str, &str)]) -> std::process::Output {
     let out = run_airlock(
         std::iter::once("export").chain(args.iter().copied()),
@@ -73,7 +55,7 @@ fn round_trip_keeps_every_digest_and_stores_shared_blobs_once() {
     );
 
     // Every blob of every image is in the bundle exactly once.
-    let bj = bundle_json(&bundle);
+    let bj = read_bundle_json(&bundle);
     let listed: Vec<String> = bj["blobs"]
         .as_array()
         .expect("blobs")
@@ -171,21 +153,9 @@ fn bundle_is_a_plain_oci_layout_that_skopeo_reads_and_matches_the_schema() {
     );
 
     // bundle.json validates against the published schema.
-    let schema: Value = serde_json::from_str(
-        &std::fs::read_to_string(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/bundle-schema/bundle.schema.json"
-        ))
-        .expect("read schema"),
-    )
-    .expect("schema is JSON");
-    let validator = jsonschema::validator_for(&schema).expect("schema compiles");
-    let bj = bundle_json(&bundle);
-    let errors: Vec<String> = validator.iter_errors(&bj).map(|e| e.to_string()).collect();
-    assert!(
-        errors.is_empty(),
-        "bundle.json violates the schema: {errors:#?}"
-    );
+    let bj = read_bundle_json(&bundle);
+    assert_bundle_schema(&bj);
+    let validator = bundle_schema();
     // The shipped example is valid too, and a broken one is not.
     let example: Value = serde_json::from_str(
         &std::fs::read_to_string(concat!(
@@ -280,7 +250,7 @@ fn short_names_environment_and_target_naming() {
             ("SOURCE_DOCKER_TAG", "1.0"),
         ],
     );
-    let bj = bundle_json(&bundle);
+    let bj = read_bundle_json(&bundle);
     let sources: Vec<&str> = bj["images"]
         .as_array()
         .expect("images")
@@ -467,7 +437,7 @@ fn platform_filter_rewrites_the_index_and_records_the_source_digest() {
         ],
         &[],
     );
-    let bj = bundle_json(&bundle);
+    let bj = read_bundle_json(&bundle);
     let img = &bj["images"][0];
     assert_eq!(img["sourceDigest"], multi.digest.as_str());
     assert_ne!(img["digest"], multi.digest.as_str());
