@@ -636,3 +636,117 @@ fn a_rerun_export_reuses_its_cache() {
         "no blob fetched again"
     );
 }
+
+#[test]
+fn bearer_token_auth_for_import_mount_and_export() {
+    let src = TestRegistry::start(RegistryOpts::plain());
+    let corpus = build_corpus(&src);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let list = dir.path().join("images.txt");
+    std::fs::write(&list, corpus.images_file(&src.host())).expect("write list");
+    let bundle = dir.path().join("b.tar.zst");
+    let out = run_airlock(
+        [
+            "export",
+            "-f",
+            list.to_str().unwrap(),
+            "-o",
+            bundle.to_str().unwrap(),
+        ],
+        &[],
+        None,
+    );
+    assert_success(&out, "export");
+
+    // A registry that sends clients to a token server (Bearer JWTs per scope).
+    let tok = TestRegistry::start(RegistryOpts::plain().with_token_auth("robot", "t0ken-Pass"));
+    let creds = [
+        ("TARGET_DOCKER_USERNAME", "robot"),
+        ("TARGET_DOCKER_PASSWORD", "t0ken-Pass"),
+    ];
+    let out = run_airlock(
+        [
+            "import",
+            bundle.to_str().unwrap(),
+            "--registry",
+            &tok.host(),
+            "--json",
+        ],
+        &creds,
+        None,
+    );
+    assert_success(&out, "import with bearer tokens");
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert!(
+        report["blobsMounted"].as_u64().unwrap_or(0) > 0,
+        "mounts need pull on the source repository: {report}"
+    );
+    assert!(tok.tokens_issued() > 0);
+    for img in &corpus.images {
+        assert_eq!(
+            skopeo_digest(&tok, &img.name()),
+            img.digest,
+            "{}",
+            img.name()
+        );
+    }
+
+    // Pull side: export back from the token registry, same digests.
+    let again = dir.path().join("again.tar.zst");
+    let refs = corpus.images_file(&tok.host());
+    let list2 = dir.path().join("images2.txt");
+    std::fs::write(&list2, refs).expect("write list");
+    let out = run_airlock(
+        [
+            "export",
+            "-f",
+            list2.to_str().unwrap(),
+            "-o",
+            again.to_str().unwrap(),
+        ],
+        &[
+            ("SOURCE_DOCKER_USERNAME", "robot"),
+            ("SOURCE_DOCKER_PASSWORD", "t0ken-Pass"),
+        ],
+        None,
+    );
+    assert_success(&out, "export with bearer tokens");
+    let a = read_bundle_json(&bundle);
+    let b = read_bundle_json(&again);
+    let digests = |v: &serde_json::Value| -> Vec<String> {
+        v["images"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| i["digest"].as_str().unwrap().to_string())
+            .collect()
+    };
+    assert_eq!(digests(&a), digests(&b));
+
+    // Wrong password and no password: the token server refuses; airlock says so.
+    for envs in [
+        vec![
+            ("TARGET_DOCKER_USERNAME", "robot"),
+            ("TARGET_DOCKER_PASSWORD", "nope-nope"),
+        ],
+        vec![],
+    ] {
+        let out = run_airlock(
+            [
+                "import",
+                bundle.to_str().unwrap(),
+                "--registry",
+                &tok.host(),
+            ],
+            &envs,
+            None,
+        );
+        assert_eq!(out.status.code(), Some(1), "{}", describe_output(&out));
+        let err = stderr_text(&out);
+        assert!(
+            err.contains(&tok.host()) && err.contains("authentication failed"),
+            "{err}"
+        );
+        assert!(!err.contains("nope-nope"));
+    }
+}

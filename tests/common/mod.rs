@@ -908,6 +908,9 @@ pub struct RegistryOpts {
     pub auth: Option<(String, String)>,
     /// Serve HTTPS with a certificate from a fresh test CA.
     pub tls: bool,
+    /// With `auth`: use token authentication (Bearer JWTs from a [`TokenServer`] that checks
+    /// those credentials) instead of htpasswd basic auth.
+    pub token: bool,
 }
 
 impl RegistryOpts {
@@ -922,6 +925,14 @@ impl RegistryOpts {
 
     pub fn with_tls(mut self) -> RegistryOpts {
         self.tls = true;
+        self
+    }
+
+    /// Token authentication: the registry sends clients to a token server that issues signed
+    /// JWTs for the requested scopes to `user`/`pass`.
+    pub fn with_token_auth(mut self, user: &str, pass: &str) -> RegistryOpts {
+        self.auth = Some((user.into(), pass.into()));
+        self.token = true;
         self
     }
 }
@@ -952,6 +963,8 @@ impl Endpoint for PlainEndpoint {
 
 /// A CNCF distribution registry on 127.0.0.1, killed on drop.
 pub struct TestRegistry {
+    /// The token server of a token-auth registry (stopped on drop).
+    token_server: Option<TokenServer>,
     child: Option<Child>,
     port: u16,
     opts: RegistryOpts,
@@ -1065,8 +1078,13 @@ impl TestRegistry {
             fs::copy(root.join("tls/ca.crt"), root.join("certs/ca.crt")).expect("copy ca.crt");
             ca_pem = Some(fs::read(root.join("tls/ca.crt")).expect("read ca.crt"));
         }
+        let mut token_server = None;
         if let Some((u, p)) = &opts.auth {
-            fs::write(root.join("htpasswd"), htpasswd_line(u, p)).expect("write htpasswd");
+            if opts.token {
+                token_server = Some(TokenServer::start(&root.join("token"), u, p));
+            } else {
+                fs::write(root.join("htpasswd"), htpasswd_line(u, p)).expect("write htpasswd");
+            }
         }
         let scheme = if opts.tls { "https" } else { "http" };
         let client_for = |port: u16| {
@@ -1077,7 +1095,9 @@ impl TestRegistry {
             )
         };
         let port = free_port();
+        let token_realm = token_server.as_ref().map(|t| t.realm());
         let mut reg = TestRegistry {
+            token_server,
             child: None,
             port,
             opts: opts.clone(),
@@ -1085,7 +1105,7 @@ impl TestRegistry {
             dir,
         };
         for attempt in 1..=5 {
-            TestRegistry::write_config(reg.dir.path(), reg.port, &opts);
+            TestRegistry::write_config(reg.dir.path(), reg.port, &opts, token_realm.as_deref());
             match reg.spawn_and_wait() {
                 Ok(()) => return reg,
                 Err(log) => {
@@ -1106,7 +1126,7 @@ impl TestRegistry {
         unreachable!("the loop returns or panics")
     }
 
-    fn write_config(root: &Path, port: u16, opts: &RegistryOpts) {
+    fn write_config(root: &Path, port: u16, opts: &RegistryOpts, token_realm: Option<&str>) {
         let mut y = String::new();
         y.push_str("version: 0.1\n");
         y.push_str("log:\n  level: warn\n  formatter: text\n  accesslog:\n    disabled: false\n");
@@ -1126,7 +1146,17 @@ impl TestRegistry {
             );
             let _ = writeln!(y, "    key: {}", yaml_quote(&root.join("tls/server.key")));
         }
-        if opts.auth.is_some() {
+        if let Some(realm) = token_realm {
+            y.push_str("auth:\n  token:\n");
+            let _ = writeln!(y, "    realm: {realm}");
+            let _ = writeln!(y, "    service: {TOKEN_SERVICE}");
+            let _ = writeln!(y, "    issuer: {TOKEN_ISSUER}");
+            let _ = writeln!(
+                y,
+                "    rootcertbundle: {}",
+                yaml_quote(&root.join("token/token.crt"))
+            );
+        } else if opts.auth.is_some() {
             y.push_str("auth:\n  htpasswd:\n    realm: airlock-test\n");
             let _ = writeln!(y, "    path: {}", yaml_quote(&root.join("htpasswd")));
         }
@@ -1225,6 +1255,11 @@ impl TestRegistry {
 
     pub fn credentials(&self) -> Option<(String, String)> {
         self.opts.auth.clone()
+    }
+
+    /// Tokens issued so far by the token server of a token-auth registry.
+    pub fn tokens_issued(&self) -> usize {
+        self.token_server.as_ref().map(|t| t.issued()).unwrap_or(0)
     }
 
     /// The test CA certificate (PEM). Panics if the registry was started without TLS.
@@ -2446,4 +2481,238 @@ pub fn assert_bundle_schema(bj: &Value) {
 /// A command's standard error as text.
 pub fn stderr_text(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+// ---------------------------------------------------------------------------------------------
+// TokenServer
+// ---------------------------------------------------------------------------------------------
+
+const TOKEN_SERVICE: &str = "airlock-test";
+const TOKEN_ISSUER: &str = "airlock-test-issuer";
+
+/// A minimal Docker token server for a token-auth [`TestRegistry`]: checks HTTP basic
+/// credentials and answers `{"token": JWT}` with an RS256 JWT (signed by the `openssl` CLI,
+/// certificate in the `x5c` header) granting exactly the requested scopes. Loopback only;
+/// stops on drop.
+pub struct TokenServer {
+    port: u16,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+    issued: Arc<AtomicUsize>,
+}
+
+impl TokenServer {
+    pub fn start(dir: &Path, user: &str, pass: &str) -> TokenServer {
+        fs::create_dir_all(dir).expect("token dir");
+        let status = Command::new("openssl")
+            .args([
+                "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+            ])
+            .args(["-subj", "/CN=airlock-test-token-signer"])
+            .arg("-keyout")
+            .arg(dir.join("token.key"))
+            .arg("-out")
+            .arg(dir.join("token.crt"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .expect("run openssl req");
+        assert!(
+            status.success(),
+            "openssl could not make the token signing key"
+        );
+        let der = Command::new("openssl")
+            .args(["x509", "-outform", "DER", "-in"])
+            .arg(dir.join("token.crt"))
+            .output()
+            .expect("run openssl x509");
+        assert!(der.status.success());
+        use base64::Engine as _;
+        let x5c = base64::engine::general_purpose::STANDARD.encode(&der.stdout);
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind token server");
+        let port = listener.local_addr().expect("token server address").port();
+        listener.set_nonblocking(true).expect("nonblocking");
+        let stop = Arc::new(AtomicBool::new(false));
+        let issued = Arc::new(AtomicUsize::new(0));
+        let (stop2, issued2) = (stop.clone(), issued.clone());
+        let key = dir.join("token.key");
+        let expected = format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode(format!("{user}:{pass}"))
+        );
+        let user = user.to_string();
+        let thread = std::thread::spawn(move || {
+            while !stop2.load(Ordering::SeqCst) {
+                match listener.accept() {
+                    Ok((stream, _)) => {
+                        let _ = stream.set_nonblocking(false);
+                        let _ = serve_token(stream, &expected, &user, &x5c, &key, &issued2);
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(5)),
+                }
+            }
+        });
+        TokenServer {
+            port,
+            stop,
+            thread: Some(thread),
+            issued,
+        }
+    }
+
+    pub fn realm(&self) -> String {
+        format!("http://127.0.0.1:{}/token", self.port)
+    }
+
+    /// How many tokens were handed out.
+    pub fn issued(&self) -> usize {
+        self.issued.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for TokenServer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn serve_token(
+    mut stream: TcpStream,
+    expected_auth: &str,
+    user: &str,
+    x5c: &str,
+    key: &Path,
+    issued: &AtomicUsize,
+) -> io::Result<()> {
+    use base64::Engine as _;
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = stream.read(&mut chunk)?;
+        if n == 0 || buf.len() > 64 * 1024 {
+            return Ok(());
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+    let head = String::from_utf8_lossy(&buf).into_owned();
+    let target = head
+        .lines()
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .unwrap_or_default()
+        .to_string();
+    let authorized = head.lines().any(|l| {
+        l.split_once(':').is_some_and(|(k, v)| {
+            k.eq_ignore_ascii_case("authorization") && v.trim() == expected_auth
+        })
+    });
+    let respond = |stream: &mut TcpStream, status: &str, body: &str| {
+        let _ = write!(
+            stream,
+            "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        );
+    };
+    if !authorized {
+        respond(
+            &mut stream,
+            "401 Unauthorized",
+            r#"{"details":"bad credentials"}"#,
+        );
+        return Ok(());
+    }
+    let query = target.split_once('?').map(|(_, q)| q).unwrap_or_default();
+    let mut access = Vec::new();
+    for pair in query.split('&') {
+        let Some(("scope", v)) = pair.split_once('=') else {
+            continue;
+        };
+        let scope = percent_decode(v);
+        let mut parts = scope.splitn(3, ':');
+        if let (Some(kind), Some(name), Some(actions)) = (parts.next(), parts.next(), parts.next())
+        {
+            access.push(json!({
+                "type": kind,
+                "name": name,
+                "actions": actions.split(',').collect::<Vec<_>>(),
+            }));
+        }
+    }
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let header = json!({"alg": "RS256", "typ": "JWT", "x5c": [x5c]});
+    let claims = json!({
+        "iss": TOKEN_ISSUER,
+        "sub": user,
+        "aud": TOKEN_SERVICE,
+        "exp": now + 300,
+        "nbf": now - 10,
+        "iat": now,
+        "jti": format!("{now}-{}", issued.load(Ordering::SeqCst)),
+        "access": access,
+    });
+    let signing_input = format!(
+        "{}.{}",
+        b64.encode(header.to_string()),
+        b64.encode(claims.to_string())
+    );
+    let mut child = Command::new("openssl")
+        .args(["dgst", "-sha256", "-sign"])
+        .arg(key)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()?;
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin.write_all(signing_input.as_bytes())?;
+    }
+    let out = child.wait_with_output()?;
+    if !out.status.success() {
+        respond(&mut stream, "500 Internal Server Error", "{}");
+        return Ok(());
+    }
+    let jwt = format!("{signing_input}.{}", b64.encode(&out.stdout));
+    issued.fetch_add(1, Ordering::SeqCst);
+    let body = json!({"token": jwt, "access_token": jwt, "expires_in": 300}).to_string();
+    respond(&mut stream, "200 OK", &body);
+    Ok(())
+}
+
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'%' if i + 2 < bytes.len() => {
+                let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).unwrap_or("");
+                match u8::from_str_radix(hex, 16) {
+                    Ok(b) => {
+                        out.push(b);
+                        i += 3;
+                    }
+                    Err(_) => {
+                        out.push(b'%');
+                        i += 1;
+                    }
+                }
+            }
+            b'+' => {
+                out.push(b' ');
+                i += 1;
+            }
+            b => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
