@@ -131,6 +131,11 @@ pub struct ExportArgs {
     /// [default: $XDG_CACHE_HOME/airlock or ~/.cache/airlock]
     #[arg(long, value_name = "DIR", env = "AIRLOCK_CACHE_DIR")]
     pub cache_dir: Option<PathBuf>,
+    /// Keep every blob in the cache, large ones too: a re-run after a failure then fetches
+    /// nothing twice, at the cost of writing each large blob to disk twice. By default blobs
+    /// over 256 MiB stream straight from the registry into the bundle.
+    #[arg(long)]
+    pub cache_all: bool,
     /// Leave out the blobs that this earlier bundle (or its bundle.json, or the bundles it was
     /// based on) already carried: an incremental bundle. Manifests always travel.
     #[arg(long, value_name = "BUNDLE")]

@@ -1,7 +1,7 @@
 //! Getting blobs from the source registries to the bundle writer, in bundle order, with as
-//! few writes as possible: small blobs are fetched ahead (by `--jobs` workers) into the
-//! content-addressed cache, which a re-run reuses; the blob the writer needs next, if nobody
-//! fetched it yet, and every large blob, streams straight from the registry into the bundle.
+//! few writes as possible: blobs up to 256 MiB go through the content-addressed cache, which
+//! a re-run reuses, fetched ahead by `--jobs` workers; larger blobs stream straight from the
+//! registry into the bundle (unless `--cache-all` sends every blob through the cache).
 //! Every byte is checked against the blob's digest and size; a cut download resumes with a
 //! `Range` request.
 
@@ -22,6 +22,13 @@ use tokio::io::AsyncWriteExt;
 pub const STREAM_THRESHOLD: u64 = 256 * 1024 * 1024;
 /// Chunks handed from a download to the writer.
 const STREAM_CHUNK: usize = 256 * 1024;
+
+/// The size above which blobs stream: `AIRLOCK_STREAM_OVER` (K/M/G suffixes) or 256 MiB.
+fn stream_threshold() -> u64 {
+    crate::config::env("AIRLOCK_STREAM_OVER")
+        .and_then(|v| crate::config::parse_size(&v).ok())
+        .unwrap_or(STREAM_THRESHOLD)
+}
 
 #[derive(Debug)]
 enum Slot {
@@ -56,6 +63,8 @@ pub struct Supply {
     cache: PathBuf,
     handle: tokio::runtime::Handle,
     window: usize,
+    /// Blobs larger than this stream into the bundle instead of going through the cache.
+    stream_over: u64,
 }
 
 impl Supply {
@@ -66,6 +75,7 @@ impl Supply {
         clients: HashMap<String, Arc<Registry>>,
         cache: &Path,
         jobs: usize,
+        cache_all: bool,
     ) -> Arc<Supply> {
         let order: Vec<Object> = objects
             .iter()
@@ -99,6 +109,11 @@ impl Supply {
             cache: cache.to_path_buf(),
             handle: tokio::runtime::Handle::current(),
             window: (jobs * 4).max(16),
+            stream_over: if cache_all {
+                u64::MAX
+            } else {
+                stream_threshold()
+            },
         })
     }
 
@@ -123,7 +138,7 @@ impl Supply {
         let pick = st.order[start..limit]
             .iter()
             .find(|o| {
-                o.size <= STREAM_THRESHOLD && matches!(st.slots.get(&o.digest), Some(Slot::Pending))
+                o.size <= self.stream_over && matches!(st.slots.get(&o.digest), Some(Slot::Pending))
             })
             .cloned();
         if let Some(o) = &pick {
@@ -183,6 +198,25 @@ impl Supply {
                         .ready
                         .wait(st)
                         .map_err(|_| Error::Failed("blob supply poisoned".into()))?;
+                }
+                Some(Slot::Pending) if o.size <= self.stream_over => {
+                    // Nobody fetched it yet, and it is small enough for the cache: fetch it
+                    // into the cache here, so a re-run finds it.
+                    st.slots.insert(o.digest.clone(), Slot::Prefetching);
+                    drop(st);
+                    let result = match self.clients.get(&o.registry) {
+                        Some(reg) => self.handle.block_on(fetch_to_cache(reg, o, &self.cache)),
+                        None => Err(Error::Failed(format!("no registry for blob {}", o.digest))),
+                    };
+                    st = self
+                        .state
+                        .lock()
+                        .map_err(|_| Error::Failed("blob supply poisoned".into()))?;
+                    let slot = match result {
+                        Ok(path) => Slot::Ready { path, hit: false },
+                        Err(e) => Slot::Failed(e.to_string()),
+                    };
+                    st.slots.insert(o.digest.clone(), slot);
                 }
                 Some(Slot::Pending) => {
                     st.slots.insert(o.digest.clone(), Slot::Streaming);

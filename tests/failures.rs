@@ -568,6 +568,47 @@ fn transient_5xx_429_and_cut_downloads_are_retried() {
     let out = run_airlock(["verify", c.to_str().unwrap()], &[], None);
     assert_success(&out, "verify after resumed downloads");
 
+    // Blobs that stream straight into the bundle (here every blob, by lowering the size at
+    // which they stream) resume a cut download with a Range request too; none is cached.
+    let proxy = FaultProxy::for_registry(
+        &src,
+        FaultPlan::new(Fault::TruncateBody { after_bytes: 64 }, 2)
+            .method("GET")
+            .path_contains("/blobs/sha256:"),
+    );
+    let streamed = dir.path().join("streamed.tar.zst");
+    let stream_cache = dir.path().join("stream-cache");
+    let out = run_airlock(
+        [
+            "export",
+            "-f",
+            list(&proxy.host()).to_str().unwrap(),
+            "-o",
+            streamed.to_str().unwrap(),
+            "--plain-http",
+        ],
+        &[
+            ("AIRLOCK_STREAM_OVER", "1"),
+            ("AIRLOCK_CACHE_DIR", stream_cache.to_str().unwrap()),
+        ],
+        None,
+    );
+    assert_success(&out, "streaming export through cut downloads");
+    assert_eq!(proxy.faults_injected(), 2);
+    assert!(
+        proxy
+            .request_log()
+            .iter()
+            .any(|l| l.contains("/blobs/sha256:")),
+        "blob downloads went through the proxy"
+    );
+    let cached = std::fs::read_dir(stream_cache.join("blobs/sha256"))
+        .map(|d| d.count())
+        .unwrap_or(0);
+    assert_eq!(cached, 0, "streamed blobs are not written to the cache");
+    let out = run_airlock(["verify", streamed.to_str().unwrap()], &[], None);
+    assert_success(&out, "verify after resumed streams");
+
     // Imports retry too.
     let dst = TestRegistry::start(RegistryOpts::plain());
     let proxy = FaultProxy::for_registry(
@@ -635,6 +676,36 @@ fn a_rerun_export_reuses_its_cache() {
         gets_before,
         "no blob fetched again"
     );
+
+    // Large blobs stream and are not cached, unless --cache-all (here every blob counts as
+    // large).
+    let big_cache = dir.path().join("big-cache");
+    let envs = [
+        ("AIRLOCK_CACHE_DIR", big_cache.to_str().unwrap()),
+        ("AIRLOCK_STREAM_OVER", "1"),
+    ];
+    for (n, extra) in [(3, None), (4, Some("--cache-all")), (5, None)] {
+        let mut args = vec![
+            "export".to_string(),
+            "-f".into(),
+            list.to_str().unwrap().into(),
+            "-o".into(),
+            dir.path()
+                .join(format!("{n}.tar.zst"))
+                .to_str()
+                .unwrap()
+                .into(),
+            "--json".into(),
+        ];
+        args.extend(extra.map(str::to_string));
+        let out = run_airlock(&args, &envs, None);
+        assert_success(&out, "export");
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+        match n {
+            3 | 4 => assert_eq!(v["cachedBytes"], 0, "{v}"),
+            _ => assert_eq!(v["downloadedBytes"], 0, "--cache-all kept everything: {v}"),
+        }
+    }
 }
 
 #[test]

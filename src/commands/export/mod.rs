@@ -257,6 +257,7 @@ pub async fn run(args: ExportArgs) -> Result<()> {
         cache,
         jobs,
         json: args.out.json,
+        cache_all: args.cache_all,
     };
     let manifest = write::write(job, contents, &root_sizes, failed, reporter).await?;
     partial(

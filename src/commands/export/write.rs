@@ -28,6 +28,8 @@ pub(super) struct Job {
     pub cache: PathBuf,
     pub jobs: usize,
     pub json: bool,
+    /// Send every blob through the cache (`--cache-all`).
+    pub cache_all: bool,
 }
 
 /// `index.json`: every image's root manifest, named by its full source reference.
@@ -98,6 +100,7 @@ pub(super) async fn write(
         cache,
         jobs,
         json,
+        cache_all,
     } = job;
     let Contents {
         objects,
@@ -168,7 +171,7 @@ pub(super) async fn write(
 
     // Small blobs are fetched ahead into the cache by --jobs workers; the writer takes blobs
     // in bundle order and streams the ones nobody fetched yet straight into the bundle.
-    let supply = Supply::new(&objects, clients.clone(), &cache, jobs);
+    let supply = Supply::new(&objects, clients.clone(), &cache, jobs, cache_all);
     struct AbortOnDrop(Vec<tokio::task::JoinHandle<()>>);
     impl Drop for AbortOnDrop {
         fn drop(&mut self) {
