@@ -24,14 +24,19 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Resolve images in a source registry and write them, deduplicated, into one bundle.
+    #[command(after_help = AFTER_HELP)]
     Export(ExportArgs),
     /// Push every image of a bundle into a registry, byte for byte.
+    #[command(after_help = AFTER_HELP)]
     Import(ImportArgs),
     /// Show a bundle's images, digests, platforms and sizes (reads only bundle.json and the seek table).
+    #[command(after_help = AFTER_HELP)]
     Inspect(InspectArgs),
     /// Check a bundle offline: every blob's digest and size, the layout, the seek table.
+    #[command(after_help = AFTER_HELP)]
     Verify(VerifyArgs),
     /// Make a key pair for signing bundles (PREFIX.key and PREFIX.pub, minisign format).
+    #[command(after_help = AFTER_HELP)]
     Keygen(KeygenArgs),
 }
 
