@@ -493,3 +493,54 @@ fn an_image_set_file_drives_the_export() {
     let err = stderr_text(&out);
     assert!(err.contains("set.yaml:5") && err.contains("tgs"), "{err}");
 }
+
+#[test]
+fn rerunning_to_the_same_name_leaves_no_stale_files() {
+    let src = TestRegistry::start(RegistryOpts::plain());
+    let corpus = build_corpus(&src);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let list = dir.path().join("images.txt");
+    std::fs::write(&list, corpus.images_file(&src.host())).expect("list");
+    let name = dir.path().join("b.tar.zst");
+    let run = |extra: &[&str]| {
+        let mut args = vec![
+            "export",
+            "-f",
+            list.to_str().unwrap(),
+            "-o",
+            name.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        let out = run_airlock(&args, &[], None);
+        assert_success(&out, "export");
+    };
+    let listing = || {
+        let mut v: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with("b.tar.zst"))
+            .collect();
+        v.sort();
+        v
+    };
+    run(&[]);
+    assert_eq!(listing(), vec!["b.tar.zst", "b.tar.zst.sha256"]);
+    run(&["--split-size", "8K"]);
+    let split = listing();
+    assert!(
+        !split.contains(&"b.tar.zst".to_string()),
+        "the old single file is gone: {split:?}"
+    );
+    assert!(split.len() > 4, "{split:?}");
+    run(&["--split-size", "32K"]);
+    let fewer = listing();
+    assert!(
+        fewer.len() < split.len(),
+        "volumes past the new last one are gone: {fewer:?}"
+    );
+    run(&[]);
+    assert_eq!(listing(), vec!["b.tar.zst", "b.tar.zst.sha256"]);
+    let out = run_airlock(["verify", name.to_str().unwrap()], &[], None);
+    assert_success(&out, "verify");
+}

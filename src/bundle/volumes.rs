@@ -108,6 +108,7 @@ impl VolumeWriter {
                 .ctx(|| format!("renaming to {}", name.display()))?;
         }
         fs::rename(&sums_partial, &sums).ctx(|| format!("renaming to {}", sums.display()))?;
+        self.remove_stale()?;
         if let Some(dir) = self.base.parent().filter(|d| !d.as_os_str().is_empty()) {
             if let Ok(d) = File::open(dir) {
                 let _ = d.sync_all();
@@ -115,6 +116,37 @@ impl VolumeWriter {
         }
         self.finished = true;
         Ok(self.done.iter().map(|(n, _)| n.clone()).collect())
+    }
+}
+
+impl VolumeWriter {
+    /// Removes what an earlier export to the same name left that is not part of this bundle
+    /// (a single file where volumes now are, volumes where a single file now is, volumes past
+    /// the new last one), so nobody reads a stale bundle by its name.
+    fn remove_stale(&self) -> Result<()> {
+        let remove = |p: &Path| -> Result<()> {
+            match fs::remove_file(p) {
+                Ok(()) => Ok(()),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+                Err(e) => Err(Error::io(format!("removing the stale {}", p.display()), e)),
+            }
+        };
+        if self.split.is_some() {
+            remove(&self.base)?;
+        }
+        let first_stale = if self.split.is_some() {
+            self.done.len() + 1
+        } else {
+            1
+        };
+        for n in first_stale..=999 {
+            let v = volume_name(&self.base, n);
+            if !v.exists() {
+                break;
+            }
+            remove(&v)?;
+        }
+        Ok(())
     }
 }
 
