@@ -821,3 +821,64 @@ fn bearer_token_auth_for_import_mount_and_export() {
         assert!(!err.contains("nope-nope"));
     }
 }
+
+/// A disk that fills up during export: a clear error naming the file, and nothing left behind.
+/// Needs root to mount a tiny tmpfs (CI runs as root); elsewhere it says so and does nothing.
+#[test]
+fn a_full_disk_fails_the_export_cleanly() {
+    if !is_root() {
+        eprintln!("skipped: mounting a small tmpfs needs root");
+        return;
+    }
+    let src = TestRegistry::start(RegistryOpts::plain());
+    let corpus = build_corpus(&src);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let small = dir.path().join("small");
+    std::fs::create_dir(&small).expect("mkdir");
+    let status = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=24k", "tmpfs"])
+        .arg(&small)
+        .status()
+        .expect("run mount");
+    assert!(status.success(), "mount a 24 KiB tmpfs");
+    struct Unmount(std::path::PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount").arg(&self.0).status();
+        }
+    }
+    let _unmount = Unmount(small.clone());
+    let list = dir.path().join("images.txt");
+    std::fs::write(&list, corpus.images_file(&src.host())).expect("list");
+    let out_path = small.join("b.tar.zst");
+    let out = run_airlock(
+        [
+            "export",
+            "-f",
+            list.to_str().unwrap(),
+            "-o",
+            out_path.to_str().unwrap(),
+        ],
+        &[],
+        None,
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", describe_output(&out));
+    let err = stderr_text(&out);
+    assert!(
+        err.contains("b.tar.zst") && err.contains("No space left"),
+        "{err}"
+    );
+    assert!(
+        files_in(&small).is_empty(),
+        "left behind: {:?}",
+        files_in(&small)
+    );
+}
+
+fn is_root() -> bool {
+    std::process::Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+        .unwrap_or(false)
+}
