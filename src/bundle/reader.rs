@@ -346,10 +346,6 @@ impl Bundle {
         self.archive.range(m.header + 512, m.size)
     }
 
-    pub fn has_blob(&self, d: &Digest) -> bool {
-        self.by_digest.contains_key(d)
-    }
-
     /// A reader over one blob that fails, naming the blob and the bundle, if its content does
     /// not match its digest and size.
     pub fn open_blob(&self, d: &Digest) -> Result<BlobReader> {
@@ -403,20 +399,6 @@ impl Bundle {
         self.open_blob(d)?
             .read_to_end(&mut out)
             .map_err(|e| Error::bundle(&self.path, e.to_string()))?;
-        Ok(out)
-    }
-
-    /// Reads `index.json`, verified against bundle.json.
-    pub fn read_index_json(&self) -> Result<Vec<u8>> {
-        let m = &self.members[2];
-        let mut out = Vec::new();
-        VerifyingReader::new(
-            self.open_member(m)?,
-            &self.manifest.layout.index.digest,
-            m.size,
-        )
-        .read_to_end(&mut out)
-        .map_err(|e| Error::bundle(&self.path, format!("index.json: {e}")))?;
         Ok(out)
     }
 

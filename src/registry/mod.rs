@@ -569,27 +569,6 @@ impl Registry {
         }
     }
 
-    /// `HEAD` a manifest: its digest if the repository has that reference.
-    pub async fn manifest_digest(&self, repo: &str, reference: &str) -> Result<Option<String>> {
-        let url = self.url(&format!("v2/{repo}/manifests/{reference}"))?;
-        let resp = self
-            .send(&Scope::push(repo), || {
-                Ok(self.http.head(url.clone()).header(ACCEPT, MANIFEST_ACCEPT))
-            })
-            .await?;
-        match resp.status() {
-            s if s.is_success() => Ok(resp
-                .headers()
-                .get("docker-content-digest")
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_string)),
-            StatusCode::NOT_FOUND => Ok(None),
-            _ => Err(self
-                .unexpected(&format!("manifest {repo}:{reference}"), resp)
-                .await),
-        }
-    }
-
     /// Starts a blob download at `offset` (a resumed download asks for a `Range`). Returns the
     /// response and the offset it actually starts at (0 when the registry ignored the range).
     pub async fn get_blob(
