@@ -30,7 +30,6 @@ fn incremental_bundles_carry_only_new_blobs_and_import_needs_the_base_first() {
     assert_success(&out, "October export");
 
     // November: one new layer on top of alpha 1.1's layers, under a new tag.
-    let alpha11 = corpus.get("src/alpha", "1.1");
     let base_layers: Vec<Layer> = vec![small_layer(7, "november", true)];
     let nov_image = src.client().push_image(
         "src/alpha",
@@ -40,7 +39,6 @@ fn incremental_bundles_carry_only_new_blobs_and_import_needs_the_base_first() {
         &base_layers,
         &[("month", "november")],
     );
-    let _ = alpha11;
     let mut nov_list = corpus.images_file(&host);
     nov_list.push_str(&format!("{host}/src/alpha:1.2\n"));
     std::fs::write(&list, nov_list).expect("list");
