@@ -189,10 +189,14 @@ impl Registry {
 
     /// One request to the token endpoint. A failure that may pass is `Transient`, so the
     /// request that needed the token retries it within its own budget.
-    async fn fetch_token(&self, realm: &str, service: Option<&str>, scope: &Scope) -> Result<Token> {
-        let mut url = Url::parse(realm).map_err(|e| {
-            Error::registry(&self.name, format!("bad token realm {realm:?}: {e}"))
-        })?;
+    async fn fetch_token(
+        &self,
+        realm: &str,
+        service: Option<&str>,
+        scope: &Scope,
+    ) -> Result<Token> {
+        let mut url = Url::parse(realm)
+            .map_err(|e| Error::registry(&self.name, format!("bad token realm {realm:?}: {e}")))?;
         {
             let mut q = url.query_pairs_mut();
             if let Some(s) = service {
@@ -273,10 +277,16 @@ mod tests {
         };
         let short = t(r#"{"token":"a","expires_in":2}"#);
         assert!(short.fresh(now + Duration::from_millis(1400)));
-        assert!(!short.fresh(now + Duration::from_millis(1600)), "refresh 0.5 s early");
+        assert!(
+            !short.fresh(now + Duration::from_millis(1600)),
+            "refresh 0.5 s early"
+        );
         let default = t(r#"{"access_token":"b"}"#);
         assert!(default.fresh(now + Duration::from_secs(49)));
-        assert!(!default.fresh(now + Duration::from_secs(51)), "60 s less 10 s");
+        assert!(
+            !default.fresh(now + Duration::from_secs(51)),
+            "60 s less 10 s"
+        );
         let long = t(r#"{"token":"c","expires_in":3600}"#);
         assert!(long.fresh(now + Duration::from_secs(3589)));
         assert!(!long.fresh(now + Duration::from_secs(3591)));

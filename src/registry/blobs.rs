@@ -87,10 +87,9 @@ impl Registry {
                         if budget.again(None).await {
                             continue 'again;
                         }
-                        return Err(self.gave_up(
-                            format!("blob {digest}: {}: {e}", host_of(&next)),
-                            budget,
-                        ));
+                        return Err(
+                            self.gave_up(format!("blob {digest}: {}: {e}", host_of(&next)), budget)
+                        );
                     }
                 };
             }
@@ -161,14 +160,87 @@ fn host_of(u: &Url) -> String {
 
 #[cfg(test)]
 mod tests {
+    use super::super::testserver::{plain, Answer, TestServer};
     use super::*;
+    use crate::credentials::Credentials;
+    use futures_util::StreamExt;
+    use std::sync::{Arc, Mutex};
+
+    #[tokio::test]
+    async fn redirects_to_another_host_never_carry_the_registrys_credentials() {
+        // The storage host is reached as "localhost", the registry as "127.0.0.1".
+        let storage = TestServer::start(|r| {
+            assert!(r.path.starts_with("/bucket/"), "{}", r.path);
+            Answer::new(200).body("from storage")
+        });
+        let storage_port = storage.addr.rsplit(':').next().expect("port").to_string();
+        let me = Arc::new(Mutex::new(String::new()));
+        let me2 = me.clone();
+        let registry = TestServer::start(move |r| {
+            if !r.headers.contains_key("authorization") {
+                return Answer::new(401).header("www-authenticate", "Basic realm=\"r\"");
+            }
+            match r.path.as_str() {
+                "/v2/" => Answer::new(200),
+                p if p.contains("/blobs/sha256:aaaa") => Answer::new(307).header(
+                    "location",
+                    &format!("http://localhost:{storage_port}/bucket/aa?sig=x"),
+                ),
+                // Same origin: the registry's credentials may go along.
+                p if p.contains("/blobs/sha256:bbbb") => Answer::new(302).header(
+                    "location",
+                    &format!("http://{}/internal/bb", me2.lock().expect("addr")),
+                ),
+                "/internal/bb" => Answer::new(200).body("from the registry"),
+                p => Answer::new(404).body(p.to_string()),
+            }
+        });
+        *me.lock().expect("addr") = registry.addr.clone();
+        let reg = plain(&registry.addr, Some(Credentials::new("u", "p"))).await;
+        let read = |c: &'static str| {
+            let reg = &reg;
+            async move {
+                let mut budget = Budget::new(reg.retry_policy());
+                let digest = Digest::parse(&format!("sha256:{}", c.repeat(64))).expect("digest");
+                let mut dl = reg
+                    .get_blob("r", &digest, 0, &mut budget)
+                    .await
+                    .expect("get");
+                let mut out = Vec::new();
+                while let Some(c) = dl.body.next().await {
+                    out.extend_from_slice(&c.expect("chunk"));
+                }
+                String::from_utf8(out).expect("utf8")
+            }
+        };
+        assert_eq!(read("a").await, "from storage");
+        assert_eq!(read("b").await, "from the registry");
+        let storage_seen = storage.seen();
+        assert_eq!(storage_seen.len(), 1);
+        assert!(
+            !storage_seen[0].headers.contains_key("authorization"),
+            "credentials leaked to the storage host"
+        );
+    }
 
     #[test]
     fn origins() {
         let a = Url::parse("https://r.example/v2/").expect("url");
-        assert!(same_origin(&a, &Url::parse("https://r.example:443/x").expect("url")));
-        assert!(!same_origin(&a, &Url::parse("https://s3.example/x").expect("url")));
-        assert!(!same_origin(&a, &Url::parse("http://r.example/x").expect("url")));
-        assert!(!same_origin(&a, &Url::parse("https://r.example:8443/x").expect("url")));
+        assert!(same_origin(
+            &a,
+            &Url::parse("https://r.example:443/x").expect("url")
+        ));
+        assert!(!same_origin(
+            &a,
+            &Url::parse("https://s3.example/x").expect("url")
+        ));
+        assert!(!same_origin(
+            &a,
+            &Url::parse("http://r.example/x").expect("url")
+        ));
+        assert!(!same_origin(
+            &a,
+            &Url::parse("https://r.example:8443/x").expect("url")
+        ));
     }
 }

@@ -115,10 +115,16 @@ impl Registry {
         let body = read_limited(resp, 4096, self.retry.idle_timeout)
             .await
             .unwrap_or_default();
-        if !super::error_codes(&body).iter().any(|c| c == "NAME_UNKNOWN") {
+        if !super::error_codes(&body)
+            .iter()
+            .any(|c| c == "NAME_UNKNOWN")
+        {
             return Error::registry(
                 &self.name,
-                format!("{what}: answered {status}: {}", String::from_utf8_lossy(&body).trim()),
+                format!(
+                    "{what}: answered {status}: {}",
+                    String::from_utf8_lossy(&body).trim()
+                ),
             );
         }
         let project = repo.split('/').next().unwrap_or(repo);

@@ -11,6 +11,8 @@ pub mod list;
 pub mod manifests;
 pub mod ping;
 pub mod retry;
+#[cfg(test)]
+pub(crate) mod testserver;
 pub mod transport;
 pub mod upload;
 
@@ -304,7 +306,106 @@ fn error_codes(body: &[u8]) -> Vec<String> {
 
 #[cfg(test)]
 mod tests {
+    use super::testserver::{plain, Answer, TestServer};
     use super::*;
+    use std::sync::{Arc, Mutex};
+
+    const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+
+    /// A registry with a token endpoint whose tokens live 1 s; tokens named in `revoked` are
+    /// refused with 401 (as a registry does with one that lapsed on its clock).
+    fn token_registry(revoked: Arc<Mutex<Vec<String>>>) -> (TestServer, Arc<Mutex<String>>) {
+        let me = Arc::new(Mutex::new(String::new()));
+        let me2 = me.clone();
+        let issued = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let server = TestServer::start(move |r| {
+            let realm = format!(
+                "Bearer realm=\"http://{}/token\",service=\"t\"",
+                me2.lock().expect("addr")
+            );
+            if r.path.starts_with("/token") {
+                std::thread::sleep(Duration::from_millis(100));
+                let n = issued.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                return Answer::new(200).body(format!(r#"{{"token":"tok-{n}","expires_in":1}}"#));
+            }
+            let token = r
+                .headers
+                .get("authorization")
+                .and_then(|v| v.strip_prefix("Bearer "))
+                .map(str::to_string);
+            let ok = token
+                .as_ref()
+                .is_some_and(|t| !revoked.lock().expect("revoked").contains(t));
+            if !ok {
+                return Answer::new(401).header("www-authenticate", &realm);
+            }
+            if r.path == "/v2/" {
+                return Answer::new(200);
+            }
+            Answer::new(200)
+                .header("content-type", OCI_MANIFEST)
+                .body(format!(
+                    r#"{{"schemaVersion":2,"mediaType":"{OCI_MANIFEST}"}}"#
+                ))
+        });
+        *me.lock().expect("addr") = server.addr.clone();
+        (server, me)
+    }
+
+    fn token_fetches(s: &TestServer, scope: &str) -> Vec<String> {
+        s.seen()
+            .into_iter()
+            .filter(|r| r.path.starts_with("/token") && r.path.contains(scope))
+            .map(|r| r.path)
+            .collect()
+    }
+
+    fn manifest_tokens(s: &TestServer) -> Vec<String> {
+        s.seen()
+            .into_iter()
+            .filter(|r| r.path.contains("/manifests/"))
+            .filter_map(|r| r.headers.get("authorization").cloned())
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn tokens_are_fetched_once_per_scope_refreshed_before_expiry_and_after_a_401() {
+        let revoked: Arc<Mutex<Vec<String>>> = Arc::default();
+        let (server, _) = token_registry(revoked.clone());
+        let reg = Arc::new(plain(&server.addr, None).await);
+        let scope = "repository%3Ar%3Apull";
+        // Eight requests at once for one scope: one token fetch.
+        let mut tasks = Vec::new();
+        for _ in 0..8 {
+            let reg = reg.clone();
+            tasks.push(tokio::spawn(
+                async move { reg.get_manifest("r", "x").await },
+            ));
+        }
+        for t in tasks {
+            t.await.expect("task").expect("manifest");
+        }
+        assert_eq!(token_fetches(&server, scope).len(), 1);
+        // The token lives 1 s: 0.8 s later it is refreshed before the registry can refuse it.
+        tokio::time::sleep(Duration::from_millis(800)).await;
+        reg.get_manifest("r", "x").await.expect("manifest");
+        assert_eq!(token_fetches(&server, scope).len(), 2);
+        let used = manifest_tokens(&server);
+        let last = used.last().cloned().expect("a token was used");
+        assert!(
+            used[..8].iter().all(|t| *t != last),
+            "a new token: {used:?}"
+        );
+        // The registry refuses the current token mid-job: fetched again, request retried.
+        revoked
+            .lock()
+            .expect("revoked")
+            .push(last.trim_start_matches("Bearer ").to_string());
+        reg.get_manifest("r", "x")
+            .await
+            .expect("manifest after a 401");
+        assert_eq!(token_fetches(&server, scope).len(), 3);
+    }
 
     #[test]
     fn error_codes_are_read_from_oci_error_bodies() {

@@ -170,7 +170,11 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         "ms" => n / 1000.0,
         "m" => n * 60.0,
         "h" => n * 3600.0,
-        other => return Err(format!("unknown unit {other:?} in {s:?} (use ms, s, m or h)")),
+        other => {
+            return Err(format!(
+                "unknown unit {other:?} in {s:?} (use ms, s, m or h)"
+            ))
+        }
     };
     if !(secs > 0.0 && secs < 1e7) {
         return Err(format!("{s:?}: the duration must be positive"));
@@ -203,7 +207,10 @@ mod tests {
         for failed in 1..=10 {
             let full = (Duration::from_millis(100) * 2u32.pow(failed - 1)).min(p.max_delay);
             let d = p.backoff(failed, None);
-            assert!(d >= full / 2 && d <= full, "try {failed}: {d:?} vs {full:?}");
+            assert!(
+                d >= full / 2 && d <= full,
+                "try {failed}: {d:?} vs {full:?}"
+            );
         }
         let many: std::collections::HashSet<u128> =
             (0..20).map(|_| p.backoff(3, None).as_micros()).collect();
@@ -247,9 +254,8 @@ mod tests {
         let header = format!(
             "{wd}, {:02} {} {} {:02}:{:02}:{:02} GMT",
             date.2,
-            [
-                "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"
-            ][date.1 as usize - 1],
+            ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"]
+                [date.1 as usize - 1],
             date.0,
             rem / 3600,
             rem % 3600 / 60,

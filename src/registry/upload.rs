@@ -116,44 +116,72 @@ struct Shared {
 struct ChunkBody {
     shared: Arc<Mutex<Shared>>,
     remaining: u64,
+    /// The blob's last chunk: its final bytes go out only when the source has ended too, so
+    /// that the source's verdict on the content (checked at its end) is heard first.
+    last: bool,
+    /// The source has ended (checked before the last bytes go out).
+    ended: bool,
     activity: Activity,
     error: SourceError,
+}
+
+impl ChunkBody {
+    fn fail(&self, e: Error) -> Poll<Option<std::io::Result<Bytes>>> {
+        let msg = e.to_string();
+        if let Ok(mut slot) = self.error.lock() {
+            slot.get_or_insert(e);
+        }
+        Poll::Ready(Some(Err(std::io::Error::other(msg))))
+    }
 }
 
 impl Stream for ChunkBody {
     type Item = std::io::Result<Bytes>;
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        if self.remaining == 0 {
-            return Poll::Ready(None);
-        }
         let shared = self.shared.clone();
         let mut s = match shared.lock() {
             Ok(g) => g,
             Err(poisoned) => poisoned.into_inner(),
         };
+        if self.remaining == 0 {
+            return Poll::Ready(None);
+        }
         if s.leftover.is_empty() {
             match s.inner.poll_next_unpin(cx) {
                 Poll::Pending => return Poll::Pending,
                 Poll::Ready(Some(Ok(b))) => s.leftover = b,
-                Poll::Ready(Some(Err(e))) => {
-                    let msg = e.to_string();
-                    if let Ok(mut slot) = self.error.lock() {
-                        slot.get_or_insert(e);
-                    }
-                    return Poll::Ready(Some(Err(std::io::Error::other(msg))));
-                }
+                Poll::Ready(Some(Err(e))) => return self.fail(e),
                 Poll::Ready(None) => {
-                    let e = Error::Failed("the blob ended before its declared size".into());
-                    if let Ok(mut slot) = self.error.lock() {
-                        slot.get_or_insert(e);
-                    }
-                    return Poll::Ready(Some(Err(std::io::Error::other(
-                        "the blob ended before its declared size",
-                    ))));
+                    return self.fail(Error::Failed(
+                        "the blob ended before its declared size".into(),
+                    ))
                 }
             }
         }
         let n = (self.remaining as usize).min(s.leftover.len());
+        if self.last && n as u64 == self.remaining && !self.ended {
+            // The final bytes wait until the source has ended and vouched for the content:
+            // the connection stops polling a body once its Content-Length has been sent.
+            if s.leftover.len() > n {
+                return self.fail(Error::Failed(
+                    "the blob is longer than its declared size".into(),
+                ));
+            }
+            match s.inner.poll_next_unpin(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(None) => self.ended = true,
+                Poll::Ready(Some(Ok(b))) if b.is_empty() => {
+                    cx.waker().wake_by_ref();
+                    return Poll::Pending;
+                }
+                Poll::Ready(Some(Ok(_))) => {
+                    return self.fail(Error::Failed(
+                        "the blob is longer than its declared size".into(),
+                    ))
+                }
+                Poll::Ready(Some(Err(e))) => return self.fail(e),
+            }
+        }
         let out = s.leftover.split_to(n);
         drop(s);
         self.remaining -= n as u64;
@@ -162,10 +190,18 @@ impl Stream for ChunkBody {
     }
 }
 
-fn body_of(shared: &Arc<Mutex<Shared>>, len: u64, activity: &Activity, error: &SourceError) -> reqwest::Body {
+fn body_of(
+    shared: &Arc<Mutex<Shared>>,
+    len: u64,
+    last: bool,
+    activity: &Activity,
+    error: &SourceError,
+) -> reqwest::Body {
     reqwest::Body::wrap_stream(ChunkBody {
         shared: shared.clone(),
         remaining: len,
+        last,
+        ended: false,
         activity: activity.clone(),
         error: error.clone(),
     })
@@ -434,7 +470,13 @@ impl Registry {
                     "content-range",
                     format!("{}-{}", s.offset, s.offset + len - 1),
                 )
-                .body(body_of(&stream, len, &activity, &error));
+                .body(body_of(
+                    &stream,
+                    len,
+                    s.offset + len == size,
+                    &activity,
+                    &error,
+                ));
             if let Some(h) = &auth {
                 req = req.header(AUTHORIZATION, h);
             }
@@ -521,7 +563,7 @@ impl Registry {
             .put(put)
             .header(CONTENT_TYPE, "application/octet-stream")
             .header(CONTENT_LENGTH, size.to_string())
-            .body(body_of(&stream, size, &activity, &error));
+            .body(body_of(&stream, size, true, &activity, &error));
         if let Some(h) = &auth {
             req = req.header(AUTHORIZATION, h);
         }
@@ -573,7 +615,49 @@ impl Registry {
 
 #[cfg(test)]
 mod tests {
+    use super::super::testserver::{plain, Answer, TestServer};
     use super::*;
+
+    struct Memory(Vec<u8>);
+
+    impl BlobSource for Memory {
+        fn open(&self, offset: u64) -> Result<BoxStream<'static, Result<Bytes>>> {
+            let rest = Bytes::copy_from_slice(&self.0[offset as usize..]);
+            Ok(futures_util::stream::iter(vec![Ok(rest)]).boxed())
+        }
+    }
+
+    #[tokio::test]
+    async fn a_registry_refusing_patch_gets_monolithic_puts_and_that_is_remembered() {
+        let server = TestServer::start(|r| match (r.method.as_str(), r.path.as_str()) {
+            ("GET", "/v2/") => Answer::new(200),
+            ("POST", _) => Answer::new(202).header("location", "/upload/s1?state=x"),
+            ("PATCH", _) => Answer::new(405)
+                .body(r#"{"errors":[{"code":"UNSUPPORTED","message":"no chunks"}]}"#),
+            ("PUT", p) if p.starts_with("/upload/s1?state=x&digest=sha256%3A") => Answer::new(201),
+            (m, p) => Answer::new(400).body(format!("unexpected {m} {p}")),
+        });
+        let reg = plain(&server.addr, None).await;
+        for content in [&b"first blob"[..], &b"second blob"[..]] {
+            let d = Digest::of(content);
+            reg.upload_blob(
+                "r",
+                &d,
+                content.len() as u64,
+                &Memory(content.to_vec()),
+                None,
+            )
+            .await
+            .expect("upload");
+        }
+        let seen = server.seen();
+        let patches = seen.iter().filter(|r| r.method == "PATCH").count();
+        let puts: Vec<_> = seen.iter().filter(|r| r.method == "PUT").collect();
+        assert_eq!(patches, 1, "only the first upload tries PATCH");
+        assert_eq!(puts.len(), 2);
+        assert_eq!(puts[0].body, b"first blob");
+        assert_eq!(puts[1].body, b"second blob");
+    }
 
     #[test]
     fn offsets_from_range_headers() {
