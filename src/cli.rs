@@ -38,6 +38,40 @@ pub enum Command {
     /// Make a key pair for signing bundles (PREFIX.key and PREFIX.pub, minisign format).
     #[command(after_help = AFTER_HELP)]
     Keygen(KeygenArgs),
+    /// Print the shell completion script for bash, zsh or fish.
+    #[command(after_help = COMPLETIONS_HELP)]
+    Completions(CompletionsArgs),
+    /// Print the man page, or write one page per subcommand into a directory.
+    Man(ManArgs),
+}
+
+const COMPLETIONS_HELP: &str = "\
+Install (or let the Debian package do it):
+  bash: airlock completions bash > /usr/share/bash-completion/completions/airlock
+  zsh:  airlock completions zsh > /usr/share/zsh/vendor-completions/_airlock
+  fish: airlock completions fish > /usr/share/fish/vendor_completions.d/airlock.fish";
+
+#[derive(Args, Debug)]
+pub struct CompletionsArgs {
+    /// The shell to print the script for
+    #[arg(value_enum)]
+    pub shell: CompletionShell,
+}
+
+/// The shells `airlock completions` writes scripts for.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CompletionShell {
+    Bash,
+    Zsh,
+    Fish,
+}
+
+#[derive(Args, Debug)]
+pub struct ManArgs {
+    /// Write airlock.1 and one page per subcommand (airlock-export.1, ...) into DIR
+    /// instead of printing airlock.1
+    #[arg(long, value_name = "DIR")]
+    pub dir: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]
@@ -92,7 +126,7 @@ pub struct OutputArgs {
     #[arg(long)]
     pub json: bool,
     /// Print nothing but errors
-    #[arg(short, long)]
+    #[arg(short, long, conflicts_with = "verbose")]
     pub quiet: bool,
     /// Print more detail (every blob)
     #[arg(short, long)]
@@ -129,7 +163,8 @@ pub struct ExportArgs {
     /// Take the registries, images and tag rules from this image-set file (YAML; see README)
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
-    /// Read images from a file, one per line (# comments and blank lines are ignored)
+    /// Read images from a file, one per line (# comments and blank lines are ignored);
+    /// `-` reads them from standard input
     #[arg(short = 'f', long, value_name = "FILE")]
     pub images_file: Option<PathBuf>,
     /// The bundle to write (.tar.zst); {date} (YYYY-MM-DD), {month} (YYYY-MM) and {tag}
@@ -196,6 +231,13 @@ pub struct InspectArgs {
     /// Print JSON
     #[arg(long)]
     pub json: bool,
+    /// Print nothing but errors: exit 0 when the bundle opens and its bundle.json reads,
+    /// 1 when not; a quick check for scripts (`verify` checks every byte)
+    #[arg(short, long, conflicts_with_all = ["verbose", "json"])]
+    pub quiet: bool,
+    /// Also list every blob: digest, size and media type
+    #[arg(short, long)]
+    pub verbose: bool,
 }
 
 #[derive(Args, Debug)]
@@ -209,6 +251,9 @@ pub struct VerifyArgs {
     #[arg(long, value_name = "PUB")]
     pub trusted_key: Option<PathBuf>,
     /// Print nothing but errors
-    #[arg(short, long)]
+    #[arg(short, long, conflicts_with = "verbose")]
     pub quiet: bool,
+    /// List each blob as it is checked (digest, size, result)
+    #[arg(short, long)]
+    pub verbose: bool,
 }

@@ -25,6 +25,8 @@ fn main() {
                 .await
                 .map_err(|e| Error::Failed(e.to_string()))?,
             Command::Keygen(a) => commands::keygen(a),
+            Command::Completions(a) => commands::docs::completions(a),
+            Command::Man(a) => commands::docs::man(a),
             Command::Verify(a) => tokio::task::spawn_blocking(move || commands::verify::run(a))
                 .await
                 .map_err(|e| Error::Failed(e.to_string()))?,

@@ -1,4 +1,5 @@
-//! `airlock inspect`: what a bundle holds, from `bundle.json` and the seek table alone.
+//! `airlock inspect`: what a bundle holds, from `bundle.json` and the seek table alone;
+//! `-v` adds every blob, `-q` prints nothing (the bundle opened: exit 0).
 
 use crate::bundle::Bundle;
 use crate::cli::InspectArgs;
@@ -8,6 +9,10 @@ use std::io::Write;
 
 pub fn run(args: InspectArgs) -> Result<()> {
     let b = Bundle::open(&args.bundle)?;
+    if args.quiet {
+        // Opening it was the check: errors above, nothing to say otherwise.
+        return Ok(());
+    }
     let m = &b.manifest;
     let mut out = std::io::stdout().lock();
     let w = |e: std::io::Error| Error::io("writing to stdout", e);
@@ -58,6 +63,19 @@ pub fn run(args: InspectArgs) -> Result<()> {
                 out,
                 "  {} (created {}, bundle.json {})",
                 b.name, b.created, b.bundle_json
+            )
+            .map_err(w)?;
+        }
+    }
+    if args.verbose {
+        writeln!(out, "\nblobs:").map_err(w)?;
+        for blob in &m.blobs {
+            writeln!(
+                out,
+                "  {} {:>10} {}",
+                blob.digest,
+                human(blob.size),
+                blob.media_type
             )
             .map_err(w)?;
         }

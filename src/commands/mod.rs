@@ -1,5 +1,6 @@
 //! The commands: thin compositions of the registry client, the bundle and the copy engine.
 
+pub mod docs;
 pub mod export;
 pub mod import;
 pub mod inspect;

@@ -1,7 +1,7 @@
 //! `airlock verify`: one sequential pass over a bundle, offline. Checks every volume's
 //! checksum, every member's name, type, size and digest against `bundle.json`, that every
 //! manifest's children are present, that `index.json` agrees with `bundle.json`, and that
-//! the seek table matches the archive.
+//! the seek table matches the archive. `-v` lists each blob as it is checked.
 
 use crate::bundle::volumes::{checksum_name, explain_damage, MultiFile};
 use crate::bundle::Bundle;
@@ -287,10 +287,26 @@ fn check_pass(bundle: &Bundle, reporter: &Reporter) -> Result<Report> {
                 }
                 reporter.inc(n as u64);
             }
-            if let Some(v) = verifier {
-                match v.finish() {
-                    Ok(()) => {}
-                    Err(e) => rep.errors.push(format!("{name}: {e}")),
+            let verdict = match verifier {
+                Some(v) => match v.finish() {
+                    Ok(()) => Ok(()),
+                    Err(e) => {
+                        let msg = format!("{name}: {e}");
+                        rep.errors.push(msg.clone());
+                        Err(msg)
+                    }
+                },
+                None => Ok(()),
+            };
+            if let Some(b) = i.checked_sub(3).and_then(|b| bundle.manifest.blobs.get(b)) {
+                match &verdict {
+                    Ok(()) => reporter.detail(format!(
+                        "ok   {} {} {}",
+                        b.digest,
+                        human(b.size),
+                        b.media_type
+                    )),
+                    Err(msg) => reporter.detail(format!("BAD  {} ({msg})", b.digest)),
                 }
             }
             if i == 2 {
@@ -450,7 +466,7 @@ fn check_pass(bundle: &Bundle, reporter: &Reporter) -> Result<Report> {
 
 pub fn run(args: VerifyArgs) -> Result<()> {
     let bundle = Bundle::open(&args.bundle).map_err(|e| explain_damage(e, &args.bundle))?;
-    let mut reporter = Reporter::new(args.quiet || args.json, false);
+    let mut reporter = Reporter::new(args.quiet || args.json, args.verbose);
     let signature = match &args.trusted_key {
         Some(key) => {
             let (id, comment) = crate::signing::verify(&bundle.path, &bundle.bundle_json, key)?;

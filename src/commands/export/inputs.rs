@@ -10,6 +10,7 @@ use crate::digest::Digest;
 use crate::error::{Error, Result};
 use crate::reference::{validate_repository, validate_tag, Reference};
 use std::collections::{HashMap, HashSet};
+use std::io::Read;
 use std::path::{Path, PathBuf};
 
 /// An image to export, with the namespace import will replace.
@@ -27,12 +28,26 @@ pub struct Requested {
     pub prefetched: Option<crate::registry::Manifest>,
 }
 
-/// Reads the image list: arguments, then the file's lines (`#` comments, blanks ignored).
+/// Reads the image list: arguments, then the file's lines (`#` comments, blanks ignored);
+/// the file `-` is standard input.
 fn image_list(args: &ExportArgs) -> Result<Vec<String>> {
     let mut out: Vec<String> = args.images.clone();
     if let Some(f) = &args.images_file {
-        let text = std::fs::read_to_string(f)
-            .map_err(|e| Error::Usage(format!("images file {}: {e}", f.display())))?;
+        let text = if f.as_os_str() == "-" {
+            if args.registry.password_stdin {
+                return Err(Error::Usage(
+                    "-f - and --password-stdin both read standard input: give the images in a file or as arguments, or the password in SOURCE_DOCKER_PASSWORD".into(),
+                ));
+            }
+            let mut text = String::new();
+            std::io::stdin()
+                .read_to_string(&mut text)
+                .map_err(|e| Error::Usage(format!("images from standard input (-f -): {e}")))?;
+            text
+        } else {
+            std::fs::read_to_string(f)
+                .map_err(|e| Error::Usage(format!("images file {}: {e}", f.display())))?
+        };
         for line in text.lines() {
             let line = line.split('#').next().unwrap_or("").trim();
             if !line.is_empty() {

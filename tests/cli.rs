@@ -1,0 +1,326 @@
+//! The command line as scripts use it: `-q`/`-v` refused together, `-f -` (image names on
+//! standard input), `verify -v` listing every blob, `inspect -q` as a silent check,
+//! `completions` and `man`.
+
+mod common;
+
+use common::*;
+use std::path::{Path, PathBuf};
+
+const SUBCOMMANDS: &[&str] = &[
+    "export",
+    "import",
+    "inspect",
+    "verify",
+    "keygen",
+    "completions",
+    "man",
+];
+
+fn stdout_text(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Two small images in a fresh registry, exported with their names on standard input
+/// (`-f -`). Returns the registry (keep it alive), the bundle and the names given.
+fn exported_from_stdin(dir: &Path) -> (TestRegistry, PathBuf, Vec<String>) {
+    let src = TestRegistry::start(RegistryOpts::plain());
+    let c = src.client();
+    let platform = Platform::linux_amd64();
+    c.push_image(
+        "src/one",
+        Some("1.0"),
+        ImageFormat::Oci,
+        &platform,
+        &[small_layer(1, "one", true)],
+        &[],
+    );
+    c.push_image(
+        "src/two",
+        Some("2.0"),
+        ImageFormat::Docker,
+        &platform,
+        &[small_layer(2, "two-a", true), small_layer(3, "two-b", true)],
+        &[],
+    );
+    let host = src.host();
+    let names = vec![format!("{host}/src/one:1.0"), format!("{host}/src/two:2.0")];
+    let stdin = format!(
+        "# images for this month\n{}\n\n{}  # the second\n",
+        names[0], names[1]
+    );
+    let bundle = dir.join("b.tar.zst");
+    let out = run_airlock(
+        [
+            "export",
+            "-f",
+            "-",
+            "-o",
+            bundle.to_str().expect("utf-8 path"),
+        ],
+        &[],
+        Some(&stdin),
+    );
+    assert_success(&out, "export -f -");
+    (src, bundle, names)
+}
+
+fn blob_digests(bundle: &Path) -> Vec<String> {
+    let bj = read_bundle_json(bundle);
+    bj["blobs"]
+        .as_array()
+        .expect("blobs in bundle.json")
+        .iter()
+        .map(|b| b["digest"].as_str().expect("digest").to_string())
+        .collect()
+}
+
+#[test]
+fn quiet_and_verbose_are_refused_together_on_every_subcommand() {
+    let cases: &[&[&str]] = &[
+        &["export", "-o", "x.tar.zst", "example.org/a:1"],
+        &["import", "x.tar.zst"],
+        &["verify", "x.tar.zst"],
+        &["inspect", "x.tar.zst"],
+    ];
+    for args in cases {
+        for qv in [["-q", "-v"], ["--quiet", "--verbose"]] {
+            let mut all: Vec<&str> = args.to_vec();
+            all.extend(qv);
+            let out = run_airlock(&all, &[], None);
+            assert_eq!(
+                out.status.code(),
+                Some(2),
+                "{all:?} should be a usage error\n{}",
+                describe_output(&out)
+            );
+            let err = stderr_text(&out);
+            assert!(err.contains("cannot be used with"), "{all:?}: {err}");
+        }
+    }
+    // inspect -q prints nothing, so JSON with it makes no sense either.
+    let out = run_airlock(["inspect", "-q", "--json", "x.tar.zst"], &[], None);
+    assert_eq!(out.status.code(), Some(2), "{}", describe_output(&out));
+}
+
+#[test]
+fn export_reads_image_names_from_standard_input() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (src, bundle, names) = exported_from_stdin(dir.path());
+    let bj = read_bundle_json(&bundle);
+    let mut sources: Vec<String> = bj["images"]
+        .as_array()
+        .expect("images")
+        .iter()
+        .map(|i| i["source"].as_str().expect("source").to_string())
+        .collect();
+    sources.sort();
+    assert_eq!(sources, names);
+    for (repo, tag) in [("src/one", "1.0"), ("src/two", "2.0")] {
+        let at_source = src
+            .client()
+            .manifest_digest(repo, tag)
+            .expect("digest at the source");
+        let image = bj["images"]
+            .as_array()
+            .expect("images")
+            .iter()
+            .find(|i| {
+                i["source"]
+                    .as_str()
+                    .is_some_and(|s| s.ends_with(&format!("{repo}:{tag}")))
+            })
+            .expect("image in bundle.json");
+        assert_eq!(image["digest"].as_str(), Some(at_source.as_str()));
+    }
+}
+
+#[test]
+fn images_on_standard_input_and_password_stdin_are_refused_together() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let bundle = dir.path().join("b.tar.zst");
+    let out = run_airlock(
+        [
+            "export",
+            "-f",
+            "-",
+            "--password-stdin",
+            "-u",
+            "robot",
+            "--registry",
+            "127.0.0.1:1",
+            "-o",
+            bundle.to_str().expect("utf-8 path"),
+        ],
+        &[],
+        Some("127.0.0.1:1/src/one:1.0\n"),
+    );
+    assert_eq!(out.status.code(), Some(2), "{}", describe_output(&out));
+    let err = stderr_text(&out);
+    assert!(err.contains("standard input"), "{err}");
+    assert!(!bundle.exists());
+}
+
+#[test]
+fn empty_standard_input_is_a_usage_error() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let bundle = dir.path().join("b.tar.zst");
+    let out = run_airlock(
+        [
+            "export",
+            "-f",
+            "-",
+            "-o",
+            bundle.to_str().expect("utf-8 path"),
+        ],
+        &[],
+        Some("# nothing\n\n"),
+    );
+    assert_eq!(out.status.code(), Some(2), "{}", describe_output(&out));
+    assert!(
+        stderr_text(&out).contains("no images"),
+        "{}",
+        describe_output(&out)
+    );
+}
+
+#[test]
+fn verify_verbose_lists_every_blob_and_quiet_prints_nothing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (_src, bundle, _) = exported_from_stdin(dir.path());
+    let digests = blob_digests(&bundle);
+    assert!(digests.len() >= 5, "two configs, three layers: {digests:?}");
+
+    let out = run_airlock(
+        ["verify", "-v", bundle.to_str().expect("utf-8 path")],
+        &[],
+        None,
+    );
+    assert_success(&out, "verify -v");
+    let err = stderr_text(&out);
+    let listed: Vec<&str> = err.lines().filter(|l| l.starts_with("ok ")).collect();
+    assert_eq!(listed.len(), digests.len(), "one line per blob:\n{err}");
+    for d in &digests {
+        assert!(
+            listed.iter().any(|l| l.contains(d.as_str())),
+            "{d} not listed:\n{err}"
+        );
+    }
+
+    let out = run_airlock(
+        ["verify", "-q", bundle.to_str().expect("utf-8 path")],
+        &[],
+        None,
+    );
+    assert_success(&out, "verify -q");
+    assert!(out.stdout.is_empty(), "{}", describe_output(&out));
+    assert!(out.stderr.is_empty(), "{}", describe_output(&out));
+
+    // Without -v: no per-blob lines.
+    let out = run_airlock(["verify", bundle.to_str().expect("utf-8 path")], &[], None);
+    assert_success(&out, "verify");
+    assert!(
+        !stderr_text(&out).lines().any(|l| l.starts_with("ok ")),
+        "{}",
+        describe_output(&out)
+    );
+}
+
+#[test]
+fn inspect_quiet_is_a_silent_check_and_verbose_lists_blobs() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (_src, bundle, _) = exported_from_stdin(dir.path());
+    let path = bundle.to_str().expect("utf-8 path");
+
+    let out = run_airlock(["inspect", "-q", path], &[], None);
+    assert_success(&out, "inspect -q");
+    assert!(out.stdout.is_empty(), "{}", describe_output(&out));
+    assert!(out.stderr.is_empty(), "{}", describe_output(&out));
+
+    let out = run_airlock(["inspect", "-v", path], &[], None);
+    assert_success(&out, "inspect -v");
+    let text = stdout_text(&out);
+    for d in blob_digests(&bundle) {
+        assert!(text.contains(&d), "{d} not listed:\n{text}");
+    }
+
+    // Not a bundle: an error naming the file, nothing on stdout, a non-zero exit.
+    let junk = dir.path().join("junk.tar.zst");
+    std::fs::write(&junk, b"not a bundle at all").expect("write junk");
+    let out = run_airlock(["inspect", "-q", junk.to_str().expect("utf-8")], &[], None);
+    assert!(!out.status.success(), "{}", describe_output(&out));
+    assert!(out.stdout.is_empty(), "{}", describe_output(&out));
+    assert!(
+        stderr_text(&out).contains("junk.tar.zst"),
+        "{}",
+        describe_output(&out)
+    );
+
+    let missing = dir.path().join("missing.tar.zst");
+    let out = run_airlock(
+        ["inspect", "-q", missing.to_str().expect("utf-8")],
+        &[],
+        None,
+    );
+    assert!(!out.status.success(), "{}", describe_output(&out));
+    assert!(out.stdout.is_empty(), "{}", describe_output(&out));
+}
+
+#[test]
+fn completions_name_every_subcommand() {
+    for (shell, marker) in [
+        ("bash", "complete -F"),
+        ("zsh", "#compdef airlock"),
+        ("fish", "complete -c airlock"),
+    ] {
+        let out = run_airlock(["completions", shell], &[], None);
+        assert_success(&out, &format!("completions {shell}"));
+        let text = stdout_text(&out);
+        assert!(text.contains(marker), "{shell}: no {marker:?}");
+        for sub in SUBCOMMANDS {
+            assert!(text.contains(sub), "{shell}: {sub} missing");
+        }
+        for flag in ["timeout", "images-file", "trusted-key"] {
+            assert!(text.contains(flag), "{shell}: --{flag} missing");
+        }
+    }
+    let out = run_airlock(["completions", "powershell"], &[], None);
+    assert_eq!(out.status.code(), Some(2), "{}", describe_output(&out));
+}
+
+#[test]
+fn man_prints_the_main_page_and_writes_one_page_per_subcommand() {
+    let out = run_airlock(["man"], &[], None);
+    assert_success(&out, "man");
+    let main = stdout_text(&out);
+    assert!(main.contains(".TH airlock 1"), "{main}");
+    for sub in SUBCOMMANDS {
+        assert!(main.contains(sub), "main page does not name {sub}");
+    }
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pages = dir.path().join("man1");
+    let out = run_airlock(
+        ["man", "--dir", pages.to_str().expect("utf-8 path")],
+        &[],
+        None,
+    );
+    assert_success(&out, "man --dir");
+    let mut written: Vec<String> = std::fs::read_dir(&pages)
+        .expect("man dir")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect();
+    written.sort();
+    let mut expected: Vec<String> = SUBCOMMANDS
+        .iter()
+        .map(|s| format!("airlock-{s}.1"))
+        .chain(["airlock.1".to_string()])
+        .collect();
+    expected.sort();
+    assert_eq!(written, expected);
+    let export = std::fs::read_to_string(pages.join("airlock-export.1")).expect("export page");
+    assert!(export.contains(".TH airlock-export 1"), "{export}");
+    for flag in ["timeout", "images", "AIRLOCK_TIMEOUT"] {
+        assert!(export.contains(flag), "export page lacks {flag}:\n{export}");
+    }
+}
