@@ -38,6 +38,9 @@ pub enum Command {
     /// Make a key pair for signing bundles (PREFIX.key and PREFIX.pub, minisign format).
     #[command(after_help = AFTER_HELP)]
     Keygen(KeygenArgs),
+    /// Answer registry pulls straight from one or more bundles (read-only, no unpacking).
+    #[command(after_help = AFTER_HELP)]
+    Serve(ServeArgs),
 }
 
 #[derive(Args, Debug)]
@@ -209,6 +212,35 @@ pub struct VerifyArgs {
     #[arg(long, value_name = "PUB")]
     pub trusted_key: Option<PathBuf>,
     /// Print nothing but errors
+    #[arg(short, long)]
+    pub quiet: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct ServeArgs {
+    /// The bundles (base names or any volume); an incremental bundle with its bases serves
+    /// the whole set, and a name two bundles carry is taken from the newest
+    #[arg(required = true)]
+    pub bundles: Vec<PathBuf>,
+    /// Address and port to listen on
+    #[arg(long, value_name = "ADDR:PORT", default_value = "127.0.0.1:5000")]
+    pub listen: String,
+    /// Serve HTTPS with this certificate chain (PEM); needs --tls-key
+    #[arg(long, value_name = "FILE")]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key (PEM) of --tls-cert
+    #[arg(long, value_name = "FILE")]
+    pub tls_key: Option<PathBuf>,
+    /// Require basic auth from the users of this htpasswd file (bcrypt entries: htpasswd -B)
+    #[arg(long, value_name = "FILE")]
+    pub htpasswd: Option<PathBuf>,
+    /// Serve the images under this namespace, as `import --repository` would push them
+    #[arg(long, value_name = "NAMESPACE")]
+    pub repository: Option<String>,
+    /// Serve every image under this tag, as `import --tag` would
+    #[arg(long)]
+    pub tag: Option<String>,
+    /// No request log
     #[arg(short, long)]
     pub quiet: bool,
 }

@@ -15,4 +15,5 @@ pub mod manifest;
 pub mod progress;
 pub mod reference;
 pub mod registry;
+pub mod serve;
 pub mod signing;

@@ -25,6 +25,7 @@ fn main() {
                 .await
                 .map_err(|e| Error::Failed(e.to_string()))?,
             Command::Keygen(a) => commands::keygen(a),
+            Command::Serve(a) => commands::serve::run(a).await,
             Command::Verify(a) => tokio::task::spawn_blocking(move || commands::verify::run(a))
                 .await
                 .map_err(|e| Error::Failed(e.to_string()))?,

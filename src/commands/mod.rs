@@ -3,6 +3,7 @@
 pub mod export;
 pub mod import;
 pub mod inspect;
+pub mod serve;
 pub mod verify;
 
 /// `airlock keygen`: writes a minisign key pair for signing bundles.
