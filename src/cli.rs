@@ -41,6 +41,12 @@ pub enum Command {
     /// Answer registry pulls straight from one or more bundles (read-only, no unpacking).
     #[command(after_help = AFTER_HELP)]
     Serve(ServeArgs),
+    /// Show what changed between two bundles (or their bundle.json files).
+    #[command(after_help = AFTER_HELP)]
+    Diff(DiffArgs),
+    /// Show or prune export's blob cache.
+    #[command(after_help = AFTER_HELP)]
+    Cache(CacheArgs),
 }
 
 #[derive(Args, Debug)]
@@ -243,4 +249,56 @@ pub struct ServeArgs {
     /// No request log
     #[arg(short, long)]
     pub quiet: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct DiffArgs {
+    /// The earlier bundle (base name, any volume, or an extracted bundle.json)
+    pub old: PathBuf,
+    /// The later bundle
+    pub new: PathBuf,
+    /// Print JSON
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct CacheArgs {
+    #[command(subcommand)]
+    pub action: CacheAction,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum CacheAction {
+    /// Entries, size, and how long the oldest has been unused
+    Ls(CacheLsArgs),
+    /// Remove entries unused for longer than --older-than, then the least recently used
+    /// until the rest fit in --max-size
+    Prune(CachePruneArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct CacheLsArgs {
+    /// The cache [default: $XDG_CACHE_HOME/airlock or ~/.cache/airlock]
+    #[arg(long, value_name = "DIR", env = "AIRLOCK_CACHE_DIR")]
+    pub cache_dir: Option<PathBuf>,
+    /// Print JSON
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct CachePruneArgs {
+    /// The cache [default: $XDG_CACHE_HOME/airlock or ~/.cache/airlock]
+    #[arg(long, value_name = "DIR", env = "AIRLOCK_CACHE_DIR")]
+    pub cache_dir: Option<PathBuf>,
+    /// Remove entries not used for this long (30d, 12h)
+    #[arg(long, value_name = "AGE")]
+    pub older_than: Option<String>,
+    /// Then remove the least recently used until the cache fits in this size (20G)
+    #[arg(long, value_name = "SIZE")]
+    pub max_size: Option<String>,
+    /// Print JSON
+    #[arg(long)]
+    pub json: bool,
 }
