@@ -4,20 +4,20 @@
 //! SIGTERM `remove_all` deletes whatever is still listed, and no new file can be created
 //! afterwards, so an interrupted run leaves nothing of its own behind.
 
-use std::collections::HashSet;
+use std::collections::BTreeSet;
 use std::fs::File;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
 
 struct Registry {
-    paths: HashSet<PathBuf>,
+    paths: BTreeSet<PathBuf>,
     /// Set once the process is stopping: nothing new may be created.
     closed: bool,
 }
 
 static FILES: Mutex<Registry> = Mutex::new(Registry {
-    paths: HashSet::new(),
+    paths: BTreeSet::new(),
     closed: false,
 });
 
@@ -78,7 +78,7 @@ pub fn remove_all() -> Vec<PathBuf> {
     let mut reg = lock();
     reg.closed = true;
     let mut removed = Vec::new();
-    for p in reg.paths.drain() {
+    for p in std::mem::take(&mut reg.paths) {
         if std::fs::remove_file(&p).is_ok() {
             removed.push(p);
         }

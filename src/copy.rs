@@ -293,12 +293,7 @@ pub async fn push_bundle(
                     .iter()
                     .map(|t| format!("{}/{}:{t}", target.name(), group.repo))
                     .collect();
-                if let Some(why) = group
-                    .entry
-                    .blobs
-                    .iter()
-                    .find_map(|d| failed_blobs.get(d))
-                {
+                if let Some(why) = group.entry.blobs.iter().find_map(|d| failed_blobs.get(d)) {
                     return names
                         .into_iter()
                         .map(|n| (n, Err(Error::Failed(why.clone()))))
@@ -585,8 +580,9 @@ fn group_by_root(images: Vec<TargetImage>) -> Vec<RootGroup> {
 
 /// Manifest writes of this run, one cell per (repository, digest): the first job that needs
 /// a manifest in a repository writes it, the others wait for that write and share its outcome.
-type ManifestsWritten =
-    Arc<Mutex<HashMap<(String, Digest), Arc<tokio::sync::OnceCell<std::result::Result<(), String>>>>>>;
+type ManifestsWritten = Arc<
+    Mutex<HashMap<(String, Digest), Arc<tokio::sync::OnceCell<std::result::Result<(), String>>>>>,
+>;
 
 /// Writes `m` into `repo` under `reference` unless this run already did (or is doing) it
 /// under any reference; waits for a write in progress. True when this call wrote it.

@@ -37,7 +37,10 @@ enum Slot {
     /// before it is used (a damaged entry is removed and fetched again).
     Unverified(PathBuf),
     Prefetching,
-    Ready { path: PathBuf, hit: bool },
+    Ready {
+        path: PathBuf,
+        hit: bool,
+    },
     Failed(String),
     Streaming,
     /// A prefetch worker is checking a cache entry.

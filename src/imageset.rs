@@ -1099,11 +1099,14 @@ struct Job<'a> {
     origin: Origin<'a>,
 }
 
+/// One repository's tag list, filled on first use.
+type TagListCell = Arc<tokio::sync::OnceCell<Vec<String>>>;
+
 /// The tag lists read in one run, per (registry, repository): each is asked for once, even
 /// when several parts of the run need it at the same time.
 #[derive(Clone, Default)]
 pub struct TagLists {
-    lists: Arc<std::sync::Mutex<HashMap<(String, String), Arc<tokio::sync::OnceCell<Vec<String>>>>>>,
+    lists: Arc<std::sync::Mutex<HashMap<(String, String), TagListCell>>>,
 }
 
 impl TagLists {

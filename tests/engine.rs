@@ -74,7 +74,11 @@ impl SmallDisk {
             .arg(dir)
             .status()
             .expect("run mount");
-        assert!(status.success(), "mount a {size} tmpfs at {}", dir.display());
+        assert!(
+            status.success(),
+            "mount a {size} tmpfs at {}",
+            dir.display()
+        );
         SmallDisk(dir.to_path_buf())
     }
 }
@@ -771,7 +775,11 @@ fn sigterm_stops_an_import_and_a_rerun_completes() {
         "an interrupted import must not tag"
     );
     assert!(
-        files_below(dir.path()) == vec![bundle.clone(), PathBuf::from(format!("{}.sha256", bundle.display()))],
+        files_below(dir.path())
+            == vec![
+                bundle.clone(),
+                PathBuf::from(format!("{}.sha256", bundle.display()))
+            ],
         "import left files: {:?}",
         files_below(dir.path())
     );
@@ -831,7 +839,9 @@ fn a_damaged_cache_entry_is_fetched_again_and_stale_temporaries_go() {
     let mut dead = Command::new("true").spawn().expect("spawn true");
     let dead_pid = dead.id();
     dead.wait().expect("wait true");
-    let stale = cache.join("tmp").join(format!("{}.{dead_pid}", "ab".repeat(32)));
+    let stale = cache
+        .join("tmp")
+        .join(format!("{}.{dead_pid}", "ab".repeat(32)));
     std::fs::write(&stale, b"half a blob").expect("write stale temp");
 
     let gets_before = src.access_log("GET", "/blobs/").len();
@@ -848,7 +858,10 @@ fn a_damaged_cache_entry_is_fetched_again_and_stale_temporaries_go() {
     assert!(!stale.exists(), "a dead run's temporary file was left");
     let verify = run_airlock(["verify", &path_str(&bundle)], &[], None);
     assert_success(&verify, "verify");
-    assert_eq!(read_bundle_json(&bundle)["images"][0]["digest"], digest.as_str());
+    assert_eq!(
+        read_bundle_json(&bundle)["images"][0]["digest"],
+        digest.as_str()
+    );
 }
 
 // ---------------------------------------------------------------------------------------------

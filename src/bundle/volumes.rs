@@ -131,7 +131,10 @@ impl VolumeWriter {
                     Ok(()) => {}
                     Err(e) if e.kind() == io::ErrorKind::NotFound => {}
                     Err(e) => {
-                        return Err(Error::io(format!("removing the stale {}", dest.display()), e))
+                        return Err(Error::io(
+                            format!("removing the stale {}", dest.display()),
+                            e,
+                        ))
                     }
                 },
             }

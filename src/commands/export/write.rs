@@ -4,7 +4,9 @@
 use super::inputs::rfc3339;
 use super::Contents;
 use crate::bundle::model::{BlobEntry, BundleManifest, FailedImage, ImageEntry, Layout, Member};
-use crate::bundle::{BundleWriter, SideFile, BUNDLE_JSON, INDEX_JSON, OCI_LAYOUT, OCI_LAYOUT_CONTENT};
+use crate::bundle::{
+    BundleWriter, SideFile, BUNDLE_JSON, INDEX_JSON, OCI_LAYOUT, OCI_LAYOUT_CONTENT,
+};
 use crate::config;
 use crate::digest::{Digest, VerifyingReader};
 use crate::error::{Error, IoContext, Result};
