@@ -1,7 +1,8 @@
 //! The copy engine: walks an image's graph children-first from a registry, deduplicates
 //! objects across images, and pushes a bundle's images into a registry (skip what exists,
 //! mount across repositories, upload from the bundle with retries, manifests children-first,
-//! the tag last and only when everything under it is there).
+//! each written once per repository per run, the tags last, one after the other, and only
+//! when everything under them is there).
 
 use crate::bundle::{Bundle, ImageEntry};
 use crate::digest::Digest;
