@@ -3,6 +3,7 @@
 
 pub mod bundle;
 pub mod cache;
+pub mod cleanup;
 pub mod cli;
 pub mod commands;
 pub mod config;
