@@ -61,8 +61,11 @@ async fn check_cached(path: &Path, o: &Object) -> bool {
     let (digest, size) = (o.digest.clone(), o.size);
     let intact = tokio::task::spawn_blocking(move || {
         let f = std::fs::File::open(&p)?;
-        let mut r = VerifyingReader::new(BufReader::with_capacity(1 << 20, f), &digest, size);
-        io::copy(&mut r, &mut io::sink())
+        let mut r = VerifyingReader::new(BufReader::with_capacity(1 << 20, &f), &digest, size);
+        io::copy(&mut r, &mut io::sink())?;
+        // Used now: `cache prune --older-than` goes by this time.
+        let _ = f.set_modified(std::time::SystemTime::now());
+        Ok::<_, io::Error>(())
     })
     .await
     .map(|r| r.is_ok())

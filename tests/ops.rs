@@ -220,17 +220,44 @@ fn cache_ls_and_prune() {
         None,
     ));
     assert_eq!(p["removed"].as_u64(), Some(0));
-    // Age half of the entries by two months: they go.
     let entries: Vec<_> = std::fs::read_dir(cache.join("blobs/sha256"))
         .expect("entries")
         .map(|e| e.expect("entry").path())
         .collect();
-    let old = entries.len() / 2;
-    for p in &entries[..old] {
-        let f = std::fs::File::options().write(true).open(p).expect("open");
-        f.set_modified(std::time::SystemTime::now() - std::time::Duration::from_secs(60 * 86_400))
+    let age = |paths: &[std::path::PathBuf]| {
+        for p in paths {
+            let f = std::fs::File::options().write(true).open(p).expect("open");
+            f.set_modified(
+                std::time::SystemTime::now() - std::time::Duration::from_secs(60 * 86_400),
+            )
             .expect("mtime");
-    }
+        }
+    };
+    // Entries an export uses count as fresh again, however old they were.
+    age(&entries);
+    export(
+        &corpus.images_file(&src.host()),
+        dir.path(),
+        "reused",
+        &cache,
+    );
+    let p = json(&run_airlock(
+        [
+            "cache",
+            "prune",
+            "--cache-dir",
+            c,
+            "--older-than",
+            "30d",
+            "--json",
+        ],
+        &[],
+        None,
+    ));
+    assert_eq!(p["removed"].as_u64(), Some(0), "entries in use were pruned");
+    // Age half of the entries by two months: they go.
+    let old = entries.len() / 2;
+    age(&entries[..old]);
     let p = json(&run_airlock(
         [
             "cache",
