@@ -15,6 +15,8 @@
 //! - [`skopeo_digest`] / [`skopeo_exists`]: the independent witness.
 //! - [`FaultProxy`]: a loopback TCP proxy that answers 503/429, disconnects or truncates
 //!   (faults need a plain-HTTP registry behind it; TLS is piped through untouched).
+//! - [`ThrottleProxy`]: a loopback TCP proxy holding each connection to a bandwidth, counting
+//!   bytes each way; it can also freeze (a stalled link). TLS passes through untouched.
 //! - [`run_airlock`]: runs the binary with an isolated environment and no TTY.
 #![allow(dead_code)]
 
@@ -27,6 +29,7 @@ mod proxy;
 mod raw;
 mod registry;
 mod skopeo;
+mod throttle;
 mod util;
 
 // Re-exported so that `use common::*` and `common::name` keep working (a test file that uses
@@ -49,6 +52,8 @@ pub use raw::*;
 pub use registry::*;
 #[allow(unused_imports)]
 pub use skopeo::*;
+#[allow(unused_imports)]
+pub use throttle::*;
 #[allow(unused_imports)]
 pub use util::*;
 
