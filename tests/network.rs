@@ -266,6 +266,9 @@ fn a_stalled_registry_fails_fast_naming_it() {
     assert!(!out_path.exists(), "a bundle was left after the failure");
 }
 
+/// The tags of `shared/app`, all on one OCI index.
+const APP_TAGS: [&str; 3] = ["latest", "v1.1.0", "v1.1"];
+
 /// One tag of the shared-manifest corpus and the manifests below it.
 struct SharedTag {
     repo: String,
@@ -300,25 +303,28 @@ fn build_shared_corpus(reg: &TestRegistry) -> Vec<SharedTag> {
         }
     };
 
+    // The index carries several platforms, so each import of one of its tags writes several
+    // child manifests: more manifests written twice at once when tags are pushed in parallel.
     let app = "shared/app";
-    let a = c.push_image(
-        app,
-        None,
-        ImageFormat::Oci,
-        &amd64,
-        &[base.clone(), small_layer(42, "app-amd64", true)],
-        &[],
-    );
-    let b = c.push_image(
-        app,
-        None,
-        ImageFormat::Oci,
-        &arm64,
-        &[small_layer(42, "app-arm64", true)],
-        &[],
-    );
-    let index = c.push_index(app, "latest", ImageFormat::Oci, &[a, b]);
-    tag_all(app, &index, &["latest", "v1.1.0", "v1.1"]);
+    let mut children = Vec::new();
+    for (i, p) in [
+        amd64.clone(),
+        arm64.clone(),
+        armv7.clone(),
+        Platform::new("linux", "ppc64le", None),
+        Platform::new("linux", "s390x", None),
+    ]
+    .iter()
+    .enumerate()
+    {
+        let mut layers = vec![small_layer(42, &format!("app-{i}"), true)];
+        if i == 0 {
+            layers.insert(0, base.clone());
+        }
+        children.push(c.push_image(app, None, ImageFormat::Oci, p, &layers, &[]));
+    }
+    let index = c.push_index(app, "latest", ImageFormat::Oci, &children);
+    tag_all(app, &index, &APP_TAGS);
 
     let tool = "shared/tool";
     let a = c.push_image(
@@ -379,7 +385,7 @@ fn tags_sharing_manifests_import_completely_ten_times_with_eight_jobs() {
     const RUNS: usize = 10;
     let src = TestRegistry::start(RegistryOpts::plain());
     let tags = build_shared_corpus(&src);
-    assert_eq!(tags.len(), 7);
+    assert_eq!(tags.len(), APP_TAGS.len() + 4);
     let dir = tempfile::tempdir().expect("tempdir");
     let list = dir.path().join("images.txt");
     let mut lines = String::from("# tags that share manifests\n");
