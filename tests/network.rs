@@ -31,6 +31,11 @@ fn path_str(p: &Path) -> &str {
 
 /// Asserts a failed run: exit 1, within `limit`, an error naming `host` and saying it stalled.
 fn assert_stall_failure(out: &Output, took: Duration, limit: Duration, host: &str, what: &str) {
+    println!(
+        "{what}: exit {:?} after {took:?}; {}",
+        out.status.code(),
+        stderr_text(out).trim()
+    );
     assert_eq!(
         out.status.code(),
         Some(1),
@@ -136,6 +141,7 @@ fn an_upload_or_download_slower_than_the_idle_timeout_completes() {
         None,
     );
     let took = t.elapsed();
+    println!("export of 6 MiB at 1 MiB/s with --timeout 2s: {took:?}");
     assert_success(&out, "export through a 1 MiB/s link with --timeout 2s");
     assert!(
         proxy.bytes_down() >= SIZE as u64,
@@ -168,6 +174,7 @@ fn an_upload_or_download_slower_than_the_idle_timeout_completes() {
         None,
     );
     let took = t.elapsed();
+    println!("import of 6 MiB at 1 MiB/s with --timeout 2s: {took:?}");
     assert_success(&out, "import through a 1 MiB/s link with --timeout 2s");
     assert!(
         proxy.bytes_up() >= SIZE as u64,
