@@ -6,7 +6,9 @@ use std::path::PathBuf;
 
 const AFTER_HELP: &str = "\
 Exit codes: 0 done, 1 failure (nothing half-done is left looking complete), 2 usage error,
-3 partial (export --keep-going left out images that failed; the bundle names them).
+3 partial (export --keep-going left out images that failed; the bundle names them),
+130 stopped by SIGINT (Ctrl-C), 143 stopped by SIGTERM (unfinished files removed; the previous
+bundle of the same name and its .sha256/.minisig are kept; a re-run finishes the work).
 
 Environment (the offline-deployment procedure's variables; flags win):
   export: SOURCE_DOCKER_REGISTRY, SOURCE_DOCKER_REPOSITORY, SOURCE_DOCKER_TAG,

@@ -1,7 +1,8 @@
 //! The copy engine: walks an image's graph children-first from a registry, deduplicates
 //! objects across images, and pushes a bundle's images into a registry (skip what exists,
 //! mount across repositories, upload from the bundle with retries, manifests children-first,
-//! the tag last and only when everything under it is there).
+//! each written once per repository per run, the tags last, one after the other, and only
+//! when everything under them is there).
 
 use crate::bundle::{Bundle, ImageEntry};
 use crate::digest::Digest;
@@ -251,7 +252,7 @@ pub async fn push_bundle(
             needs[i].images.push(img.name(target.name()));
         }
     }
-    check_external(&bundle, &target, &needs, jobs).await?;
+    let found = Arc::new(check_external(&bundle, &target, &needs, jobs).await?);
     let failed_blobs: Arc<Mutex<HashMap<Digest, String>>> = Arc::default();
     stream::iter(needs)
         .for_each_concurrent(jobs, |need| {
@@ -260,8 +261,12 @@ pub async fn push_bundle(
             let counters = counters.clone();
             let failed = failed_blobs.clone();
             let reporter = reporter.clone();
+            let found = found.clone();
             async move {
-                if let Err(e) = place_blob(&bundle, &target, &need, &counters, &reporter).await {
+                let known = found.get(&need.digest).copied();
+                if let Err(e) =
+                    place_blob(&bundle, &target, &need, known, &counters, &reporter).await
+                {
                     if let Ok(mut f) = failed.lock() {
                         f.insert(need.digest, e.to_string());
                     }
@@ -270,34 +275,38 @@ pub async fn push_bundle(
         })
         .await;
     let failed_blobs = failed_blobs.lock().map(|f| f.clone()).unwrap_or_default();
-    let results: Vec<(String, Result<()>)> = stream::iter(images)
-        .map(|img| {
+    // Manifests: one job per (repository, root manifest), however many tags point at it.
+    // Child manifests are written once per (repository, digest) for the whole run; the root
+    // once, then its other tags one after the other. The registry stores a manifest
+    // non-atomically, so the same manifest is never written into one repository twice at once.
+    let written: ManifestsWritten = Arc::default();
+    let results: Vec<Vec<(String, Result<()>)>> = stream::iter(group_by_root(images))
+        .map(|group| {
             let bundle = bundle.clone();
             let target = target.clone();
             let counters = counters.clone();
             let failed_blobs = &failed_blobs;
+            let written = written.clone();
             let reporter = reporter.clone();
             async move {
-                let name = img.name(target.name());
-                if let Some((d, why)) = img
-                    .entry
-                    .blobs
+                let names: Vec<String> = group
+                    .tags
                     .iter()
-                    .find_map(|d| failed_blobs.get(d).map(|w| (d, w)))
-                {
-                    let _ = d;
-                    return (name, Err(Error::Failed(why.clone())));
+                    .map(|t| format!("{}/{}:{t}", target.name(), group.repo))
+                    .collect();
+                if let Some(why) = group.entry.blobs.iter().find_map(|d| failed_blobs.get(d)) {
+                    return names
+                        .into_iter()
+                        .map(|n| (n, Err(Error::Failed(why.clone()))))
+                        .collect();
                 }
-                let r = push_manifests(&bundle, &target, &img, &counters).await;
-                if r.is_ok() {
-                    reporter.info(format!("pushed {name} ({})", img.entry.digest));
-                }
-                (name, r)
+                push_group(&bundle, &target, &group, &written, &counters, &reporter).await
             }
         })
         .buffer_unordered(jobs)
         .collect()
         .await;
+    let results: Vec<(String, Result<()>)> = results.into_iter().flatten().collect();
     let mut report = PushReport {
         blobs_uploaded: counters.uploaded.load(Ordering::Relaxed),
         bytes_uploaded: counters.bytes.load(Ordering::Relaxed),
@@ -330,19 +339,22 @@ struct Need {
 
 /// Before anything is written: every external blob must already be in the target (in one of
 /// the repositories that need it; it is mounted into the others). Names the base bundle to
-/// import first when some are missing.
+/// import first when some are missing. Returns, per external blob, the index in its `repos`
+/// of the first repository that has it (the ones before it do not): `place_blob` starts from
+/// there instead of asking again.
 async fn check_external(
     bundle: &Bundle,
     target: &Registry,
     needs: &[Need],
     jobs: usize,
-) -> Result<()> {
-    let checks: Vec<Result<Option<String>>> = stream::iter(needs.iter().filter(|n| n.external))
+) -> Result<HashMap<Digest, usize>> {
+    type Check = std::result::Result<(Digest, usize), String>;
+    let checks: Vec<Result<Check>> = stream::iter(needs.iter().filter(|n| n.external))
         .map(|n| async move {
-            for repo in &n.repos {
+            for (i, repo) in n.repos.iter().enumerate() {
                 let scope = crate::registry::Scope::push(repo);
                 if target.blob_exists(repo, &n.digest, &scope).await?.is_some() {
-                    return Ok(None);
+                    return Ok(Ok((n.digest.clone(), i)));
                 }
             }
             let base = bundle
@@ -350,7 +362,7 @@ async fn check_external(
                 .external_blob(&n.digest)
                 .map(|x| bundle.manifest.base_of(x))
                 .unwrap_or_default();
-            Ok(Some(format!(
+            Ok(Err(format!(
                 "{} (needed by {}) is carried by {base}",
                 n.digest,
                 n.images.first().cloned().unwrap_or_default()
@@ -360,13 +372,17 @@ async fn check_external(
         .collect()
         .await;
     let mut missing = Vec::new();
+    let mut found = HashMap::new();
     for c in checks {
-        if let Some(m) = c? {
-            missing.push(m);
+        match c? {
+            Ok((d, i)) => {
+                found.insert(d, i);
+            }
+            Err(m) => missing.push(m),
         }
     }
     if missing.is_empty() {
-        return Ok(());
+        return Ok(found);
     }
     missing.sort();
     let bases: Vec<String> = bundle
@@ -386,36 +402,34 @@ async fn check_external(
     )))
 }
 
-/// Makes one blob present in every repository in `repos`.
+/// Makes one blob present in every repository in `repos`. `known`: the index of the first
+/// repository found to have it by `check_external` (those before it do not); they are not
+/// asked again.
 async fn place_blob(
     bundle: &Arc<Bundle>,
     target: &Arc<Registry>,
     need: &Need,
+    known: Option<usize>,
     counters: &Counters,
     reporter: &Reporter,
 ) -> Result<()> {
     let (digest, size) = (&need.digest, need.size);
     let mut have: Option<String> = None;
     let scope_of = |r: &str| crate::registry::Scope::push(r);
-    if need.external {
-        // Start from a repository that has it (checked before anything was written).
-        for repo in &need.repos {
-            if target
+    if let Some(i) = known {
+        // Start from the repository that has it (checked before anything was written).
+        have = need.repos.get(i).cloned();
+    }
+    for (i, repo) in need.repos.iter().enumerate() {
+        let present = match known {
+            Some(k) if i < k => false,
+            Some(k) if i == k => true,
+            _ => target
                 .blob_exists(repo, digest, &scope_of(repo))
                 .await?
-                .is_some()
-            {
-                have = Some(repo.clone());
-                break;
-            }
-        }
-    }
-    for repo in &need.repos {
-        if target
-            .blob_exists(repo, digest, &scope_of(repo))
-            .await?
-            .is_some()
-        {
+                .is_some(),
+        };
+        if present {
             counters.skipped.fetch_add(1, Ordering::Relaxed);
             reporter.detail(format!("{repo}: blob {} already there", digest.short()));
             have = Some(repo.clone());
@@ -536,37 +550,178 @@ impl crate::registry::BlobSource for BundleBlob {
     }
 }
 
-/// Pushes an image's manifests: children by digest first, then the root under its tag.
-async fn push_manifests(
+/// One root manifest going into one repository, with every tag that points at it.
+struct RootGroup {
+    repo: String,
+    entry: ImageEntry,
+    /// In the order the images were given; each once.
+    tags: Vec<String>,
+}
+
+/// Groups the images by (target repository, root digest), keeping the first-seen order.
+fn group_by_root(images: Vec<TargetImage>) -> Vec<RootGroup> {
+    let mut groups: Vec<RootGroup> = Vec::new();
+    let mut at: HashMap<(String, Digest), usize> = HashMap::new();
+    for img in images {
+        let key = (img.repo.clone(), img.entry.digest.clone());
+        match at.get(&key) {
+            Some(&i) => {
+                if !groups[i].tags.contains(&img.tag) {
+                    groups[i].tags.push(img.tag);
+                }
+            }
+            None => {
+                at.insert(key, groups.len());
+                groups.push(RootGroup {
+                    repo: img.repo,
+                    entry: img.entry,
+                    tags: vec![img.tag],
+                });
+            }
+        }
+    }
+    groups
+}
+
+/// Manifest writes of this run, one cell per (repository, digest): the first job that needs
+/// a manifest in a repository writes it, the others wait for that write and share its outcome.
+type ManifestsWritten = Arc<
+    Mutex<HashMap<(String, Digest), Arc<tokio::sync::OnceCell<std::result::Result<(), String>>>>>,
+>;
+
+/// Writes `m` into `repo` under `reference` unless this run already did (or is doing) it
+/// under any reference; waits for a write in progress. True when this call wrote it.
+async fn put_once(
+    target: &Registry,
+    written: &ManifestsWritten,
+    repo: &str,
+    reference: &str,
+    m: &Manifest,
+    counters: &Counters,
+) -> Result<bool> {
+    let cell = {
+        let mut w = written
+            .lock()
+            .map_err(|_| Error::Failed("manifest bookkeeping poisoned".into()))?;
+        w.entry((repo.to_string(), m.digest.clone()))
+            .or_default()
+            .clone()
+    };
+    let mut mine = false;
+    let outcome = cell
+        .get_or_init(|| async {
+            mine = true;
+            let r = target.put_manifest(repo, reference, m).await;
+            if r.is_ok() {
+                counters.manifests.fetch_add(1, Ordering::Relaxed);
+            }
+            r.map_err(|e| e.to_string())
+        })
+        .await;
+    match outcome {
+        Ok(()) => Ok(mine),
+        Err(e) if mine => Err(Error::Failed(e.clone())),
+        Err(e) => Err(Error::Failed(format!(
+            "manifest {} could not be written into {repo}: {e}",
+            m.digest
+        ))),
+    }
+}
+
+/// Reads a manifest out of the bundle.
+async fn read_manifest(bundle: &Arc<Bundle>, d: &Digest, media_type: &str) -> Result<Manifest> {
+    let bundle2 = bundle.clone();
+    let d2 = d.clone();
+    let bytes = tokio::task::spawn_blocking(move || bundle2.read_blob(&d2, MAX_MANIFEST_SIZE))
+        .await
+        .map_err(|e| Error::Failed(format!("reading manifest {d}: {e}")))??;
+    Ok(Manifest {
+        bytes,
+        media_type: media_type.to_string(),
+        digest: d.clone(),
+    })
+}
+
+/// Pushes one root's manifests: children by digest first (each once per repository for the
+/// whole run), then the root once under its first tag, then each further tag in turn, after
+/// the root exists. A failure anywhere leaves every tag of the group unwritten.
+async fn push_group(
     bundle: &Arc<Bundle>,
     target: &Registry,
-    img: &TargetImage,
+    group: &RootGroup,
+    written: &ManifestsWritten,
     counters: &Counters,
-) -> Result<()> {
-    for d in &img.entry.blobs {
+    reporter: &Reporter,
+) -> Vec<(String, Result<()>)> {
+    let names: Vec<String> = group
+        .tags
+        .iter()
+        .map(|t| format!("{}/{}:{t}", target.name(), group.repo))
+        .collect();
+    let all_failed = |e: Error| -> Vec<(String, Result<()>)> {
+        let why = e.to_string();
+        names
+            .iter()
+            .map(|n| (n.clone(), Err(Error::Failed(why.clone()))))
+            .collect()
+    };
+    let root_digest = &group.entry.digest;
+    let mut root = None;
+    for d in &group.entry.blobs {
         let Some(b) = bundle.manifest.blob(d) else {
             continue;
         };
         if !manifest::is_manifest(&b.media_type) {
             continue;
         }
-        let bundle2 = bundle.clone();
-        let d2 = d.clone();
-        let bytes = tokio::task::spawn_blocking(move || bundle2.read_blob(&d2, MAX_MANIFEST_SIZE))
-            .await
-            .map_err(|e| Error::Failed(format!("reading manifest {d}: {e}")))??;
-        let m = Manifest {
-            bytes,
-            media_type: b.media_type.clone(),
-            digest: d.clone(),
+        let m = match read_manifest(bundle, d, &b.media_type).await {
+            Ok(m) => m,
+            Err(e) => return all_failed(e),
         };
-        let reference = if *d == img.entry.digest {
-            img.tag.clone()
-        } else {
-            d.to_string()
-        };
-        target.put_manifest(&img.repo, &reference, &m).await?;
-        counters.manifests.fetch_add(1, Ordering::Relaxed);
+        if d == root_digest {
+            root = Some(m);
+            continue;
+        }
+        let reference = d.to_string();
+        if let Err(e) = put_once(target, written, &group.repo, &reference, &m, counters).await {
+            return all_failed(e);
+        }
     }
-    Ok(())
+    let Some(root) = root else {
+        return all_failed(Error::Failed(format!(
+            "the bundle lists no manifest {root_digest} for {}",
+            names.first().cloned().unwrap_or_default()
+        )));
+    };
+    let mut out = Vec::new();
+    let mut tags = group.tags.iter().zip(&names);
+    let Some((first, first_name)) = tags.next() else {
+        return out;
+    };
+    // The root: written once; when another root wrote it by digest (it is that root's child),
+    // the first tag still needs writing.
+    match put_once(target, written, &group.repo, first, &root, counters).await {
+        Ok(true) => out.push((first_name.clone(), Ok(()))),
+        Ok(false) => {
+            let r = target.put_manifest(&group.repo, first, &root).await;
+            if r.is_ok() {
+                counters.manifests.fetch_add(1, Ordering::Relaxed);
+            }
+            out.push((first_name.clone(), r));
+        }
+        Err(e) => return all_failed(e),
+    }
+    for (tag, name) in tags {
+        let r = target.put_manifest(&group.repo, tag, &root).await;
+        if r.is_ok() {
+            counters.manifests.fetch_add(1, Ordering::Relaxed);
+        }
+        out.push((name.clone(), r));
+    }
+    for (name, r) in &out {
+        if r.is_ok() {
+            reporter.info(format!("pushed {name} ({root_digest})"));
+        }
+    }
+    out
 }

@@ -2,6 +2,7 @@
 //! compressed, seekable OCI-layout bundle.
 
 pub mod bundle;
+pub mod cleanup;
 pub mod cli;
 pub mod commands;
 pub mod config;

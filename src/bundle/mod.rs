@@ -9,6 +9,7 @@ pub mod writer;
 
 pub use model::{BlobEntry, BundleManifest, ImageEntry};
 pub use reader::Bundle;
+pub use volumes::SideFile;
 pub use writer::BundleWriter;
 
 pub const BUNDLE_JSON: &str = "bundle.json";

@@ -12,8 +12,10 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 /// Where each image goes: `--repository` replaces the namespace recorded at export (or is
-/// prepended when there was none); `--tag` replaces every tag. Two different images sent to
-/// one name is a usage error naming both.
+/// prepended when there was none); `--tag` replaces every image's tag. Companions (signatures,
+/// attestations, SBOMs and referrers indexes, which name their subject) keep their
+/// `sha256-<hex of the subject>[.suffix]` tag and follow their subject into its new
+/// repository. Two different images sent to one name is a usage error naming both.
 pub fn plan_targets(
     images: &[ImageEntry],
     repository: Option<&str>,
@@ -26,7 +28,10 @@ pub fn plan_targets(
             Some(ns) => format!("{ns}/{}", img.path),
             None => img.source_repository(),
         };
-        let tag = tag.map(str::to_string).unwrap_or_else(|| img.tag.clone());
+        let tag = match (tag, &img.subject) {
+            (Some(t), None) => t.to_string(),
+            _ => img.tag.clone(),
+        };
         validate_repository(&repo)
             .map_err(|e| Error::Usage(format!("target repository for {}: {e}", img.source)))?;
         validate_tag(&tag).map_err(Error::Usage)?;
@@ -206,6 +211,19 @@ mod tests {
             ("mirror/arc-controller", "v2")
         );
         assert_eq!(t[1].repo, "mirror/library/nginx");
+    }
+
+    #[test]
+    fn companions_keep_their_tags() {
+        let image = img("a", "x", "1", b"one");
+        let mut sig = img("a", "x", "sha256-abc.sig", b"sig");
+        sig.subject = Some(image.digest.clone());
+        let t = plan_targets(&[image, sig], Some("m"), Some("v2")).unwrap();
+        assert_eq!((t[0].repo.as_str(), t[0].tag.as_str()), ("m/x", "v2"));
+        assert_eq!(
+            (t[1].repo.as_str(), t[1].tag.as_str()),
+            ("m/x", "sha256-abc.sig")
+        );
     }
 
     #[test]

@@ -6,6 +6,7 @@
 mod inputs;
 mod plan;
 mod sources;
+mod space;
 mod write;
 
 pub use inputs::{requested_images, rfc3339, Requested};
@@ -163,11 +164,21 @@ pub async fn run(args: ExportArgs) -> Result<()> {
             .ctx(|| format!("creating cache directory {}", cache.join(sub).display()))?;
     }
     let reporter = Reporter::new(args.out.quiet || args.out.json, args.out.verbose);
+    // What killed runs (SIGKILL, power loss) left half-written in the cache.
+    let stale = crate::fetch::clean_stale_temps(&cache.join("tmp"));
+    if stale > 0 {
+        reporter.detail(format!(
+            "removed {stale} temporary file(s) that interrupted runs left in {}",
+            cache.join("tmp").display()
+        ));
+    }
     let jobs = args.out.jobs as usize;
+    // Tag lists are read once per repository in this run (image-set rules and signatures).
+    let tag_lists = crate::imageset::TagLists::default();
     let (mut requested, clients, set_platforms) = match &image_set {
         Some(set) => {
             let clients = connect_image_set(&args, set).await?;
-            let selected = set.select(&clients).await?;
+            let selected = set.select_with(&clients, &tag_lists).await?;
             let requested: Vec<Requested> = selected
                 .into_iter()
                 .map(|s| Requested {
@@ -225,7 +236,7 @@ pub async fn run(args: ExportArgs) -> Result<()> {
         ));
     }
     if !args.no_referrers {
-        let extra = companions(&resolved, &clients, jobs, &reporter).await?;
+        let extra = companions(&resolved, &clients, &tag_lists, jobs, &reporter).await?;
         if !extra.is_empty() {
             let (more, more_failed) =
                 resolve_all(extra, &clients, &[], jobs, true, &reporter).await?;
@@ -243,6 +254,8 @@ pub async fn run(args: ExportArgs) -> Result<()> {
             format!("{} image(s) could not be resolved", failed.len()),
         );
     }
+    // Before the first download: will it all fit?
+    space::check(&contents, &out, &cache, args.cache_all)?;
     let root_sizes: Vec<u64> = resolved
         .iter()
         .map(|(_, r)| r.root.bytes.len() as u64)
