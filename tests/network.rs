@@ -116,6 +116,29 @@ fn the_throttle_proxy_holds_its_rate_both_ways_and_counts_bytes() {
 }
 
 #[test]
+fn the_throttle_proxy_passes_tls_through() {
+    let reg = TestRegistry::start(RegistryOpts::plain().with_tls());
+    let pushed = reg.client().push_image(
+        "net/tls",
+        Some("1"),
+        ImageFormat::Oci,
+        &Platform::linux_amd64(),
+        &[small_layer(3, "tls", true)],
+        &[],
+    );
+    let proxy = ThrottleProxy::for_registry(&reg, 512 * 1024);
+    let ca = std::fs::read(reg.ca_cert_path()).expect("read the test CA");
+    let via = RawClient::new(&format!("https://{}", proxy.host()), None, Some(&ca));
+    let m = via
+        .get_manifest("net/tls", "1")
+        .expect("the manifest reads back over TLS through the proxy");
+    assert_eq!(m.digest, pushed.digest);
+    // skopeo through the proxy, trusting the registry's CA (the certificate names 127.0.0.1).
+    assert_eq!(skopeo_digest(&proxy, "net/tls:1"), pushed.digest);
+    assert!(proxy.bytes_down() > 0 && proxy.bytes_up() > 0);
+}
+
+#[test]
 fn an_upload_or_download_slower_than_the_idle_timeout_completes() {
     const SIZE: usize = 6 * MIB;
     const RATE: u64 = MIB as u64;
