@@ -360,13 +360,17 @@ fn pump(mut from: TcpStream, mut to: TcpStream, dir: Direction, sh: &Shared) {
             let Some(k) = bucket.take(want, sh) else {
                 break 'outer;
             };
+            // Counted before the write, so that a peer that has read these bytes always
+            // finds them counted; taken back if the write fails.
+            let counter = match dir {
+                Direction::Up => &sh.up,
+                Direction::Down => &sh.down,
+            };
+            counter.fetch_add(k as u64, Ordering::SeqCst);
             if to.write_all(&buf[off..off + k]).is_err() {
+                counter.fetch_sub(k as u64, Ordering::SeqCst);
                 break 'outer;
             }
-            match dir {
-                Direction::Up => sh.up.fetch_add(k as u64, Ordering::SeqCst),
-                Direction::Down => sh.down.fetch_add(k as u64, Ordering::SeqCst),
-            };
             off += k;
         }
     }
