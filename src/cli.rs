@@ -43,6 +43,10 @@ pub enum Command {
     /// Answer registry pulls straight from one or more bundles (read-only, no unpacking).
     #[command(after_help = AFTER_HELP)]
     Serve(ServeArgs),
+    /// Copy images registry to registry in one step (export's source options, import's
+    /// target options as --to-…); nothing is written to local disk.
+    #[command(after_help = AFTER_HELP)]
+    Copy(CopyArgs),
     /// Show what changed between two bundles (or their bundle.json files).
     #[command(after_help = AFTER_HELP)]
     Diff(DiffArgs),
@@ -303,4 +307,79 @@ pub struct CachePruneArgs {
     /// Print JSON
     #[arg(long)]
     pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct CopyArgs {
+    /// Images: full references or short names expanded with --registry/--repository/--tag
+    pub images: Vec<String>,
+    /// Take the registries, images and tag rules from this image-set file (YAML)
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Read images from a file, one per line
+    #[arg(short = 'f', long, value_name = "FILE")]
+    pub images_file: Option<PathBuf>,
+    /// Keep only this platform of multi-arch images (os/arch[/variant]); repeatable
+    #[arg(long, value_name = "OS/ARCH[/VARIANT]")]
+    pub platform: Vec<String>,
+    /// Show what would be copied, and where to, and copy nothing
+    #[arg(long)]
+    pub plan: bool,
+    /// Copy the images that can be resolved, name the others, exit 3
+    #[arg(long)]
+    pub keep_going: bool,
+    /// Do not carry signatures, attestations and SBOMs along with the images
+    #[arg(long)]
+    pub no_referrers: bool,
+    #[command(flatten)]
+    pub registry: RegistryArgs,
+    #[command(flatten)]
+    pub to: ToRegistryArgs,
+    #[command(flatten)]
+    pub out: OutputArgs,
+}
+
+/// The target side of `copy`: import's registry flags, prefixed `--to-`.
+#[derive(Args, Debug, Clone, Default)]
+pub struct ToRegistryArgs {
+    /// Target registry host[:port] [env: TARGET_DOCKER_REGISTRY]
+    #[arg(long, value_name = "HOST")]
+    pub to_registry: Option<String>,
+    /// Target namespace [env: TARGET_DOCKER_REPOSITORY]
+    #[arg(long, value_name = "NAMESPACE")]
+    pub to_repository: Option<String>,
+    /// Target tag for every image [env: TARGET_DOCKER_TAG]
+    #[arg(long)]
+    pub to_tag: Option<String>,
+    /// Target username [env: TARGET_DOCKER_USERNAME]
+    #[arg(long)]
+    pub to_username: Option<String>,
+    /// Read the target password from standard input [env: TARGET_DOCKER_PASSWORD]
+    #[arg(long)]
+    pub to_password_stdin: bool,
+    /// Trust this CA certificate (PEM) for the target's TLS
+    #[arg(long, value_name = "FILE")]
+    pub to_ca_cert: Option<PathBuf>,
+    /// Do not verify the target's TLS certificate
+    #[arg(long)]
+    pub to_insecure: bool,
+    /// Talk plain HTTP to the target
+    #[arg(long)]
+    pub to_plain_http: bool,
+}
+
+impl ToRegistryArgs {
+    /// The same settings in import's form.
+    pub fn registry_args(&self) -> RegistryArgs {
+        RegistryArgs {
+            registry: self.to_registry.clone(),
+            repository: self.to_repository.clone(),
+            tag: self.to_tag.clone(),
+            username: self.to_username.clone(),
+            password_stdin: self.to_password_stdin,
+            ca_cert: self.to_ca_cert.clone(),
+            insecure: self.to_insecure,
+            plain_http: self.to_plain_http,
+        }
+    }
 }

@@ -1,18 +1,19 @@
 //! The copy engine: walks an image's graph children-first from a registry, deduplicates
-//! objects across images, and pushes a bundle's images into a registry (skip what exists,
-//! mount across repositories, upload from the bundle with retries, manifests children-first,
-//! each written once per repository per run, the tags last, one after the other, and only
-//! when everything under them is there).
+//! objects across images, and pushes images from any [`Source`] (a bundle for `import`, the
+//! source registries for `copy`) into a registry: skip what exists, mount across
+//! repositories, upload with retries and resume, every byte checked against its digest,
+//! manifests children-first, each written once per repository per run, the tags last, one
+//! after the other, and only when everything under them is there.
 
-use crate::bundle::{Bundle, ImageEntry};
+use crate::bundle::ImageEntry;
 use crate::digest::Digest;
 use crate::error::{Error, Result};
 use crate::manifest::{self, Kind};
 use crate::progress::Reporter;
-use crate::registry::{Manifest, MountResult, Registry, MAX_MANIFEST_SIZE};
-use futures_util::stream::{self, BoxStream, StreamExt};
+use crate::registry::{Manifest, MountResult, Registry};
+use crate::store::Source;
+use futures_util::stream::{self, StreamExt};
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::io::Read;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -176,7 +177,7 @@ pub fn dedup_order<'a>(images: impl IntoIterator<Item = &'a Resolved>) -> Vec<Ob
     out
 }
 
-/// An image of a bundle and where it goes.
+/// An image to push and where it goes.
 #[derive(Clone, Debug)]
 pub struct TargetImage {
     pub entry: ImageEntry,
@@ -212,11 +213,11 @@ struct Counters {
     manifests: AtomicU64,
 }
 
-/// Pushes every image of `bundle` into `target`. Blobs go first, each uploaded once and
+/// Pushes every image of `source` into `target`. Blobs go first, each uploaded once and
 /// mounted into the other repositories that need it; then, per image whose blobs are all
 /// there, its manifests children-first and the tag last. Failures are collected per image.
-pub async fn push_bundle(
-    bundle: Arc<Bundle>,
+pub async fn push(
+    source: Arc<dyn Source>,
     target: Arc<Registry>,
     images: Vec<TargetImage>,
     jobs: usize,
@@ -229,11 +230,10 @@ pub async fn push_bundle(
     let mut pos: HashMap<Digest, usize> = HashMap::new();
     for img in &images {
         for d in &img.entry.blobs {
-            let (size, external) = match (bundle.manifest.blob(d), bundle.manifest.external_blob(d))
-            {
-                (Some(b), _) if manifest::is_manifest(&b.media_type) => continue,
-                (Some(b), _) => (b.size, false),
-                (None, Some(x)) => (x.size, true),
+            let (size, external) = match (source.describe(d), source.external(d)) {
+                (Some((_, mt)), _) if manifest::is_manifest(&mt) => continue,
+                (Some((size, _)), _) => (size, false),
+                (None, Some(size)) => (size, true),
                 (None, None) => continue,
             };
             let i = *pos.entry(d.clone()).or_insert_with(|| {
@@ -252,11 +252,11 @@ pub async fn push_bundle(
             needs[i].images.push(img.name(target.name()));
         }
     }
-    let found = Arc::new(check_external(&bundle, &target, &needs, jobs).await?);
+    let found = Arc::new(check_external(source.as_ref(), &target, &needs, jobs).await?);
     let failed_blobs: Arc<Mutex<HashMap<Digest, String>>> = Arc::default();
     stream::iter(needs)
         .for_each_concurrent(jobs, |need| {
-            let bundle = bundle.clone();
+            let source = source.clone();
             let target = target.clone();
             let counters = counters.clone();
             let failed = failed_blobs.clone();
@@ -265,7 +265,7 @@ pub async fn push_bundle(
             async move {
                 let known = found.get(&need.digest).copied();
                 if let Err(e) =
-                    place_blob(&bundle, &target, &need, known, &counters, &reporter).await
+                    place_blob(source.as_ref(), &target, &need, known, &counters, &reporter).await
                 {
                     if let Ok(mut f) = failed.lock() {
                         f.insert(need.digest, e.to_string());
@@ -282,7 +282,7 @@ pub async fn push_bundle(
     let written: ManifestsWritten = Arc::default();
     let results: Vec<Vec<(String, Result<()>)>> = stream::iter(group_by_root(images))
         .map(|group| {
-            let bundle = bundle.clone();
+            let source = source.clone();
             let target = target.clone();
             let counters = counters.clone();
             let failed_blobs = &failed_blobs;
@@ -300,7 +300,15 @@ pub async fn push_bundle(
                         .map(|n| (n, Err(Error::Failed(why.clone()))))
                         .collect();
                 }
-                push_group(&bundle, &target, &group, &written, &counters, &reporter).await
+                push_group(
+                    source.as_ref(),
+                    &target,
+                    &group,
+                    &written,
+                    &counters,
+                    &reporter,
+                )
+                .await
             }
         })
         .buffer_unordered(jobs)
@@ -343,7 +351,7 @@ struct Need {
 /// of the first repository that has it (the ones before it do not): `place_blob` starts from
 /// there instead of asking again.
 async fn check_external(
-    bundle: &Bundle,
+    source: &dyn Source,
     target: &Registry,
     needs: &[Need],
     jobs: usize,
@@ -357,11 +365,7 @@ async fn check_external(
                     return Ok(Ok((n.digest.clone(), i)));
                 }
             }
-            let base = bundle
-                .manifest
-                .external_blob(&n.digest)
-                .map(|x| bundle.manifest.base_of(x))
-                .unwrap_or_default();
+            let base = source.external_home(&n.digest);
             Ok(Err(format!(
                 "{} (needed by {}) is carried by {base}",
                 n.digest,
@@ -385,28 +389,14 @@ async fn check_external(
         return Ok(found);
     }
     missing.sort();
-    let bases: Vec<String> = bundle
-        .manifest
-        .bases
-        .iter()
-        .map(|b| format!("{} (created {})", b.name, b.created))
-        .collect();
-    Err(Error::Failed(format!(
-        "{} is incremental and {} of the blobs it relies on are not in {}; import {} first. \
-         Nothing was written. Missing:\n  {}",
-        bundle.path.display(),
-        missing.len(),
-        target.name(),
-        bases.join(" and "),
-        missing.join("\n  ")
-    )))
+    Err(source.missing_externals(target.name(), missing))
 }
 
 /// Makes one blob present in every repository in `repos`. `known`: the index of the first
 /// repository found to have it by `check_external` (those before it do not); they are not
 /// asked again.
 async fn place_blob(
-    bundle: &Arc<Bundle>,
+    source: &dyn Source,
     target: &Arc<Registry>,
     need: &Need,
     known: Option<usize>,
@@ -452,11 +442,14 @@ async fn place_blob(
         }
         if need.external {
             return Err(Error::Failed(format!(
-                "blob {digest} is not in this bundle (a base bundle carries it) and could not be \
+                "blob {digest} is not in the source (a base bundle carries it) and could not be \
                  mounted into {repo}"
             )));
         }
-        upload(bundle, target, repo, digest, size, location, reporter).await?;
+        let blob = source.blob(digest, reporter);
+        target
+            .upload_blob(repo, digest, size, blob.as_ref(), location)
+            .await?;
         counters.uploaded.fetch_add(1, Ordering::Relaxed);
         counters.bytes.fetch_add(size, Ordering::Relaxed);
         reporter.detail(format!(
@@ -466,88 +459,6 @@ async fn place_blob(
         have = Some(repo.clone());
     }
     Ok(())
-}
-
-/// Streams a blob from the bundle into the registry (the registry client retries and
-/// resumes; content that does not match its digest ends the upload at once).
-async fn upload(
-    bundle: &Arc<Bundle>,
-    target: &Registry,
-    repo: &str,
-    digest: &Digest,
-    size: u64,
-    location: Option<reqwest::Url>,
-    reporter: &Reporter,
-) -> Result<()> {
-    let source = BundleBlob {
-        bundle: bundle.clone(),
-        digest: digest.clone(),
-        reporter: reporter.clone(),
-        counted: Arc::new(AtomicU64::new(0)),
-    };
-    target
-        .upload_blob(repo, digest, size, &source, location)
-        .await
-}
-
-/// A blob of the bundle as an upload source: read on a blocking thread through a small
-/// bounded channel, checked against its digest as it streams, re-readable from any offset.
-struct BundleBlob {
-    bundle: Arc<Bundle>,
-    digest: Digest,
-    reporter: Reporter,
-    /// How far the progress bar has been moved for this blob; a resume from an earlier
-    /// offset takes the difference back.
-    counted: Arc<AtomicU64>,
-}
-
-impl crate::registry::BlobSource for BundleBlob {
-    fn open(&self, offset: u64) -> Result<BoxStream<'static, Result<bytes::Bytes>>> {
-        let before = self.counted.swap(offset, Ordering::Relaxed);
-        if before > offset {
-            self.reporter.dec(before - offset);
-        }
-        let (tx, rx) = tokio::sync::mpsc::channel::<Result<bytes::Bytes>>(4);
-        let bundle = self.bundle.clone();
-        let digest = self.digest.clone();
-        let reporter = self.reporter.clone();
-        let counted = self.counted.clone();
-        tokio::task::spawn_blocking(move || {
-            let fail = |e: Error| {
-                let _ = tx.blocking_send(Err(e));
-            };
-            // The whole blob is read (and so checked against its digest); the bytes before
-            // `offset` are only hashed.
-            let mut r = match bundle.open_blob(&digest) {
-                Ok(r) => r,
-                Err(e) => return fail(e),
-            };
-            let mut pos = 0u64;
-            loop {
-                let mut buf = vec![0u8; 256 * 1024];
-                match r.read(&mut buf) {
-                    Ok(0) => return,
-                    Ok(n) => {
-                        let start = pos;
-                        pos += n as u64;
-                        if pos <= offset {
-                            continue;
-                        }
-                        let skip = offset.saturating_sub(start) as usize;
-                        buf.truncate(n);
-                        let chunk = bytes::Bytes::from(buf).slice(skip..);
-                        reporter.inc(chunk.len() as u64);
-                        counted.fetch_add(chunk.len() as u64, Ordering::Relaxed);
-                        if tx.blocking_send(Ok(chunk)).is_err() {
-                            return; // the request ended early: not a content problem
-                        }
-                    }
-                    Err(e) => return fail(Error::bundle(&bundle.path, e.to_string())),
-                }
-            }
-        });
-        Ok(stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|i| (i, rx)) }).boxed())
-    }
 }
 
 /// One root manifest going into one repository, with every tag that points at it.
@@ -628,25 +539,11 @@ async fn put_once(
     }
 }
 
-/// Reads a manifest out of the bundle.
-async fn read_manifest(bundle: &Arc<Bundle>, d: &Digest, media_type: &str) -> Result<Manifest> {
-    let bundle2 = bundle.clone();
-    let d2 = d.clone();
-    let bytes = tokio::task::spawn_blocking(move || bundle2.read_blob(&d2, MAX_MANIFEST_SIZE))
-        .await
-        .map_err(|e| Error::Failed(format!("reading manifest {d}: {e}")))??;
-    Ok(Manifest {
-        bytes,
-        media_type: media_type.to_string(),
-        digest: d.clone(),
-    })
-}
-
 /// Pushes one root's manifests: children by digest first (each once per repository for the
 /// whole run), then the root once under its first tag, then each further tag in turn, after
 /// the root exists. A failure anywhere leaves every tag of the group unwritten.
 async fn push_group(
-    bundle: &Arc<Bundle>,
+    source: &dyn Source,
     target: &Registry,
     group: &RootGroup,
     written: &ManifestsWritten,
@@ -668,14 +565,18 @@ async fn push_group(
     let root_digest = &group.entry.digest;
     let mut root = None;
     for d in &group.entry.blobs {
-        let Some(b) = bundle.manifest.blob(d) else {
+        let Some((_, media_type)) = source.describe(d) else {
             continue;
         };
-        if !manifest::is_manifest(&b.media_type) {
+        if !manifest::is_manifest(&media_type) {
             continue;
         }
-        let m = match read_manifest(bundle, d, &b.media_type).await {
-            Ok(m) => m,
+        let m = match source.manifest(d).await {
+            Ok(bytes) => Manifest {
+                bytes,
+                media_type,
+                digest: d.clone(),
+            },
             Err(e) => return all_failed(e),
         };
         if d == root_digest {
@@ -689,7 +590,7 @@ async fn push_group(
     }
     let Some(root) = root else {
         return all_failed(Error::Failed(format!(
-            "the bundle lists no manifest {root_digest} for {}",
+            "the source lists no manifest {root_digest} for {}",
             names.first().cloned().unwrap_or_default()
         )));
     };

@@ -519,6 +519,47 @@ impl<'a> Download<'a> {
     }
 }
 
+/// Streams a blob from its source registry from `offset` on (`copy`): the whole blob is
+/// downloaded and checked against its digest and size (the bytes before `offset` are only
+/// hashed); a cut transfer resumes with `Range`, and bytes sent again after a restart are not
+/// handed on twice. The stream's last item is an error when the content does not match.
+pub fn download(
+    reg: Arc<Registry>,
+    o: Object,
+    offset: u64,
+) -> futures_util::stream::BoxStream<'static, Result<Bytes>> {
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes>>(4);
+    tokio::spawn(async move {
+        let mut dl = Download::new(&reg, &o);
+        // `pos`: where this pass of the download is; `next_out`: the first byte not handed on.
+        let (mut pos, mut next_out) = (0u64, offset);
+        loop {
+            match dl.next().await {
+                Ok(Step::Data(c)) => {
+                    let start = pos;
+                    pos += c.len() as u64;
+                    if pos <= next_out {
+                        continue;
+                    }
+                    let chunk = c.slice(next_out.saturating_sub(start) as usize..);
+                    next_out = pos;
+                    if tx.send(Ok(chunk)).await.is_err() {
+                        return;
+                    }
+                }
+                Ok(Step::Restarted) => pos = 0,
+                Ok(Step::End) => return,
+                Err(e) => {
+                    let _ = tx.send(Err(e)).await;
+                    return;
+                }
+            }
+        }
+    });
+    futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|i| (i, rx)) })
+        .boxed()
+}
+
 /// Downloads a blob into a channel for the writer. Bytes already handed over cannot be taken
 /// back, so a registry that cannot resume a cut transfer is an error here.
 async fn pump(reg: &Registry, o: &Object, tx: tokio::sync::mpsc::Sender<Msg>) {

@@ -19,3 +19,4 @@ pub mod reference;
 pub mod registry;
 pub mod serve;
 pub mod signing;
+pub mod store;

@@ -44,6 +44,7 @@ fn main() {
             match cli.command {
                 Command::Export(a) => commands::export::run(a).await,
                 Command::Import(a) => commands::import::run(a).await,
+                Command::Copy(a) => commands::copy::run(a).await,
                 Command::Inspect(a) => {
                     tokio::task::spawn_blocking(move || commands::inspect::run(a))
                         .await

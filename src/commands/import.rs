@@ -56,11 +56,15 @@ pub fn plan_targets(
     Ok(out)
 }
 
-pub async fn run(args: ImportArgs) -> Result<()> {
-    let r = &args.registry;
+/// The target registry, namespace and tag: the flags (`--registry`, or `--to-registry` for
+/// copy: `flag` is the prefix), else the `TARGET_DOCKER_*` variables, else a prompt.
+pub(crate) fn target_names(
+    r: &crate::cli::RegistryArgs,
+    flag: &str,
+) -> Result<(String, Option<String>, Option<String>)> {
     let registry = config::value(
         r.registry.as_ref(),
-        "--registry",
+        &format!("{flag}registry"),
         "TARGET_DOCKER_REGISTRY",
         "Target container registry",
         None,
@@ -73,13 +77,55 @@ pub async fn run(args: ImportArgs) -> Result<()> {
         .filter(|v| !v.is_empty())
         .or_else(|| config::env("TARGET_DOCKER_REPOSITORY"));
     if let Some(ns) = &repository {
-        validate_repository(ns).map_err(|e| Error::Usage(format!("--repository: {e}")))?;
+        validate_repository(ns).map_err(|e| Error::Usage(format!("{flag}repository: {e}")))?;
     }
     let tag = r
         .tag
         .clone()
         .filter(|v| !v.is_empty())
         .or_else(|| config::env("TARGET_DOCKER_TAG"));
+    Ok((registry, repository, tag))
+}
+
+/// Prints what a push did and turns failed images into an error naming each (`done`:
+/// "imported" or "copied").
+pub(crate) fn finish(
+    report: copy::PushReport,
+    reporter: &Reporter,
+    json: bool,
+    done: &str,
+) -> Result<()> {
+    reporter.info(format!(
+        "{} images pushed, {} failed; blobs: {} uploaded ({}), {} mounted, {} already there",
+        report.images_pushed.len(),
+        report.images_failed.len(),
+        report.blobs_uploaded,
+        human(report.bytes_uploaded),
+        report.blobs_mounted,
+        report.blobs_skipped
+    ));
+    if json {
+        config::print_json(&report)?;
+    }
+    if report.images_failed.is_empty() {
+        return Ok(());
+    }
+    let lines: Vec<String> = report
+        .images_failed
+        .iter()
+        .map(|(name, why)| format!("  {name}: {why}"))
+        .collect();
+    Err(Error::Failed(format!(
+        "{} of {} images were not {done} (their tags were not written):\n{}",
+        report.images_failed.len(),
+        report.images_failed.len() + report.images_pushed.len(),
+        lines.join("\n")
+    )))
+}
+
+pub async fn run(args: ImportArgs) -> Result<()> {
+    let r = &args.registry;
+    let (registry, repository, tag) = target_names(r, "--")?;
     let mut reporter = Reporter::new(args.out.quiet || args.out.json, args.out.verbose);
 
     let path = args.bundle.clone();
@@ -125,8 +171,8 @@ pub async fn run(args: ImportArgs) -> Result<()> {
         bundle.path.display()
     ));
     reporter.start_bar(bundle.manifest.total_size, "uploading");
-    let report = copy::push_bundle(
-        bundle.clone(),
+    let report = copy::push(
+        Arc::new(bundle.clone()),
         target,
         targets,
         args.out.jobs as usize,
@@ -141,33 +187,7 @@ pub async fn run(args: ImportArgs) -> Result<()> {
         }
     };
     reporter.finish_bar();
-    reporter.info(format!(
-        "{} images pushed, {} failed; blobs: {} uploaded ({}), {} mounted, {} already there",
-        report.images_pushed.len(),
-        report.images_failed.len(),
-        report.blobs_uploaded,
-        human(report.bytes_uploaded),
-        report.blobs_mounted,
-        report.blobs_skipped
-    ));
-    if args.out.json {
-        config::print_json(&report)?;
-    }
-    if report.images_failed.is_empty() {
-        Ok(())
-    } else {
-        let lines: Vec<String> = report
-            .images_failed
-            .iter()
-            .map(|(name, why)| format!("  {name}: {why}"))
-            .collect();
-        Err(Error::Failed(format!(
-            "{} of {} images were not imported (their tags were not written):\n{}",
-            report.images_failed.len(),
-            report.images_failed.len() + report.images_pushed.len(),
-            lines.join("\n")
-        )))
-    }
+    finish(report, &reporter, args.out.json, "imported")
 }
 
 #[cfg(test)]

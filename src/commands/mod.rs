@@ -1,6 +1,7 @@
 //! The commands: thin compositions of the registry client, the bundle and the copy engine.
 
 pub mod cache;
+pub mod copy;
 pub mod diff;
 pub mod export;
 pub mod import;
