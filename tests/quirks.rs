@@ -79,7 +79,12 @@ fn big_source() -> (TestRegistry, Source) {
         &[("org.airlock.test.image", "big")],
     );
     let s = Source {
-        images: vec![("src/big".into(), "1".into(), m.digest.clone(), m.blobs.clone())],
+        images: vec![(
+            "src/big".into(),
+            "1".into(),
+            m.digest.clone(),
+            m.blobs.clone(),
+        )],
     };
     (src, s)
 }
@@ -115,7 +120,12 @@ fn plain_bundle(src: &TestRegistry, s: &Source) -> (TempDir, PathBuf) {
     (dir, bundle)
 }
 
-fn import(bundle: &Path, host: &str, extra: &[&str], envs: &[(&str, &str)]) -> std::process::Output {
+fn import(
+    bundle: &Path,
+    host: &str,
+    extra: &[&str],
+    envs: &[(&str, &str)],
+) -> std::process::Output {
     let mut args = vec!["import", path_str(bundle), "--registry", host];
     args.extend_from_slice(extra);
     run_airlock(args, envs, None)
@@ -202,7 +212,9 @@ fn no_chunked_uploads_fall_back_to_monolithic_put_and_remember_it() {
     assert!(!commits.is_empty(), "no upload committed:\n{log}");
     for c in &commits {
         let d = c.commit_digest().expect("commit digest");
-        let size = s.blob_size(&d).unwrap_or_else(|| panic!("unknown blob {d}"));
+        let size = s
+            .blob_size(&d)
+            .unwrap_or_else(|| panic!("unknown blob {d}"));
         assert_eq!(
             c.body_bytes, size,
             "upload of {d} did not end as a monolithic PUT of the whole blob:\n{log}"
@@ -554,5 +566,42 @@ fn cut_chunk_resumes_from_the_registry_offset() {
     assert!(
         posts <= s.images[0].3.len(),
         "a second upload session was opened for a blob:\n{log}"
+    );
+}
+
+/// The cut chunk's bytes reached the registry before the cut: distribution 2.8 then refuses
+/// the session (its `_state` names the previous offset; "upload resumed at wrong offset"),
+/// so the GET on the upload location answers 404. airlock must not give up: it starts the
+/// blob over in a new session and the import completes.
+#[test]
+fn cut_chunk_the_registry_refuses_to_resume_starts_over() {
+    let (src, s) = big_source();
+    let (_dir, bundle) = plain_bundle(&src, &s);
+    let (_t, proxy) = import_through(
+        Quirk::CutPatchDelivered {
+            nth: 2,
+            after_bytes: MIB as u64,
+        },
+        &s,
+        &bundle,
+        &[],
+        &[("AIRLOCK_CHUNK_SIZE", "1M")],
+    );
+    let log = proxy.describe();
+    assert!(
+        proxy.cut_done(),
+        "no PATCH was cut (fewer than two chunks?):\n{log}"
+    );
+    let layer = s.images[0]
+        .3
+        .iter()
+        .max_by_key(|d| d.size)
+        .expect("a layer")
+        .clone();
+    assert!(
+        proxy.records().iter().any(|r| r.is_commit()
+            && r.status == Some(201)
+            && r.commit_digest().as_deref() == Some(layer.digest.as_str())),
+        "the layer was never committed:\n{log}"
     );
 }

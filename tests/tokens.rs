@@ -24,7 +24,10 @@ fn path_str(p: &Path) -> &str {
 }
 
 fn push_creds() -> [(&'static str, &'static str); 2] {
-    [("TARGET_DOCKER_USERNAME", USER), ("TARGET_DOCKER_PASSWORD", PASS)]
+    [
+        ("TARGET_DOCKER_USERNAME", USER),
+        ("TARGET_DOCKER_PASSWORD", PASS),
+    ]
 }
 
 /// The corpus exported from a plain registry (which is then stopped).

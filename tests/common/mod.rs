@@ -2489,5 +2489,7 @@ pub fn stderr_text(out: &Output) -> String {
 
 mod quirk_proxy;
 mod token;
+#[allow(unused_imports)]
 pub use quirk_proxy::*;
+#[allow(unused_imports)]
 pub use token::*;

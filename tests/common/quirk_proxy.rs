@@ -52,8 +52,15 @@ pub enum Quirk {
     /// with the registry's Bearer challenge (no leeway, unlike distribution's 60 s).
     RejectExpiredTokens,
     /// The `nth` (1-based) PATCH whose body is larger than `after_bytes` has its connection cut
-    /// after that many body bytes were forwarded.
+    /// after the client sent that many body bytes, none of which reach the registry (lost in
+    /// transit): the session stays where the previous chunk left it, and a client can resume
+    /// from the offset the registry reports.
     CutPatch { nth: usize, after_bytes: u64 },
+    /// Like [`Quirk::CutPatch`], but the `after_bytes` bytes are forwarded to the registry
+    /// before both connections are cut. Distribution 2.8 writes them into the session and then
+    /// refuses the session (`404 BLOB_UPLOAD_INVALID`, "upload resumed at wrong offset": its
+    /// `_state` still names the previous offset), so a client must start a new upload.
+    CutPatchDelivered { nth: usize, after_bytes: u64 },
     /// Every request waits this many milliseconds before it is handled.
     Delay(u64),
 }
@@ -144,7 +151,8 @@ impl QuirkRecord {
 
     /// The committed digest of a commit PUT (percent-decoded `sha256%3A…`).
     pub fn commit_digest(&self) -> Option<String> {
-        self.query_param("digest").map(|d| d.replace("%3A", ":").replace("%3a", ":"))
+        self.query_param("digest")
+            .map(|d| d.replace("%3A", ":").replace("%3a", ":"))
     }
 }
 
@@ -223,7 +231,10 @@ impl QuirkProxy {
     /// A proxy playing several quirks at once (e.g. `Delay` with `RejectExpiredTokens`).
     pub fn start_with(reg: &TestRegistry, quirks: Vec<Quirk>) -> QuirkProxy {
         use base64::Engine as _;
-        assert!(!reg.is_tls(), "QuirkProxy needs a plain-HTTP registry behind it");
+        assert!(
+            !reg.is_tls(),
+            "QuirkProxy needs a plain-HTTP registry behind it"
+        );
         let upstream: SocketAddr = reg
             .host()
             .parse()
@@ -383,7 +394,7 @@ impl QuirkProxy {
             .unwrap_or_default()
     }
 
-    /// Whether the one cut of [`Quirk::CutPatch`] happened.
+    /// Whether the one cut of [`Quirk::CutPatch`] (or `CutPatchDelivered`) happened.
     pub fn cut_done(&self) -> bool {
         self.shared.cut_done.load(Ordering::SeqCst)
     }
@@ -478,7 +489,8 @@ impl Head {
     }
 
     fn content_length(&self) -> Option<u64> {
-        self.get("content-length").and_then(|v| v.trim().parse().ok())
+        self.get("content-length")
+            .and_then(|v| v.trim().parse().ok())
     }
 
     /// Serialise with hop-by-hop connection headers replaced by `Connection: close`.
@@ -728,7 +740,9 @@ fn jwt_exp(token: &str) -> Option<u64> {
         .decode(payload.trim_end_matches('='))
         .ok()?;
     let v: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
-    v["exp"].as_u64().or_else(|| v["exp"].as_f64().map(|f| f as u64))
+    v["exp"]
+        .as_u64()
+        .or_else(|| v["exp"].as_f64().map(|f| f as u64))
 }
 
 fn now_unix() -> f64 {
@@ -757,8 +771,8 @@ enum Action {
     Forward,
     /// Forward with another target (path?query).
     ForwardAs(String),
-    /// Cut after this many body bytes.
-    Cut(u64),
+    /// Cut after this many body bytes; forward them or not.
+    Cut(u64, bool),
     /// Drain the body and answer here: status line, headers, body, record label.
     Answer(String, Vec<(&'static str, String)>, String, &'static str),
 }
@@ -837,9 +851,8 @@ fn handle_request(client: &mut TcpStream, _id: u64, sh: &Shared) -> io::Result<(
                     .challenge
                     .clone()
                     .unwrap_or_else(|| "Bearer realm=\"quirk-proxy\"".into());
-                let challenge = format!(
-                    "{base},scope=\"repository:{repo}:{actions}\",error=\"invalid_token\""
-                );
+                let challenge =
+                    format!("{base},scope=\"repository:{repo}:{actions}\",error=\"invalid_token\"");
                 action = Action::Answer(
                     "401 Unauthorized".into(),
                     vec![
@@ -949,13 +962,17 @@ fn handle_request(client: &mut TcpStream, _id: u64, sh: &Shared) -> io::Result<(
                         "redirected",
                     );
                 }
-                Quirk::CutPatch { nth, after_bytes } if is_patch => {
+                Quirk::CutPatch { nth, after_bytes }
+                | Quirk::CutPatchDelivered { nth, after_bytes }
+                    if is_patch =>
+                {
                     let big = head.chunked() || head.content_length().unwrap_or(0) > *after_bytes;
                     if big && !sh.cut_done.load(Ordering::SeqCst) {
                         let n = sh.big_patches.fetch_add(1, Ordering::SeqCst) + 1;
                         if n == *nth {
                             sh.cut_done.store(true, Ordering::SeqCst);
-                            action = Action::Cut(*after_bytes);
+                            let deliver = matches!(q, Quirk::CutPatchDelivered { .. });
+                            action = Action::Cut(*after_bytes, deliver);
                         }
                     }
                 }
@@ -969,6 +986,24 @@ fn handle_request(client: &mut TcpStream, _id: u64, sh: &Shared) -> io::Result<(
         pos: 0,
         stream: client,
     };
+    if let Action::Cut(n, false) = action {
+        // Read what the client sends up to the cut, deliver nothing, cut the client.
+        let (got, _) = pump_body(
+            &head,
+            &mut src,
+            &mut Lenient {
+                inner: None,
+                failed: false,
+            },
+            Some(n),
+        )
+        .unwrap_or((0, false));
+        rec.body_bytes = got;
+        let _ = src.stream.shutdown(Shutdown::Both);
+        rec.action = "cut".into();
+        push_record(sh, rec);
+        return Ok(());
+    }
     if let Action::Answer(status, headers, body, label) = &action {
         let (n, _) = pump_body(
             &head,
@@ -982,7 +1017,10 @@ fn handle_request(client: &mut TcpStream, _id: u64, sh: &Shared) -> io::Result<(
         .unwrap_or((0, false));
         rec.body_bytes = n;
         respond(src.stream, status, headers, body);
-        rec.status = status.split_whitespace().next().and_then(|s| s.parse().ok());
+        rec.status = status
+            .split_whitespace()
+            .next()
+            .and_then(|s| s.parse().ok());
         rec.location = headers
             .iter()
             .find(|(k, _)| *k == "Location")
@@ -1014,7 +1052,7 @@ fn handle_request(client: &mut TcpStream, _id: u64, sh: &Shared) -> io::Result<(
     upstream.set_read_timeout(Some(Duration::from_secs(120)))?;
     let _ = upstream.write_all(&fwd.to_bytes());
     let limit = match action {
-        Action::Cut(n) => Some(n),
+        Action::Cut(n, _) => Some(n),
         _ => None,
     };
     let (n, complete) = {
@@ -1105,7 +1143,10 @@ fn handle_blob_host(client: &mut TcpStream, _id: u64, sh: &Shared) -> io::Result
     }
     let method = head.first[0].clone();
     let target = head.first[1].clone();
-    let mut req = format!("{method} {target} HTTP/1.1\r\nHost: {}\r\n", sh.upstream_host);
+    let mut req = format!(
+        "{method} {target} HTTP/1.1\r\nHost: {}\r\n",
+        sh.upstream_host
+    );
     if let Some(r) = head.get("range") {
         req.push_str(&format!("Range: {r}\r\n"));
     }
