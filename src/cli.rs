@@ -100,12 +100,22 @@ pub struct OutputArgs {
     /// How often a failed request or transfer is retried (with back-off) before giving up
     #[arg(long, default_value_t = 4, value_name = "N", value_parser = clap::value_parser!(u32).range(0..=20))]
     pub retries: u32,
+    /// Give up on a request when no byte has moved, in either direction, for this long
+    /// (a stall, not a size limit: a long upload over a slow link is fine): 90, 90s, 2m, 500ms
+    #[arg(long, value_name = "DURATION", env = "AIRLOCK_TIMEOUT", default_value = "60s",
+          value_parser = parse_timeout)]
+    pub timeout: std::time::Duration,
+}
+
+fn parse_timeout(s: &str) -> Result<std::time::Duration, String> {
+    crate::registry::retry::parse_duration(s)
 }
 
 impl OutputArgs {
     pub fn retry_policy(&self) -> crate::registry::RetryPolicy {
         crate::registry::RetryPolicy {
             attempts: self.retries + 1,
+            idle_timeout: self.timeout,
             ..Default::default()
         }
     }

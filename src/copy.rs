@@ -9,7 +9,7 @@ use crate::error::{Error, Result};
 use crate::manifest::{self, Kind};
 use crate::progress::Reporter;
 use crate::registry::{Manifest, MountResult, Registry, MAX_MANIFEST_SIZE};
-use futures_util::stream::{self, StreamExt};
+use futures_util::stream::{self, BoxStream, StreamExt};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::Read;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -433,6 +433,7 @@ async fn place_blob(
                     continue;
                 }
                 MountResult::Upload(loc) => location = Some(loc),
+                MountResult::NotMounted => {}
             }
         }
         if need.external {
@@ -453,83 +454,86 @@ async fn place_blob(
     Ok(())
 }
 
-/// Streams a blob from the bundle into the registry. A failed transfer restarts from the
-/// bundle (it is re-readable); content that does not match its digest is never retried.
+/// Streams a blob from the bundle into the registry (the registry client retries and
+/// resumes; content that does not match its digest ends the upload at once).
 async fn upload(
     bundle: &Arc<Bundle>,
     target: &Registry,
     repo: &str,
     digest: &Digest,
     size: u64,
-    mut location: Option<reqwest::Url>,
+    location: Option<reqwest::Url>,
     reporter: &Reporter,
 ) -> Result<()> {
-    let attempts = target.retry_policy().attempts.max(1);
-    let mut last = None;
-    for attempt in 1..=attempts {
-        let loc = match location.take() {
-            Some(l) => l,
-            None => target.start_upload(repo).await?,
-        };
-        let (body, producer) = blob_body(bundle.clone(), digest.clone(), reporter.clone());
-        let sent = target.finish_upload(repo, loc, digest, size, body).await;
-        let produced = producer
-            .await
-            .map_err(|e| Error::Failed(format!("reading blob {digest}: {e}")))?;
-        let read = produced?;
-        match sent {
-            Ok(()) => return Ok(()),
-            Err(e) => {
-                reporter.dec(read);
-                last = Some(e);
-                if attempt < attempts {
-                    tokio::time::sleep(target.transfer_backoff(attempt + 1)).await;
-                }
-            }
-        }
-    }
-    Err(last.unwrap_or_else(|| Error::Failed(format!("uploading blob {digest} failed"))))
+    let source = BundleBlob {
+        bundle: bundle.clone(),
+        digest: digest.clone(),
+        reporter: reporter.clone(),
+        counted: Arc::new(AtomicU64::new(0)),
+    };
+    target
+        .upload_blob(repo, digest, size, &source, location)
+        .await
 }
 
-/// A request body streaming a blob out of the bundle, read on a blocking thread through a
-/// small bounded channel; the join handle says whether the content was intact.
-fn blob_body(
+/// A blob of the bundle as an upload source: read on a blocking thread through a small
+/// bounded channel, checked against its digest as it streams, re-readable from any offset.
+struct BundleBlob {
     bundle: Arc<Bundle>,
     digest: Digest,
     reporter: Reporter,
-) -> (reqwest::Body, tokio::task::JoinHandle<Result<u64>>) {
-    let (tx, rx) = tokio::sync::mpsc::channel::<std::io::Result<bytes::Bytes>>(4);
-    let handle = tokio::task::spawn_blocking(move || -> Result<u64> {
-        let mut r = match bundle.open_blob(&digest) {
-            Ok(r) => crate::progress::Counting::new(r, reporter),
-            Err(e) => {
-                let _ = tx.blocking_send(Err(std::io::Error::other(e.to_string())));
-                return Err(e);
-            }
-        };
-        let mut read = 0u64;
-        loop {
-            let mut buf = vec![0u8; 256 * 1024];
-            match r.read(&mut buf) {
-                Ok(0) => return Ok(read),
-                Ok(n) => {
-                    read += n as u64;
-                    buf.truncate(n);
-                    if tx.blocking_send(Ok(bytes::Bytes::from(buf))).is_err() {
-                        // The request ended early (network failure): not a content problem.
-                        return Ok(read);
-                    }
-                }
-                Err(e) => {
-                    let msg = e.to_string();
-                    let _ = tx.blocking_send(Err(std::io::Error::other(msg.clone())));
-                    return Err(Error::bundle(&bundle.path, msg));
-                }
-            }
+    /// How far the progress bar has been moved for this blob; a resume from an earlier
+    /// offset takes the difference back.
+    counted: Arc<AtomicU64>,
+}
+
+impl crate::registry::BlobSource for BundleBlob {
+    fn open(&self, offset: u64) -> Result<BoxStream<'static, Result<bytes::Bytes>>> {
+        let before = self.counted.swap(offset, Ordering::Relaxed);
+        if before > offset {
+            self.reporter.dec(before - offset);
         }
-    });
-    let stream = stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|i| (i, rx)) });
-    (reqwest::Body::wrap_stream(stream), handle)
+        let (tx, rx) = tokio::sync::mpsc::channel::<Result<bytes::Bytes>>(4);
+        let bundle = self.bundle.clone();
+        let digest = self.digest.clone();
+        let reporter = self.reporter.clone();
+        let counted = self.counted.clone();
+        tokio::task::spawn_blocking(move || {
+            let fail = |e: Error| {
+                let _ = tx.blocking_send(Err(e));
+            };
+            // The whole blob is read (and so checked against its digest); the bytes before
+            // `offset` are only hashed.
+            let mut r = match bundle.open_blob(&digest) {
+                Ok(r) => r,
+                Err(e) => return fail(e),
+            };
+            let mut pos = 0u64;
+            loop {
+                let mut buf = vec![0u8; 256 * 1024];
+                match r.read(&mut buf) {
+                    Ok(0) => return,
+                    Ok(n) => {
+                        let start = pos;
+                        pos += n as u64;
+                        if pos <= offset {
+                            continue;
+                        }
+                        let skip = offset.saturating_sub(start) as usize;
+                        buf.truncate(n);
+                        let chunk = bytes::Bytes::from(buf).slice(skip..);
+                        reporter.inc(chunk.len() as u64);
+                        counted.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+                        if tx.blocking_send(Ok(chunk)).is_err() {
+                            return; // the request ended early: not a content problem
+                        }
+                    }
+                    Err(e) => return fail(Error::bundle(&bundle.path, e.to_string())),
+                }
+            }
+        });
+        Ok(stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|i| (i, rx)) }).boxed())
+    }
 }
 
 /// Pushes an image's manifests: children by digest first, then the root under its tag.

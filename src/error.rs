@@ -26,6 +26,14 @@ pub enum Error {
     /// Any other registry or transport failure.
     #[error("registry {registry}: {detail}")]
     Registry { registry: String, detail: String },
+    /// A registry or transport failure that may pass (a broken connection, a stall, 429, 5xx):
+    /// worth another try within the operation's retry budget.
+    #[error("registry {registry}: {detail}")]
+    Transient {
+        registry: String,
+        detail: String,
+        retry_after: Option<std::time::Duration>,
+    },
     /// Content that does not match the digest or size it was declared with.
     #[error("{what}: content does not match its digest or size: {detail}")]
     Integrity { what: String, detail: String },
@@ -68,6 +76,18 @@ impl Error {
         Error::Bundle {
             file: file.into(),
             detail: detail.into(),
+        }
+    }
+
+    pub fn transient(
+        registry: impl Into<String>,
+        detail: impl Into<String>,
+        retry_after: Option<std::time::Duration>,
+    ) -> Self {
+        Error::Transient {
+            registry: registry.into(),
+            detail: detail.into(),
+            retry_after,
         }
     }
 

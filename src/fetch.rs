@@ -8,6 +8,7 @@
 use crate::copy::Object;
 use crate::digest::{Digest, Verifier, VerifyingReader};
 use crate::error::{Error, IoContext, Result};
+use crate::registry::retry::Budget;
 use crate::registry::Registry;
 use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
@@ -324,14 +325,15 @@ enum Step {
 }
 
 /// One blob download: streams the body, checks every byte against the digest and size, and
-/// resumes a cut transfer with a `Range` request, up to the registry's retry policy.
+/// resumes a cut or stalled transfer with a `Range` request. The download is one operation
+/// with one retry budget, shared by its requests and its resumes.
 struct Download<'a> {
     reg: &'a Registry,
     o: &'a Object,
     what: String,
     verifier: Option<Verifier>,
-    attempts: u32,
-    body: Option<futures_util::stream::BoxStream<'static, reqwest::Result<Bytes>>>,
+    budget: Budget,
+    body: Option<futures_util::stream::BoxStream<'static, io::Result<Bytes>>>,
 }
 
 impl<'a> Download<'a> {
@@ -341,7 +343,7 @@ impl<'a> Download<'a> {
             o,
             what: format!("blob {} of {}/{}", o.digest, reg.name(), o.repo),
             verifier: Some(Verifier::new(&o.digest, o.size)),
-            attempts: 0,
+            budget: Budget::new(reg.retry_policy()),
             body: None,
         }
     }
@@ -352,13 +354,13 @@ impl<'a> Download<'a> {
                 return Ok(Step::End);
             };
             let Some(body) = self.body.as_mut() else {
-                self.attempts += 1;
                 let seen = verifier.seen();
-                let (resp, start) = self
+                let dl = self
                     .reg
-                    .get_blob(&self.o.repo, &self.o.digest, seen)
+                    .get_blob(&self.o.repo, &self.o.digest, seen, &mut self.budget)
                     .await?;
-                self.body = Some(resp.bytes_stream().boxed());
+                let start = dl.start;
+                self.body = Some(dl.body);
                 if start != seen {
                     *verifier = Verifier::new(&self.o.digest, self.o.size);
                     return Ok(Step::Restarted);
@@ -375,16 +377,16 @@ impl<'a> Download<'a> {
                 }
                 Some(Err(e)) => {
                     self.body = None;
-                    if self.attempts >= self.reg.retry_policy().attempts.max(1) {
+                    if !self.budget.again(None).await {
                         return Err(Error::registry(
                             self.reg.name(),
                             format!(
                                 "{}: download interrupted {} times, last: {e}",
-                                self.what, self.attempts
+                                self.what,
+                                self.budget.failures()
                             ),
                         ));
                     }
-                    tokio::time::sleep(self.reg.transfer_backoff(self.attempts + 1)).await;
                 }
                 None => {
                     if let Some(v) = self.verifier.take() {

@@ -1,0 +1,175 @@
+//! Manifests: read by tag or digest as the exact bytes served (digest checked against the
+//! reference or `Docker-Content-Digest` when the registry sends one, and always computed
+//! locally), written from the exact bytes with their media type, and the OCI 1.1 referrers
+//! of a manifest.
+
+use super::transport::read_limited;
+use super::{Manifest, Registry, Scope, MANIFEST_ACCEPT, MAX_MANIFEST_SIZE};
+use crate::digest::Digest;
+use crate::error::{Error, Result};
+use reqwest::header::{HeaderMap, HeaderValue, ACCEPT, CONTENT_TYPE};
+use reqwest::StatusCode;
+
+impl Registry {
+    /// Fetches a manifest by tag or digest, as the exact bytes served, and checks its digest.
+    pub async fn get_manifest(&self, repo: &str, reference: &str) -> Result<Manifest> {
+        let url = self.url(&format!("v2/{repo}/manifests/{reference}"))?;
+        let what = format!("manifest {}/{repo}:{reference}", self.name);
+        let what = what.replace(":sha256:", "@sha256:");
+        let resp = self
+            .send(&Scope::pull(repo), || {
+                Ok(self.http.get(url.clone()).header(ACCEPT, MANIFEST_ACCEPT))
+            })
+            .await?;
+        if !resp.status().is_success() {
+            return Err(self.unexpected(&what, resp).await);
+        }
+        let header_digest = resp
+            .headers()
+            .get("docker-content-digest")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        let content_type = resp
+            .headers()
+            .get(CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .map(|v| v.split(';').next().unwrap_or("").trim().to_string());
+        let bytes = read_limited(resp, MAX_MANIFEST_SIZE, self.retry.idle_timeout)
+            .await
+            .map_err(|e| Error::transient(&self.name, format!("{what}: {e}"), None))?;
+        let digest = Digest::of(&bytes);
+        // The digest is computed locally; a registry that omits the header loses nothing.
+        let expected = if reference.starts_with("sha256:") {
+            Some(reference.to_string())
+        } else {
+            header_digest.filter(|d| d.starts_with("sha256:"))
+        };
+        if let Some(exp) = expected {
+            if exp != digest.as_str() {
+                return Err(Error::Integrity {
+                    what,
+                    detail: format!("expected {exp}, the bytes served hash to {digest}"),
+                });
+            }
+        }
+        let media_type = crate::manifest::media_type(&bytes, content_type.as_deref())
+            .ok_or_else(|| Error::registry(&self.name, format!("{what}: no media type")))?;
+        Ok(Manifest {
+            bytes,
+            media_type,
+            digest,
+        })
+    }
+
+    /// Pushes a manifest's exact bytes under a tag or its digest.
+    pub async fn put_manifest(&self, repo: &str, reference: &str, m: &Manifest) -> Result<()> {
+        let url = self.url(&format!("v2/{repo}/manifests/{reference}"))?;
+        let what = format!(
+            "pushing manifest {} to {}/{repo}:{reference}",
+            m.digest, self.name
+        );
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            CONTENT_TYPE,
+            HeaderValue::from_str(&m.media_type)
+                .map_err(|_| Error::registry(&self.name, format!("{what}: bad media type")))?,
+        );
+        let resp = self
+            .send(&Scope::push(repo), || {
+                Ok(self
+                    .http
+                    .put(url.clone())
+                    .headers(headers.clone())
+                    .body(m.bytes.clone()))
+            })
+            .await?;
+        if resp.status() != StatusCode::CREATED {
+            return Err(self.push_refused(&what, repo, resp).await);
+        }
+        if let Some(d) = resp
+            .headers()
+            .get("docker-content-digest")
+            .and_then(|v| v.to_str().ok())
+        {
+            if d != m.digest.as_str() {
+                return Err(Error::Integrity {
+                    what,
+                    detail: format!("the registry stored it as {d}"),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// An error for a refused push; a 404 `NAME_UNKNOWN` says which project to create.
+    pub(super) async fn push_refused(
+        &self,
+        what: &str,
+        repo: &str,
+        resp: reqwest::Response,
+    ) -> Error {
+        let status = resp.status();
+        if status != StatusCode::NOT_FOUND {
+            return self.unexpected(what, resp).await;
+        }
+        let body = read_limited(resp, 4096, self.retry.idle_timeout)
+            .await
+            .unwrap_or_default();
+        if !super::error_codes(&body)
+            .iter()
+            .any(|c| c == "NAME_UNKNOWN")
+        {
+            return Error::registry(
+                &self.name,
+                format!(
+                    "{what}: answered {status}: {}",
+                    String::from_utf8_lossy(&body).trim()
+                ),
+            );
+        }
+        let project = repo.split('/').next().unwrap_or(repo);
+        Error::registry(
+            &self.name,
+            format!(
+                "{what}: the registry does not know repository {repo} and will not create it \
+                 on push (NAME_UNKNOWN). Create the project {project:?} (Harbor, GitLab, \
+                 Nexus, a Quay organisation) or the repository {repo:?} (ECR) first, or import \
+                 under another --repository"
+            ),
+        )
+    }
+
+    /// The OCI 1.1 referrers of a manifest (`GET /v2/<repo>/referrers/<digest>`): an image
+    /// index listing them, or `None` when the registry has no referrers API or none exist.
+    pub async fn referrers(&self, repo: &str, digest: &Digest) -> Result<Option<Manifest>> {
+        let url = self.url(&format!("v2/{repo}/referrers/{digest}"))?;
+        let resp = self
+            .send(&Scope::pull(repo), || {
+                Ok(self
+                    .http
+                    .get(url.clone())
+                    .header(ACCEPT, crate::manifest::OCI_INDEX))
+            })
+            .await?;
+        if !resp.status().is_success() {
+            return Ok(None);
+        }
+        let bytes = match read_limited(resp, MAX_MANIFEST_SIZE, self.retry.idle_timeout).await {
+            Ok(b) => b,
+            Err(_) => return Ok(None),
+        };
+        let has_referrers = serde_json::from_slice::<serde_json::Value>(&bytes)
+            .ok()
+            .and_then(|v| {
+                v.get("manifests")
+                    .and_then(|m| m.as_array())
+                    .map(|m| !m.is_empty())
+            })
+            .unwrap_or(false);
+        Ok(has_referrers.then(|| Manifest {
+            digest: Digest::of(&bytes),
+            bytes,
+            media_type: crate::manifest::OCI_INDEX.to_string(),
+        }))
+    }
+}

@@ -1,0 +1,165 @@
+//! First contact: which host and scheme answer for a registry name (HTTPS; plain HTTP when
+//! asked, or as a fallback for loopback registries, as docker does), and `GET /v2/`, which
+//! learns the auth challenge and checks credentials before any work starts.
+
+use super::auth::{Challenge, TokenCache};
+use super::transport::{self, send_watched, Activity};
+use super::{Registry, RetryPolicy, Scope, TlsOptions};
+use crate::credentials::Credentials;
+use crate::error::{Error, Result};
+use reqwest::header::WWW_AUTHENTICATE;
+use reqwest::{StatusCode, Url};
+use std::sync::atomic::AtomicU8;
+use std::sync::RwLock;
+
+/// The host that serves a registry name's API.
+fn api_host(name: &str) -> &str {
+    if name == crate::reference::DOCKER_HUB {
+        "registry-1.docker.io"
+    } else {
+        name
+    }
+}
+
+pub(super) fn is_loopback(name: &str) -> bool {
+    let host = name
+        .rsplit_once(':')
+        .filter(|(_, port)| port.bytes().all(|b| b.is_ascii_digit()))
+        .map(|(h, _)| h)
+        .unwrap_or(name);
+    host == "localhost" || host.starts_with("127.") || host == "[::1]"
+}
+
+impl Registry {
+    /// Builds a client and checks the registry answers `GET /v2/`, picking the scheme.
+    pub async fn connect(
+        name: &str,
+        tls: &TlsOptions,
+        creds: Option<Credentials>,
+        retry: RetryPolicy,
+    ) -> Result<Registry> {
+        crate::reference::validate_registry(name).map_err(Error::Usage)?;
+        let http = transport::client(name, tls)?;
+        let host = api_host(name);
+        let schemes: &[&str] = if tls.plain_http {
+            &["http"]
+        } else if is_loopback(name) {
+            &["https", "http"]
+        } else {
+            &["https"]
+        };
+        let mut errors: Vec<(String, Error)> = Vec::new();
+        for scheme in schemes {
+            let base = Url::parse(&format!("{scheme}://{host}/"))
+                .map_err(|e| Error::Usage(format!("registry {name:?}: {e}")))?;
+            let reg = Registry {
+                name: name.to_string(),
+                base,
+                http: http.clone(),
+                creds: creds.clone(),
+                challenge: RwLock::new(None),
+                tokens: TokenCache::default(),
+                retry: retry.clone(),
+                upload_mode: AtomicU8::new(0),
+            };
+            // A loopback HTTPS attempt that fails to connect falls back at once, without retries.
+            let fallback = schemes.len() > 1 && *scheme == "https";
+            match reg.ping(fallback).await {
+                Ok(()) => return Ok(reg),
+                // Wrong credentials are final, whatever the scheme.
+                Err(e @ Error::Auth { .. }) => return Err(e),
+                Err(e) => errors.push((scheme.to_string(), e)),
+            }
+        }
+        match errors.len() {
+            0 => Err(Error::registry(name, "no scheme to try")),
+            1 => Err(errors.remove(0).1),
+            _ => Err(Error::registry(
+                name,
+                errors
+                    .iter()
+                    .map(|(scheme, e)| {
+                        let msg = e.to_string();
+                        let prefix = format!("registry {name}: ");
+                        format!(
+                            "over {scheme}: {}",
+                            msg.strip_prefix(&prefix).unwrap_or(&msg)
+                        )
+                    })
+                    .collect::<Vec<_>>()
+                    .join("; "),
+            )),
+        }
+    }
+
+    /// `GET /v2/`: learns the auth challenge and checks credentials where they are needed.
+    async fn ping(&self, single_try: bool) -> Result<()> {
+        let url = self.url("v2/")?;
+        let resp = if single_try {
+            send_watched(
+                self.http.get(url.clone()),
+                self.retry.idle_timeout,
+                &Activity::new(),
+            )
+            .await
+            .map_err(|e| Error::registry(&self.name, format!("cannot connect: {e}")))?
+        } else {
+            // No challenge is known yet: this sends no Authorization and hands a 401 back.
+            self.send_in(
+                &Scope::none(),
+                || Ok(self.http.get(url.clone())),
+                &mut super::retry::Budget::new(&self.retry),
+                super::On401::Return,
+            )
+            .await?
+        };
+        match resp.status() {
+            s if s.is_success() => Ok(()),
+            StatusCode::UNAUTHORIZED => {
+                let challenge = resp
+                    .headers()
+                    .get(WWW_AUTHENTICATE)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(Challenge::parse)
+                    .ok_or_else(|| {
+                        Error::registry(
+                            &self.name,
+                            "answered 401 without a usable WWW-Authenticate challenge",
+                        )
+                    })?;
+                self.set_challenge(challenge.clone());
+                if challenge == Challenge::Basic {
+                    // Check the credentials now, so a wrong password fails before any work.
+                    if self.creds.is_none() {
+                        return Err(self.auth_error());
+                    }
+                    let r = self
+                        .send(&Scope::none(), || Ok(self.http.get(url.clone())))
+                        .await?;
+                    if !r.status().is_success() {
+                        return Err(self.unexpected("GET /v2/", r).await);
+                    }
+                }
+                Ok(())
+            }
+            s => Err(Error::registry(
+                &self.name,
+                format!("GET /v2/ answered {s}: this does not look like an OCI registry"),
+            )),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn loopback_detection() {
+        assert!(is_loopback("127.0.0.1:5000"));
+        assert!(is_loopback("localhost"));
+        assert!(is_loopback("localhost:443"));
+        assert!(!is_loopback("registry.local:5000"));
+        assert!(!is_loopback("10.0.0.1"));
+    }
+}

@@ -1,0 +1,683 @@
+//! Writing blobs: cross-repository mounts and uploads that every registry accepts.
+//!
+//! An upload opens a session (`POST`), sends the blob in `PATCH` chunks with `Content-Range`
+//! (64 MiB by default, `AIRLOCK_CHUNK_SIZE`, never under 5 MiB but the last, raised to the
+//! registry's `OCI-Chunk-Min-Length`), and commits it with `PUT ?digest=`. A registry that
+//! refuses `PATCH` (Google's) gets one monolithic `PUT ?digest=` with the body instead, and
+//! the choice is remembered for that registry; a registry that refuses a `PUT` with a body
+//! (Artifactory) never sees one. A cut chunk resumes from the offset the registry reports
+//! (`GET` on the session) instead of from byte 0. A mount answered 202 continues in the session
+//! it opened; one answered 401/403/404/405 falls back to an upload. A session given up on is
+//! cancelled with `DELETE`. The whole upload is one operation with one retry budget.
+
+use super::retry::{retryable_status, Budget};
+use super::transport::{send_watched, Activity, SendError};
+use super::{On401, Registry, Scope};
+use crate::digest::Digest;
+use crate::error::{Error, Result};
+use bytes::Bytes;
+use futures_util::stream::{BoxStream, Stream, StreamExt};
+use reqwest::header::{AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE};
+use reqwest::{Response, StatusCode, Url};
+use std::pin::Pin;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+/// What a cross-repository mount did.
+pub enum MountResult {
+    Mounted,
+    /// The registry did not mount; an upload session was opened at this location instead.
+    Upload(Url),
+    /// The registry refused (401, 403, 404, 405): upload it.
+    NotMounted,
+}
+
+/// Where an upload reads the blob from; it must be re-readable from any offset.
+pub trait BlobSource: Send + Sync {
+    /// The blob's bytes from `offset` to its end. An error in the stream is a content or
+    /// local failure (digest mismatch, damaged bundle): it ends the upload, never retried.
+    fn open(&self, offset: u64) -> Result<BoxStream<'static, Result<Bytes>>>;
+}
+
+const MODE_UNKNOWN: u8 = 0;
+const MODE_CHUNKED: u8 = 1;
+const MODE_MONOLITHIC: u8 = 2;
+
+/// The smallest chunk but the last (ECR's limit).
+pub const MIN_CHUNK: u64 = 5 * 1024 * 1024;
+/// The chunk size when `AIRLOCK_CHUNK_SIZE` does not say.
+pub const DEFAULT_CHUNK: u64 = 64 * 1024 * 1024;
+
+/// The chunk size: `AIRLOCK_CHUNK_SIZE` or 64 MiB, at least 5 MiB, at least what the
+/// registry asked for.
+fn chunk_size(registry_min: u64) -> u64 {
+    crate::config::env("AIRLOCK_CHUNK_SIZE")
+        .and_then(|v| crate::config::parse_size(&v).ok())
+        .unwrap_or(DEFAULT_CHUNK)
+        .max(MIN_CHUNK)
+        .max(registry_min)
+}
+
+/// An open upload session.
+struct Session {
+    url: Url,
+    /// Bytes the registry holds.
+    offset: u64,
+    /// False after a failure: ask the registry where it stands before sending more.
+    known: bool,
+    /// `OCI-Chunk-Min-Length` from the registry.
+    min_chunk: u64,
+}
+
+/// How one try of an upload ended.
+enum Outcome {
+    /// Worth another try (the session is kept and asked where it stands).
+    Again(String, Option<Duration>),
+    /// The registry refuses PATCH: upload in one PUT instead.
+    NoChunks,
+    Fatal(Error),
+}
+
+impl From<Error> for Outcome {
+    /// A failure that may pass (a token endpoint that broke, a budget a request spent) is
+    /// judged by the upload's own budget; anything else ends the upload.
+    fn from(e: Error) -> Self {
+        match e {
+            Error::Transient {
+                detail,
+                retry_after,
+                ..
+            } => Outcome::Again(detail, retry_after),
+            e => Outcome::Fatal(e),
+        }
+    }
+}
+
+/// The first content error a body stream met, kept so a failed request can tell "the
+/// network broke" from "the blob is bad".
+type SourceError = Arc<Mutex<Option<Error>>>;
+
+fn take_source_error(slot: &SourceError) -> Option<Error> {
+    match slot.lock() {
+        Ok(mut g) => g.take(),
+        Err(poisoned) => poisoned.into_inner().take(),
+    }
+}
+
+struct Shared {
+    inner: BoxStream<'static, Result<Bytes>>,
+    leftover: Bytes,
+}
+
+/// One request body: the next `remaining` bytes of a blob stream shared by the chunks of one
+/// upload, so a large blob is read once, not once per chunk.
+struct ChunkBody {
+    shared: Arc<Mutex<Shared>>,
+    remaining: u64,
+    /// The blob's last chunk: its final bytes go out only when the source has ended too, so
+    /// that the source's verdict on the content (checked at its end) is heard first.
+    last: bool,
+    /// The source has ended (checked before the last bytes go out).
+    ended: bool,
+    activity: Activity,
+    error: SourceError,
+}
+
+impl ChunkBody {
+    fn fail(&self, e: Error) -> Poll<Option<std::io::Result<Bytes>>> {
+        let msg = e.to_string();
+        if let Ok(mut slot) = self.error.lock() {
+            slot.get_or_insert(e);
+        }
+        Poll::Ready(Some(Err(std::io::Error::other(msg))))
+    }
+}
+
+impl Stream for ChunkBody {
+    type Item = std::io::Result<Bytes>;
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let shared = self.shared.clone();
+        let mut s = match shared.lock() {
+            Ok(g) => g,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        if self.remaining == 0 {
+            return Poll::Ready(None);
+        }
+        if s.leftover.is_empty() {
+            match s.inner.poll_next_unpin(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Some(Ok(b))) => s.leftover = b,
+                Poll::Ready(Some(Err(e))) => return self.fail(e),
+                Poll::Ready(None) => {
+                    return self.fail(Error::Failed(
+                        "the blob ended before its declared size".into(),
+                    ))
+                }
+            }
+        }
+        let n = (self.remaining as usize).min(s.leftover.len());
+        if self.last && n as u64 == self.remaining && !self.ended {
+            // The final bytes wait until the source has ended and vouched for the content:
+            // the connection stops polling a body once its Content-Length has been sent.
+            if s.leftover.len() > n {
+                return self.fail(Error::Failed(
+                    "the blob is longer than its declared size".into(),
+                ));
+            }
+            match s.inner.poll_next_unpin(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(None) => self.ended = true,
+                Poll::Ready(Some(Ok(b))) if b.is_empty() => {
+                    cx.waker().wake_by_ref();
+                    return Poll::Pending;
+                }
+                Poll::Ready(Some(Ok(_))) => {
+                    return self.fail(Error::Failed(
+                        "the blob is longer than its declared size".into(),
+                    ))
+                }
+                Poll::Ready(Some(Err(e))) => return self.fail(e),
+            }
+        }
+        let out = s.leftover.split_to(n);
+        drop(s);
+        self.remaining -= n as u64;
+        self.activity.sent(n as u64);
+        Poll::Ready(Some(Ok(out)))
+    }
+}
+
+fn body_of(
+    shared: &Arc<Mutex<Shared>>,
+    len: u64,
+    last: bool,
+    activity: &Activity,
+    error: &SourceError,
+) -> reqwest::Body {
+    reqwest::Body::wrap_stream(ChunkBody {
+        shared: shared.clone(),
+        remaining: len,
+        last,
+        ended: false,
+        activity: activity.clone(),
+        error: error.clone(),
+    })
+}
+
+/// The end of `Range: 0-N` as the next offset (N+1). `0-0` is read as nothing held: the
+/// distribution registry says `0-0` for an empty session.
+fn offset_from_range(resp: &Response) -> Option<u64> {
+    parse_range(resp.headers().get("range")?.to_str().ok()?)
+}
+
+fn parse_range(v: &str) -> Option<u64> {
+    let v = v.trim().trim_start_matches("bytes=");
+    let (start, end) = v.split_once('-')?;
+    let (start, end): (u64, u64) = (start.trim().parse().ok()?, end.trim().parse().ok()?);
+    if start != 0 {
+        return None;
+    }
+    Some(if end == 0 { 0 } else { end + 1 })
+}
+
+/// Does an error answer mean "this registry does not take PATCH uploads"?
+fn refuses_chunks(status: StatusCode, body: &[u8]) -> bool {
+    matches!(status.as_u16(), 405 | 501)
+        || (status == StatusCode::BAD_REQUEST
+            && super::error_codes(body).iter().any(|c| c == "UNSUPPORTED"))
+}
+
+impl Registry {
+    /// Asks the registry to mount `digest` from repository `from` into `repo`.
+    pub async fn mount_blob(&self, repo: &str, digest: &Digest, from: &str) -> Result<MountResult> {
+        let mut url = self.url(&format!("v2/{repo}/blobs/uploads/"))?;
+        url.query_pairs_mut()
+            .append_pair("mount", digest.as_str())
+            .append_pair("from", from);
+        let resp = self
+            .send_in(
+                &Scope::mount(repo, from),
+                || Ok(self.http.post(url.clone()).header(CONTENT_LENGTH, "0")),
+                &mut Budget::new(&self.retry),
+                On401::Return,
+            )
+            .await?;
+        match resp.status() {
+            StatusCode::CREATED => Ok(MountResult::Mounted),
+            StatusCode::ACCEPTED => Ok(MountResult::Upload(self.location(&resp)?)),
+            StatusCode::UNAUTHORIZED
+            | StatusCode::FORBIDDEN
+            | StatusCode::NOT_FOUND
+            | StatusCode::METHOD_NOT_ALLOWED => Ok(MountResult::NotMounted),
+            _ => Err(self
+                .unexpected(&format!("mounting blob {digest} into {repo}"), resp)
+                .await),
+        }
+    }
+
+    /// Uploads a blob of `size` bytes from `source` into `repo`, in `session` when a refused
+    /// mount already opened one.
+    pub async fn upload_blob(
+        &self,
+        repo: &str,
+        digest: &Digest,
+        size: u64,
+        source: &dyn BlobSource,
+        session: Option<Url>,
+    ) -> Result<()> {
+        let what = format!("uploading blob {digest} to {}/{repo}", self.name);
+        let mut budget = Budget::new(&self.retry);
+        let mut session = session.map(|url| Session {
+            url,
+            offset: 0,
+            known: true,
+            min_chunk: 0,
+        });
+        loop {
+            let outcome = self
+                .try_upload(repo, digest, size, source, &mut session, &mut budget, &what)
+                .await;
+            let (why, retry_after) = match outcome {
+                Ok(()) => return Ok(()),
+                Err(Outcome::Again(why, ra)) => (why, ra),
+                Err(Outcome::NoChunks) => {
+                    // Remembered: this and every later upload go in one PUT.
+                    self.upload_mode.store(MODE_MONOLITHIC, Ordering::Relaxed);
+                    continue;
+                }
+                Err(Outcome::Fatal(e)) => {
+                    self.cancel(repo, session.take()).await;
+                    return Err(e);
+                }
+            };
+            if !budget.again(retry_after).await {
+                self.cancel(repo, session.take()).await;
+                return Err(self.gave_up(format!("{what}: {why}"), &budget));
+            }
+            if let Some(s) = session.as_mut() {
+                s.known = false;
+            }
+        }
+    }
+
+    /// Opens an upload session.
+    async fn start_session(&self, repo: &str, budget: &mut Budget, what: &str) -> Result<Session> {
+        let url = self.url(&format!("v2/{repo}/blobs/uploads/"))?;
+        let resp = self
+            .send_in(
+                &Scope::push(repo),
+                || Ok(self.http.post(url.clone()).header(CONTENT_LENGTH, "0")),
+                budget,
+                On401::Fail,
+            )
+            .await?;
+        if resp.status() != StatusCode::ACCEPTED {
+            return Err(self.push_refused(what, repo, resp).await);
+        }
+        let min_chunk = resp
+            .headers()
+            .get("oci-chunk-min-length")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0);
+        Ok(Session {
+            url: self.location(&resp)?,
+            offset: 0,
+            known: true,
+            min_chunk,
+        })
+    }
+
+    /// Asks the registry how much of a session it holds (`GET` on the session). `None`
+    /// when the session is gone.
+    async fn session_status(
+        &self,
+        repo: &str,
+        s: &Session,
+        budget: &mut Budget,
+    ) -> std::result::Result<Option<(Url, u64)>, Outcome> {
+        let resp = self
+            .send_in(
+                &Scope::push(repo),
+                || Ok(self.http.get(s.url.clone())),
+                budget,
+                On401::Fail,
+            )
+            .await?;
+        match resp.status() {
+            StatusCode::NO_CONTENT | StatusCode::OK | StatusCode::ACCEPTED => {
+                let url = if resp.headers().contains_key(reqwest::header::LOCATION) {
+                    self.location(&resp)?
+                } else {
+                    s.url.clone()
+                };
+                Ok(offset_from_range(&resp).map(|o| (url, o)))
+            }
+            StatusCode::NOT_FOUND => Ok(None),
+            _ => Err(Outcome::Fatal(
+                self.unexpected("asking the state of an upload", resp).await,
+            )),
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn try_upload(
+        &self,
+        repo: &str,
+        digest: &Digest,
+        size: u64,
+        source: &dyn BlobSource,
+        session: &mut Option<Session>,
+        budget: &mut Budget,
+        what: &str,
+    ) -> std::result::Result<(), Outcome> {
+        if let Some(s) = session.as_mut() {
+            if !s.known {
+                match self.session_status(repo, s, budget).await? {
+                    Some((url, offset)) if offset <= size => {
+                        s.url = url;
+                        s.offset = offset;
+                        s.known = true;
+                    }
+                    // Gone, or a state we cannot read: start again.
+                    _ => {
+                        let old = session.take();
+                        self.cancel(repo, old).await;
+                    }
+                }
+            }
+        }
+        if session.is_none() {
+            *session = Some(self.start_session(repo, budget, what).await?);
+        }
+        let Some(s) = session.as_mut() else {
+            return Err(Outcome::Fatal(Error::Failed(format!(
+                "{what}: no upload session"
+            ))));
+        };
+        let mode = self.upload_mode.load(Ordering::Relaxed);
+        if mode == MODE_MONOLITHIC {
+            // One PUT with the whole body, from the start of a fresh session.
+            if s.offset != 0 {
+                let old = session.take();
+                self.cancel(repo, old).await;
+                *session = Some(self.start_session(repo, budget, what).await?);
+            }
+            let Some(s) = session.as_mut() else {
+                return Err(Outcome::Fatal(Error::Failed(format!(
+                    "{what}: no upload session"
+                ))));
+            };
+            return self.put_whole(repo, digest, size, source, s, what).await;
+        }
+        self.patch_chunks(repo, size, source, s, what).await?;
+        if mode == MODE_UNKNOWN {
+            self.upload_mode.store(MODE_CHUNKED, Ordering::Relaxed);
+        }
+        // Commit: a PUT without a body, replayable.
+        let mut put = s.url.clone();
+        put.query_pairs_mut().append_pair("digest", digest.as_str());
+        let resp = self
+            .send_in(
+                &Scope::push(repo),
+                || Ok(self.http.put(put.clone()).header(CONTENT_LENGTH, "0")),
+                budget,
+                On401::Fail,
+            )
+            .await?;
+        if resp.status() != StatusCode::CREATED {
+            return Err(Outcome::Fatal(self.push_refused(what, repo, resp).await));
+        }
+        Ok(())
+    }
+
+    /// Sends the blob from `s.offset` in PATCH chunks.
+    async fn patch_chunks(
+        &self,
+        repo: &str,
+        size: u64,
+        source: &dyn BlobSource,
+        s: &mut Session,
+        what: &str,
+    ) -> std::result::Result<(), Outcome> {
+        let chunk = chunk_size(s.min_chunk);
+        let error: SourceError = Arc::default();
+        let scope = Scope::push(repo);
+        let mut shared: Option<(Arc<Mutex<Shared>>, u64)> = None;
+        while s.offset < size {
+            let len = chunk.min(size - s.offset);
+            // (Re)open the source where the registry stands; a stream positioned there is
+            // reused from one chunk to the next.
+            let stream = match &shared {
+                Some((sh, pos)) if *pos == s.offset => sh.clone(),
+                _ => Arc::new(Mutex::new(Shared {
+                    inner: source.open(s.offset)?,
+                    leftover: Bytes::new(),
+                })),
+            };
+            shared = Some((stream.clone(), s.offset + len));
+            let auth = self.authorization(&scope, None).await?;
+            let activity = Activity::new();
+            let mut req = self
+                .http
+                .patch(s.url.clone())
+                .header(CONTENT_TYPE, "application/octet-stream")
+                .header(CONTENT_LENGTH, len.to_string())
+                .header(
+                    "content-range",
+                    format!("{}-{}", s.offset, s.offset + len - 1),
+                )
+                .body(body_of(
+                    &stream,
+                    len,
+                    s.offset + len == size,
+                    &activity,
+                    &error,
+                ));
+            if let Some(h) = &auth {
+                req = req.header(AUTHORIZATION, h);
+            }
+            let sent = send_watched(req, self.retry.idle_timeout, &activity).await;
+            if let Some(e) = take_source_error(&error) {
+                return Err(Outcome::Fatal(e));
+            }
+            let resp = match sent {
+                Ok(r) => r,
+                Err(e @ (SendError::Http(_) | SendError::Stalled(_))) => {
+                    return Err(Outcome::Again(e.to_string(), None))
+                }
+            };
+            let status = resp.status();
+            match status {
+                StatusCode::ACCEPTED | StatusCode::NO_CONTENT | StatusCode::CREATED => {
+                    let expected = s.offset + len;
+                    if resp.headers().contains_key(reqwest::header::LOCATION) {
+                        s.url = self.location(&resp)?;
+                    }
+                    s.offset = offset_from_range(&resp)
+                        .filter(|o| *o != 0)
+                        .unwrap_or(expected);
+                }
+                StatusCode::UNAUTHORIZED => {
+                    // A token that lapsed mid-upload: refresh it and resume.
+                    self.authorization(&scope, auth.as_deref()).await?;
+                    return Err(Outcome::Again(format!("PATCH answered {status}"), None));
+                }
+                StatusCode::RANGE_NOT_SATISFIABLE => {
+                    return Err(Outcome::Again(
+                        "the registry holds a different part of the blob".into(),
+                        None,
+                    ))
+                }
+                s_ if retryable_status(s_) => {
+                    let ra = super::retry_after(&resp);
+                    return Err(Outcome::Again(format!("PATCH answered {status}"), ra));
+                }
+                _ => {
+                    let body = super::transport::read_limited(resp, 4096, self.retry.idle_timeout)
+                        .await
+                        .unwrap_or_default();
+                    if refuses_chunks(status, &body)
+                        && self.upload_mode.load(Ordering::Relaxed) == MODE_UNKNOWN
+                    {
+                        return Err(Outcome::NoChunks);
+                    }
+                    return Err(Outcome::Fatal(Error::registry(
+                        &self.name,
+                        format!(
+                            "{what}: PATCH answered {status}: {}",
+                            String::from_utf8_lossy(&body).trim()
+                        ),
+                    )));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// A monolithic upload: `PUT ?digest=` carrying the whole blob.
+    async fn put_whole(
+        &self,
+        repo: &str,
+        digest: &Digest,
+        size: u64,
+        source: &dyn BlobSource,
+        s: &mut Session,
+        what: &str,
+    ) -> std::result::Result<(), Outcome> {
+        let scope = Scope::push(repo);
+        let error: SourceError = Arc::default();
+        let stream = Arc::new(Mutex::new(Shared {
+            inner: source.open(0)?,
+            leftover: Bytes::new(),
+        }));
+        let mut put = s.url.clone();
+        put.query_pairs_mut().append_pair("digest", digest.as_str());
+        let auth = self.authorization(&scope, None).await?;
+        let activity = Activity::new();
+        let mut req = self
+            .http
+            .put(put)
+            .header(CONTENT_TYPE, "application/octet-stream")
+            .header(CONTENT_LENGTH, size.to_string())
+            .body(body_of(&stream, size, true, &activity, &error));
+        if let Some(h) = &auth {
+            req = req.header(AUTHORIZATION, h);
+        }
+        let sent = send_watched(req, self.retry.idle_timeout, &activity).await;
+        if let Some(e) = take_source_error(&error) {
+            return Err(Outcome::Fatal(e));
+        }
+        // Whatever happens next, this session has been used up.
+        s.offset = u64::MAX;
+        s.known = false;
+        let resp = match sent {
+            Ok(r) => r,
+            Err(e) => return Err(Outcome::Again(e.to_string(), None)),
+        };
+        let status = resp.status();
+        if status == StatusCode::CREATED {
+            return Ok(());
+        }
+        if status == StatusCode::UNAUTHORIZED {
+            self.authorization(&scope, auth.as_deref()).await?;
+            return Err(Outcome::Again(format!("PUT answered {status}"), None));
+        }
+        if retryable_status(status) {
+            let ra = super::retry_after(&resp);
+            return Err(Outcome::Again(format!("PUT answered {status}"), ra));
+        }
+        let e = self.push_refused(what, repo, resp).await;
+        Err(Outcome::Fatal(Error::registry(
+            &self.name,
+            format!(
+                "{} (the registry refused chunked uploads too)",
+                e.to_string()
+                    .strip_prefix(&format!("registry {}: ", self.name))
+                    .unwrap_or(&e.to_string())
+            ),
+        )))
+    }
+
+    /// Cancels a session given up on (best effort, one try, with the token we hold).
+    async fn cancel(&self, repo: &str, session: Option<Session>) {
+        let Some(s) = session else { return };
+        let mut req = self.http.delete(s.url);
+        if let Ok(Some(h)) = self.authorization(&Scope::push(repo), None).await {
+            req = req.header(AUTHORIZATION, h);
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(10), req.send()).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::testserver::{plain, Answer, TestServer};
+    use super::*;
+
+    struct Memory(Vec<u8>);
+
+    impl BlobSource for Memory {
+        fn open(&self, offset: u64) -> Result<BoxStream<'static, Result<Bytes>>> {
+            let rest = Bytes::copy_from_slice(&self.0[offset as usize..]);
+            Ok(futures_util::stream::iter(vec![Ok(rest)]).boxed())
+        }
+    }
+
+    #[tokio::test]
+    async fn a_registry_refusing_patch_gets_monolithic_puts_and_that_is_remembered() {
+        let server = TestServer::start(|r| match (r.method.as_str(), r.path.as_str()) {
+            ("GET", "/v2/") => Answer::new(200),
+            ("POST", _) => Answer::new(202).header("location", "/upload/s1?state=x"),
+            ("PATCH", _) => Answer::new(405)
+                .body(r#"{"errors":[{"code":"UNSUPPORTED","message":"no chunks"}]}"#),
+            ("PUT", p) if p.starts_with("/upload/s1?state=x&digest=sha256%3A") => Answer::new(201),
+            (m, p) => Answer::new(400).body(format!("unexpected {m} {p}")),
+        });
+        let reg = plain(&server.addr, None).await;
+        for content in [&b"first blob"[..], &b"second blob"[..]] {
+            let d = Digest::of(content);
+            reg.upload_blob(
+                "r",
+                &d,
+                content.len() as u64,
+                &Memory(content.to_vec()),
+                None,
+            )
+            .await
+            .expect("upload");
+        }
+        let seen = server.seen();
+        let patches = seen.iter().filter(|r| r.method == "PATCH").count();
+        let puts: Vec<_> = seen.iter().filter(|r| r.method == "PUT").collect();
+        assert_eq!(patches, 1, "only the first upload tries PATCH");
+        assert_eq!(puts.len(), 2);
+        assert_eq!(puts[0].body, b"first blob");
+        assert_eq!(puts[1].body, b"second blob");
+    }
+
+    #[test]
+    fn offsets_from_range_headers() {
+        assert_eq!(parse_range("0-0"), Some(0));
+        assert_eq!(parse_range("0-1048575"), Some(1_048_576));
+        assert_eq!(parse_range("bytes=0-9"), Some(10));
+        assert_eq!(parse_range("5-9"), None);
+        assert_eq!(parse_range("junk"), None);
+    }
+
+    #[test]
+    fn chunk_refusals() {
+        assert!(refuses_chunks(StatusCode::METHOD_NOT_ALLOWED, b""));
+        assert!(refuses_chunks(
+            StatusCode::BAD_REQUEST,
+            br#"{"errors":[{"code":"UNSUPPORTED"}]}"#
+        ));
+        assert!(!refuses_chunks(
+            StatusCode::BAD_REQUEST,
+            br#"{"errors":[{"code":"DIGEST_INVALID"}]}"#
+        ));
+    }
+}
