@@ -69,7 +69,7 @@ fn corpus_source() -> (TestRegistry, Source) {
 /// One image `src/big:1` with a 12 MiB incompressible layer (and a small config).
 fn big_source() -> (TestRegistry, Source) {
     let src = TestRegistry::start(RegistryOpts::plain());
-    let layer = random_layer(0x5eed_b16, 12 * MIB, false);
+    let layer = random_layer(0x05ee_db16, 12 * MIB, false);
     let m = src.client().push_image(
         "src/big",
         Some("1"),
