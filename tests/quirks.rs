@@ -605,3 +605,131 @@ fn cut_chunk_the_registry_refuses_to_resume_starts_over() {
         "the layer was never committed:\n{log}"
     );
 }
+
+/// The harness itself: skopeo (an independent client) pushes through the proxy, and a PATCH
+/// with chunked transfer-encoding is sent by hand; the proxy streams both, records their sizes,
+/// and the content at the registry is intact. `RelativeLocation` and `NoContentDigest` are on,
+/// so the rewritten headers are exercised by a client other than airlock.
+#[test]
+fn quirk_proxy_forwards_chunked_bodies_for_an_independent_client() {
+    let (src, s) = big_source();
+    let target = TestRegistry::start(RegistryOpts::plain());
+    let proxy = QuirkProxy::start_with(
+        &target,
+        vec![Quirk::RelativeLocation, Quirk::NoContentDigest],
+    );
+    let (mut cmd, _tmp) = skopeo_command();
+    let out = cmd
+        .args(["copy", "--preserve-digests"])
+        .args(["--src-tls-verify=false", "--dest-tls-verify=false"])
+        .arg(format!("docker://{}/src/big:1", src.host()))
+        .arg(format!("docker://{}/src/big:1", proxy.host()))
+        .output()
+        .expect("run skopeo copy");
+    let log = proxy.describe();
+    assert!(
+        out.status.success(),
+        "skopeo copy through the proxy: {}\nproxy log:\n{log}",
+        describe_output(&out)
+    );
+    assert_target_has(&target, &s, &log);
+    let layer = s.images[0]
+        .3
+        .iter()
+        .max_by_key(|d| d.size)
+        .expect("a layer");
+    let recs = proxy.records();
+    let sent: u64 = recs
+        .iter()
+        .filter(|r| r.method == "PATCH" || r.is_commit())
+        .filter(|r| {
+            r.session()
+                == recs
+                    .iter()
+                    .find(|c| c.is_commit() && c.commit_digest().as_deref() == Some(&layer.digest))
+                    .and_then(|c| c.session())
+        })
+        .map(|r| r.body_bytes)
+        .sum();
+    assert_eq!(
+        sent, layer.size,
+        "body bytes recorded for the layer:\n{log}"
+    );
+
+    // skopeo sends known lengths; a chunked transfer-encoded PATCH by hand, through the proxy.
+    let data = random_bytes(7, 900 * 1024);
+    let digest = sha256_digest(&data);
+    let (status, head) = raw_http(&proxy.host(), "POST", "/v2/src/raw/blobs/uploads/", None);
+    assert_eq!(status, 202, "{head}");
+    let loc = header_of(&head, "location").expect("Location");
+    assert!(loc.starts_with('/'), "RelativeLocation: {loc}");
+    let (status, head) = raw_http(&proxy.host(), "PATCH", &loc, Some(&data));
+    assert_eq!(status, 202, "{head}");
+    assert_eq!(
+        header_of(&head, "range").as_deref(),
+        Some(format!("0-{}", data.len() - 1).as_str())
+    );
+    let loc = header_of(&head, "location").expect("Location");
+    let sep = if loc.contains('?') { '&' } else { '?' };
+    let put = format!("{loc}{sep}digest={}", digest.replace(':', "%3A"));
+    let (status, head) = raw_http(&proxy.host(), "PUT", &put, None);
+    assert_eq!(status, 201, "{head}");
+    assert_eq!(
+        target.client().get_blob("src/raw", &digest).as_deref(),
+        Some(&data[..])
+    );
+    let patch = proxy
+        .records()
+        .into_iter()
+        .find(|r| r.method == "PATCH" && r.chunked)
+        .expect("the chunked PATCH was recorded");
+    assert_eq!(patch.body_bytes, data.len() as u64);
+}
+
+/// One request on its own connection; a body is sent with chunked transfer-encoding in
+/// 64 KiB chunks. Returns the status and the response head.
+fn raw_http(host: &str, method: &str, target: &str, body: Option<&[u8]>) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(host).expect("connect to the proxy");
+    s.set_read_timeout(Some(std::time::Duration::from_secs(30)))
+        .expect("read timeout");
+    let mut head = format!("{method} {target} HTTP/1.1\r\nHost: {host}\r\n");
+    match body {
+        Some(_) => head
+            .push_str("Transfer-Encoding: chunked\r\nContent-Type: application/octet-stream\r\n"),
+        None => head.push_str("Content-Length: 0\r\n"),
+    }
+    head.push_str("Connection: close\r\n\r\n");
+    s.write_all(head.as_bytes()).expect("send head");
+    if let Some(b) = body {
+        for c in b.chunks(64 * 1024) {
+            s.write_all(format!("{:x}\r\n", c.len()).as_bytes())
+                .and_then(|_| s.write_all(c))
+                .and_then(|_| s.write_all(b"\r\n"))
+                .expect("send chunk");
+        }
+        s.write_all(b"0\r\n\r\n").expect("send last chunk");
+    }
+    let mut resp = Vec::new();
+    let _ = s.read_to_end(&mut resp);
+    let text = String::from_utf8_lossy(&resp).into_owned();
+    let head = text
+        .split("\r\n\r\n")
+        .next()
+        .unwrap_or_default()
+        .to_string();
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    (status, head)
+}
+
+fn header_of(head: &str, name: &str) -> Option<String> {
+    head.lines().find_map(|l| {
+        l.split_once(':')
+            .filter(|(k, _)| k.trim().eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.trim().to_string())
+    })
+}
