@@ -38,6 +38,15 @@ pub enum Command {
     /// Make a key pair for signing bundles (PREFIX.key and PREFIX.pub, minisign format).
     #[command(after_help = AFTER_HELP)]
     Keygen(KeygenArgs),
+    /// Answer registry pulls straight from one or more bundles (read-only, no unpacking).
+    #[command(after_help = AFTER_HELP)]
+    Serve(ServeArgs),
+    /// Show what changed between two bundles (or their bundle.json files).
+    #[command(after_help = AFTER_HELP)]
+    Diff(DiffArgs),
+    /// Show or prune export's blob cache.
+    #[command(after_help = AFTER_HELP)]
+    Cache(CacheArgs),
 }
 
 #[derive(Args, Debug)]
@@ -211,4 +220,85 @@ pub struct VerifyArgs {
     /// Print nothing but errors
     #[arg(short, long)]
     pub quiet: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct ServeArgs {
+    /// The bundles (base names or any volume); an incremental bundle with its bases serves
+    /// the whole set, and a name two bundles carry is taken from the newest
+    #[arg(required = true)]
+    pub bundles: Vec<PathBuf>,
+    /// Address and port to listen on
+    #[arg(long, value_name = "ADDR:PORT", default_value = "127.0.0.1:5000")]
+    pub listen: String,
+    /// Serve HTTPS with this certificate chain (PEM); needs --tls-key
+    #[arg(long, value_name = "FILE")]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key (PEM) of --tls-cert
+    #[arg(long, value_name = "FILE")]
+    pub tls_key: Option<PathBuf>,
+    /// Require basic auth from the users of this htpasswd file (bcrypt entries: htpasswd -B)
+    #[arg(long, value_name = "FILE")]
+    pub htpasswd: Option<PathBuf>,
+    /// Serve the images under this namespace, as `import --repository` would push them
+    #[arg(long, value_name = "NAMESPACE")]
+    pub repository: Option<String>,
+    /// Serve every image under this tag, as `import --tag` would
+    #[arg(long)]
+    pub tag: Option<String>,
+    /// No request log
+    #[arg(short, long)]
+    pub quiet: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct DiffArgs {
+    /// The earlier bundle (base name, any volume, or an extracted bundle.json)
+    pub old: PathBuf,
+    /// The later bundle
+    pub new: PathBuf,
+    /// Print JSON
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct CacheArgs {
+    #[command(subcommand)]
+    pub action: CacheAction,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum CacheAction {
+    /// Entries, size, and how long the oldest has been unused
+    Ls(CacheLsArgs),
+    /// Remove entries unused for longer than --older-than, then the least recently used
+    /// until the rest fit in --max-size
+    Prune(CachePruneArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct CacheLsArgs {
+    /// The cache [default: $XDG_CACHE_HOME/airlock or ~/.cache/airlock]
+    #[arg(long, value_name = "DIR", env = "AIRLOCK_CACHE_DIR")]
+    pub cache_dir: Option<PathBuf>,
+    /// Print JSON
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct CachePruneArgs {
+    /// The cache [default: $XDG_CACHE_HOME/airlock or ~/.cache/airlock]
+    #[arg(long, value_name = "DIR", env = "AIRLOCK_CACHE_DIR")]
+    pub cache_dir: Option<PathBuf>,
+    /// Remove entries not used for this long (30d, 12h)
+    #[arg(long, value_name = "AGE")]
+    pub older_than: Option<String>,
+    /// Then remove the least recently used until the cache fits in this size (20G)
+    #[arg(long, value_name = "SIZE")]
+    pub max_size: Option<String>,
+    /// Print JSON
+    #[arg(long)]
+    pub json: bool,
 }

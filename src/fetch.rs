@@ -358,7 +358,8 @@ impl<'a> Download<'a> {
                 let dl = self
                     .reg
                     .get_blob(&self.o.repo, &self.o.digest, seen, &mut self.budget)
-                    .await?;
+                    .await
+                    .map_err(|e| e.about(&self.what))?;
                 let start = dl.start;
                 self.body = Some(dl.body);
                 if start != seen {

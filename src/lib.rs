@@ -2,6 +2,7 @@
 //! compressed, seekable OCI-layout bundle.
 
 pub mod bundle;
+pub mod cache;
 pub mod cli;
 pub mod commands;
 pub mod config;
@@ -15,4 +16,5 @@ pub mod manifest;
 pub mod progress;
 pub mod reference;
 pub mod registry;
+pub mod serve;
 pub mod signing;

@@ -25,6 +25,11 @@ fn main() {
                 .await
                 .map_err(|e| Error::Failed(e.to_string()))?,
             Command::Keygen(a) => commands::keygen(a),
+            Command::Serve(a) => commands::serve::run(a).await,
+            Command::Diff(a) => tokio::task::spawn_blocking(move || commands::diff::run(a))
+                .await
+                .map_err(|e| Error::Failed(e.to_string()))?,
+            Command::Cache(a) => commands::cache::run(a),
             Command::Verify(a) => tokio::task::spawn_blocking(move || commands::verify::run(a))
                 .await
                 .map_err(|e| Error::Failed(e.to_string()))?,
