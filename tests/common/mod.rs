@@ -17,6 +17,12 @@
 //!   (faults need a plain-HTTP registry behind it; TLS is piped through untouched).
 //! - [`ThrottleProxy`]: a loopback TCP proxy holding each connection to a bandwidth, counting
 //!   bytes each way; it can also freeze (a stalled link). TLS passes through untouched.
+//! - [`QuirkProxy`]: an HTTP-aware proxy playing the registries we cannot install, one quirk
+//!   at a time (no chunked or no monolithic uploads, minimum chunk size, refused mounts, no
+//!   `Docker-Content-Digest`, relative `Location`, `NAME_UNKNOWN`, blob redirects to another
+//!   host, expired tokens refused, cut chunks, delays).
+//! - [`TokenServer`]: a Docker token server issuing signed JWTs per scope, with lifetimes,
+//!   anonymous pull tokens and a log of what it issued.
 //! - [`run_airlock`]: runs the binary with an isolated environment and no TTY.
 #![allow(dead_code)]
 
@@ -56,18 +62,6 @@ pub use skopeo::*;
 pub use throttle::*;
 #[allow(unused_imports)]
 pub use util::*;
-
-use std::fs;
-use std::io::{self, Read, Write};
-use std::net::{TcpListener, TcpStream};
-use std::path::Path;
-use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
-use std::thread::JoinHandle;
-use std::time::Duration;
-
-use serde_json::json;
 
 // ---------------------------------------------------------------------------------------------
 // TokenServer (tests/common/token.rs) and QuirkProxy (tests/common/quirk_proxy.rs)
