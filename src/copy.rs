@@ -253,7 +253,9 @@ pub async fn push(
         }
     }
     let found = Arc::new(check_external(source.as_ref(), &target, &needs, jobs).await?);
-    let failed_blobs: Arc<Mutex<HashMap<Digest, String>>> = Arc::default();
+    // Failures per (blob, repository): a repository the registry refuses (a missing project)
+    // fails its own images, not every image that shares a layer with it.
+    let failed_blobs: Arc<Mutex<HashMap<(Digest, String), String>>> = Arc::default();
     stream::iter(needs)
         .for_each_concurrent(jobs, |need| {
             let source = source.clone();
@@ -264,11 +266,11 @@ pub async fn push(
             let found = found.clone();
             async move {
                 let known = found.get(&need.digest).copied();
-                if let Err(e) =
-                    place_blob(source.as_ref(), &target, &need, known, &counters, &reporter).await
-                {
-                    if let Ok(mut f) = failed.lock() {
-                        f.insert(need.digest, e.to_string());
+                let failures =
+                    place_blob(source.as_ref(), &target, &need, known, &counters, &reporter).await;
+                if let Ok(mut f) = failed.lock() {
+                    for (repo, e) in failures {
+                        f.insert((need.digest.clone(), repo), e.to_string());
                     }
                 }
             }
@@ -294,7 +296,12 @@ pub async fn push(
                     .iter()
                     .map(|t| format!("{}/{}:{t}", target.name(), group.repo))
                     .collect();
-                if let Some(why) = group.entry.blobs.iter().find_map(|d| failed_blobs.get(d)) {
+                if let Some(why) = group
+                    .entry
+                    .blobs
+                    .iter()
+                    .find_map(|d| failed_blobs.get(&(d.clone(), group.repo.clone())))
+                {
                     return names
                         .into_iter()
                         .map(|n| (n, Err(Error::Failed(why.clone()))))
@@ -402,62 +409,105 @@ async fn place_blob(
     known: Option<usize>,
     counters: &Counters,
     reporter: &Reporter,
-) -> Result<()> {
-    let (digest, size) = (&need.digest, need.size);
+) -> Vec<(String, Error)> {
     let mut have: Option<String> = None;
-    let scope_of = |r: &str| crate::registry::Scope::push(r);
     if let Some(i) = known {
         // Start from the repository that has it (checked before anything was written).
         have = need.repos.get(i).cloned();
     }
+    let mut failures = Vec::new();
     for (i, repo) in need.repos.iter().enumerate() {
         let present = match known {
-            Some(k) if i < k => false,
-            Some(k) if i == k => true,
-            _ => target
-                .blob_exists(repo, digest, &scope_of(repo))
-                .await?
-                .is_some(),
+            Some(k) if i < k => Some(false),
+            Some(k) if i == k => Some(true),
+            _ => None,
         };
-        if present {
-            counters.skipped.fetch_add(1, Ordering::Relaxed);
-            reporter.detail(format!("{repo}: blob {} already there", digest.short()));
-            have = Some(repo.clone());
-            continue;
-        }
-        let mut location = None;
-        if let Some(from) = &have {
-            match target.mount_blob(repo, digest, from).await? {
-                MountResult::Mounted => {
-                    counters.mounted.fetch_add(1, Ordering::Relaxed);
-                    reporter.detail(format!(
-                        "{repo}: mounted blob {} from {from}",
-                        digest.short()
-                    ));
-                    continue;
-                }
-                MountResult::Upload(loc) => location = Some(loc),
-                MountResult::NotMounted => {}
+        match place_in(
+            source,
+            target,
+            need,
+            repo,
+            present,
+            have.as_deref(),
+            counters,
+            reporter,
+        )
+        .await
+        {
+            Ok(()) => have = Some(repo.clone()),
+            // Bad content fails it everywhere; a refusal of one repository fails only that one.
+            Err(e @ (Error::Integrity { .. } | Error::Bundle { .. })) => {
+                let why = e.to_string();
+                failures.extend(
+                    need.repos[i..]
+                        .iter()
+                        .map(|r| (r.clone(), Error::Failed(why.clone()))),
+                );
+                break;
             }
+            Err(e) => failures.push((repo.clone(), e)),
         }
-        if need.external {
-            return Err(Error::Failed(format!(
-                "blob {digest} is not in the source (a base bundle carries it) and could not be \
-                 mounted into {repo}"
-            )));
-        }
-        let blob = source.blob(digest, reporter);
-        target
-            .upload_blob(repo, digest, size, blob.as_ref(), location)
-            .await?;
-        counters.uploaded.fetch_add(1, Ordering::Relaxed);
-        counters.bytes.fetch_add(size, Ordering::Relaxed);
-        reporter.detail(format!(
-            "{repo}: uploaded blob {} ({size} bytes)",
-            digest.short()
-        ));
-        have = Some(repo.clone());
     }
+    failures
+}
+
+/// Makes one blob present in one repository: already there (`present`, or asked), mounted
+/// from `have`, or uploaded.
+#[allow(clippy::too_many_arguments)]
+async fn place_in(
+    source: &dyn Source,
+    target: &Registry,
+    need: &Need,
+    repo: &str,
+    present: Option<bool>,
+    have: Option<&str>,
+    counters: &Counters,
+    reporter: &Reporter,
+) -> Result<()> {
+    let (digest, size) = (&need.digest, need.size);
+    let present = match present {
+        Some(p) => p,
+        None => target
+            .blob_exists(repo, digest, &crate::registry::Scope::push(repo))
+            .await?
+            .is_some(),
+    };
+    if present {
+        counters.skipped.fetch_add(1, Ordering::Relaxed);
+        reporter.detail(format!("{repo}: blob {} already there", digest.short()));
+        return Ok(());
+    }
+    let mut location = None;
+    if let Some(from) = have {
+        match target.mount_blob(repo, digest, from).await? {
+            MountResult::Mounted => {
+                counters.mounted.fetch_add(1, Ordering::Relaxed);
+                reporter.detail(format!(
+                    "{repo}: mounted blob {} from {from}",
+                    digest.short()
+                ));
+                return Ok(());
+            }
+            MountResult::Upload(loc) => location = Some(loc),
+            MountResult::NotMounted => {}
+        }
+    }
+    if need.external {
+        return Err(Error::Failed(format!(
+            "blob {digest} is not in the source (a base bundle carries it) and could not be \
+             mounted into {repo}"
+        )));
+    }
+    let blob = source.blob(digest, reporter);
+    target
+        .upload_blob(repo, digest, size, blob.as_ref(), location)
+        .await?;
+    counters.uploaded.fetch_add(1, Ordering::Relaxed);
+    counters.bytes.fetch_add(size, Ordering::Relaxed);
+    reporter.detail(format!(
+        "{repo}: uploaded blob {} ({size} bytes)",
+        digest.short()
+    ));
     Ok(())
 }
 

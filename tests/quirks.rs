@@ -447,6 +447,16 @@ fn name_unknown_on_push_names_the_project_to_create() {
         target.tags("other/delta").is_empty(),
         "a tag was written in the refused repository"
     );
+    // The refusal is the other project's alone: every image elsewhere, sharing layers with
+    // it or not, is imported whole.
+    for (repo, tag, digest, _) in s.images.iter().filter(|i| !i.0.starts_with("other/")) {
+        assert_eq!(
+            target.client().manifest_digest(repo, tag).as_deref(),
+            Some(digest.as_str()),
+            "{repo}:{tag} was not imported\n{}",
+            describe_output(&out)
+        );
+    }
 }
 
 /// Blob GETs redirected (307) to object storage on another host: export completes, and that
