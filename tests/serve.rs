@@ -314,6 +314,29 @@ fn serve_answers_skopeo_with_every_source_digest_ranges_paging_and_errors() {
             img.name()
         );
     }
+    // And `copy` from serve straight into a registry: the same digests again.
+    let dst2 = TestRegistry::start(RegistryOpts::plain());
+    let out = run_airlock(
+        [
+            "copy",
+            "-q",
+            "-f",
+            list.to_str().expect("utf8"),
+            "--to-registry",
+            &dst2.host(),
+        ],
+        &[],
+        None,
+    );
+    assert_success(&out, "copy from serve");
+    for img in &corpus.images {
+        assert_eq!(
+            skopeo_digest(&dst2, &img.name()),
+            img.digest,
+            "{}",
+            img.name()
+        );
+    }
 }
 
 #[test]
@@ -541,4 +564,60 @@ fn a_damaged_frame_is_answered_with_an_error_never_with_bytes() {
         "the damaged frame's bytes were sent ({} bytes)",
         got.len()
     );
+}
+
+/// podman, a real container engine, pulls from serve (vfs storage in a throw-away root): every
+/// image lands with its source digest, a Docker manifest list and an OCI index included.
+#[test]
+fn podman_pulls_every_image_from_serve() {
+    let src = TestRegistry::start(RegistryOpts::plain());
+    let corpus = build_corpus(&src);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let bundle = export_all(&src, &corpus, dir.path(), "b");
+    let served = Served::start(&[&bundle], &["-q"]);
+    let root = dir.path().join("podman-root");
+    let runroot = dir.path().join("podman-run");
+    std::fs::write(dir.path().join("auth.json"), "{\"auths\":{}}\n").expect("auth.json");
+    let podman = |args: &[&str]| {
+        let out = std::process::Command::new("podman")
+            .arg("--root")
+            .arg(&root)
+            .arg("--runroot")
+            .arg(&runroot)
+            .args(["--storage-driver", "vfs", "--events-backend", "file"])
+            .args(["--cgroup-manager", "cgroupfs"])
+            .args(args)
+            .env("REGISTRY_AUTH_FILE", dir.path().join("auth.json"))
+            .stdin(Stdio::null())
+            .output()
+            .expect("podman is installed (.ci/run installs it)");
+        assert!(
+            out.status.success(),
+            "podman {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    let mut pulled = 0;
+    for img in &corpus.images {
+        if img
+            .manifest
+            .blobs
+            .iter()
+            .any(|b| b.media_type == ARTIFACT_LAYER)
+        {
+            continue; // not a container image: podman refuses artifacts by design
+        }
+        let name = format!("{}/{}", served.host(), img.name());
+        podman(&["pull", "-q", "--tls-verify=false", &name]);
+        let digest = podman(&["image", "inspect", "--format", "{{.Digest}}", &name]);
+        assert_eq!(digest, img.digest, "{name} pulled by podman");
+        pulled += 1;
+    }
+    assert!(
+        pulled >= corpus.images.len() - 1,
+        "podman pulled {pulled} images"
+    );
+    assert!(corpus.images.iter().any(|i| i.media_type == DOCKER_LIST));
+    assert!(corpus.images.iter().any(|i| i.media_type == OCI_INDEX));
 }
