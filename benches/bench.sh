@@ -17,6 +17,9 @@
 #   verify  airlock verify                       vs  zstd -d > /dev/null (the floor: decompression)
 #   next    airlock export --since (the first bundle) of the corpus with one layer of one image
 #           changed: the incremental bundle's size is listed with the others
+#   pull x8 8 clients (one keep-alive curl each) pull every blob of the corpus from `airlock serve`
+#           (straight from the compressed bundle) and from the distribution registry the import
+#           filled (uncompressed on disk); serve's peak RSS gets a row of its own
 # and after the imports every manifest digest at each target is compared with the source.
 # skopeo runs one image at a time (its oci: layout is not safe for concurrent writers).
 #
@@ -55,6 +58,8 @@ command -v docker-registry >/dev/null || missing+=(docker-registry)
 command -v skopeo >/dev/null || missing+=(skopeo)
 command -v zstd >/dev/null || missing+=(zstd)
 [[ -x /usr/bin/time ]] || missing+=(time)
+command -v curl >/dev/null || missing+=(curl)
+command -v python3 >/dev/null || missing+=(python3)
 if ((${#missing[@]})); then
     [[ $(id -u) == 0 ]] || die "missing ${missing[*]}; run as root or install them"
     say "installing ${missing[*]}"
@@ -335,6 +340,44 @@ set_digest_cell() {   # set_digest_cell CORPUS TOOL VALUE: fills the import row 
     done
 }
 
+# serve_vs_registry CORPUS: 8 clients (one curl each, keep-alive) pull every blob of the corpus,
+# from `airlock serve` over the compressed bundle and from the distribution registry that the
+# import filled (the same blobs, uncompressed on disk). Rows: wall seconds of the 8 clients;
+# serve's own peak RSS (VmHWM) in its own row.
+serve_vs_registry() {
+    local c=$1 bundle=$WORK/$1-airlock.tar.zst port pid i
+    zstd -dc "$bundle" | tar -xO bundle.json >"$WORK/$c.bundle.json"
+    python3 - "$WORK/$c.bundle.json" >"$WORK/$c.blob-paths" <<'PY'
+import json, sys
+b = json.load(open(sys.argv[1]))
+kinds = {x["digest"]: x["mediaType"] for x in b["blobs"]}
+seen = set()
+for img in b["images"]:
+    repo = img["path"] if not img["namespace"] else img["namespace"] + "/" + img["path"]
+    for d in img["blobs"]:
+        mt = kinds.get(d, "")
+        if "manifest" in mt or "index" in mt or (repo, d) in seen:
+            continue
+        seen.add((repo, d))
+        print(f"/v2/{repo}/blobs/{d}")
+PY
+    port=$(free_port) || die "no free port"
+    "$AIRLOCK" serve "$bundle" --listen "127.0.0.1:$port" -q &
+    pid=$!
+    PIDS+=("$pid")
+    for i in $(seq 1 100); do registry_up "$port" 2>/dev/null && break; sleep 0.1; done
+    for target in "airlock serve|127.0.0.1:$port" "distribution|$DST_AIRLOCK"; do
+        local name=${target%%|*} host=${target#*|}
+        sed "s|^|url = http://$host|; s|\$|\noutput = /dev/null|" "$WORK/$c.blob-paths" >"$WORK/$c.curl-${name// /_}"
+        measure "$c" "pull x8" "$name" bash -c "for i in 1 2 3 4 5 6 7 8; do curl -sf -K '$WORK/$c.curl-${name// /_}' & done; fail=0; for j in 1 2 3 4 5 6 7 8; do wait -n || fail=1; done; exit \$fail"
+    done
+    local hwm
+    hwm=$(awk '/VmHWM/ {print int($2 / 1024)}' "/proc/$pid/status" 2>/dev/null || echo "-")
+    ROWS+=("$c|serve|peak RSS|-|$hwm|-")
+    kill "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+}
+
 run_corpus() {
     local c=$1 list=$WORK/$1.list refs=$WORK/$1.refs
     "build_$c"
@@ -396,6 +439,7 @@ EOF
     if uses airlock && [[ -f $WORK/$c-airlock.tar.zst ]]; then
         measure "$c" verify airlock "$AIRLOCK" verify "$WORK/$c-airlock.tar.zst"
         measure "$c" verify "zstd -d" bash -c "zstd -d <'$WORK/$c-airlock.tar.zst' >/dev/null"
+        serve_vs_registry "$c"
     fi
 
     say "$c: comparing manifest digests with the source"

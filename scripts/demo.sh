@@ -239,7 +239,9 @@ say "airlock verify $BUNDLE"
 "$AIRLOCK" verify "$BUNDLE" </dev/null
 
 say "the bundle is a plain .tar.zst"
-zstd -d <"$BUNDLE" | tar -t | head -n 8
+# The whole listing first: under pipefail, `| head` would kill tar with SIGPIPE (exit 141).
+listing=$(zstd -dc <"$BUNDLE" | tar -t)
+printf '%s\n' "$listing" | sed -n 1,8p
 
 say "airlock import $BUNDLE --registry $DST --repository mirror"
 "$AIRLOCK" import "$BUNDLE" --registry "$DST" --repository mirror </dev/null

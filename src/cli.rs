@@ -6,7 +6,9 @@ use std::path::PathBuf;
 
 const AFTER_HELP: &str = "\
 Exit codes: 0 done, 1 failure (nothing half-done is left looking complete), 2 usage error,
-3 partial (export --keep-going left out images that failed; the bundle names them).
+3 partial (export --keep-going left out images that failed; the bundle names them),
+130 stopped by SIGINT (Ctrl-C), 143 stopped by SIGTERM (unfinished files removed; the previous
+bundle of the same name and its .sha256/.minisig are kept; a re-run finishes the work).
 
 Environment (the offline-deployment procedure's variables; flags win):
   export: SOURCE_DOCKER_REGISTRY, SOURCE_DOCKER_REPOSITORY, SOURCE_DOCKER_TAG,
@@ -38,6 +40,19 @@ pub enum Command {
     /// Make a key pair for signing bundles (PREFIX.key and PREFIX.pub, minisign format).
     #[command(after_help = AFTER_HELP)]
     Keygen(KeygenArgs),
+    /// Answer registry pulls straight from one or more bundles (read-only, no unpacking).
+    #[command(after_help = AFTER_HELP)]
+    Serve(ServeArgs),
+    /// Copy images registry to registry in one step (export's source options, import's
+    /// target options as --to-…); nothing is written to local disk.
+    #[command(after_help = AFTER_HELP)]
+    Copy(CopyArgs),
+    /// Show what changed between two bundles (or their bundle.json files).
+    #[command(after_help = AFTER_HELP)]
+    Diff(DiffArgs),
+    /// Show or prune export's blob cache.
+    #[command(after_help = AFTER_HELP)]
+    Cache(CacheArgs),
     /// Print the shell completion script for bash, zsh or fish.
     #[command(after_help = COMPLETIONS_HELP)]
     Completions(CompletionsArgs),
@@ -256,4 +271,160 @@ pub struct VerifyArgs {
     /// List each blob as it is checked (digest, size, result)
     #[arg(short, long)]
     pub verbose: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct ServeArgs {
+    /// The bundles (base names or any volume); an incremental bundle with its bases serves
+    /// the whole set, and a name two bundles carry is taken from the newest
+    #[arg(required = true)]
+    pub bundles: Vec<PathBuf>,
+    /// Address and port to listen on
+    #[arg(long, value_name = "ADDR:PORT", default_value = "127.0.0.1:5000")]
+    pub listen: String,
+    /// Serve HTTPS with this certificate chain (PEM); needs --tls-key
+    #[arg(long, value_name = "FILE")]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key (PEM) of --tls-cert
+    #[arg(long, value_name = "FILE")]
+    pub tls_key: Option<PathBuf>,
+    /// Require basic auth from the users of this htpasswd file (bcrypt entries: htpasswd -B)
+    #[arg(long, value_name = "FILE")]
+    pub htpasswd: Option<PathBuf>,
+    /// Serve the images under this namespace, as `import --repository` would push them
+    #[arg(long, value_name = "NAMESPACE")]
+    pub repository: Option<String>,
+    /// Serve every image under this tag, as `import --tag` would
+    #[arg(long)]
+    pub tag: Option<String>,
+    /// No request log
+    #[arg(short, long)]
+    pub quiet: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct DiffArgs {
+    /// The earlier bundle (base name, any volume, or an extracted bundle.json)
+    pub old: PathBuf,
+    /// The later bundle
+    pub new: PathBuf,
+    /// Print JSON
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct CacheArgs {
+    #[command(subcommand)]
+    pub action: CacheAction,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum CacheAction {
+    /// Entries, size, and how long the oldest has been unused
+    Ls(CacheLsArgs),
+    /// Remove entries unused for longer than --older-than, then the least recently used
+    /// until the rest fit in --max-size
+    Prune(CachePruneArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct CacheLsArgs {
+    /// The cache [default: $XDG_CACHE_HOME/airlock or ~/.cache/airlock]
+    #[arg(long, value_name = "DIR", env = "AIRLOCK_CACHE_DIR")]
+    pub cache_dir: Option<PathBuf>,
+    /// Print JSON
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct CachePruneArgs {
+    /// The cache [default: $XDG_CACHE_HOME/airlock or ~/.cache/airlock]
+    #[arg(long, value_name = "DIR", env = "AIRLOCK_CACHE_DIR")]
+    pub cache_dir: Option<PathBuf>,
+    /// Remove entries not used for this long (30d, 12h)
+    #[arg(long, value_name = "AGE")]
+    pub older_than: Option<String>,
+    /// Then remove the least recently used until the cache fits in this size (20G)
+    #[arg(long, value_name = "SIZE")]
+    pub max_size: Option<String>,
+    /// Print JSON
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct CopyArgs {
+    /// Images: full references or short names expanded with --registry/--repository/--tag
+    pub images: Vec<String>,
+    /// Take the registries, images and tag rules from this image-set file (YAML)
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Read images from a file, one per line; `-` reads them from standard input
+    #[arg(short = 'f', long, value_name = "FILE")]
+    pub images_file: Option<PathBuf>,
+    /// Keep only this platform of multi-arch images (os/arch[/variant]); repeatable
+    #[arg(long, value_name = "OS/ARCH[/VARIANT]")]
+    pub platform: Vec<String>,
+    /// Show what would be copied, and where to, and copy nothing
+    #[arg(long)]
+    pub plan: bool,
+    /// Copy the images that can be resolved, name the others, exit 3
+    #[arg(long)]
+    pub keep_going: bool,
+    /// Do not carry signatures, attestations and SBOMs along with the images
+    #[arg(long)]
+    pub no_referrers: bool,
+    #[command(flatten)]
+    pub registry: RegistryArgs,
+    #[command(flatten)]
+    pub to: ToRegistryArgs,
+    #[command(flatten)]
+    pub out: OutputArgs,
+}
+
+/// The target side of `copy`: import's registry flags, prefixed `--to-`.
+#[derive(Args, Debug, Clone, Default)]
+pub struct ToRegistryArgs {
+    /// Target registry host[:port] [env: TARGET_DOCKER_REGISTRY]
+    #[arg(long, value_name = "HOST")]
+    pub to_registry: Option<String>,
+    /// Target namespace [env: TARGET_DOCKER_REPOSITORY]
+    #[arg(long, value_name = "NAMESPACE")]
+    pub to_repository: Option<String>,
+    /// Target tag for every image [env: TARGET_DOCKER_TAG]
+    #[arg(long)]
+    pub to_tag: Option<String>,
+    /// Target username [env: TARGET_DOCKER_USERNAME]
+    #[arg(long)]
+    pub to_username: Option<String>,
+    /// Read the target password from standard input [env: TARGET_DOCKER_PASSWORD]
+    #[arg(long)]
+    pub to_password_stdin: bool,
+    /// Trust this CA certificate (PEM) for the target's TLS
+    #[arg(long, value_name = "FILE")]
+    pub to_ca_cert: Option<PathBuf>,
+    /// Do not verify the target's TLS certificate
+    #[arg(long)]
+    pub to_insecure: bool,
+    /// Talk plain HTTP to the target
+    #[arg(long)]
+    pub to_plain_http: bool,
+}
+
+impl ToRegistryArgs {
+    /// The same settings in import's form.
+    pub fn registry_args(&self) -> RegistryArgs {
+        RegistryArgs {
+            registry: self.to_registry.clone(),
+            repository: self.to_repository.clone(),
+            tag: self.to_tag.clone(),
+            username: self.to_username.clone(),
+            password_stdin: self.to_password_stdin,
+            ca_cert: self.to_ca_cert.clone(),
+            insecure: self.to_insecure,
+            plain_http: self.to_plain_http,
+        }
+    }
 }

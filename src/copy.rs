@@ -1,17 +1,19 @@
 //! The copy engine: walks an image's graph children-first from a registry, deduplicates
-//! objects across images, and pushes a bundle's images into a registry (skip what exists,
-//! mount across repositories, upload from the bundle with retries, manifests children-first,
-//! the tag last and only when everything under it is there).
+//! objects across images, and pushes images from any [`Source`] (a bundle for `import`, the
+//! source registries for `copy`) into a registry: skip what exists, mount across
+//! repositories, upload with retries and resume, every byte checked against its digest,
+//! manifests children-first, each written once per repository per run, the tags last, one
+//! after the other, and only when everything under them is there.
 
-use crate::bundle::{Bundle, ImageEntry};
+use crate::bundle::ImageEntry;
 use crate::digest::Digest;
 use crate::error::{Error, Result};
 use crate::manifest::{self, Kind};
 use crate::progress::Reporter;
-use crate::registry::{Manifest, MountResult, Registry, MAX_MANIFEST_SIZE};
-use futures_util::stream::{self, BoxStream, StreamExt};
+use crate::registry::{Manifest, MountResult, Registry};
+use crate::store::Source;
+use futures_util::stream::{self, StreamExt};
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::io::Read;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -175,7 +177,7 @@ pub fn dedup_order<'a>(images: impl IntoIterator<Item = &'a Resolved>) -> Vec<Ob
     out
 }
 
-/// An image of a bundle and where it goes.
+/// An image to push and where it goes.
 #[derive(Clone, Debug)]
 pub struct TargetImage {
     pub entry: ImageEntry,
@@ -211,11 +213,11 @@ struct Counters {
     manifests: AtomicU64,
 }
 
-/// Pushes every image of `bundle` into `target`. Blobs go first, each uploaded once and
+/// Pushes every image of `source` into `target`. Blobs go first, each uploaded once and
 /// mounted into the other repositories that need it; then, per image whose blobs are all
 /// there, its manifests children-first and the tag last. Failures are collected per image.
-pub async fn push_bundle(
-    bundle: Arc<Bundle>,
+pub async fn push(
+    source: Arc<dyn Source>,
     target: Arc<Registry>,
     images: Vec<TargetImage>,
     jobs: usize,
@@ -228,11 +230,10 @@ pub async fn push_bundle(
     let mut pos: HashMap<Digest, usize> = HashMap::new();
     for img in &images {
         for d in &img.entry.blobs {
-            let (size, external) = match (bundle.manifest.blob(d), bundle.manifest.external_blob(d))
-            {
-                (Some(b), _) if manifest::is_manifest(&b.media_type) => continue,
-                (Some(b), _) => (b.size, false),
-                (None, Some(x)) => (x.size, true),
+            let (size, external) = match (source.describe(d), source.external(d)) {
+                (Some((_, mt)), _) if manifest::is_manifest(&mt) => continue,
+                (Some((size, _)), _) => (size, false),
+                (None, Some(size)) => (size, true),
                 (None, None) => continue,
             };
             let i = *pos.entry(d.clone()).or_insert_with(|| {
@@ -251,53 +252,76 @@ pub async fn push_bundle(
             needs[i].images.push(img.name(target.name()));
         }
     }
-    check_external(&bundle, &target, &needs, jobs).await?;
-    let failed_blobs: Arc<Mutex<HashMap<Digest, String>>> = Arc::default();
+    let found = Arc::new(check_external(source.as_ref(), &target, &needs, jobs).await?);
+    // Failures per (blob, repository): a repository the registry refuses (a missing project)
+    // fails its own images, not every image that shares a layer with it.
+    let failed_blobs: Arc<Mutex<HashMap<(Digest, String), String>>> = Arc::default();
     stream::iter(needs)
         .for_each_concurrent(jobs, |need| {
-            let bundle = bundle.clone();
+            let source = source.clone();
             let target = target.clone();
             let counters = counters.clone();
             let failed = failed_blobs.clone();
             let reporter = reporter.clone();
+            let found = found.clone();
             async move {
-                if let Err(e) = place_blob(&bundle, &target, &need, &counters, &reporter).await {
-                    if let Ok(mut f) = failed.lock() {
-                        f.insert(need.digest, e.to_string());
+                let known = found.get(&need.digest).copied();
+                let failures =
+                    place_blob(source.as_ref(), &target, &need, known, &counters, &reporter).await;
+                if let Ok(mut f) = failed.lock() {
+                    for (repo, e) in failures {
+                        f.insert((need.digest.clone(), repo), e.to_string());
                     }
                 }
             }
         })
         .await;
     let failed_blobs = failed_blobs.lock().map(|f| f.clone()).unwrap_or_default();
-    let results: Vec<(String, Result<()>)> = stream::iter(images)
-        .map(|img| {
-            let bundle = bundle.clone();
+    // Manifests: one job per (repository, root manifest), however many tags point at it.
+    // Child manifests are written once per (repository, digest) for the whole run; the root
+    // once, then its other tags one after the other. The registry stores a manifest
+    // non-atomically, so the same manifest is never written into one repository twice at once.
+    let written: ManifestsWritten = Arc::default();
+    let results: Vec<Vec<(String, Result<()>)>> = stream::iter(group_by_root(images))
+        .map(|group| {
+            let source = source.clone();
             let target = target.clone();
             let counters = counters.clone();
             let failed_blobs = &failed_blobs;
+            let written = written.clone();
             let reporter = reporter.clone();
             async move {
-                let name = img.name(target.name());
-                if let Some((d, why)) = img
+                let names: Vec<String> = group
+                    .tags
+                    .iter()
+                    .map(|t| format!("{}/{}:{t}", target.name(), group.repo))
+                    .collect();
+                if let Some(why) = group
                     .entry
                     .blobs
                     .iter()
-                    .find_map(|d| failed_blobs.get(d).map(|w| (d, w)))
+                    .find_map(|d| failed_blobs.get(&(d.clone(), group.repo.clone())))
                 {
-                    let _ = d;
-                    return (name, Err(Error::Failed(why.clone())));
+                    return names
+                        .into_iter()
+                        .map(|n| (n, Err(Error::Failed(why.clone()))))
+                        .collect();
                 }
-                let r = push_manifests(&bundle, &target, &img, &counters).await;
-                if r.is_ok() {
-                    reporter.info(format!("pushed {name} ({})", img.entry.digest));
-                }
-                (name, r)
+                push_group(
+                    source.as_ref(),
+                    &target,
+                    &group,
+                    &written,
+                    &counters,
+                    &reporter,
+                )
+                .await
             }
         })
         .buffer_unordered(jobs)
         .collect()
         .await;
+    let results: Vec<(String, Result<()>)> = results.into_iter().flatten().collect();
     let mut report = PushReport {
         blobs_uploaded: counters.uploaded.load(Ordering::Relaxed),
         bytes_uploaded: counters.bytes.load(Ordering::Relaxed),
@@ -330,27 +354,26 @@ struct Need {
 
 /// Before anything is written: every external blob must already be in the target (in one of
 /// the repositories that need it; it is mounted into the others). Names the base bundle to
-/// import first when some are missing.
+/// import first when some are missing. Returns, per external blob, the index in its `repos`
+/// of the first repository that has it (the ones before it do not): `place_blob` starts from
+/// there instead of asking again.
 async fn check_external(
-    bundle: &Bundle,
+    source: &dyn Source,
     target: &Registry,
     needs: &[Need],
     jobs: usize,
-) -> Result<()> {
-    let checks: Vec<Result<Option<String>>> = stream::iter(needs.iter().filter(|n| n.external))
+) -> Result<HashMap<Digest, usize>> {
+    type Check = std::result::Result<(Digest, usize), String>;
+    let checks: Vec<Result<Check>> = stream::iter(needs.iter().filter(|n| n.external))
         .map(|n| async move {
-            for repo in &n.repos {
+            for (i, repo) in n.repos.iter().enumerate() {
                 let scope = crate::registry::Scope::push(repo);
                 if target.blob_exists(repo, &n.digest, &scope).await?.is_some() {
-                    return Ok(None);
+                    return Ok(Ok((n.digest.clone(), i)));
                 }
             }
-            let base = bundle
-                .manifest
-                .external_blob(&n.digest)
-                .map(|x| bundle.manifest.base_of(x))
-                .unwrap_or_default();
-            Ok(Some(format!(
+            let base = source.external_home(&n.digest);
+            Ok(Err(format!(
                 "{} (needed by {}) is carried by {base}",
                 n.digest,
                 n.images.first().cloned().unwrap_or_default()
@@ -360,213 +383,296 @@ async fn check_external(
         .collect()
         .await;
     let mut missing = Vec::new();
+    let mut found = HashMap::new();
     for c in checks {
-        if let Some(m) = c? {
-            missing.push(m);
+        match c? {
+            Ok((d, i)) => {
+                found.insert(d, i);
+            }
+            Err(m) => missing.push(m),
         }
     }
     if missing.is_empty() {
-        return Ok(());
+        return Ok(found);
     }
     missing.sort();
-    let bases: Vec<String> = bundle
-        .manifest
-        .bases
-        .iter()
-        .map(|b| format!("{} (created {})", b.name, b.created))
-        .collect();
-    Err(Error::Failed(format!(
-        "{} is incremental and {} of the blobs it relies on are not in {}; import {} first. \
-         Nothing was written. Missing:\n  {}",
-        bundle.path.display(),
-        missing.len(),
-        target.name(),
-        bases.join(" and "),
-        missing.join("\n  ")
-    )))
+    Err(source.missing_externals(target.name(), missing))
 }
 
-/// Makes one blob present in every repository in `repos`.
+/// Makes one blob present in every repository in `repos`. `known`: the index of the first
+/// repository found to have it by `check_external` (those before it do not); they are not
+/// asked again.
 async fn place_blob(
-    bundle: &Arc<Bundle>,
+    source: &dyn Source,
     target: &Arc<Registry>,
     need: &Need,
+    known: Option<usize>,
+    counters: &Counters,
+    reporter: &Reporter,
+) -> Vec<(String, Error)> {
+    let mut have: Option<String> = None;
+    if let Some(i) = known {
+        // Start from the repository that has it (checked before anything was written).
+        have = need.repos.get(i).cloned();
+    }
+    let mut failures = Vec::new();
+    for (i, repo) in need.repos.iter().enumerate() {
+        let present = match known {
+            Some(k) if i < k => Some(false),
+            Some(k) if i == k => Some(true),
+            _ => None,
+        };
+        match place_in(
+            source,
+            target,
+            need,
+            repo,
+            present,
+            have.as_deref(),
+            counters,
+            reporter,
+        )
+        .await
+        {
+            Ok(()) => have = Some(repo.clone()),
+            // Bad content fails it everywhere; a refusal of one repository fails only that one.
+            Err(e @ (Error::Integrity { .. } | Error::Bundle { .. })) => {
+                let why = e.to_string();
+                failures.extend(
+                    need.repos[i..]
+                        .iter()
+                        .map(|r| (r.clone(), Error::Failed(why.clone()))),
+                );
+                break;
+            }
+            Err(e) => failures.push((repo.clone(), e)),
+        }
+    }
+    failures
+}
+
+/// Makes one blob present in one repository: already there (`present`, or asked), mounted
+/// from `have`, or uploaded.
+#[allow(clippy::too_many_arguments)]
+async fn place_in(
+    source: &dyn Source,
+    target: &Registry,
+    need: &Need,
+    repo: &str,
+    present: Option<bool>,
+    have: Option<&str>,
     counters: &Counters,
     reporter: &Reporter,
 ) -> Result<()> {
     let (digest, size) = (&need.digest, need.size);
-    let mut have: Option<String> = None;
-    let scope_of = |r: &str| crate::registry::Scope::push(r);
-    if need.external {
-        // Start from a repository that has it (checked before anything was written).
-        for repo in &need.repos {
-            if target
-                .blob_exists(repo, digest, &scope_of(repo))
-                .await?
-                .is_some()
-            {
-                have = Some(repo.clone());
-                break;
-            }
-        }
-    }
-    for repo in &need.repos {
-        if target
-            .blob_exists(repo, digest, &scope_of(repo))
+    let present = match present {
+        Some(p) => p,
+        None => target
+            .blob_exists(repo, digest, &crate::registry::Scope::push(repo))
             .await?
-            .is_some()
-        {
-            counters.skipped.fetch_add(1, Ordering::Relaxed);
-            reporter.detail(format!("{repo}: blob {} already there", digest.short()));
-            have = Some(repo.clone());
-            continue;
-        }
-        let mut location = None;
-        if let Some(from) = &have {
-            match target.mount_blob(repo, digest, from).await? {
-                MountResult::Mounted => {
-                    counters.mounted.fetch_add(1, Ordering::Relaxed);
-                    reporter.detail(format!(
-                        "{repo}: mounted blob {} from {from}",
-                        digest.short()
-                    ));
-                    continue;
-                }
-                MountResult::Upload(loc) => location = Some(loc),
-                MountResult::NotMounted => {}
-            }
-        }
-        if need.external {
-            return Err(Error::Failed(format!(
-                "blob {digest} is not in this bundle (a base bundle carries it) and could not be \
-                 mounted into {repo}"
-            )));
-        }
-        upload(bundle, target, repo, digest, size, location, reporter).await?;
-        counters.uploaded.fetch_add(1, Ordering::Relaxed);
-        counters.bytes.fetch_add(size, Ordering::Relaxed);
-        reporter.detail(format!(
-            "{repo}: uploaded blob {} ({size} bytes)",
-            digest.short()
-        ));
-        have = Some(repo.clone());
-    }
-    Ok(())
-}
-
-/// Streams a blob from the bundle into the registry (the registry client retries and
-/// resumes; content that does not match its digest ends the upload at once).
-async fn upload(
-    bundle: &Arc<Bundle>,
-    target: &Registry,
-    repo: &str,
-    digest: &Digest,
-    size: u64,
-    location: Option<reqwest::Url>,
-    reporter: &Reporter,
-) -> Result<()> {
-    let source = BundleBlob {
-        bundle: bundle.clone(),
-        digest: digest.clone(),
-        reporter: reporter.clone(),
-        counted: Arc::new(AtomicU64::new(0)),
+            .is_some(),
     };
-    target
-        .upload_blob(repo, digest, size, &source, location)
-        .await
-}
-
-/// A blob of the bundle as an upload source: read on a blocking thread through a small
-/// bounded channel, checked against its digest as it streams, re-readable from any offset.
-struct BundleBlob {
-    bundle: Arc<Bundle>,
-    digest: Digest,
-    reporter: Reporter,
-    /// How far the progress bar has been moved for this blob; a resume from an earlier
-    /// offset takes the difference back.
-    counted: Arc<AtomicU64>,
-}
-
-impl crate::registry::BlobSource for BundleBlob {
-    fn open(&self, offset: u64) -> Result<BoxStream<'static, Result<bytes::Bytes>>> {
-        let before = self.counted.swap(offset, Ordering::Relaxed);
-        if before > offset {
-            self.reporter.dec(before - offset);
+    if present {
+        counters.skipped.fetch_add(1, Ordering::Relaxed);
+        reporter.detail(format!("{repo}: blob {} already there", digest.short()));
+        return Ok(());
+    }
+    let mut location = None;
+    if let Some(from) = have {
+        match target.mount_blob(repo, digest, from).await? {
+            MountResult::Mounted => {
+                counters.mounted.fetch_add(1, Ordering::Relaxed);
+                reporter.detail(format!(
+                    "{repo}: mounted blob {} from {from}",
+                    digest.short()
+                ));
+                return Ok(());
+            }
+            MountResult::Upload(loc) => location = Some(loc),
+            MountResult::NotMounted => {}
         }
-        let (tx, rx) = tokio::sync::mpsc::channel::<Result<bytes::Bytes>>(4);
-        let bundle = self.bundle.clone();
-        let digest = self.digest.clone();
-        let reporter = self.reporter.clone();
-        let counted = self.counted.clone();
-        tokio::task::spawn_blocking(move || {
-            let fail = |e: Error| {
-                let _ = tx.blocking_send(Err(e));
-            };
-            // The whole blob is read (and so checked against its digest); the bytes before
-            // `offset` are only hashed.
-            let mut r = match bundle.open_blob(&digest) {
-                Ok(r) => r,
-                Err(e) => return fail(e),
-            };
-            let mut pos = 0u64;
-            loop {
-                let mut buf = vec![0u8; 256 * 1024];
-                match r.read(&mut buf) {
-                    Ok(0) => return,
-                    Ok(n) => {
-                        let start = pos;
-                        pos += n as u64;
-                        if pos <= offset {
-                            continue;
-                        }
-                        let skip = offset.saturating_sub(start) as usize;
-                        buf.truncate(n);
-                        let chunk = bytes::Bytes::from(buf).slice(skip..);
-                        reporter.inc(chunk.len() as u64);
-                        counted.fetch_add(chunk.len() as u64, Ordering::Relaxed);
-                        if tx.blocking_send(Ok(chunk)).is_err() {
-                            return; // the request ended early: not a content problem
-                        }
-                    }
-                    Err(e) => return fail(Error::bundle(&bundle.path, e.to_string())),
+    }
+    if need.external {
+        return Err(Error::Failed(format!(
+            "blob {digest} is not in the source (a base bundle carries it) and could not be \
+             mounted into {repo}"
+        )));
+    }
+    let blob = source.blob(digest, reporter);
+    target
+        .upload_blob(repo, digest, size, blob.as_ref(), location)
+        .await?;
+    counters.uploaded.fetch_add(1, Ordering::Relaxed);
+    counters.bytes.fetch_add(size, Ordering::Relaxed);
+    reporter.detail(format!(
+        "{repo}: uploaded blob {} ({size} bytes)",
+        digest.short()
+    ));
+    Ok(())
+}
+
+/// One root manifest going into one repository, with every tag that points at it.
+struct RootGroup {
+    repo: String,
+    entry: ImageEntry,
+    /// In the order the images were given; each once.
+    tags: Vec<String>,
+}
+
+/// Groups the images by (target repository, root digest), keeping the first-seen order.
+fn group_by_root(images: Vec<TargetImage>) -> Vec<RootGroup> {
+    let mut groups: Vec<RootGroup> = Vec::new();
+    let mut at: HashMap<(String, Digest), usize> = HashMap::new();
+    for img in images {
+        let key = (img.repo.clone(), img.entry.digest.clone());
+        match at.get(&key) {
+            Some(&i) => {
+                if !groups[i].tags.contains(&img.tag) {
+                    groups[i].tags.push(img.tag);
                 }
             }
-        });
-        Ok(stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|i| (i, rx)) }).boxed())
+            None => {
+                at.insert(key, groups.len());
+                groups.push(RootGroup {
+                    repo: img.repo,
+                    entry: img.entry,
+                    tags: vec![img.tag],
+                });
+            }
+        }
+    }
+    groups
+}
+
+/// Manifest writes of this run, one cell per (repository, digest): the first job that needs
+/// a manifest in a repository writes it, the others wait for that write and share its outcome.
+type ManifestsWritten = Arc<
+    Mutex<HashMap<(String, Digest), Arc<tokio::sync::OnceCell<std::result::Result<(), String>>>>>,
+>;
+
+/// Writes `m` into `repo` under `reference` unless this run already did (or is doing) it
+/// under any reference; waits for a write in progress. True when this call wrote it.
+async fn put_once(
+    target: &Registry,
+    written: &ManifestsWritten,
+    repo: &str,
+    reference: &str,
+    m: &Manifest,
+    counters: &Counters,
+) -> Result<bool> {
+    let cell = {
+        let mut w = written
+            .lock()
+            .map_err(|_| Error::Failed("manifest bookkeeping poisoned".into()))?;
+        w.entry((repo.to_string(), m.digest.clone()))
+            .or_default()
+            .clone()
+    };
+    let mut mine = false;
+    let outcome = cell
+        .get_or_init(|| async {
+            mine = true;
+            let r = target.put_manifest(repo, reference, m).await;
+            if r.is_ok() {
+                counters.manifests.fetch_add(1, Ordering::Relaxed);
+            }
+            r.map_err(|e| e.to_string())
+        })
+        .await;
+    match outcome {
+        Ok(()) => Ok(mine),
+        Err(e) if mine => Err(Error::Failed(e.clone())),
+        Err(e) => Err(Error::Failed(format!(
+            "manifest {} could not be written into {repo}: {e}",
+            m.digest
+        ))),
     }
 }
 
-/// Pushes an image's manifests: children by digest first, then the root under its tag.
-async fn push_manifests(
-    bundle: &Arc<Bundle>,
+/// Pushes one root's manifests: children by digest first (each once per repository for the
+/// whole run), then the root once under its first tag, then each further tag in turn, after
+/// the root exists. A failure anywhere leaves every tag of the group unwritten.
+async fn push_group(
+    source: &dyn Source,
     target: &Registry,
-    img: &TargetImage,
+    group: &RootGroup,
+    written: &ManifestsWritten,
     counters: &Counters,
-) -> Result<()> {
-    for d in &img.entry.blobs {
-        let Some(b) = bundle.manifest.blob(d) else {
+    reporter: &Reporter,
+) -> Vec<(String, Result<()>)> {
+    let names: Vec<String> = group
+        .tags
+        .iter()
+        .map(|t| format!("{}/{}:{t}", target.name(), group.repo))
+        .collect();
+    let all_failed = |e: Error| -> Vec<(String, Result<()>)> {
+        let why = e.to_string();
+        names
+            .iter()
+            .map(|n| (n.clone(), Err(Error::Failed(why.clone()))))
+            .collect()
+    };
+    let root_digest = &group.entry.digest;
+    let mut root = None;
+    for d in &group.entry.blobs {
+        let Some((_, media_type)) = source.describe(d) else {
             continue;
         };
-        if !manifest::is_manifest(&b.media_type) {
+        if !manifest::is_manifest(&media_type) {
             continue;
         }
-        let bundle2 = bundle.clone();
-        let d2 = d.clone();
-        let bytes = tokio::task::spawn_blocking(move || bundle2.read_blob(&d2, MAX_MANIFEST_SIZE))
-            .await
-            .map_err(|e| Error::Failed(format!("reading manifest {d}: {e}")))??;
-        let m = Manifest {
-            bytes,
-            media_type: b.media_type.clone(),
-            digest: d.clone(),
+        let m = match source.manifest(d).await {
+            Ok(bytes) => Manifest {
+                bytes,
+                media_type,
+                digest: d.clone(),
+            },
+            Err(e) => return all_failed(e),
         };
-        let reference = if *d == img.entry.digest {
-            img.tag.clone()
-        } else {
-            d.to_string()
-        };
-        target.put_manifest(&img.repo, &reference, &m).await?;
-        counters.manifests.fetch_add(1, Ordering::Relaxed);
+        if d == root_digest {
+            root = Some(m);
+            continue;
+        }
+        let reference = d.to_string();
+        if let Err(e) = put_once(target, written, &group.repo, &reference, &m, counters).await {
+            return all_failed(e);
+        }
     }
-    Ok(())
+    let Some(root) = root else {
+        return all_failed(Error::Failed(format!(
+            "the source lists no manifest {root_digest} for {}",
+            names.first().cloned().unwrap_or_default()
+        )));
+    };
+    let mut out = Vec::new();
+    let mut tags = group.tags.iter().zip(&names);
+    let Some((first, first_name)) = tags.next() else {
+        return out;
+    };
+    // The root: written once; when another root wrote it by digest (it is that root's child),
+    // the first tag still needs writing.
+    match put_once(target, written, &group.repo, first, &root, counters).await {
+        Ok(true) => out.push((first_name.clone(), Ok(()))),
+        Ok(false) => {
+            let r = target.put_manifest(&group.repo, first, &root).await;
+            if r.is_ok() {
+                counters.manifests.fetch_add(1, Ordering::Relaxed);
+            }
+            out.push((first_name.clone(), r));
+        }
+        Err(e) => return all_failed(e),
+    }
+    for (tag, name) in tags {
+        let r = target.put_manifest(&group.repo, tag, &root).await;
+        if r.is_ok() {
+            counters.manifests.fetch_add(1, Ordering::Relaxed);
+        }
+        out.push((name.clone(), r));
+    }
+    for (name, r) in &out {
+        if r.is_ok() {
+            reporter.info(format!("pushed {name} ({root_digest})"));
+        }
+    }
+    out
 }

@@ -91,6 +91,27 @@ impl Error {
         }
     }
 
+    /// Names the object a registry failure was about (`blob sha256:… of reg/repo: stalled…`),
+    /// unless the message already does.
+    pub fn about(self, what: &str) -> Self {
+        match self {
+            Error::Registry { registry, detail } if !detail.contains(what) => Error::Registry {
+                registry,
+                detail: format!("{what}: {detail}"),
+            },
+            Error::Transient {
+                registry,
+                detail,
+                retry_after,
+            } if !detail.contains(what) => Error::Transient {
+                registry,
+                detail: format!("{what}: {detail}"),
+                retry_after,
+            },
+            e => e,
+        }
+    }
+
     pub fn registry(registry: impl Into<String>, detail: impl Into<String>) -> Self {
         Error::Registry {
             registry: registry.into(),

@@ -25,7 +25,7 @@ pub const STREAM_THRESHOLD: u64 = 256 * 1024 * 1024;
 const STREAM_CHUNK: usize = 256 * 1024;
 
 /// The size above which blobs stream: `AIRLOCK_STREAM_OVER` (K/M/G suffixes) or 256 MiB.
-fn stream_threshold() -> u64 {
+pub fn stream_threshold() -> u64 {
     crate::config::env("AIRLOCK_STREAM_OVER")
         .and_then(|v| crate::config::parse_size(&v).ok())
         .unwrap_or(STREAM_THRESHOLD)
@@ -34,10 +34,91 @@ fn stream_threshold() -> u64 {
 #[derive(Debug)]
 enum Slot {
     Pending,
+    /// In the cache from an earlier run, with the right size: checked against its digest
+    /// before it is used (a damaged entry is removed and fetched again).
+    Unverified(PathBuf),
     Prefetching,
-    Ready { path: PathBuf, hit: bool },
+    Ready {
+        path: PathBuf,
+        hit: bool,
+    },
     Failed(String),
     Streaming,
+    /// A prefetch worker is checking a cache entry.
+    Checking,
+}
+
+/// What a prefetch worker took on.
+enum Claim {
+    Fetch(Object),
+    Check(Object, PathBuf),
+}
+
+/// Whether a cache entry from an earlier run still holds exactly `o`; a damaged one is
+/// removed (and then fetched again, like a missing one).
+async fn check_cached(path: &Path, o: &Object) -> bool {
+    let p = path.to_path_buf();
+    let (digest, size) = (o.digest.clone(), o.size);
+    let intact = tokio::task::spawn_blocking(move || {
+        let f = std::fs::File::open(&p)?;
+        let mut r = VerifyingReader::new(BufReader::with_capacity(1 << 20, &f), &digest, size);
+        io::copy(&mut r, &mut io::sink())?;
+        // Used now: `cache prune --older-than` goes by this time.
+        let _ = f.set_modified(std::time::SystemTime::now());
+        Ok::<_, io::Error>(())
+    })
+    .await
+    .map(|r| r.is_ok())
+    .unwrap_or(false);
+    if !intact {
+        let _ = tokio::fs::remove_file(path).await;
+    }
+    intact
+}
+
+/// Removes what killed runs left in the cache's `tmp` directory: temporary files whose
+/// process is gone (their names end in `.PID`) or that are older than a day. Returns how many.
+pub fn clean_stale_temps(tmp_dir: &Path) -> usize {
+    const DAY: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
+    let Ok(entries) = std::fs::read_dir(tmp_dir) else {
+        return 0;
+    };
+    let me = std::process::id();
+    let mut removed = 0;
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let pid = name
+            .rsplit_once('.')
+            .and_then(|(_, p)| p.parse::<u32>().ok());
+        let old = e
+            .metadata()
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .is_some_and(|age| age > DAY);
+        let orphan = match pid {
+            Some(pid) if pid == me => false,
+            Some(pid) => !process_alive(pid),
+            None => false,
+        };
+        if (orphan || old) && std::fs::remove_file(e.path()).is_ok() {
+            removed += 1;
+        }
+    }
+    removed
+}
+
+/// Whether a process with this id exists (signal 0 probes without sending anything).
+fn process_alive(pid: u32) -> bool {
+    let Ok(pid) = libc::pid_t::try_from(pid) else {
+        return false;
+    };
+    if pid <= 0 {
+        return false;
+    }
+    // SAFETY: kill with signal 0 only checks for existence and permission.
+    let r = unsafe { libc::kill(pid, 0) };
+    r == 0 || io::Error::last_os_error().raw_os_error() != Some(libc::ESRCH)
 }
 
 struct State {
@@ -70,7 +151,7 @@ pub struct Supply {
 
 impl Supply {
     /// Prepares the supply for `objects` (inline manifests are ignored); blobs already in the
-    /// cache with the right size are ready at once.
+    /// cache with the right size are taken from there once their digest checks out.
     pub fn new(
         objects: &[Object],
         clients: HashMap<String, Arc<Registry>>,
@@ -92,7 +173,7 @@ impl Supply {
             slots.insert(
                 o.digest.clone(),
                 if hit {
-                    Slot::Ready { path, hit: true }
+                    Slot::Unverified(path)
                 } else {
                     Slot::Pending
                 },
@@ -128,8 +209,9 @@ impl Supply {
             .collect()
     }
 
-    /// The next small pending blob within the window ahead of the writer, marked as taken.
-    fn claim_next(&self) -> Option<Option<Object>> {
+    /// The next small pending blob (or cache entry to check) within the window ahead of the
+    /// writer, marked as taken.
+    fn claim_next(&self) -> Option<Option<Claim>> {
         let mut st = self.state.lock().ok()?;
         let limit = (st.writer_at + self.window).min(st.order.len());
         let start = st.writer_at.min(limit);
@@ -138,14 +220,21 @@ impl Supply {
         }
         let pick = st.order[start..limit]
             .iter()
-            .find(|o| {
-                o.size <= self.stream_over && matches!(st.slots.get(&o.digest), Some(Slot::Pending))
+            .find(|o| match st.slots.get(&o.digest) {
+                Some(Slot::Pending) => o.size <= self.stream_over,
+                Some(Slot::Unverified(_)) => true,
+                _ => false,
             })
             .cloned();
         if let Some(o) = &pick {
+            if let Some(Slot::Unverified(path)) = st.slots.get(&o.digest) {
+                let path = path.clone();
+                st.slots.insert(o.digest.clone(), Slot::Checking);
+                return Some(Some(Claim::Check(o.clone(), path)));
+            }
             st.slots.insert(o.digest.clone(), Slot::Prefetching);
         }
-        Some(pick)
+        Some(pick.map(Claim::Fetch))
     }
 
     async fn prefetch_worker(self: Arc<Self>) {
@@ -158,7 +247,21 @@ impl Supply {
                     notified.await;
                     continue;
                 }
-                Some(Some(o)) => o,
+                Some(Some(Claim::Fetch(o))) => o,
+                Some(Some(Claim::Check(o, path))) => {
+                    let intact = check_cached(&path, &o).await;
+                    if let Ok(mut st) = self.state.lock() {
+                        let slot = if intact {
+                            Slot::Ready { path, hit: true }
+                        } else {
+                            Slot::Pending
+                        };
+                        st.slots.insert(o.digest.clone(), slot);
+                    }
+                    self.ready.notify_all();
+                    self.progress.notify_waiters();
+                    continue;
+                }
             };
             let result = match self.clients.get(&o.registry) {
                 Some(reg) => fetch_to_cache(reg, &o, &self.cache).await,
@@ -194,7 +297,23 @@ impl Supply {
                     })
                 }
                 Some(Slot::Failed(e)) => return Err(Error::Failed(e.clone())),
-                Some(Slot::Prefetching) => {
+                Some(Slot::Unverified(path)) => {
+                    let path = path.clone();
+                    st.slots.insert(o.digest.clone(), Slot::Checking);
+                    drop(st);
+                    let intact = self.handle.block_on(check_cached(&path, o));
+                    st = self
+                        .state
+                        .lock()
+                        .map_err(|_| Error::Failed("blob supply poisoned".into()))?;
+                    let slot = if intact {
+                        Slot::Ready { path, hit: true }
+                    } else {
+                        Slot::Pending
+                    };
+                    st.slots.insert(o.digest.clone(), slot);
+                }
+                Some(Slot::Prefetching) | Some(Slot::Checking) => {
                     st = self
                         .ready
                         .wait(st)
@@ -358,7 +477,8 @@ impl<'a> Download<'a> {
                 let dl = self
                     .reg
                     .get_blob(&self.o.repo, &self.o.digest, seen, &mut self.budget)
-                    .await?;
+                    .await
+                    .map_err(|e| e.about(&self.what))?;
                 let start = dl.start;
                 self.body = Some(dl.body);
                 if start != seen {
@@ -397,6 +517,47 @@ impl<'a> Download<'a> {
             }
         }
     }
+}
+
+/// Streams a blob from its source registry from `offset` on (`copy`): the whole blob is
+/// downloaded and checked against its digest and size (the bytes before `offset` are only
+/// hashed); a cut transfer resumes with `Range`, and bytes sent again after a restart are not
+/// handed on twice. The stream's last item is an error when the content does not match.
+pub fn download(
+    reg: Arc<Registry>,
+    o: Object,
+    offset: u64,
+) -> futures_util::stream::BoxStream<'static, Result<Bytes>> {
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes>>(4);
+    tokio::spawn(async move {
+        let mut dl = Download::new(&reg, &o);
+        // `pos`: where this pass of the download is; `next_out`: the first byte not handed on.
+        let (mut pos, mut next_out) = (0u64, offset);
+        loop {
+            match dl.next().await {
+                Ok(Step::Data(c)) => {
+                    let start = pos;
+                    pos += c.len() as u64;
+                    if pos <= next_out {
+                        continue;
+                    }
+                    let chunk = c.slice(next_out.saturating_sub(start) as usize..);
+                    next_out = pos;
+                    if tx.send(Ok(chunk)).await.is_err() {
+                        return;
+                    }
+                }
+                Ok(Step::Restarted) => pos = 0,
+                Ok(Step::End) => return,
+                Err(e) => {
+                    let _ = tx.send(Err(e)).await;
+                    return;
+                }
+            }
+        }
+    });
+    futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|i| (i, rx)) })
+        .boxed()
 }
 
 /// Downloads a blob into a channel for the writer. Bytes already handed over cannot be taken
@@ -444,9 +605,10 @@ pub async fn fetch_to_cache(reg: &Registry, o: &Object, cache: &Path) -> Result<
     let tmp = cache
         .join("tmp")
         .join(format!("{}.{}", o.digest.hex(), std::process::id()));
+    // Listed for removal on SIGINT/SIGTERM until it is renamed into the cache.
     let create = || async {
-        tokio::fs::File::create(&tmp)
-            .await
+        crate::cleanup::create(&tmp)
+            .map(tokio::fs::File::from_std)
             .ctx(|| format!("creating {}", tmp.display()))
     };
     let mut file = create().await?;
@@ -469,11 +631,12 @@ pub async fn fetch_to_cache(reg: &Registry, o: &Object, cache: &Path) -> Result<
     .await;
     drop(file);
     if let Err(e) = result {
-        let _ = tokio::fs::remove_file(&tmp).await;
+        crate::cleanup::remove(&tmp);
         return Err(e);
     }
-    tokio::fs::rename(&tmp, &dest)
-        .await
-        .ctx(|| format!("moving {} into the cache", o.digest))?;
+    if let Err(e) = crate::cleanup::rename(&tmp, &dest) {
+        crate::cleanup::remove(&tmp);
+        return Err(Error::io(format!("moving {} into the cache", o.digest), e));
+    }
     Ok(dest)
 }

@@ -1099,6 +1099,36 @@ struct Job<'a> {
     origin: Origin<'a>,
 }
 
+/// One repository's tag list, filled on first use.
+type TagListCell = Arc<tokio::sync::OnceCell<Vec<String>>>;
+
+/// The tag lists read in one run, per (registry, repository): each is asked for once, even
+/// when several parts of the run need it at the same time.
+#[derive(Clone, Default)]
+pub struct TagLists {
+    lists: Arc<std::sync::Mutex<HashMap<(String, String), TagListCell>>>,
+}
+
+impl TagLists {
+    /// The tags of `repository` at `client`'s registry, listed on first use. A failed listing
+    /// is not kept (the next caller asks again).
+    pub async fn list(&self, client: &Registry, repository: &str) -> Result<Vec<String>> {
+        let cell = {
+            let mut lists = self
+                .lists
+                .lock()
+                .map_err(|_| Error::Failed("tag list cache poisoned".into()))?;
+            lists
+                .entry((client.name().to_string(), repository.to_string()))
+                .or_default()
+                .clone()
+        };
+        cell.get_or_try_init(|| client.list_tags(repository))
+            .await
+            .cloned()
+    }
+}
+
 impl ImageSet {
     /// Lists tags (and the catalog where asked) through the given clients (one per
     /// `RegistrySet.registry`, already connected by the caller; a client keyed by the
@@ -1111,6 +1141,16 @@ impl ImageSet {
     /// reported, together, as a usage error naming the file, line, image and rule; a catalog
     /// repository that has no matching tag (or no tags at all) is skipped.
     pub async fn select(&self, clients: &HashMap<String, Arc<Registry>>) -> Result<Vec<Selected>> {
+        self.select_with(clients, &TagLists::default()).await
+    }
+
+    /// Like [`select`](Self::select), reading tag lists through `tags`, which keeps them for
+    /// the rest of the run (the search for signatures reads the same lists).
+    pub async fn select_with(
+        &self,
+        clients: &HashMap<String, Arc<Registry>>,
+        tags: &TagLists,
+    ) -> Result<Vec<Selected>> {
         let src = Source {
             file: &self.path,
             text: &self.text,
@@ -1195,7 +1235,7 @@ impl ImageSet {
                         if !job.rule.needs_listing() {
                             return Ok(None);
                         }
-                        match client.list_tags(&job.repository).await {
+                        match tags.list(&client, &job.repository).await {
                             Ok(tags) => Ok(Some(tags)),
                             // A catalog repository without tags: nothing to take.
                             Err(Error::NotFound { .. })

@@ -2,6 +2,8 @@
 //! compressed, seekable OCI-layout bundle.
 
 pub mod bundle;
+pub mod cache;
+pub mod cleanup;
 pub mod cli;
 pub mod commands;
 pub mod config;
@@ -15,4 +17,6 @@ pub mod manifest;
 pub mod progress;
 pub mod reference;
 pub mod registry;
+pub mod serve;
 pub mod signing;
+pub mod store;

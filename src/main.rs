@@ -5,6 +5,22 @@ use airlock::commands;
 use airlock::error::{Error, EXIT_OK};
 use clap::Parser;
 
+/// Waits for SIGINT or SIGTERM; returns its name and the exit code it maps to (128 + signal
+/// number: 130, 143). Pends forever when the handlers cannot be installed.
+async fn stop_signal() -> (&'static str, i32) {
+    use tokio::signal::unix::{signal, SignalKind};
+    match (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) {
+        (Ok(mut int), Ok(mut term)) => tokio::select! {
+            _ = int.recv() => ("SIGINT", 130),
+            _ = term.recv() => ("SIGTERM", 143),
+        },
+        _ => std::future::pending().await,
+    }
+}
+
 fn main() {
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -17,26 +33,56 @@ fn main() {
             std::process::exit(1);
         }
     };
-    let result: Result<(), Error> = runtime.block_on(async move {
-        match cli.command {
-            Command::Export(a) => commands::export::run(a).await,
-            Command::Import(a) => commands::import::run(a).await,
-            Command::Inspect(a) => tokio::task::spawn_blocking(move || commands::inspect::run(a))
-                .await
-                .map_err(|e| Error::Failed(e.to_string()))?,
-            Command::Keygen(a) => commands::keygen(a),
-            Command::Completions(a) => commands::docs::completions(a),
-            Command::Man(a) => commands::docs::man(a),
-            Command::Verify(a) => tokio::task::spawn_blocking(move || commands::verify::run(a))
-                .await
-                .map_err(|e| Error::Failed(e.to_string()))?,
+    let outcome = runtime.block_on(async move {
+        // `serve` stops on the signals itself, gracefully; it writes no files.
+        if let Command::Serve(a) = cli.command {
+            return Ok(commands::serve::run(a).await);
+        }
+        // Listen before any work starts, so that an early signal is not missed.
+        let stop = stop_signal();
+        let work = async move {
+            match cli.command {
+                Command::Export(a) => commands::export::run(a).await,
+                Command::Import(a) => commands::import::run(a).await,
+                Command::Copy(a) => commands::copy::run(a).await,
+                Command::Inspect(a) => {
+                    tokio::task::spawn_blocking(move || commands::inspect::run(a))
+                        .await
+                        .map_err(|e| Error::Failed(e.to_string()))?
+                }
+                Command::Keygen(a) => commands::keygen(a),
+                Command::Completions(a) => commands::docs::completions(a),
+                Command::Man(a) => commands::docs::man(a),
+                Command::Serve(_) => Err(Error::Failed("serve runs on its own".into())),
+                Command::Diff(a) => tokio::task::spawn_blocking(move || commands::diff::run(a))
+                    .await
+                    .map_err(|e| Error::Failed(e.to_string()))?,
+                Command::Cache(a) => commands::cache::run(a),
+                Command::Verify(a) => tokio::task::spawn_blocking(move || commands::verify::run(a))
+                    .await
+                    .map_err(|e| Error::Failed(e.to_string()))?,
+            }
+        };
+        tokio::select! {
+            biased;
+            (name, code) = stop => Err((name, code)),
+            r = work => Ok(r),
         }
     });
-    let code = match result {
-        Ok(()) => EXIT_OK,
-        Err(e) => {
+    let code = match outcome {
+        Ok(Ok(())) => EXIT_OK,
+        Ok(Err(e)) => {
             eprintln!("airlock: error: {e}");
             e.exit_code()
+        }
+        Err((name, code)) => {
+            // Our own unfinished files go; nothing new can be created from now on.
+            let removed = airlock::cleanup::remove_all();
+            eprintln!(
+                "airlock: stopped by {name}; removed {} unfinished file(s)",
+                removed.len()
+            );
+            code
         }
     };
     // Leave background transfers behind: the outcome is decided.

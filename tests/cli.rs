@@ -7,15 +7,35 @@ mod common;
 use common::*;
 use std::path::{Path, PathBuf};
 
-const SUBCOMMANDS: &[&str] = &[
-    "export",
-    "import",
-    "inspect",
-    "verify",
-    "keygen",
-    "completions",
-    "man",
-];
+/// The subcommands `airlock --help` lists (clap's own `help` aside).
+fn subcommands() -> Vec<String> {
+    let out = run_airlock(["--help"], &[], None);
+    assert_success(&out, "--help");
+    let help = String::from_utf8_lossy(&out.stdout).into_owned();
+    let names: Vec<String> = help
+        .lines()
+        .skip_while(|l| !l.starts_with("Commands:"))
+        .skip(1)
+        .take_while(|l| !l.trim().is_empty())
+        .filter_map(|l| l.split_whitespace().next().map(str::to_string))
+        .filter(|n| n != "help")
+        .collect();
+    for core in [
+        "export",
+        "import",
+        "inspect",
+        "verify",
+        "keygen",
+        "completions",
+        "man",
+    ] {
+        assert!(
+            names.iter().any(|n| n == core),
+            "{core} not in --help:\n{help}"
+        );
+    }
+    names
+}
 
 fn stdout_text(out: &std::process::Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
@@ -80,6 +100,7 @@ fn quiet_and_verbose_are_refused_together_on_every_subcommand() {
     let cases: &[&[&str]] = &[
         &["export", "-o", "x.tar.zst", "example.org/a:1"],
         &["import", "x.tar.zst"],
+        &["copy", "example.org/a:1", "--to-registry", "localhost:1"],
         &["verify", "x.tar.zst"],
         &["inspect", "x.tar.zst"],
     ];
@@ -268,6 +289,7 @@ fn inspect_quiet_is_a_silent_check_and_verbose_lists_blobs() {
 
 #[test]
 fn completions_name_every_subcommand() {
+    let subcommands = subcommands();
     for (shell, marker) in [
         ("bash", "complete -F"),
         ("zsh", "#compdef airlock"),
@@ -277,8 +299,8 @@ fn completions_name_every_subcommand() {
         assert_success(&out, &format!("completions {shell}"));
         let text = stdout_text(&out);
         assert!(text.contains(marker), "{shell}: no {marker:?}");
-        for sub in SUBCOMMANDS {
-            assert!(text.contains(sub), "{shell}: {sub} missing");
+        for sub in &subcommands {
+            assert!(text.contains(sub.as_str()), "{shell}: {sub} missing");
         }
         for flag in ["timeout", "images-file", "trusted-key"] {
             assert!(text.contains(flag), "{shell}: --{flag} missing");
@@ -294,9 +316,14 @@ fn man_prints_the_main_page_and_writes_one_page_per_subcommand() {
     assert_success(&out, "man");
     let main = stdout_text(&out);
     assert!(main.contains(".TH airlock 1"), "{main}");
-    for sub in SUBCOMMANDS {
-        assert!(main.contains(sub), "main page does not name {sub}");
+    let subcommands = subcommands();
+    for sub in &subcommands {
+        assert!(
+            main.contains(&format!("airlock\\-{sub}(1)")),
+            "main page does not name airlock-{sub}(1):\n{main}"
+        );
     }
+    assert!(!main.contains("airlock\\-help"), "{main}");
 
     let dir = tempfile::tempdir().expect("tempdir");
     let pages = dir.path().join("man1");
@@ -311,7 +338,7 @@ fn man_prints_the_main_page_and_writes_one_page_per_subcommand() {
         .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
         .collect();
     written.sort();
-    let mut expected: Vec<String> = SUBCOMMANDS
+    let mut expected: Vec<String> = subcommands
         .iter()
         .map(|s| format!("airlock-{s}.1"))
         .chain(["airlock.1".to_string()])

@@ -9,6 +9,7 @@ pub mod writer;
 
 pub use model::{BlobEntry, BundleManifest, ImageEntry};
 pub use reader::Bundle;
+pub use volumes::SideFile;
 pub use writer::BundleWriter;
 
 pub const BUNDLE_JSON: &str = "bundle.json";
@@ -19,4 +20,22 @@ pub const OCI_LAYOUT_CONTENT: &[u8] = br#"{"imageLayoutVersion":"1.0.0"}"#;
 /// Size a member takes in the tar stream: header plus data padded to 512 bytes.
 pub fn tar_span(size: u64) -> u64 {
     512 + size.div_ceil(512) * 512
+}
+
+/// The `bundle.json` of a bundle (its base name or any volume) or an extracted
+/// `bundle.json` file (any name ending in `.json`): its exact bytes and what they say.
+pub fn read_manifest(path: &std::path::Path) -> crate::error::Result<(Vec<u8>, BundleManifest)> {
+    use crate::error::Error;
+    let bytes = if path.extension().is_some_and(|e| e == "json") {
+        let meta = std::fs::metadata(path)
+            .map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
+        if meta.len() > model::MAX_BUNDLE_JSON {
+            return Err(Error::bundle(path, "too large for a bundle.json"));
+        }
+        std::fs::read(path).map_err(|e| Error::io(format!("reading {}", path.display()), e))?
+    } else {
+        Bundle::open(path)?.bundle_json
+    };
+    let m = BundleManifest::parse(&bytes, path)?;
+    Ok((bytes, m))
 }

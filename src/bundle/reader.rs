@@ -384,6 +384,73 @@ impl Bundle {
         })
     }
 
+    /// Where a blob's content sits in the uncompressed archive: (offset, size).
+    pub fn content_of(&self, d: &Digest) -> Option<(u64, u64)> {
+        let m = &self.members[*self.by_digest.get(d)?];
+        Some((m.header + 512, m.size))
+    }
+
+    /// Whether the bundle carries this blob.
+    pub fn holds(&self, d: &Digest) -> bool {
+        self.by_digest.contains_key(d)
+    }
+
+    /// The frame holding uncompressed archive offset `at`: its index and the uncompressed
+    /// range it covers.
+    pub fn frame_at(&self, at: u64) -> Result<(u32, u64, u64)> {
+        let seek = &self.archive.seek;
+        let i = seek.frame_index_decomp(at);
+        let start = seek
+            .frame_start_decomp(i)
+            .map_err(|e| Error::bundle(&self.path, format!("seek table: {e}")))?;
+        let end = seek
+            .frame_end_decomp(i)
+            .map_err(|e| Error::bundle(&self.path, format!("seek table: {e}")))?;
+        if at < start || at >= end {
+            return Err(Error::bundle(
+                &self.path,
+                format!("no frame holds archive offset {at}"),
+            ));
+        }
+        Ok((i, start, end))
+    }
+
+    /// Decodes frame `i` whole. The frame's own checksum is checked before any byte is
+    /// returned, so a damaged frame gives an error, never wrong bytes.
+    pub fn decode_frame(&self, i: u32) -> Result<Vec<u8>> {
+        let a = &self.archive;
+        let (c, d) = a
+            .frame_sizes(i)
+            .map_err(|e| Error::bundle(&self.path, format!("seek table: {e}")))?;
+        let start = a
+            .seek
+            .frame_start_comp(i)
+            .map_err(|e| Error::bundle(&self.path, format!("seek table: {e}")))?;
+        let window = Window {
+            inner: a.files.clone(),
+            start,
+            len: c as u64,
+            pos: 0,
+        };
+        let mut out = Vec::with_capacity(d as usize);
+        let dstart = a.seek.frame_start_decomp(i).unwrap_or(0);
+        // `take`: the decoder looks past the frame's end, where the window would call it a
+        // truncation.
+        zstd::stream::read::Decoder::new(window.take(c as u64))
+            .and_then(|mut dec| dec.read_to_end(&mut out))
+            .map_err(|e| a.read_error(dstart, e))?;
+        if out.len() != d as usize {
+            return Err(Error::bundle(
+                &self.path,
+                format!(
+                    "frame {i} decodes to {} bytes, the seek table says {d}",
+                    out.len()
+                ),
+            ));
+        }
+        Ok(out)
+    }
+
     /// Reads a small blob (a manifest) whole, verified.
     pub fn read_blob(&self, d: &Digest, limit: u64) -> Result<Vec<u8>> {
         let size = self.manifest.blob(d).map(|b| b.size).unwrap_or(0);

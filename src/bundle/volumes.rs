@@ -28,6 +28,16 @@ fn partial(p: &Path) -> PathBuf {
     with_suffix(p, ".partial")
 }
 
+/// A file that belongs beside the bundle and is replaced together with it.
+#[derive(Clone, Debug)]
+pub enum SideFile {
+    /// `partial` (already written and listed with [`crate::cleanup`]) becomes `dest`.
+    Replace { partial: PathBuf, dest: PathBuf },
+    /// `dest` belongs to the previous bundle of that name and must go (e.g. its signature
+    /// when the new bundle is not signed).
+    Remove(PathBuf),
+}
+
 /// Writes the bundle's bytes into `NAME.partial`, or into `NAME.NNN.partial` volumes of at
 /// most `split` bytes; `finish` syncs, renames and writes `NAME.sha256`. Dropped unfinished,
 /// it removes its partial files, so a failed export leaves nothing that looks complete.
@@ -68,7 +78,7 @@ impl VolumeWriter {
     fn open_next(&mut self) -> Result<()> {
         let name = self.final_name(self.partials.len() + 1);
         let p = partial(&name);
-        let f = File::create(&p).ctx(|| format!("creating {}", p.display()))?;
+        let f = crate::cleanup::create(&p).ctx(|| format!("creating {}", p.display()))?;
         self.partials.push(p);
         self.current = Some(HashingWriter::new(BufWriter::with_capacity(1 << 20, f)));
         Ok(())
@@ -85,9 +95,11 @@ impl VolumeWriter {
         Ok(())
     }
 
-    /// Syncs and renames every volume into place and writes the `.sha256` file. Returns the
-    /// final file names.
-    pub fn finish(mut self) -> Result<Vec<PathBuf>> {
+    /// Syncs and renames every volume into place and writes the `.sha256` file, then puts the
+    /// side files in place (`side`: a signature written beside the bundle, or a stale one to
+    /// remove). Until then the previous bundle of that name and its side files are untouched.
+    /// Returns the final file names.
+    pub fn finish(mut self, side: &[SideFile]) -> Result<Vec<PathBuf>> {
         let base = self.base.display().to_string();
         self.close_current()
             .ctx(|| format!("writing bundle {base}"))?;
@@ -101,13 +113,32 @@ impl VolumeWriter {
         }
         let sums = checksum_name(&self.base);
         let sums_partial = partial(&sums);
-        fs::write(&sums_partial, listing).ctx(|| format!("writing {}", sums_partial.display()))?;
+        crate::cleanup::write(&sums_partial, listing.as_bytes())
+            .ctx(|| format!("writing {}", sums_partial.display()))?;
         self.partials.push(sums_partial.clone());
+        // Everything is written and synced: from here on the new set replaces the old one.
         for (i, (name, _)) in self.done.iter().enumerate() {
-            fs::rename(&self.partials[i], name)
+            crate::cleanup::rename(&self.partials[i], name)
                 .ctx(|| format!("renaming to {}", name.display()))?;
         }
-        fs::rename(&sums_partial, &sums).ctx(|| format!("renaming to {}", sums.display()))?;
+        crate::cleanup::rename(&sums_partial, &sums)
+            .ctx(|| format!("renaming to {}", sums.display()))?;
+        for f in side {
+            match f {
+                SideFile::Replace { partial, dest } => crate::cleanup::rename(partial, dest)
+                    .ctx(|| format!("renaming to {}", dest.display()))?,
+                SideFile::Remove(dest) => match fs::remove_file(dest) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                    Err(e) => {
+                        return Err(Error::io(
+                            format!("removing the stale {}", dest.display()),
+                            e,
+                        ))
+                    }
+                },
+            }
+        }
         self.remove_stale()?;
         if let Some(dir) = self.base.parent().filter(|d| !d.as_os_str().is_empty()) {
             if let Ok(d) = File::open(dir) {
@@ -182,7 +213,7 @@ impl Drop for VolumeWriter {
         if !self.finished {
             self.current = None;
             for p in &self.partials {
-                let _ = fs::remove_file(p);
+                crate::cleanup::remove(p);
             }
         }
     }

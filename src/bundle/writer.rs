@@ -4,7 +4,7 @@
 //! input gives the same bytes. Compression runs on the caller's thread; hashing and writing
 //! the compressed bytes run on a thread of their own, so the two overlap.
 
-use super::volumes::VolumeWriter;
+use super::volumes::{SideFile, VolumeWriter};
 use crate::error::{Error, IoContext, Result};
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
@@ -143,7 +143,12 @@ impl BundleWriter {
     }
 
     /// Ends the tar stream, writes the seek table, syncs and renames the files into place.
-    pub fn finish(mut self) -> Result<Vec<PathBuf>> {
+    pub fn finish(self) -> Result<Vec<PathBuf>> {
+        self.finish_with(&[])
+    }
+
+    /// Like [`finish`](Self::finish), and puts `side` files in place once the bundle is.
+    pub fn finish_with(mut self, side: &[SideFile]) -> Result<Vec<PathBuf>> {
         let path = self.path.clone();
         let tar = self
             .tar
@@ -168,7 +173,7 @@ impl BundleWriter {
             }
             _ => return Err(Error::bundle(&path, "the output thread failed")),
         };
-        volumes.finish()
+        volumes.finish(side)
     }
 }
 

@@ -12,8 +12,10 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 /// Where each image goes: `--repository` replaces the namespace recorded at export (or is
-/// prepended when there was none); `--tag` replaces every tag. Two different images sent to
-/// one name is a usage error naming both.
+/// prepended when there was none); `--tag` replaces every image's tag. Companions (signatures,
+/// attestations, SBOMs and referrers indexes, which name their subject) keep their
+/// `sha256-<hex of the subject>[.suffix]` tag and follow their subject into its new
+/// repository. Two different images sent to one name is a usage error naming both.
 pub fn plan_targets(
     images: &[ImageEntry],
     repository: Option<&str>,
@@ -26,7 +28,10 @@ pub fn plan_targets(
             Some(ns) => format!("{ns}/{}", img.path),
             None => img.source_repository(),
         };
-        let tag = tag.map(str::to_string).unwrap_or_else(|| img.tag.clone());
+        let tag = match (tag, &img.subject) {
+            (Some(t), None) => t.to_string(),
+            _ => img.tag.clone(),
+        };
         validate_repository(&repo)
             .map_err(|e| Error::Usage(format!("target repository for {}: {e}", img.source)))?;
         validate_tag(&tag).map_err(Error::Usage)?;
@@ -51,11 +56,15 @@ pub fn plan_targets(
     Ok(out)
 }
 
-pub async fn run(args: ImportArgs) -> Result<()> {
-    let r = &args.registry;
+/// The target registry, namespace and tag: the flags (`--registry`, or `--to-registry` for
+/// copy: `flag` is the prefix), else the `TARGET_DOCKER_*` variables, else a prompt.
+pub(crate) fn target_names(
+    r: &crate::cli::RegistryArgs,
+    flag: &str,
+) -> Result<(String, Option<String>, Option<String>)> {
     let registry = config::value(
         r.registry.as_ref(),
-        "--registry",
+        &format!("{flag}registry"),
         "TARGET_DOCKER_REGISTRY",
         "Target container registry",
         None,
@@ -68,13 +77,55 @@ pub async fn run(args: ImportArgs) -> Result<()> {
         .filter(|v| !v.is_empty())
         .or_else(|| config::env("TARGET_DOCKER_REPOSITORY"));
     if let Some(ns) = &repository {
-        validate_repository(ns).map_err(|e| Error::Usage(format!("--repository: {e}")))?;
+        validate_repository(ns).map_err(|e| Error::Usage(format!("{flag}repository: {e}")))?;
     }
     let tag = r
         .tag
         .clone()
         .filter(|v| !v.is_empty())
         .or_else(|| config::env("TARGET_DOCKER_TAG"));
+    Ok((registry, repository, tag))
+}
+
+/// Prints what a push did and turns failed images into an error naming each (`done`:
+/// "imported" or "copied").
+pub(crate) fn finish(
+    report: copy::PushReport,
+    reporter: &Reporter,
+    json: bool,
+    done: &str,
+) -> Result<()> {
+    reporter.info(format!(
+        "{} images pushed, {} failed; blobs: {} uploaded ({}), {} mounted, {} already there",
+        report.images_pushed.len(),
+        report.images_failed.len(),
+        report.blobs_uploaded,
+        human(report.bytes_uploaded),
+        report.blobs_mounted,
+        report.blobs_skipped
+    ));
+    if json {
+        config::print_json(&report)?;
+    }
+    if report.images_failed.is_empty() {
+        return Ok(());
+    }
+    let lines: Vec<String> = report
+        .images_failed
+        .iter()
+        .map(|(name, why)| format!("  {name}: {why}"))
+        .collect();
+    Err(Error::Failed(format!(
+        "{} of {} images were not {done} (their tags were not written):\n{}",
+        report.images_failed.len(),
+        report.images_failed.len() + report.images_pushed.len(),
+        lines.join("\n")
+    )))
+}
+
+pub async fn run(args: ImportArgs) -> Result<()> {
+    let r = &args.registry;
+    let (registry, repository, tag) = target_names(r, "--")?;
     let mut reporter = Reporter::new(args.out.quiet || args.out.json, args.out.verbose);
 
     let path = args.bundle.clone();
@@ -120,8 +171,8 @@ pub async fn run(args: ImportArgs) -> Result<()> {
         bundle.path.display()
     ));
     reporter.start_bar(bundle.manifest.total_size, "uploading");
-    let report = copy::push_bundle(
-        bundle.clone(),
+    let report = copy::push(
+        Arc::new(bundle.clone()),
         target,
         targets,
         args.out.jobs as usize,
@@ -136,33 +187,7 @@ pub async fn run(args: ImportArgs) -> Result<()> {
         }
     };
     reporter.finish_bar();
-    reporter.info(format!(
-        "{} images pushed, {} failed; blobs: {} uploaded ({}), {} mounted, {} already there",
-        report.images_pushed.len(),
-        report.images_failed.len(),
-        report.blobs_uploaded,
-        human(report.bytes_uploaded),
-        report.blobs_mounted,
-        report.blobs_skipped
-    ));
-    if args.out.json {
-        config::print_json(&report)?;
-    }
-    if report.images_failed.is_empty() {
-        Ok(())
-    } else {
-        let lines: Vec<String> = report
-            .images_failed
-            .iter()
-            .map(|(name, why)| format!("  {name}: {why}"))
-            .collect();
-        Err(Error::Failed(format!(
-            "{} of {} images were not imported (their tags were not written):\n{}",
-            report.images_failed.len(),
-            report.images_failed.len() + report.images_pushed.len(),
-            lines.join("\n")
-        )))
-    }
+    finish(report, &reporter, args.out.json, "imported")
 }
 
 #[cfg(test)]
@@ -206,6 +231,19 @@ mod tests {
             ("mirror/arc-controller", "v2")
         );
         assert_eq!(t[1].repo, "mirror/library/nginx");
+    }
+
+    #[test]
+    fn companions_keep_their_tags() {
+        let image = img("a", "x", "1", b"one");
+        let mut sig = img("a", "x", "sha256-abc.sig", b"sig");
+        sig.subject = Some(image.digest.clone());
+        let t = plan_targets(&[image, sig], Some("m"), Some("v2")).unwrap();
+        assert_eq!((t[0].repo.as_str(), t[0].tag.as_str()), ("m/x", "v2"));
+        assert_eq!(
+            (t[1].repo.as_str(), t[1].tag.as_str()),
+            ("m/x", "sha256-abc.sig")
+        );
     }
 
     #[test]

@@ -1,9 +1,13 @@
 //! The commands: thin compositions of the registry client, the bundle and the copy engine.
 
+pub mod cache;
+pub mod copy;
+pub mod diff;
 pub mod docs;
 pub mod export;
 pub mod import;
 pub mod inspect;
+pub mod serve;
 pub mod verify;
 
 /// `airlock keygen`: writes a minisign key pair for signing bundles.

@@ -2,8 +2,7 @@
 //! with the source registry, repository and tag), the output name, the cache, and what an
 //! earlier bundle already carried (`--since`).
 
-use crate::bundle::model::{Base, BundleManifest};
-use crate::bundle::Bundle;
+use crate::bundle::model::Base;
 use crate::cli::ExportArgs;
 use crate::config::{self, DEFAULT_SOURCE_REGISTRY, DEFAULT_SOURCE_REPOSITORY};
 use crate::digest::Digest;
@@ -157,18 +156,7 @@ pub fn requested_images(args: &ExportArgs) -> Result<Vec<Requested>> {
 }
 
 pub(super) fn cache_dir(args: &ExportArgs) -> Result<PathBuf> {
-    if let Some(d) = &args.cache_dir {
-        return Ok(d.clone());
-    }
-    if let Some(x) = config::env("XDG_CACHE_HOME") {
-        return Ok(PathBuf::from(x).join("airlock"));
-    }
-    if let Some(h) = config::env("HOME") {
-        return Ok(PathBuf::from(h).join(".cache").join("airlock"));
-    }
-    Err(Error::Usage(
-        "no cache directory: give --cache-dir or set XDG_CACHE_HOME or HOME".into(),
-    ))
+    crate::cache::dir(args.cache_dir.as_deref())
 }
 
 /// RFC 3339 UTC from seconds since the epoch.
@@ -251,21 +239,10 @@ pub(super) struct Carried {
 
 /// Reads `--since`: a bundle (any volume) or its `bundle.json`.
 pub(super) fn load_since(path: &Path) -> Result<Carried> {
-    let is_json = path.extension().is_some_and(|e| e == "json");
-    let bytes = if is_json {
-        let meta = std::fs::metadata(path)
-            .map_err(|e| Error::Usage(format!("--since {}: {e}", path.display())))?;
-        if meta.len() > crate::bundle::model::MAX_BUNDLE_JSON {
-            return Err(Error::Usage(format!(
-                "--since {}: too large for a bundle.json",
-                path.display()
-            )));
-        }
-        std::fs::read(path).map_err(|e| Error::Usage(format!("--since {}: {e}", path.display())))?
-    } else {
-        Bundle::open(path)?.bundle_json
-    };
-    let prev = BundleManifest::parse(&bytes, path)?;
+    let (bytes, prev) = crate::bundle::read_manifest(path).map_err(|e| match e {
+        Error::Io { source, .. } => Error::Usage(format!("--since {}: {source}", path.display())),
+        e => e,
+    })?;
     let digest = Digest::of(&bytes);
     let name = path
         .file_name()

@@ -6,6 +6,7 @@
 mod inputs;
 mod plan;
 mod sources;
+mod space;
 mod write;
 
 pub use inputs::{requested_images, rfc3339, Requested};
@@ -27,6 +28,14 @@ struct Contents {
     external: Vec<ExternalBlob>,
     bases: Vec<Base>,
     images: Vec<ImageEntry>,
+}
+
+/// The images and every object they need, once each (what `copy` pushes).
+pub(crate) fn images_and_objects(
+    resolved: &[(Requested, Resolved)],
+) -> (Vec<ImageEntry>, Vec<Object>) {
+    let c = assemble(resolved, &Carried::default());
+    (c.images, c.objects)
 }
 
 /// Every object once, less what a base bundle already carried (manifests always travel).
@@ -83,7 +92,7 @@ fn assemble(resolved: &[(Requested, Resolved)], carried: &Carried) -> Contents {
 }
 
 /// The exit for work done in part: the images that could not be exported, named.
-fn partial(failed: &[FailedImage], what: String) -> Result<()> {
+pub(crate) fn partial(failed: &[FailedImage], what: String) -> Result<()> {
     if failed.is_empty() {
         return Ok(());
     }
@@ -92,6 +101,98 @@ fn partial(failed: &[FailedImage], what: String) -> Result<()> {
         .map(|f| format!("  {}: {}", f.source, f.error))
         .collect();
     Err(Error::Partial(format!("{what}:\n{}", lines.join("\n"))))
+}
+
+/// The images asked for, resolved at their sources (with their companions unless
+/// `--no-referrers`), and the clients of the source registries: what export writes and
+/// what copy pushes.
+pub(crate) struct Selection {
+    pub resolved: Vec<(Requested, Resolved)>,
+    pub failed: Vec<FailedImage>,
+    pub clients: std::collections::HashMap<String, std::sync::Arc<crate::registry::Registry>>,
+    /// The platform filter in force (`--platform`, or the image-set file's).
+    pub platforms: Vec<String>,
+    /// The tags asked for (for `{tag}` in `-o`).
+    pub tags: Vec<String>,
+}
+
+/// Connects to the source registries and resolves every image before anything is written:
+/// an unknown image fails here (or, with `--keep-going`, is left out and named).
+pub(crate) async fn select(
+    args: &ExportArgs,
+    image_set: Option<&crate::imageset::ImageSet>,
+    cli_requested: Vec<Requested>,
+    reporter: &Reporter,
+) -> Result<Selection> {
+    let jobs = args.out.jobs as usize;
+    // Tag lists are read once per repository in this run (image-set rules and signatures).
+    let tag_lists = crate::imageset::TagLists::default();
+    let (mut requested, clients, set_platforms) = match image_set {
+        Some(set) => {
+            let clients = connect_image_set(args, set).await?;
+            let selected = set.select_with(&clients, &tag_lists).await?;
+            let requested: Vec<Requested> = selected
+                .into_iter()
+                .map(|s| Requested {
+                    reference: s.reference,
+                    namespace: s.namespace,
+                    path: s.path,
+                    platforms: s.platforms,
+                    subject: None,
+                    prefetched: None,
+                })
+                .collect();
+            (requested, clients, set.platforms.clone())
+        }
+        None => {
+            let clients = connect_sources(args, &cli_requested).await?;
+            (cli_requested, clients, Vec::new())
+        }
+    };
+    for p in requested.iter().flat_map(|r| &r.platforms) {
+        validate_platform(p)?;
+    }
+    let tags: Vec<String> = requested
+        .iter()
+        .filter_map(|r| r.reference.tag.clone())
+        .collect();
+    let global_platforms = if args.platform.is_empty() {
+        set_platforms
+    } else {
+        args.platform.clone()
+    };
+    let (mut resolved, failed) = resolve_all(
+        std::mem::take(&mut requested),
+        &clients,
+        &global_platforms,
+        jobs,
+        args.keep_going,
+        reporter,
+    )
+    .await?;
+    if resolved.is_empty() {
+        return Err(Error::Failed(
+            "no image could be resolved; nothing to do".into(),
+        ));
+    }
+    if !args.no_referrers {
+        let extra = companions(&resolved, &clients, &tag_lists, jobs, reporter).await?;
+        if !extra.is_empty() {
+            let (more, more_failed) =
+                resolve_all(extra, &clients, &[], jobs, true, reporter).await?;
+            for f in more_failed {
+                reporter.warn(format!("could not carry {}: {}", f.source, f.error));
+            }
+            resolved.extend(more);
+        }
+    }
+    Ok(Selection {
+        resolved,
+        failed,
+        clients,
+        platforms: global_platforms,
+        tags,
+    })
 }
 
 pub async fn run(args: ExportArgs) -> Result<()> {
@@ -163,36 +264,22 @@ pub async fn run(args: ExportArgs) -> Result<()> {
             .ctx(|| format!("creating cache directory {}", cache.join(sub).display()))?;
     }
     let reporter = Reporter::new(args.out.quiet || args.out.json, args.out.verbose);
-    let jobs = args.out.jobs as usize;
-    let (mut requested, clients, set_platforms) = match &image_set {
-        Some(set) => {
-            let clients = connect_image_set(&args, set).await?;
-            let selected = set.select(&clients).await?;
-            let requested: Vec<Requested> = selected
-                .into_iter()
-                .map(|s| Requested {
-                    reference: s.reference,
-                    namespace: s.namespace,
-                    path: s.path,
-                    platforms: s.platforms,
-                    subject: None,
-                    prefetched: None,
-                })
-                .collect();
-            (requested, clients, set.platforms.clone())
-        }
-        None => {
-            let clients = connect_sources(&args, &cli_requested).await?;
-            (cli_requested, clients, Vec::new())
-        }
-    };
-    for p in requested.iter().flat_map(|r| &r.platforms) {
-        validate_platform(p)?;
+    // What killed runs (SIGKILL, power loss) left half-written in the cache.
+    let stale = crate::fetch::clean_stale_temps(&cache.join("tmp"));
+    if stale > 0 {
+        reporter.detail(format!(
+            "removed {stale} temporary file(s) that interrupted runs left in {}",
+            cache.join("tmp").display()
+        ));
     }
-    let tags: Vec<String> = requested
-        .iter()
-        .filter_map(|r| r.reference.tag.clone())
-        .collect();
+    let jobs = args.out.jobs as usize;
+    let Selection {
+        resolved,
+        failed,
+        clients,
+        platforms: global_platforms,
+        tags,
+    } = select(&args, image_set.as_ref(), cli_requested, &reporter).await?;
     let out = expand_output(&args.output, mtime, &tags)?;
     if let Some(parent) = out.parent().filter(|p| !p.as_os_str().is_empty()) {
         if !parent.is_dir() {
@@ -200,39 +287,6 @@ pub async fn run(args: ExportArgs) -> Result<()> {
                 "output directory {} does not exist",
                 parent.display()
             )));
-        }
-    }
-    let global_platforms = if args.platform.is_empty() {
-        set_platforms
-    } else {
-        args.platform.clone()
-    };
-
-    // Resolve every image before writing anything: an unknown image fails here (or, with
-    // --keep-going, is left out and named in the bundle).
-    let (mut resolved, failed) = resolve_all(
-        std::mem::take(&mut requested),
-        &clients,
-        &global_platforms,
-        jobs,
-        args.keep_going,
-        &reporter,
-    )
-    .await?;
-    if resolved.is_empty() {
-        return Err(Error::Failed(
-            "no image could be resolved; nothing to export".into(),
-        ));
-    }
-    if !args.no_referrers {
-        let extra = companions(&resolved, &clients, jobs, &reporter).await?;
-        if !extra.is_empty() {
-            let (more, more_failed) =
-                resolve_all(extra, &clients, &[], jobs, true, &reporter).await?;
-            for f in more_failed {
-                reporter.warn(format!("could not carry {}: {}", f.source, f.error));
-            }
-            resolved.extend(more);
         }
     }
     let contents = assemble(&resolved, &carried);
@@ -243,6 +297,8 @@ pub async fn run(args: ExportArgs) -> Result<()> {
             format!("{} image(s) could not be resolved", failed.len()),
         );
     }
+    // Before the first download: will it all fit?
+    space::check(&contents, &out, &cache, args.cache_all)?;
     let root_sizes: Vec<u64> = resolved
         .iter()
         .map(|(_, r)| r.root.bytes.len() as u64)

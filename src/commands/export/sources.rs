@@ -185,6 +185,7 @@ pub(super) async fn resolve_all(
 pub(super) async fn companions(
     resolved: &[(Requested, Resolved)],
     clients: &HashMap<String, Arc<Registry>>,
+    tag_lists: &crate::imageset::TagLists,
     jobs: usize,
     reporter: &Reporter,
 ) -> Result<Vec<Requested>> {
@@ -202,7 +203,7 @@ pub(super) async fn companions(
     let tags_of: HashMap<(String, String), Vec<String>> = stream::iter(repos)
         .map(|key| async move {
             let tags = match clients.get(&key.0) {
-                Some(reg) => reg.list_tags(&key.1).await.unwrap_or_else(|e| {
+                Some(reg) => tag_lists.list(reg, &key.1).await.unwrap_or_else(|e| {
                     reporter.warn(format!(
                         "cannot list the tags of {}/{} to find signatures: {e}",
                         key.0, key.1

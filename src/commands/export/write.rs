@@ -4,7 +4,9 @@
 use super::inputs::rfc3339;
 use super::Contents;
 use crate::bundle::model::{BlobEntry, BundleManifest, FailedImage, ImageEntry, Layout, Member};
-use crate::bundle::{BundleWriter, BUNDLE_JSON, INDEX_JSON, OCI_LAYOUT, OCI_LAYOUT_CONTENT};
+use crate::bundle::{
+    BundleWriter, SideFile, BUNDLE_JSON, INDEX_JSON, OCI_LAYOUT, OCI_LAYOUT_CONTENT,
+};
 use crate::config;
 use crate::digest::{Digest, VerifyingReader};
 use crate::error::{Error, IoContext, Result};
@@ -145,10 +147,11 @@ pub(super) async fn write(
     let bundle_json = serde_json::to_vec_pretty(&manifest)
         .map_err(|e| Error::Failed(format!("bundle.json: {e}")))?;
     // The signature is written beside the bundle and renamed into place with it; an unsigned
-    // export removes a stale one so it cannot be mistaken for this bundle's.
+    // export removes a stale one, but only once the new bundle is in place, so that a failed
+    // export leaves the previous bundle, its checksums and its signature as they were.
     let sig_path = crate::signing::signature_path(&out);
     let sig_partial = PathBuf::from(format!("{}.partial", sig_path.display()));
-    match &signer {
+    let side = match &signer {
         Some(s) => {
             let name = out
                 .file_name()
@@ -158,16 +161,15 @@ pub(super) async fn write(
                 &bundle_json,
                 &format!("airlock bundle {name} created {}", manifest.created),
             )?;
-            std::fs::write(&sig_partial, sig)
+            crate::cleanup::write(&sig_partial, sig.as_bytes())
                 .ctx(|| format!("writing {}", sig_partial.display()))?;
-        }
-        None => {
-            if sig_path.exists() {
-                std::fs::remove_file(&sig_path)
-                    .ctx(|| format!("removing the stale signature {}", sig_path.display()))?;
+            SideFile::Replace {
+                partial: sig_partial.clone(),
+                dest: sig_path.clone(),
             }
         }
-    }
+        None => SideFile::Remove(sig_path.clone()),
+    };
 
     // Small blobs are fetched ahead into the cache by --jobs workers; the writer takes blobs
     // in bundle order and streams the ones nobody fetched yet straight into the bundle.
@@ -230,7 +232,7 @@ pub(super) async fn write(
                     return Err(e);
                 }
             }
-            let files = w.finish()?;
+            let files = w.finish_with(std::slice::from_ref(&side))?;
             Ok((files, downloaded, cached))
         })();
         supply.finish();
@@ -243,14 +245,10 @@ pub(super) async fn write(
     let (files, downloaded, cached) = match written {
         Ok(w) => w,
         Err(e) => {
-            let _ = std::fs::remove_file(&sig_partial);
+            crate::cleanup::remove(&sig_partial);
             return Err(e);
         }
     };
-    if signer.is_some() {
-        std::fs::rename(&sig_partial, &sig_path)
-            .ctx(|| format!("renaming to {}", sig_path.display()))?;
-    }
     reporter.finish_bar();
     let compressed: u64 = files
         .iter()

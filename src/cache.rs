@@ -1,0 +1,200 @@
+//! The export cache (`--cache-dir`, `AIRLOCK_CACHE_DIR`, else `$XDG_CACHE_HOME/airlock` or
+//! `~/.cache/airlock`): where it lives, what it holds, and pruning it by age or size. Entries
+//! are `blobs/sha256/<hex>`, each checked against its digest before it is trusted; `tmp/`
+//! holds downloads under way.
+
+use crate::error::{Error, IoContext, Result};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+/// The cache directory: the one given, else the environment's default.
+pub fn dir(given: Option<&Path>) -> Result<PathBuf> {
+    if let Some(d) = given {
+        return Ok(d.to_path_buf());
+    }
+    if let Some(x) = crate::config::env("XDG_CACHE_HOME") {
+        return Ok(PathBuf::from(x).join("airlock"));
+    }
+    if let Some(h) = crate::config::env("HOME") {
+        return Ok(PathBuf::from(h).join(".cache").join("airlock"));
+    }
+    Err(Error::Usage(
+        "no cache directory: give --cache-dir or set XDG_CACHE_HOME or HOME".into(),
+    ))
+}
+
+/// One cached blob.
+#[derive(Clone, Debug)]
+pub struct Entry {
+    pub path: PathBuf,
+    pub size: u64,
+    /// Last written or used.
+    pub used: SystemTime,
+}
+
+/// What the cache holds.
+#[derive(Debug, Default, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Summary {
+    pub dir: PathBuf,
+    pub entries: usize,
+    pub bytes: u64,
+    /// Seconds since the least recently used entry was used.
+    pub oldest_age_secs: Option<u64>,
+    /// Downloads under way, or left by a process that was killed.
+    pub temporary_files: usize,
+}
+
+/// Every entry of the cache, least recently used first.
+pub fn entries(dir: &Path) -> Result<Vec<Entry>> {
+    let blobs = dir.join("blobs/sha256");
+    if !blobs.exists() {
+        return Ok(Vec::new());
+    }
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(&blobs).ctx(|| format!("reading {}", blobs.display()))? {
+        let e = e.ctx(|| format!("reading {}", blobs.display()))?;
+        let meta = e
+            .metadata()
+            .ctx(|| format!("reading {}", e.path().display()))?;
+        if !meta.is_file() {
+            continue;
+        }
+        out.push(Entry {
+            path: e.path(),
+            size: meta.len(),
+            used: meta.modified().unwrap_or(SystemTime::UNIX_EPOCH),
+        });
+    }
+    out.sort_by_key(|e| e.used);
+    Ok(out)
+}
+
+pub fn summary(dir: &Path) -> Result<Summary> {
+    let all = entries(dir)?;
+    let temporary_files = std::fs::read_dir(dir.join("tmp"))
+        .map(|r| r.count())
+        .unwrap_or(0);
+    Ok(Summary {
+        dir: dir.to_path_buf(),
+        entries: all.len(),
+        bytes: all.iter().map(|e| e.size).sum(),
+        oldest_age_secs: all.first().map(|e| {
+            SystemTime::now()
+                .duration_since(e.used)
+                .unwrap_or(Duration::ZERO)
+                .as_secs()
+        }),
+        temporary_files,
+    })
+}
+
+/// What a prune removed.
+#[derive(Debug, Default, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Pruned {
+    pub removed: usize,
+    pub bytes_freed: u64,
+    pub kept: usize,
+    pub bytes_kept: u64,
+}
+
+/// Removes entries unused for longer than `older_than`, then the least recently used until
+/// the rest fit in `max_size`.
+pub fn prune(dir: &Path, older_than: Option<Duration>, max_size: Option<u64>) -> Result<Pruned> {
+    let mut all = entries(dir)?;
+    let now = SystemTime::now();
+    let mut out = Pruned::default();
+    let remove = |e: &Entry, out: &mut Pruned| -> Result<()> {
+        match std::fs::remove_file(&e.path) {
+            Ok(()) => {}
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+            Err(err) => return Err(Error::io(format!("removing {}", e.path.display()), err)),
+        }
+        out.removed += 1;
+        out.bytes_freed += e.size;
+        Ok(())
+    };
+    if let Some(age) = older_than {
+        let (old, keep): (Vec<Entry>, Vec<Entry>) = all
+            .into_iter()
+            .partition(|e| now.duration_since(e.used).unwrap_or(Duration::ZERO) > age);
+        for e in &old {
+            remove(e, &mut out)?;
+        }
+        all = keep;
+    }
+    if let Some(max) = max_size {
+        let mut total: u64 = all.iter().map(|e| e.size).sum();
+        let mut keep = Vec::new();
+        for e in all {
+            if total > max {
+                total -= e.size;
+                remove(&e, &mut out)?;
+            } else {
+                keep.push(e);
+            }
+        }
+        all = keep;
+    }
+    out.kept = all.len();
+    out.bytes_kept = all.iter().map(|e| e.size).sum();
+    Ok(out)
+}
+
+/// Parses an age: `30d`, `12h`, `90m`, `45s`.
+pub fn parse_age(s: &str) -> Result<Duration> {
+    let t = s.trim();
+    if let Some(days) = t.strip_suffix('d') {
+        let n: u64 = days
+            .parse()
+            .map_err(|_| Error::Usage(format!("{s:?} is not an age (e.g. 30d, 12h)")))?;
+        return Ok(Duration::from_secs(n * 86_400));
+    }
+    crate::registry::retry::parse_duration(t).map_err(Error::Usage)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(dir: &Path, name: &str, size: usize, age_days: u64) {
+        let p = dir.join("blobs/sha256").join(name);
+        std::fs::create_dir_all(p.parent().expect("parent")).expect("mkdir");
+        std::fs::write(&p, vec![0u8; size]).expect("write");
+        let f = std::fs::File::options().write(true).open(&p).expect("open");
+        f.set_modified(SystemTime::now() - Duration::from_secs(age_days * 86_400))
+            .expect("mtime");
+    }
+
+    #[test]
+    fn prune_by_age_then_by_size_least_recently_used_first() {
+        let d = tempfile::tempdir().expect("tempdir");
+        entry(d.path(), "a", 100, 40);
+        entry(d.path(), "b", 100, 20);
+        entry(d.path(), "c", 100, 10);
+        entry(d.path(), "e", 100, 0);
+        let s = summary(d.path()).expect("summary");
+        assert_eq!((s.entries, s.bytes), (4, 400));
+        assert!(s.oldest_age_secs.expect("age") >= 40 * 86_400 - 60);
+        let p = prune(d.path(), Some(Duration::from_secs(30 * 86_400)), None).expect("prune");
+        assert_eq!((p.removed, p.kept), (1, 3));
+        assert!(!d.path().join("blobs/sha256/a").exists());
+        let p = prune(d.path(), None, Some(150)).expect("prune");
+        assert_eq!((p.removed, p.bytes_kept), (2, 100));
+        assert!(d.path().join("blobs/sha256/e").exists(), "the newest stays");
+    }
+
+    #[test]
+    fn ages() {
+        assert_eq!(
+            parse_age("30d").expect("30d"),
+            Duration::from_secs(30 * 86_400)
+        );
+        assert_eq!(
+            parse_age("12h").expect("12h"),
+            Duration::from_secs(12 * 3600)
+        );
+        assert!(parse_age("soon").is_err());
+    }
+}

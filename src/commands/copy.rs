@@ -1,0 +1,143 @@
+//! `airlock copy`: the origin procedure's pull-and-push in one step, registry to registry,
+//! with export's source options and import's target options (`--to-…`): images resolved at
+//! the source as export resolves them, pushed as import pushes them (same digests, skip what
+//! exists, mount, every byte checked, tags last). Nothing is written to local disk.
+
+use crate::cli::{CopyArgs, ExportArgs};
+use crate::commands::export::{images_and_objects, partial, requested_images, select};
+use crate::commands::import::{finish, plan_targets, target_names};
+use crate::config::{self, Side};
+use crate::error::{Error, Result};
+use crate::progress::{human, Reporter};
+use crate::store::RegistryObjects;
+use std::sync::Arc;
+
+/// Export's view of the source side of `copy`.
+fn source_args(args: &CopyArgs) -> ExportArgs {
+    ExportArgs {
+        images: args.images.clone(),
+        config: args.config.clone(),
+        images_file: args.images_file.clone(),
+        output: std::path::PathBuf::new(),
+        platform: args.platform.clone(),
+        split_size: None,
+        cache_dir: None,
+        cache_all: false,
+        since: None,
+        plan: args.plan,
+        keep_going: args.keep_going,
+        no_referrers: args.no_referrers,
+        sign: None,
+        registry: args.registry.clone(),
+        out: args.out.clone(),
+    }
+}
+
+#[derive(serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+struct PlanLine {
+    source: String,
+    target: String,
+    digest: String,
+    size: u64,
+}
+
+pub async fn run(args: CopyArgs) -> Result<()> {
+    if args.registry.password_stdin && args.to.to_password_stdin {
+        return Err(Error::Usage(
+            "--password-stdin and --to-password-stdin both read standard input: give one of \
+             the passwords through SOURCE_DOCKER_PASSWORD or TARGET_DOCKER_PASSWORD instead"
+                .into(),
+        ));
+    }
+    let to = args.to.registry_args();
+    let (registry, repository, tag) = target_names(&to, "--to-")?;
+    let src = source_args(&args);
+    let image_set = match &args.config {
+        Some(path) => {
+            if !args.images.is_empty() || args.images_file.is_some() {
+                return Err(Error::Usage(
+                    "give the images either in --config or as arguments/--images-file, not both"
+                        .into(),
+                ));
+            }
+            Some(crate::imageset::load(path)?)
+        }
+        None => None,
+    };
+    let cli_requested = match &image_set {
+        Some(_) => Vec::new(),
+        None => requested_images(&src)?,
+    };
+    let mut reporter = Reporter::new(args.out.quiet || args.out.json, args.out.verbose);
+    let sel = select(&src, image_set.as_ref(), cli_requested, &reporter).await?;
+    let (images, objects) = images_and_objects(&sel.resolved);
+    let targets = plan_targets(&images, repository.as_deref(), tag.as_deref())?;
+    let total: u64 = objects.iter().map(|o| o.size).sum();
+    if args.plan {
+        let lines: Vec<PlanLine> = targets
+            .iter()
+            .map(|t| PlanLine {
+                source: t.entry.source.clone(),
+                target: t.name(&registry),
+                digest: t.entry.digest.to_string(),
+                size: t.entry.size,
+            })
+            .collect();
+        if args.out.json {
+            config::print_json(&serde_json::json!({
+                "images": lines,
+                "objects": objects.len(),
+                "totalSize": total,
+                "failed": sel.failed,
+            }))?;
+        } else {
+            for l in &lines {
+                println!(
+                    "{} -> {}  {}  {}",
+                    l.source,
+                    l.target,
+                    &l.digest,
+                    human(l.size)
+                );
+            }
+            println!(
+                "{} images, {} objects, {} (nothing was copied)",
+                lines.len(),
+                objects.len(),
+                human(total)
+            );
+        }
+        return partial(
+            &sel.failed,
+            format!("{} image(s) could not be resolved", sel.failed.len()),
+        );
+    }
+    let creds = config::credentials(&to, Side::Target, &registry)?;
+    let target =
+        config::connect(&registry, &config::tls(&to), creds, args.out.retry_policy()).await?;
+    reporter.info(format!(
+        "copying {} images ({}) into {registry}",
+        targets.len(),
+        human(total)
+    ));
+    reporter.start_bar(total, "copying");
+    let source = Arc::new(RegistryObjects::new(objects, sel.clients));
+    let report = crate::copy::push(
+        source,
+        Arc::new(target),
+        targets,
+        args.out.jobs as usize,
+        reporter.clone(),
+    )
+    .await;
+    reporter.finish_bar();
+    finish(report?, &reporter, args.out.json, "copied")?;
+    partial(
+        &sel.failed,
+        format!(
+            "{} image(s) could not be resolved and were not copied",
+            sel.failed.len()
+        ),
+    )
+}

@@ -1,0 +1,641 @@
+//! The read side of the OCI distribution API over one or more bundles, answered straight
+//! from the compressed files: `GET /v2/`, manifests by tag or digest (the exact stored bytes
+//! and media type), blobs with `HEAD` and `Range`, tag lists and the catalog with `n`/`last`
+//! paging, and the referrers API built from the bundles' companions. Every write answers 405
+//! `UNSUPPORTED`. Optional TLS and htpasswd (bcrypt) basic auth; a log line per request.
+
+pub mod frames;
+pub mod namespace;
+
+use crate::digest::Digest;
+use crate::error::{Error, Result};
+use base64::Engine as _;
+use bytes::Bytes;
+use frames::{range_stream, FrameCache};
+use futures_util::StreamExt;
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper::header::{HeaderValue, AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, RANGE};
+use hyper::{Method, Request, Response, StatusCode};
+use namespace::Namespace;
+use sha2::Digest as _;
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+type Body = http_body_util::combinators::UnsyncBoxBody<Bytes, std::io::Error>;
+
+/// Decoded frames kept for all clients together (frames are at most 16 MiB).
+pub const FRAME_CACHE: usize = 96 * 1024 * 1024;
+
+/// Users from an htpasswd file (bcrypt entries, as `htpasswd -B` writes them).
+pub struct Htpasswd {
+    entries: HashMap<String, String>,
+    /// Hashes of user:password pairs already checked (bcrypt is slow on purpose; clients send
+    /// the header with every request).
+    good: Mutex<HashSet<[u8; 32]>>,
+}
+
+impl Htpasswd {
+    pub fn load(path: &Path) -> Result<Htpasswd> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
+        let mut entries = HashMap::new();
+        for (n, line) in text.lines().enumerate() {
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let (user, hash) = line.split_once(':').ok_or_else(|| {
+                Error::Usage(format!("{} line {}: not user:hash", path.display(), n + 1))
+            })?;
+            if !hash.starts_with("$2") {
+                return Err(Error::Usage(format!(
+                    "{} line {}: only bcrypt entries are supported (htpasswd -B)",
+                    path.display(),
+                    n + 1
+                )));
+            }
+            entries.insert(user.to_string(), hash.to_string());
+        }
+        if entries.is_empty() {
+            return Err(Error::Usage(format!("{}: no users", path.display())));
+        }
+        Ok(Htpasswd {
+            entries,
+            good: Mutex::default(),
+        })
+    }
+
+    /// Checks an `Authorization: Basic …` value.
+    async fn check(self: &Arc<Self>, header: Option<&HeaderValue>) -> bool {
+        let Some(raw) = header
+            .and_then(|h| h.to_str().ok())
+            .and_then(|h| h.strip_prefix("Basic "))
+            .and_then(|b| {
+                base64::engine::general_purpose::STANDARD
+                    .decode(b.trim())
+                    .ok()
+            })
+        else {
+            return false;
+        };
+        let key: [u8; 32] = sha2::Sha256::digest(&raw).into();
+        if self.good.lock().is_ok_and(|g| g.contains(&key)) {
+            return true;
+        }
+        let Ok(pair) = String::from_utf8(raw) else {
+            return false;
+        };
+        let Some((user, pass)) = pair.split_once(':') else {
+            return false;
+        };
+        let Some(hash) = self.entries.get(user).cloned() else {
+            return false;
+        };
+        let pass = pass.to_string();
+        let ok = tokio::task::spawn_blocking(move || bcrypt::verify(pass, &hash).unwrap_or(false))
+            .await
+            .unwrap_or(false);
+        if ok {
+            if let Ok(mut g) = self.good.lock() {
+                g.insert(key);
+            }
+        }
+        ok
+    }
+}
+
+/// Everything a request handler needs.
+pub struct Server {
+    pub ns: Namespace,
+    pub cache: Arc<FrameCache>,
+    pub users: Option<Arc<Htpasswd>>,
+    pub quiet: bool,
+}
+
+fn full(b: impl Into<Bytes>) -> Body {
+    Full::new(b.into())
+        .map_err(|never| match never {})
+        .boxed_unsync()
+}
+
+fn empty() -> Body {
+    full(Bytes::new())
+}
+
+/// An error in the distribution spec's JSON form.
+fn error(status: StatusCode, code: &str, message: &str) -> Response<Body> {
+    let body = serde_json::json!({"errors": [{"code": code, "message": message}]}).to_string();
+    let mut r = Response::new(full(body.clone()));
+    *r.status_mut() = status;
+    let h = r.headers_mut();
+    h.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    h.insert(CONTENT_LENGTH, HeaderValue::from(body.len()));
+    r
+}
+
+fn with_len(mut r: Response<Body>, len: u64) -> Response<Body> {
+    r.headers_mut()
+        .insert(CONTENT_LENGTH, HeaderValue::from(len));
+    r
+}
+
+fn header(r: &mut Response<Body>, k: &'static str, v: &str) {
+    if let Ok(v) = HeaderValue::from_str(v) {
+        r.headers_mut().insert(k, v);
+    }
+}
+
+/// `n` and `last` of a list request.
+fn paging(query: &str) -> (Option<usize>, Option<String>) {
+    let mut n = None;
+    let mut last = None;
+    for (k, v) in url::form_urlencoded::parse(query.as_bytes()) {
+        match k.as_ref() {
+            "n" => n = v.parse().ok(),
+            "last" => last = Some(v.into_owned()),
+            _ => {}
+        }
+    }
+    (n, last)
+}
+
+/// One page of a sorted list, with the `Link` to the next one.
+fn page<'a>(
+    items: impl Iterator<Item = &'a String>,
+    query: &str,
+    path: &str,
+) -> (Vec<&'a String>, Option<String>) {
+    let (n, last) = paging(query);
+    let mut rest = items.filter(|i| last.as_ref().is_none_or(|l| *i > l));
+    let n = n.unwrap_or(usize::MAX);
+    let page: Vec<&String> = rest.by_ref().take(n).collect();
+    let link = match (page.last(), rest.next()) {
+        (Some(l), Some(_)) => {
+            let q: String = url::form_urlencoded::Serializer::new(String::new())
+                .append_pair("n", &n.to_string())
+                .append_pair("last", l)
+                .finish();
+            Some(format!("<{path}?{q}>; rel=\"next\""))
+        }
+        _ => None,
+    };
+    (page, link)
+}
+
+/// Parses a `Range: bytes=…` header against a size: (from, to) with `to` exclusive.
+fn parse_range(v: &str, size: u64) -> Option<(u64, u64)> {
+    let spec = v.trim().strip_prefix("bytes=")?;
+    if spec.contains(',') {
+        return None;
+    }
+    let (a, b) = spec.split_once('-')?;
+    let (a, b) = (a.trim(), b.trim());
+    if a.is_empty() {
+        let n: u64 = b.parse().ok()?;
+        if n == 0 || size == 0 {
+            return None;
+        }
+        return Some((size.saturating_sub(n), size));
+    }
+    let from: u64 = a.parse().ok()?;
+    let to = if b.is_empty() {
+        size
+    } else {
+        b.parse::<u64>().ok()?.saturating_add(1).min(size)
+    };
+    (from < to).then_some((from, to))
+}
+
+impl Server {
+    async fn handle(self: Arc<Self>, req: Request<Incoming>) -> Response<Body> {
+        if let Some(users) = &self.users {
+            if !users.check(req.headers().get(AUTHORIZATION)).await {
+                let mut r = error(
+                    StatusCode::UNAUTHORIZED,
+                    "UNAUTHORIZED",
+                    "authentication required",
+                );
+                header(&mut r, "www-authenticate", "Basic realm=\"airlock\"");
+                return r;
+            }
+        }
+        let path = req.uri().path().to_string();
+        let query = req.uri().query().unwrap_or("").to_string();
+        let method = req.method().clone();
+        let head = method == Method::HEAD;
+        if path == "/v2/" || path == "/v2" {
+            if method != Method::GET && !head {
+                return error(StatusCode::METHOD_NOT_ALLOWED, "UNSUPPORTED", "read-only");
+            }
+            let mut r = with_len(Response::new(if head { empty() } else { full("{}") }), 2);
+            header(&mut r, "docker-distribution-api-version", "registry/2.0");
+            header(&mut r, "content-type", "application/json");
+            return r;
+        }
+        let Some(rest) = path.strip_prefix("/v2/") else {
+            return error(
+                StatusCode::NOT_FOUND,
+                "NOT_FOUND",
+                "not an OCI distribution path",
+            );
+        };
+        if method != Method::GET && !head {
+            return error(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "UNSUPPORTED",
+                "this registry is a read-only view of airlock bundles",
+            );
+        }
+        if rest == "_catalog" {
+            let (repos, link) = page(self.ns.repos().into_iter(), &query, "/v2/_catalog");
+            let body = serde_json::json!({ "repositories": repos }).to_string();
+            let mut r = with_len(
+                Response::new(if head { empty() } else { full(body.clone()) }),
+                body.len() as u64,
+            );
+            header(&mut r, "content-type", "application/json");
+            if let Some(l) = link {
+                header(&mut r, "link", &l);
+            }
+            return r;
+        }
+        if let Some(repo) = rest.strip_suffix("/tags/list") {
+            let Some(tags) = self.ns.tags.get(repo) else {
+                return error(
+                    StatusCode::NOT_FOUND,
+                    "NAME_UNKNOWN",
+                    "repository name not known",
+                );
+            };
+            let (tags, link) = page(tags.keys(), &query, &format!("/v2/{repo}/tags/list"));
+            let body = serde_json::json!({ "name": repo, "tags": tags }).to_string();
+            let mut r = with_len(
+                Response::new(if head { empty() } else { full(body.clone()) }),
+                body.len() as u64,
+            );
+            header(&mut r, "content-type", "application/json");
+            if let Some(l) = link {
+                header(&mut r, "link", &l);
+            }
+            return r;
+        }
+        for (sep, kind) in [("/manifests/", 0), ("/blobs/", 1), ("/referrers/", 2)] {
+            if let Some((repo, reference)) = rest.rsplit_once(sep) {
+                if !self.ns.has_repo(repo) {
+                    return error(
+                        StatusCode::NOT_FOUND,
+                        "NAME_UNKNOWN",
+                        "repository name not known",
+                    );
+                }
+                return match kind {
+                    0 => self.manifest(repo, reference, head).await,
+                    1 => {
+                        self.blob(repo, reference, head, req.headers().get(RANGE))
+                            .await
+                    }
+                    _ => self.referrers(repo, reference, &query, head),
+                };
+            }
+        }
+        error(StatusCode::NOT_FOUND, "NOT_FOUND", "unknown path")
+    }
+
+    async fn manifest(&self, repo: &str, reference: &str, head: bool) -> Response<Body> {
+        let Some(d) = self.ns.resolve(repo, reference) else {
+            return error(
+                StatusCode::NOT_FOUND,
+                "MANIFEST_UNKNOWN",
+                "manifest unknown",
+            );
+        };
+        let (bundle, media_type, size) = match self.ns.object(&d) {
+            Ok(x) => x,
+            Err(_) => {
+                return error(
+                    StatusCode::NOT_FOUND,
+                    "MANIFEST_UNKNOWN",
+                    "manifest unknown",
+                )
+            }
+        };
+        let d2 = d.clone();
+        let bytes = if head {
+            Ok(Vec::new())
+        } else {
+            tokio::task::spawn_blocking(move || {
+                bundle.read_blob(&d2, crate::registry::MAX_MANIFEST_SIZE)
+            })
+            .await
+            .unwrap_or_else(|e| Err(Error::Failed(e.to_string())))
+        };
+        let bytes = match bytes {
+            Ok(b) => b,
+            Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, "UNKNOWN", &e.to_string()),
+        };
+        let mut r = with_len(Response::new(full(bytes)), size);
+        header(&mut r, "content-type", &media_type);
+        header(&mut r, "docker-content-digest", d.as_str());
+        header(&mut r, "etag", &format!("\"{d}\""));
+        r
+    }
+
+    async fn blob(
+        &self,
+        repo: &str,
+        reference: &str,
+        head: bool,
+        range: Option<&HeaderValue>,
+    ) -> Response<Body> {
+        let Ok(d) = Digest::parse(reference) else {
+            return error(StatusCode::BAD_REQUEST, "DIGEST_INVALID", "not a digest");
+        };
+        if !self.ns.in_repo(repo, &d) {
+            return error(
+                StatusCode::NOT_FOUND,
+                "BLOB_UNKNOWN",
+                "blob unknown to registry",
+            );
+        }
+        let Ok((bundle, _, size)) = self.ns.object(&d) else {
+            return error(
+                StatusCode::NOT_FOUND,
+                "BLOB_UNKNOWN",
+                "blob unknown to registry",
+            );
+        };
+        let Some((base, _)) = bundle.content_of(&d) else {
+            return error(
+                StatusCode::NOT_FOUND,
+                "BLOB_UNKNOWN",
+                "blob unknown to registry",
+            );
+        };
+        let (from, to, partial) = match range.and_then(|v| v.to_str().ok()) {
+            None => (0, size, false),
+            Some(v) => match parse_range(v, size) {
+                Some((a, b)) => (a, b, true),
+                None => {
+                    let mut r = error(
+                        StatusCode::RANGE_NOT_SATISFIABLE,
+                        "RANGE_INVALID",
+                        "range not satisfiable",
+                    );
+                    header(&mut r, "content-range", &format!("bytes */{size}"));
+                    return r;
+                }
+            },
+        };
+        let body = if head || from == to {
+            empty()
+        } else {
+            let bi = self.ns.bundle_index(&bundle);
+            let mut stream = range_stream(self.cache.clone(), bi, bundle, base, from, to);
+            // The first piece is read before the answer starts, so a damaged frame there is
+            // a 500, not a cut body.
+            let first = match stream.next().await {
+                Some(Ok(b)) => b,
+                Some(Err(e)) => {
+                    return error(StatusCode::INTERNAL_SERVER_ERROR, "UNKNOWN", &e.to_string())
+                }
+                None => Bytes::new(),
+            };
+            let all = futures_util::stream::once(async move { Ok(first) })
+                .chain(stream)
+                .map(|r| {
+                    r.map(Frame::data)
+                        .map_err(|e| std::io::Error::other(e.to_string()))
+                });
+            BodyExt::boxed_unsync(StreamBody::new(all))
+        };
+        let mut r = with_len(Response::new(body), to - from);
+        if partial {
+            *r.status_mut() = StatusCode::PARTIAL_CONTENT;
+            header(
+                &mut r,
+                "content-range",
+                &format!("bytes {from}-{}/{size}", to.saturating_sub(1)),
+            );
+        }
+        header(&mut r, "content-type", "application/octet-stream");
+        header(&mut r, "docker-content-digest", d.as_str());
+        header(&mut r, "accept-ranges", "bytes");
+        header(&mut r, "etag", &format!("\"{d}\""));
+        r
+    }
+
+    fn referrers(&self, repo: &str, reference: &str, query: &str, head: bool) -> Response<Body> {
+        let Ok(subject) = Digest::parse(reference) else {
+            return error(StatusCode::BAD_REQUEST, "DIGEST_INVALID", "not a digest");
+        };
+        let wanted: Option<String> = url::form_urlencoded::parse(query.as_bytes())
+            .find(|(k, _)| k == "artifactType")
+            .map(|(_, v)| v.into_owned());
+        let manifests: Vec<serde_json::Value> = self
+            .ns
+            .referrers(repo, &subject)
+            .iter()
+            .filter(|r| wanted.is_none() || r.artifact_type == wanted)
+            .map(|r| {
+                let mut m = serde_json::json!({
+                    "mediaType": r.media_type,
+                    "digest": r.digest.as_str(),
+                    "size": r.size,
+                });
+                if let Some(a) = &r.artifact_type {
+                    m["artifactType"] = serde_json::Value::String(a.clone());
+                }
+                m
+            })
+            .collect();
+        let body = serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": crate::manifest::OCI_INDEX,
+            "manifests": manifests,
+        })
+        .to_string();
+        let mut r = with_len(
+            Response::new(if head { empty() } else { full(body.clone()) }),
+            body.len() as u64,
+        );
+        header(&mut r, "content-type", crate::manifest::OCI_INDEX);
+        if wanted.is_some() {
+            header(&mut r, "oci-filters-applied", "artifactType");
+        }
+        r
+    }
+}
+
+/// Resolves when the process is asked to stop (SIGINT or SIGTERM).
+async fn stop_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+/// Serves until SIGINT/SIGTERM, then lets requests under way finish (10 s at most).
+pub async fn listen(
+    server: Arc<Server>,
+    addr: SocketAddr,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+) -> Result<()> {
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| Error::io(format!("listening on {addr}"), e))?;
+    let local = listener
+        .local_addr()
+        .map_err(|e| Error::io("reading the listening address", e))?;
+    eprintln!(
+        "serving {} repositories from {} bundle(s) on {}://{local}/ (Ctrl-C to stop)",
+        server.ns.tags.len(),
+        server.ns.bundles.len(),
+        if tls.is_some() { "https" } else { "http" }
+    );
+    let active = Arc::new(AtomicUsize::new(0));
+    let stop = stop_signal();
+    tokio::pin!(stop);
+    loop {
+        let (stream, remote) = tokio::select! {
+            _ = &mut stop => break,
+            a = listener.accept() => match a {
+                Ok(x) => x,
+                Err(e) => {
+                    eprintln!("airlock serve: accepting a connection: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let server = server.clone();
+        let tls = tls.clone();
+        let active = active.clone();
+        active.fetch_add(1, Ordering::SeqCst);
+        tokio::spawn(async move {
+            let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
+                let server = server.clone();
+                async move {
+                    let started = Instant::now();
+                    let line = format!("{remote} {} {}", req.method(), req.uri());
+                    let quiet = server.quiet;
+                    let resp = server.handle(req).await;
+                    if !quiet {
+                        let len = resp
+                            .headers()
+                            .get(CONTENT_LENGTH)
+                            .and_then(|v| v.to_str().ok())
+                            .unwrap_or("-")
+                            .to_string();
+                        eprintln!(
+                            "{line} {} {len} {}ms",
+                            resp.status().as_u16(),
+                            started.elapsed().as_millis()
+                        );
+                    }
+                    Ok::<_, std::convert::Infallible>(resp)
+                }
+            });
+            let http = hyper::server::conn::http1::Builder::new();
+            let _ = match tls {
+                Some(acceptor) => match acceptor.accept(stream).await {
+                    Ok(s) => http
+                        .serve_connection(hyper_util::rt::TokioIo::new(s), svc)
+                        .await
+                        .map_err(|e| e.to_string()),
+                    Err(e) => Err(e.to_string()),
+                },
+                None => http
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                    .await
+                    .map_err(|e| e.to_string()),
+            };
+            active.fetch_sub(1, Ordering::SeqCst);
+        });
+    }
+    drop(listener);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while active.load(Ordering::SeqCst) > 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    eprintln!("airlock serve: stopped");
+    Ok(())
+}
+
+/// A TLS acceptor from a PEM certificate chain and key.
+pub fn tls_acceptor(cert: &Path, key: &Path) -> Result<tokio_rustls::TlsAcceptor> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+        .map_err(|e| Error::Usage(format!("--tls-cert {}: {e}", cert.display())))?
+        .collect::<std::result::Result<_, _>>()
+        .map_err(|e| Error::Usage(format!("--tls-cert {}: {e}", cert.display())))?;
+    if certs.is_empty() {
+        return Err(Error::Usage(format!(
+            "--tls-cert {}: no certificate in the file",
+            cert.display()
+        )));
+    }
+    let key = PrivateKeyDer::from_pem_file(key)
+        .map_err(|e| Error::Usage(format!("--tls-key {}: {e}", key.display())))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| Error::Usage(format!("TLS: {e}")))?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| Error::Usage(format!("--tls-cert/--tls-key: {e}")))?;
+    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranges() {
+        assert_eq!(parse_range("bytes=0-9", 100), Some((0, 10)));
+        assert_eq!(parse_range("bytes=90-", 100), Some((90, 100)));
+        assert_eq!(parse_range("bytes=-10", 100), Some((90, 100)));
+        assert_eq!(parse_range("bytes=95-200", 100), Some((95, 100)));
+        assert_eq!(parse_range("bytes=100-", 100), None);
+        assert_eq!(parse_range("bytes=5-2", 100), None);
+        assert_eq!(parse_range("bytes=0-1,5-6", 100), None);
+        assert_eq!(parse_range("items=0-1", 100), None);
+    }
+
+    #[test]
+    fn pages() {
+        let items: Vec<String> = ["a", "b", "c", "d"].iter().map(|s| s.to_string()).collect();
+        let (p, link) = page(items.iter(), "n=2", "/v2/_catalog");
+        assert_eq!(p, vec!["a", "b"]);
+        assert_eq!(
+            link.as_deref(),
+            Some("</v2/_catalog?n=2&last=b>; rel=\"next\"")
+        );
+        let (p, link) = page(items.iter(), "n=2&last=b", "/v2/_catalog");
+        assert_eq!(p, vec!["c", "d"]);
+        assert_eq!(link, None);
+        let (p, _) = page(items.iter(), "", "/v2/_catalog");
+        assert_eq!(p.len(), 4);
+    }
+}

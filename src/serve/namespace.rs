@@ -1,0 +1,202 @@
+//! What `serve` answers for: the repositories, tags, objects and referrers of one or more
+//! bundles, named as `import` would push them. A name carried by several bundles is taken
+//! from the newest; an object is read from whichever bundle holds it.
+
+use crate::bundle::Bundle;
+use crate::digest::Digest;
+use crate::error::{Error, Result};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::sync::Arc;
+
+/// A referrer of a manifest, as the referrers API lists it.
+#[derive(Clone, Debug)]
+pub struct Referrer {
+    pub digest: Digest,
+    pub size: u64,
+    pub media_type: String,
+    pub artifact_type: Option<String>,
+}
+
+/// Where an object lives.
+#[derive(Clone, Copy, Debug)]
+pub struct Holder {
+    pub bundle: usize,
+}
+
+pub struct Namespace {
+    /// Oldest first.
+    pub bundles: Vec<Arc<Bundle>>,
+    /// repository → tag → root manifest.
+    pub tags: BTreeMap<String, BTreeMap<String, Digest>>,
+    /// repository → every object its images use.
+    objects: HashMap<String, HashSet<Digest>>,
+    /// digest → the newest bundle holding it.
+    holders: HashMap<Digest, Holder>,
+    /// (repository, subject) → its referrers.
+    referrers: HashMap<(String, Digest), Vec<Referrer>>,
+}
+
+impl Namespace {
+    /// Builds the namespace of `bundles`, mapping names with `repository` and `tag` as import
+    /// does.
+    pub fn new(
+        mut bundles: Vec<Arc<Bundle>>,
+        repository: Option<&str>,
+        tag: Option<&str>,
+    ) -> Result<Namespace> {
+        bundles.sort_by(|a, b| a.manifest.created.cmp(&b.manifest.created));
+        let mut ns = Namespace {
+            bundles,
+            tags: BTreeMap::new(),
+            objects: HashMap::new(),
+            holders: HashMap::new(),
+            referrers: HashMap::new(),
+        };
+        for (i, b) in ns.bundles.iter().enumerate() {
+            for blob in &b.manifest.blobs {
+                ns.holders.insert(blob.digest.clone(), Holder { bundle: i });
+            }
+        }
+        for (i, b) in ns.bundles.clone().iter().enumerate() {
+            let targets =
+                crate::commands::import::plan_targets(&b.manifest.images, repository, tag)?;
+            for t in targets {
+                ns.tags
+                    .entry(t.repo.clone())
+                    .or_default()
+                    .insert(t.tag.clone(), t.entry.digest.clone());
+                ns.objects
+                    .entry(t.repo.clone())
+                    .or_default()
+                    .extend(t.entry.blobs.iter().cloned());
+                if let Some(subject) = &t.entry.subject {
+                    ns.add_referrers(i, &t.repo, subject, &t.entry.digest, &t.tag);
+                }
+            }
+        }
+        Ok(ns)
+    }
+
+    /// A companion's referrers: a referrers-tag index lists them; a cosign-style companion
+    /// (`.sig`, `.att`, `.sbom`) is one.
+    fn add_referrers(
+        &mut self,
+        bundle: usize,
+        repo: &str,
+        subject: &Digest,
+        d: &Digest,
+        tag: &str,
+    ) {
+        let b = &self.bundles[bundle];
+        let Some(entry) = b.manifest.blob(d) else {
+            return;
+        };
+        let Ok(bytes) = b.read_blob(d, crate::registry::MAX_MANIFEST_SIZE) else {
+            return;
+        };
+        let v: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
+        let list = self
+            .referrers
+            .entry((repo.to_string(), subject.clone()))
+            .or_default();
+        let is_tag_index = !tag.contains('.') && v.get("manifests").is_some();
+        if is_tag_index {
+            for m in v
+                .get("manifests")
+                .and_then(|m| m.as_array())
+                .into_iter()
+                .flatten()
+            {
+                let (Some(digest), Some(size), Some(mt)) = (
+                    m.get("digest")
+                        .and_then(|x| x.as_str())
+                        .and_then(|x| Digest::parse(x).ok()),
+                    m.get("size").and_then(|x| x.as_u64()),
+                    m.get("mediaType").and_then(|x| x.as_str()),
+                ) else {
+                    continue;
+                };
+                if list.iter().any(|r| r.digest == digest) {
+                    continue;
+                }
+                list.push(Referrer {
+                    digest,
+                    size,
+                    media_type: mt.to_string(),
+                    artifact_type: m
+                        .get("artifactType")
+                        .and_then(|x| x.as_str())
+                        .map(str::to_string),
+                });
+            }
+        } else if !list.iter().any(|r| r.digest == *d) {
+            let artifact_type = v
+                .get("artifactType")
+                .and_then(|x| x.as_str())
+                .or_else(|| {
+                    v.get("config")
+                        .and_then(|c| c.get("mediaType"))
+                        .and_then(|x| x.as_str())
+                })
+                .map(str::to_string);
+            list.push(Referrer {
+                digest: d.clone(),
+                size: entry.size,
+                media_type: entry.media_type.clone(),
+                artifact_type,
+            });
+        }
+    }
+
+    pub fn has_repo(&self, repo: &str) -> bool {
+        self.tags.contains_key(repo)
+    }
+
+    pub fn repos(&self) -> BTreeSet<&String> {
+        self.tags.keys().collect()
+    }
+
+    /// The manifest a tag or digest names in a repository.
+    pub fn resolve(&self, repo: &str, reference: &str) -> Option<Digest> {
+        if reference.starts_with("sha256:") {
+            let d = Digest::parse(reference).ok()?;
+            return self.in_repo(repo, &d).then_some(d);
+        }
+        self.tags.get(repo)?.get(reference).cloned()
+    }
+
+    /// Whether `repo` uses object `d` and some bundle holds it.
+    pub fn in_repo(&self, repo: &str, d: &Digest) -> bool {
+        self.objects.get(repo).is_some_and(|o| o.contains(d)) && self.holders.contains_key(d)
+    }
+
+    /// The bundle holding `d`, with its media type and size.
+    pub fn object(&self, d: &Digest) -> Result<(Arc<Bundle>, String, u64)> {
+        let h = self
+            .holders
+            .get(d)
+            .ok_or_else(|| Error::Failed(format!("no bundle holds {d}")))?;
+        let b = self.bundles[h.bundle].clone();
+        let entry = b
+            .manifest
+            .blob(d)
+            .ok_or_else(|| Error::Failed(format!("no bundle holds {d}")))?;
+        let (mt, size) = (entry.media_type.clone(), entry.size);
+        Ok((b, mt, size))
+    }
+
+    pub fn referrers(&self, repo: &str, subject: &Digest) -> &[Referrer] {
+        self.referrers
+            .get(&(repo.to_string(), subject.clone()))
+            .map(Vec::as_slice)
+            .unwrap_or(&[])
+    }
+
+    /// Bundle index of a bundle (for the frame cache's keys).
+    pub fn bundle_index(&self, b: &Arc<Bundle>) -> usize {
+        self.bundles
+            .iter()
+            .position(|x| Arc::ptr_eq(x, b))
+            .unwrap_or(usize::MAX)
+    }
+}

@@ -1,0 +1,263 @@
+//! Where a push reads images from: the [`Source`] trait, implemented by a bundle (`import`)
+//! and by source registries (`copy`). The copy engine (`copy::push`) needs only this: what an
+//! object is, a manifest's exact bytes, and a re-readable blob stream checked against its
+//! digest. The target side is the registry client.
+
+use crate::bundle::Bundle;
+use crate::copy::Object;
+use crate::digest::Digest;
+use crate::error::{Error, Result};
+use crate::progress::Reporter;
+use crate::registry::{BlobSource, Registry, MAX_MANIFEST_SIZE};
+use bytes::Bytes;
+use futures_util::future::BoxFuture;
+use futures_util::stream::{self, BoxStream, StreamExt};
+use std::collections::HashMap;
+use std::io::Read;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+/// What a push reads.
+pub trait Source: Send + Sync {
+    /// Size and media type of an object this source carries.
+    fn describe(&self, d: &Digest) -> Option<(u64, String)>;
+    /// Size of an object the images need that this source does not carry (an incremental
+    /// bundle's base carried it): it must be in the target already.
+    fn external(&self, _d: &Digest) -> Option<u64> {
+        None
+    }
+    /// Which earlier bundle carries an external object (for messages).
+    fn external_home(&self, _d: &Digest) -> String {
+        String::new()
+    }
+    /// The error when external objects are missing at the target.
+    fn missing_externals(&self, target: &str, missing: Vec<String>) -> Error {
+        Error::Failed(format!(
+            "{} objects are missing in {target}:\n  {}",
+            missing.len(),
+            missing.join("\n  ")
+        ))
+    }
+    /// A manifest's exact bytes.
+    fn manifest<'a>(&'a self, d: &'a Digest) -> BoxFuture<'a, Result<Vec<u8>>>;
+    /// A blob as an upload source; `reporter`'s bar moves with its bytes.
+    fn blob(&self, d: &Digest, reporter: &Reporter) -> Box<dyn BlobSource>;
+}
+
+impl Source for Arc<Bundle> {
+    fn describe(&self, d: &Digest) -> Option<(u64, String)> {
+        self.manifest
+            .blob(d)
+            .map(|b| (b.size, b.media_type.clone()))
+    }
+
+    fn external(&self, d: &Digest) -> Option<u64> {
+        self.manifest.external_blob(d).map(|x| x.size)
+    }
+
+    fn external_home(&self, d: &Digest) -> String {
+        self.manifest
+            .external_blob(d)
+            .map(|x| self.manifest.base_of(x))
+            .unwrap_or_default()
+    }
+
+    fn missing_externals(&self, target: &str, missing: Vec<String>) -> Error {
+        let bases: Vec<String> = self
+            .manifest
+            .bases
+            .iter()
+            .map(|b| format!("{} (created {})", b.name, b.created))
+            .collect();
+        Error::Failed(format!(
+            "{} is incremental and {} of the blobs it relies on are not in {target}; import {} \
+             first. Nothing was written. Missing:\n  {}",
+            self.path.display(),
+            missing.len(),
+            bases.join(" and "),
+            missing.join("\n  ")
+        ))
+    }
+
+    fn manifest<'a>(&'a self, d: &'a Digest) -> BoxFuture<'a, Result<Vec<u8>>> {
+        let bundle = self.clone();
+        let d2 = d.clone();
+        Box::pin(async move {
+            tokio::task::spawn_blocking(move || bundle.read_blob(&d2, MAX_MANIFEST_SIZE))
+                .await
+                .map_err(|e| Error::Failed(format!("reading manifest {d}: {e}")))?
+        })
+    }
+
+    fn blob(&self, d: &Digest, reporter: &Reporter) -> Box<dyn BlobSource> {
+        Box::new(BundleBlob {
+            bundle: self.clone(),
+            digest: d.clone(),
+            progress: Progress::new(reporter),
+        })
+    }
+}
+
+/// Moves a progress bar with the bytes of one blob; a resume from an earlier offset takes
+/// the difference back.
+struct Progress {
+    reporter: Reporter,
+    counted: Arc<AtomicU64>,
+}
+
+impl Progress {
+    fn new(reporter: &Reporter) -> Progress {
+        Progress {
+            reporter: reporter.clone(),
+            counted: Arc::new(AtomicU64::new(0)),
+        }
+    }
+
+    /// A new read starts at `offset`.
+    fn restart(&self, offset: u64) {
+        let before = self.counted.swap(offset, Ordering::Relaxed);
+        if before > offset {
+            self.reporter.dec(before - offset);
+        }
+    }
+
+    fn add(&self, n: u64) {
+        self.reporter.inc(n);
+        self.counted.fetch_add(n, Ordering::Relaxed);
+    }
+
+    fn share(&self) -> Progress {
+        Progress {
+            reporter: self.reporter.clone(),
+            counted: self.counted.clone(),
+        }
+    }
+}
+
+/// A blob of a bundle: read on a blocking thread through a small bounded channel, checked
+/// against its digest as it streams, re-readable from any offset.
+struct BundleBlob {
+    bundle: Arc<Bundle>,
+    digest: Digest,
+    progress: Progress,
+}
+
+impl BlobSource for BundleBlob {
+    fn open(&self, offset: u64) -> Result<BoxStream<'static, Result<Bytes>>> {
+        self.progress.restart(offset);
+        let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes>>(4);
+        let bundle = self.bundle.clone();
+        let digest = self.digest.clone();
+        let progress = self.progress.share();
+        tokio::task::spawn_blocking(move || {
+            let fail = |e: Error| {
+                let _ = tx.blocking_send(Err(e));
+            };
+            // The whole blob is read (and so checked against its digest); the bytes before
+            // `offset` are only hashed.
+            let mut r = match bundle.open_blob(&digest) {
+                Ok(r) => r,
+                Err(e) => return fail(e),
+            };
+            let mut pos = 0u64;
+            loop {
+                let mut buf = vec![0u8; 256 * 1024];
+                match r.read(&mut buf) {
+                    Ok(0) => return,
+                    Ok(n) => {
+                        let start = pos;
+                        pos += n as u64;
+                        if pos <= offset {
+                            continue;
+                        }
+                        let skip = offset.saturating_sub(start) as usize;
+                        buf.truncate(n);
+                        let chunk = Bytes::from(buf).slice(skip..);
+                        progress.add(chunk.len() as u64);
+                        if tx.blocking_send(Ok(chunk)).is_err() {
+                            return; // the request ended early: not a content problem
+                        }
+                    }
+                    Err(e) => return fail(Error::bundle(&bundle.path, e.to_string())),
+                }
+            }
+        });
+        Ok(stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|i| (i, rx)) }).boxed())
+    }
+}
+
+/// Images resolved at their source registries (`copy`): manifests carried as the bytes that
+/// were served, blobs downloaded as they are pushed.
+pub struct RegistryObjects {
+    objects: HashMap<Digest, Object>,
+    clients: HashMap<String, Arc<Registry>>,
+}
+
+impl RegistryObjects {
+    pub fn new(objects: Vec<Object>, clients: HashMap<String, Arc<Registry>>) -> Self {
+        RegistryObjects {
+            objects: objects.into_iter().map(|o| (o.digest.clone(), o)).collect(),
+            clients,
+        }
+    }
+}
+
+impl Source for RegistryObjects {
+    fn describe(&self, d: &Digest) -> Option<(u64, String)> {
+        self.objects.get(d).map(|o| (o.size, o.media_type.clone()))
+    }
+
+    fn manifest<'a>(&'a self, d: &'a Digest) -> BoxFuture<'a, Result<Vec<u8>>> {
+        Box::pin(async move {
+            self.objects
+                .get(d)
+                .and_then(|o| o.inline.as_ref())
+                .map(|b| b.to_vec())
+                .ok_or_else(|| Error::Failed(format!("manifest {d} was not resolved")))
+        })
+    }
+
+    fn blob(&self, d: &Digest, reporter: &Reporter) -> Box<dyn BlobSource> {
+        Box::new(RegistryBlob {
+            object: self.objects.get(d).cloned(),
+            digest: d.clone(),
+            clients: self.clients.clone(),
+            progress: Progress::new(reporter),
+        })
+    }
+}
+
+/// A blob read from its source registry while it is pushed: checked against its digest and
+/// size as it streams; a cut download resumes with `Range`.
+struct RegistryBlob {
+    object: Option<Object>,
+    digest: Digest,
+    clients: HashMap<String, Arc<Registry>>,
+    progress: Progress,
+}
+
+impl BlobSource for RegistryBlob {
+    fn open(&self, offset: u64) -> Result<BoxStream<'static, Result<Bytes>>> {
+        let o = self
+            .object
+            .clone()
+            .ok_or_else(|| Error::Failed(format!("blob {} was not resolved", self.digest)))?;
+        let reg = self
+            .clients
+            .get(&o.registry)
+            .cloned()
+            .ok_or_else(|| Error::Failed(format!("no client for registry {}", o.registry)))?;
+        self.progress.restart(offset);
+        let progress = self.progress.share();
+        // The whole blob is downloaded and checked; the bytes before `offset` are only hashed.
+        let body = crate::fetch::download(reg, o, offset);
+        Ok(body
+            .map(move |r| {
+                if let Ok(b) = &r {
+                    progress.add(b.len() as u64);
+                }
+                r
+            })
+            .boxed())
+    }
+}

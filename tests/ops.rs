@@ -1,0 +1,305 @@
+//! The operator's month: `diff` between this month's bundle and last month's (bundles and
+//! extracted bundle.json files), and `cache ls` / `cache prune` on export's cache.
+
+mod common;
+
+use common::*;
+use serde_json::Value;
+use std::collections::HashSet;
+use std::path::Path;
+
+fn export(list: &str, dir: &Path, name: &str, cache: &Path) -> std::path::PathBuf {
+    let file = dir.join(format!("{name}.txt"));
+    std::fs::write(&file, list).expect("list");
+    let out_path = dir.join(format!("{name}.tar.zst"));
+    let out = run_airlock(
+        [
+            "export",
+            "-q",
+            "-f",
+            file.to_str().expect("utf8"),
+            "-o",
+            out_path.to_str().expect("utf8"),
+            "--cache-dir",
+            cache.to_str().expect("utf8"),
+        ],
+        &[],
+        None,
+    );
+    assert_success(&out, "export");
+    out_path
+}
+
+fn json(out: &std::process::Output) -> Value {
+    assert_success(out, "airlock");
+    serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("not JSON ({e}):\n{}", describe_output(out)))
+}
+
+fn names(v: &Value) -> Vec<String> {
+    let mut n: Vec<String> = v
+        .as_array()
+        .expect("list")
+        .iter()
+        .map(|c| c["name"].as_str().expect("name").to_string())
+        .collect();
+    n.sort();
+    n
+}
+
+#[test]
+fn diff_of_two_months_names_added_removed_and_retagged_images_and_the_new_bytes() {
+    let src = TestRegistry::start(RegistryOpts::plain());
+    let corpus = build_corpus(&src);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cache = dir.path().join("cache");
+    let host = src.host();
+    // Month 1: every corpus image but the last.
+    let (kept, dropped) = corpus.images.split_at(corpus.images.len() - 1);
+    let month1_list: String = kept
+        .iter()
+        .map(|i| format!("{}\n", i.reference(&host)))
+        .collect();
+    let m1 = export(&month1_list, dir.path(), "m1", &cache);
+    // Month 2: the first image's tag moves to a new build, a new image appears, the first
+    // month's last image is gone... and the dropped one comes in instead.
+    let first = &kept[0];
+    let rebuilt = src.client().push_image(
+        &first.repo,
+        Some(&first.tag),
+        ImageFormat::Oci,
+        &Platform::linux_amd64(),
+        &[random_layer(4242, 50_000, true)],
+        &[],
+    );
+    let fresh = src.client().push_image(
+        "src/newcomer",
+        Some("1.0"),
+        ImageFormat::Oci,
+        &Platform::linux_amd64(),
+        &[random_layer(4343, 20_000, true)],
+        &[],
+    );
+    let removed = &kept[kept.len() - 1];
+    let mut month2: Vec<String> = kept[..kept.len() - 1]
+        .iter()
+        .map(|i| i.reference(&host))
+        .collect();
+    month2.push(dropped[0].reference(&host));
+    month2.push(format!("{host}/src/newcomer:1.0"));
+    let m2 = export(&(month2.join("\n") + "\n"), dir.path(), "m2", &cache);
+
+    let d = json(&run_airlock(
+        [
+            "diff",
+            m1.to_str().expect("utf8"),
+            m2.to_str().expect("utf8"),
+            "--json",
+        ],
+        &[],
+        None,
+    ));
+    let mut added = vec![
+        dropped[0].reference(&host),
+        format!("{host}/src/newcomer:1.0"),
+    ];
+    added.sort();
+    assert_eq!(names(&d["added"]), added);
+    assert_eq!(names(&d["removed"]), vec![removed.reference(&host)]);
+    assert_eq!(names(&d["retagged"]), vec![first.reference(&host)]);
+    assert_eq!(d["retagged"][0]["old"], first.digest.as_str());
+    assert_eq!(d["retagged"][0]["new"], rebuilt.digest.as_str());
+    assert_ne!(fresh.digest, rebuilt.digest);
+    assert_eq!(d["unchanged"].as_u64(), Some(kept.len() as u64 - 2));
+    // The new bytes are exactly what month 2 carries that month 1 did not.
+    let (b1, b2) = (read_bundle_json(&m1), read_bundle_json(&m2));
+    let old: HashSet<&str> = b1["blobs"]
+        .as_array()
+        .expect("blobs")
+        .iter()
+        .map(|b| b["digest"].as_str().expect("digest"))
+        .collect();
+    let new_bytes: u64 = b2["blobs"]
+        .as_array()
+        .expect("blobs")
+        .iter()
+        .filter(|b| !old.contains(b["digest"].as_str().expect("digest")))
+        .map(|b| b["size"].as_u64().expect("size"))
+        .sum();
+    assert!(new_bytes > 50_000);
+    assert_eq!(d["newBytes"].as_u64(), Some(new_bytes));
+
+    // The same from the extracted bundle.json files, and as text.
+    let j1 = dir.path().join("m1.json");
+    let j2 = dir.path().join("m2.json");
+    std::fs::write(&j1, serde_json::to_vec(&b1).expect("json")).expect("write");
+    std::fs::write(&j2, serde_json::to_vec(&b2).expect("json")).expect("write");
+    let d2 = json(&run_airlock(
+        [
+            "diff",
+            j1.to_str().expect("utf8"),
+            j2.to_str().expect("utf8"),
+            "--json",
+        ],
+        &[],
+        None,
+    ));
+    assert_eq!(d2["newBytes"], d["newBytes"]);
+    assert_eq!(d2["retagged"], d["retagged"]);
+    let text = run_airlock(
+        [
+            "diff",
+            m1.to_str().expect("utf8"),
+            m2.to_str().expect("utf8"),
+        ],
+        &[],
+        None,
+    );
+    assert_success(&text, "diff");
+    let shown = String::from_utf8_lossy(&text.stdout);
+    assert!(
+        shown.contains("retagged") && shown.contains(&first.reference(&host)),
+        "{shown}"
+    );
+    // A file that is not a bundle is an error naming it.
+    let junk = dir.path().join("junk.tar.zst");
+    std::fs::write(&junk, b"not a bundle").expect("write");
+    let bad = run_airlock(
+        [
+            "diff",
+            junk.to_str().expect("utf8"),
+            m2.to_str().expect("utf8"),
+        ],
+        &[],
+        None,
+    );
+    assert_eq!(bad.status.code(), Some(1));
+    assert!(stderr_text(&bad).contains("junk.tar.zst"));
+}
+
+#[test]
+fn cache_ls_and_prune() {
+    let src = TestRegistry::start(RegistryOpts::plain());
+    let corpus = build_corpus(&src);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cache = dir.path().join("cache");
+    let c = cache.to_str().expect("utf8");
+    let empty = json(&run_airlock(
+        ["cache", "ls", "--cache-dir", c, "--json"],
+        &[],
+        None,
+    ));
+    assert_eq!(empty["entries"].as_u64(), Some(0));
+    let b = export(&corpus.images_file(&src.host()), dir.path(), "b", &cache);
+    let blobs = read_bundle_json(&b)["blobs"]
+        .as_array()
+        .expect("blobs")
+        .iter()
+        .filter(|x| !x["mediaType"].as_str().unwrap_or("").contains("manifest"))
+        .filter(|x| !x["mediaType"].as_str().unwrap_or("").contains("index"))
+        .count();
+    let ls = json(&run_airlock(
+        ["cache", "ls", "--cache-dir", c, "--json"],
+        &[],
+        None,
+    ));
+    assert_eq!(ls["entries"].as_u64(), Some(blobs as u64), "{ls}");
+    assert!(ls["bytes"].as_u64().expect("bytes") > 0);
+    // Nothing is older than a day.
+    let p = json(&run_airlock(
+        [
+            "cache",
+            "prune",
+            "--cache-dir",
+            c,
+            "--older-than",
+            "1d",
+            "--json",
+        ],
+        &[],
+        None,
+    ));
+    assert_eq!(p["removed"].as_u64(), Some(0));
+    let entries: Vec<_> = std::fs::read_dir(cache.join("blobs/sha256"))
+        .expect("entries")
+        .map(|e| e.expect("entry").path())
+        .collect();
+    let age = |paths: &[std::path::PathBuf]| {
+        for p in paths {
+            let f = std::fs::File::options().write(true).open(p).expect("open");
+            f.set_modified(
+                std::time::SystemTime::now() - std::time::Duration::from_secs(60 * 86_400),
+            )
+            .expect("mtime");
+        }
+    };
+    // Entries an export uses count as fresh again, however old they were.
+    age(&entries);
+    export(
+        &corpus.images_file(&src.host()),
+        dir.path(),
+        "reused",
+        &cache,
+    );
+    let p = json(&run_airlock(
+        [
+            "cache",
+            "prune",
+            "--cache-dir",
+            c,
+            "--older-than",
+            "30d",
+            "--json",
+        ],
+        &[],
+        None,
+    ));
+    assert_eq!(p["removed"].as_u64(), Some(0), "entries in use were pruned");
+    // Age half of the entries by two months: they go.
+    let old = entries.len() / 2;
+    age(&entries[..old]);
+    let p = json(&run_airlock(
+        [
+            "cache",
+            "prune",
+            "--cache-dir",
+            c,
+            "--older-than",
+            "30d",
+            "--json",
+        ],
+        &[],
+        None,
+    ));
+    assert_eq!(p["removed"].as_u64(), Some(old as u64));
+    for e in &entries[..old] {
+        assert!(!e.exists(), "{} was not pruned", e.display());
+    }
+    // A size limit of one byte empties it.
+    let p = json(&run_airlock(
+        [
+            "cache",
+            "prune",
+            "--cache-dir",
+            c,
+            "--max-size",
+            "1",
+            "--json",
+        ],
+        &[],
+        None,
+    ));
+    assert_eq!(p["kept"].as_u64(), Some(0));
+    // prune with nothing to go by is a usage error.
+    let u = run_airlock(["cache", "prune", "--cache-dir", c], &[], None);
+    assert_eq!(u.status.code(), Some(2));
+    // The next export fetches again and still writes a good bundle.
+    let again = export(
+        &corpus.images_file(&src.host()),
+        dir.path(),
+        "again",
+        &cache,
+    );
+    let out = run_airlock(["verify", again.to_str().expect("utf8")], &[], None);
+    assert_success(&out, "verify");
+}

@@ -1,0 +1,745 @@
+//! Registry quirks played by a proxy in front of the real registry (issue 7): each one ends
+//! with every digest at the target equal to the source, or with the clear error.
+//!
+//! Run one: `cargo test --test quirks -- NAME`.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use common::*;
+use tempfile::TempDir;
+
+const MIB: usize = 1024 * 1024;
+
+/// What the source held: `(repo, tag, manifest digest, blobs)` per tagged image.
+struct Source {
+    images: Vec<(String, String, String, Vec<Descriptor>)>,
+}
+
+impl Source {
+    fn of_corpus(c: &Corpus) -> Source {
+        Source {
+            images: c
+                .images
+                .iter()
+                .map(|i| {
+                    (
+                        i.repo.clone(),
+                        i.tag.clone(),
+                        i.digest.clone(),
+                        i.manifest.blobs.clone(),
+                    )
+                })
+                .collect(),
+        }
+    }
+
+    fn images_file(&self, host: &str) -> String {
+        let mut s = String::new();
+        for (repo, tag, _, _) in &self.images {
+            s.push_str(&format!("{host}/{repo}:{tag}\n"));
+        }
+        s
+    }
+
+    fn blob_size(&self, digest: &str) -> Option<u64> {
+        self.images
+            .iter()
+            .flat_map(|i| i.3.iter())
+            .find(|d| d.digest == digest)
+            .map(|d| d.size)
+    }
+
+    fn sorted_digests(&self) -> Vec<String> {
+        let mut v: Vec<String> = self.images.iter().map(|i| i.2.clone()).collect();
+        v.sort();
+        v
+    }
+}
+
+/// The full harness corpus in a fresh registry.
+fn corpus_source() -> (TestRegistry, Source) {
+    let src = TestRegistry::start(RegistryOpts::plain());
+    let corpus = build_corpus(&src);
+    let s = Source::of_corpus(&corpus);
+    (src, s)
+}
+
+/// One image `src/big:1` with a 12 MiB incompressible layer (and a small config).
+fn big_source() -> (TestRegistry, Source) {
+    let src = TestRegistry::start(RegistryOpts::plain());
+    let layer = random_layer(0x05ee_db16, 12 * MIB, false);
+    let m = src.client().push_image(
+        "src/big",
+        Some("1"),
+        ImageFormat::Oci,
+        &Platform::linux_amd64(),
+        &[layer],
+        &[("org.airlock.test.image", "big")],
+    );
+    let s = Source {
+        images: vec![(
+            "src/big".into(),
+            "1".into(),
+            m.digest.clone(),
+            m.blobs.clone(),
+        )],
+    };
+    (src, s)
+}
+
+fn path_str(p: &Path) -> &str {
+    p.to_str().expect("temp paths are UTF-8")
+}
+
+/// Export the images of `s` from `host` into `dir/NAME`; panics unless it succeeds.
+fn export(
+    s: &Source,
+    host: &str,
+    dir: &Path,
+    name: &str,
+    envs: &[(&str, &str)],
+) -> (PathBuf, std::process::Output) {
+    let list = dir.join(format!("{name}.txt"));
+    std::fs::write(&list, s.images_file(host)).expect("write images file");
+    let bundle = dir.join(name);
+    let out = run_airlock(
+        ["export", "-f", path_str(&list), "-o", path_str(&bundle)],
+        envs,
+        None,
+    );
+    (bundle, out)
+}
+
+/// Export straight from the source registry (no proxy).
+fn plain_bundle(src: &TestRegistry, s: &Source) -> (TempDir, PathBuf) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (bundle, out) = export(s, &src.host(), dir.path(), "b.tar.zst", &[]);
+    assert_success(&out, "export from the source registry");
+    (dir, bundle)
+}
+
+fn import(
+    bundle: &Path,
+    host: &str,
+    extra: &[&str],
+    envs: &[(&str, &str)],
+) -> std::process::Output {
+    let mut args = vec!["import", path_str(bundle), "--registry", host];
+    args.extend_from_slice(extra);
+    run_airlock(args, envs, None)
+}
+
+/// Every image of `s` at `target` (read directly, not through the proxy) with the source's
+/// manifest digest and every blob present in its repository.
+fn assert_target_has(target: &TestRegistry, s: &Source, log: &str) {
+    for (repo, tag, digest, blobs) in &s.images {
+        let got = target
+            .get_manifest(repo, tag)
+            .unwrap_or_else(|| panic!("{repo}:{tag} missing at the target\nproxy log:\n{log}"));
+        assert_eq!(&got.digest, digest, "{repo}:{tag} digest at the target");
+        for b in blobs {
+            assert!(
+                target.blob_exists(repo, &b.digest),
+                "blob {} missing in {repo} at the target\nproxy log:\n{log}",
+                b.digest
+            );
+        }
+    }
+}
+
+/// The manifest digests a bundle carries, sorted.
+fn bundle_digests(bundle: &Path) -> Vec<String> {
+    let bj = read_bundle_json(bundle);
+    let mut v: Vec<String> = bj["images"]
+        .as_array()
+        .expect("bundle.json has images")
+        .iter()
+        .map(|i| i["digest"].as_str().expect("image digest").to_string())
+        .collect();
+    v.sort();
+    v
+}
+
+fn assert_verifies(bundle: &Path) {
+    let out = run_airlock(["verify", path_str(bundle)], &[], None);
+    assert_success(&out, "verify the bundle exported through the proxy");
+}
+
+/// Import the corpus through a proxy playing `quirk` into a fresh plain registry; returns
+/// the target, the proxy and the source (the import must succeed).
+fn import_through(
+    quirk: Quirk,
+    s: &Source,
+    bundle: &Path,
+    extra: &[&str],
+    envs: &[(&str, &str)],
+) -> (TestRegistry, QuirkProxy) {
+    let target = TestRegistry::start(RegistryOpts::plain());
+    let proxy = QuirkProxy::start(&target, quirk);
+    let out = import(bundle, &proxy.host(), extra, envs);
+    assert!(
+        out.status.success(),
+        "import through the proxy failed:\n{}\nproxy log:\n{}",
+        describe_output(&out),
+        proxy.describe()
+    );
+    assert_target_has(&target, s, &proxy.describe());
+    (target, proxy)
+}
+
+// ---------------------------------------------------------------------------------------------
+
+/// Google's registry refuses chunked uploads: the PATCH is answered 405, airlock falls back to
+/// a monolithic `PUT ?digest=` with the body and remembers it for the rest of the run.
+#[test]
+fn no_chunked_uploads_fall_back_to_monolithic_put_and_remember_it() {
+    let (src, s) = corpus_source();
+    let (_dir, bundle) = plain_bundle(&src, &s);
+    // One job, so that "the first upload" is well defined.
+    let (_t, proxy) = import_through(Quirk::NoChunked, &s, &bundle, &["-j", "1"], &[]);
+    let log = proxy.describe();
+    let recs = proxy.records();
+    assert!(
+        recs.iter().any(|r| r.action == "refused-405"),
+        "airlock never tried a PATCH, so the quirk was not exercised:\n{log}"
+    );
+    let commits: Vec<&QuirkRecord> = recs
+        .iter()
+        .filter(|r| r.is_commit() && r.status == Some(201))
+        .collect();
+    assert!(!commits.is_empty(), "no upload committed:\n{log}");
+    for c in &commits {
+        let d = c.commit_digest().expect("commit digest");
+        let size = s
+            .blob_size(&d)
+            .unwrap_or_else(|| panic!("unknown blob {d}"));
+        assert_eq!(
+            c.body_bytes, size,
+            "upload of {d} did not end as a monolithic PUT of the whole blob:\n{log}"
+        );
+    }
+    let mut patched: Vec<String> = recs
+        .iter()
+        .filter(|r| r.method == "PATCH")
+        .filter_map(|r| r.session())
+        .collect();
+    patched.dedup();
+    assert_eq!(
+        patched.len(),
+        1,
+        "only the first upload may try PATCH (the refusal is remembered):\n{log}"
+    );
+    let first_session = recs
+        .iter()
+        .filter(|r| r.method == "PATCH" || r.is_commit())
+        .find_map(|r| r.session());
+    assert_eq!(
+        first_session.as_ref(),
+        patched.first(),
+        "the PATCH came from a later upload:\n{log}"
+    );
+}
+
+/// Artifactory refuses a PUT that carries the blob: airlock sends it in PATCH chunks and
+/// commits with an empty PUT.
+#[test]
+fn no_monolithic_uploads_use_chunks_and_an_empty_commit() {
+    let (src, s) = corpus_source();
+    let (_dir, bundle) = plain_bundle(&src, &s);
+    let (_t, proxy) = import_through(Quirk::NoMonolithic, &s, &bundle, &[], &[]);
+    let log = proxy.describe();
+    let recs = proxy.records();
+    let commits: Vec<&QuirkRecord> = recs
+        .iter()
+        .filter(|r| r.is_commit() && r.status == Some(201))
+        .collect();
+    assert!(!commits.is_empty(), "no upload committed:\n{log}");
+    assert!(
+        commits.iter().all(|c| c.body_bytes == 0),
+        "a committed PUT carried the blob:\n{log}"
+    );
+    assert!(
+        recs.iter()
+            .any(|r| r.method == "PATCH" && r.status == Some(202)),
+        "no chunk was sent with PATCH:\n{log}"
+    );
+}
+
+/// ECR wants every chunk but the last to be at least 5 MiB: with `AIRLOCK_CHUNK_SIZE=1M`
+/// airlock still sends 5 MiB chunks, and a 12 MiB blob goes in more than one PATCH.
+#[test]
+fn minimum_chunk_size_is_respected() {
+    let (src, s) = big_source();
+    let (_dir, bundle) = plain_bundle(&src, &s);
+    let min = 5 * MIB as u64;
+    let (_t, proxy) = import_through(
+        Quirk::MinChunk(min),
+        &s,
+        &bundle,
+        &[],
+        &[("AIRLOCK_CHUNK_SIZE", "1M")],
+    );
+    let log = proxy.describe();
+    let recs = proxy.records();
+    assert!(
+        !recs.iter().any(|r| r.action == "refused-416"),
+        "a chunk under the minimum was followed by another:\n{log}"
+    );
+    let big = &s.images[0].3;
+    let layer = big.iter().max_by_key(|d| d.size).expect("a layer");
+    let session = recs
+        .iter()
+        .filter(|r| r.is_commit() && r.commit_digest().as_deref() == Some(layer.digest.as_str()))
+        .find_map(|r| r.session())
+        .unwrap_or_else(|| panic!("the 12 MiB layer was never committed:\n{log}"));
+    let mut sessions: std::collections::BTreeMap<String, Vec<u64>> = Default::default();
+    for r in recs.iter().filter(|r| r.method == "PATCH") {
+        if let Some(sid) = r.session() {
+            sessions.entry(sid).or_default().push(r.body_bytes);
+        }
+    }
+    for (sid, sizes) in &sessions {
+        if let Some((_, rest)) = sizes.split_last() {
+            assert!(
+                rest.iter().all(|n| *n >= min),
+                "session {sid}: a non-final PATCH under 5 MiB: {sizes:?}\n{log}"
+            );
+        }
+    }
+    let sizes = sessions.get(&session).cloned().unwrap_or_default();
+    assert!(
+        sizes.len() > 1,
+        "the 12 MiB layer went in {} PATCH (chunks expected): {sizes:?}\n{log}",
+        sizes.len()
+    );
+    assert_eq!(sizes.iter().sum::<u64>(), layer.size, "{log}");
+}
+
+/// A registry that answers a mount with 202 (a plain session, not mounted): airlock uploads
+/// into that session.
+#[test]
+fn mount_answered_202_falls_back_to_an_upload() {
+    let (src, s) = corpus_source();
+    let (_dir, bundle) = plain_bundle(&src, &s);
+    let (_t, proxy) = import_through(Quirk::MountRefused202, &s, &bundle, &[], &[]);
+    let log = proxy.describe();
+    assert!(
+        proxy.records().iter().any(|r| r.action == "mount-stripped"),
+        "airlock never tried a mount, so the quirk was not exercised:\n{log}"
+    );
+}
+
+/// A registry that answers a mount with 401 (no pull right on the source repository): airlock
+/// uploads instead. Basic auth behind, so the challenge is the registry's own.
+#[test]
+fn mount_answered_401_falls_back_to_an_upload() {
+    let (src, s) = corpus_source();
+    let (_dir, bundle) = plain_bundle(&src, &s);
+    let target = TestRegistry::start(RegistryOpts::plain().with_auth("pusher", "pU5h-pass"));
+    let proxy = QuirkProxy::start(&target, Quirk::MountRefused401);
+    let out = import(
+        &bundle,
+        &proxy.host(),
+        &[],
+        &[
+            ("TARGET_DOCKER_USERNAME", "pusher"),
+            ("TARGET_DOCKER_PASSWORD", "pU5h-pass"),
+        ],
+    );
+    let log = proxy.describe();
+    assert!(
+        out.status.success(),
+        "import: {}\nproxy log:\n{log}",
+        describe_output(&out)
+    );
+    assert!(
+        proxy
+            .records()
+            .iter()
+            .any(|r| r.action == "refused-401-mount"),
+        "airlock never tried a mount, so the quirk was not exercised:\n{log}"
+    );
+    assert_target_has(&target, &s, &log);
+    assert!(!stderr_text(&out).contains("pU5h-pass"));
+}
+
+/// No `Docker-Content-Digest` on any answer: import and export both complete.
+#[test]
+fn missing_docker_content_digest_is_fine() {
+    let (src, s) = corpus_source();
+    let (dir, bundle) = plain_bundle(&src, &s);
+    let (_t, proxy) = import_through(Quirk::NoContentDigest, &s, &bundle, &[], &[]);
+    assert!(proxy.records().iter().all(|r| !r.content_digest));
+    // The pull side, through the same quirk in front of the source.
+    let pull = QuirkProxy::start(&src, Quirk::NoContentDigest);
+    let (again, out) = export(&s, &pull.host(), dir.path(), "again.tar.zst", &[]);
+    assert!(
+        out.status.success(),
+        "export: {}\nproxy log:\n{}",
+        describe_output(&out),
+        pull.describe()
+    );
+    assert_eq!(bundle_digests(&again), s.sorted_digests());
+    assert_verifies(&again);
+}
+
+/// `Location` answered as a path without scheme and host: import and export complete.
+#[test]
+fn relative_location_is_fine() {
+    let (src, s) = corpus_source();
+    let (dir, bundle) = plain_bundle(&src, &s);
+    let (_t, proxy) = import_through(Quirk::RelativeLocation, &s, &bundle, &[], &[]);
+    let log = proxy.describe();
+    let locs: Vec<String> = proxy
+        .records()
+        .iter()
+        .filter_map(|r| r.location.clone())
+        .collect();
+    assert!(!locs.is_empty(), "no Location was ever answered:\n{log}");
+    assert!(locs.iter().all(|l| l.starts_with('/')), "{log}");
+    let pull = QuirkProxy::start(&src, Quirk::RelativeLocation);
+    let (again, out) = export(&s, &pull.host(), dir.path(), "again.tar.zst", &[]);
+    assert!(
+        out.status.success(),
+        "export: {}\nproxy log:\n{}",
+        describe_output(&out),
+        pull.describe()
+    );
+    assert_eq!(bundle_digests(&again), s.sorted_digests());
+}
+
+/// Harbor or GitLab without the project: the push is answered 404 NAME_UNKNOWN; airlock exits
+/// 1 naming the registry and what to create, and writes no tag there.
+#[test]
+fn name_unknown_on_push_names_the_project_to_create() {
+    let (src, s) = corpus_source();
+    let (_dir, bundle) = plain_bundle(&src, &s);
+    let target = TestRegistry::start(RegistryOpts::plain());
+    let proxy = QuirkProxy::start(&target, Quirk::NameUnknown("other/".into()));
+    let out = import(&bundle, &proxy.host(), &[], &[]);
+    let log = proxy.describe();
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}\nproxy log:\n{log}",
+        describe_output(&out)
+    );
+    let err = stderr_text(&out);
+    assert!(
+        err.contains(&proxy.host()),
+        "the error does not name the registry: {err}"
+    );
+    assert!(
+        err.contains("other/delta") || err.contains("'other'") || err.contains("\"other\""),
+        "the error does not name the repository or project: {err}"
+    );
+    assert!(
+        err.to_lowercase().contains("create"),
+        "the error does not say what to create: {err}"
+    );
+    assert!(
+        proxy.records().iter().any(|r| r.action == "name-unknown"),
+        "{log}"
+    );
+    assert!(
+        target.tags("other/delta").is_empty(),
+        "a tag was written in the refused repository"
+    );
+    // The refusal is the other project's alone: every image elsewhere, sharing layers with
+    // it or not, is imported whole.
+    for (repo, tag, digest, _) in s.images.iter().filter(|i| !i.0.starts_with("other/")) {
+        assert_eq!(
+            target.client().manifest_digest(repo, tag).as_deref(),
+            Some(digest.as_str()),
+            "{repo}:{tag} was not imported\n{}",
+            describe_output(&out)
+        );
+    }
+}
+
+/// Blob GETs redirected (307) to object storage on another host: export completes, and that
+/// host never sees the registry's credentials.
+#[test]
+fn redirected_blob_gets_do_not_carry_credentials() {
+    let src = TestRegistry::start(RegistryOpts::plain().with_auth("reader", "rE4d-pass"));
+    let corpus = build_corpus(&src);
+    let s = Source::of_corpus(&corpus);
+    let proxy = QuirkProxy::start(&src, Quirk::RedirectBlobs);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (bundle, out) = export(
+        &s,
+        &proxy.host(),
+        dir.path(),
+        "b.tar.zst",
+        &[
+            ("SOURCE_DOCKER_USERNAME", "reader"),
+            ("SOURCE_DOCKER_PASSWORD", "rE4d-pass"),
+        ],
+    );
+    let log = proxy.describe();
+    assert!(
+        out.status.success(),
+        "export: {}\nproxy log:\n{log}",
+        describe_output(&out)
+    );
+    assert!(
+        proxy.records().iter().any(|r| r.action == "redirected"),
+        "no blob GET was redirected:\n{log}"
+    );
+    assert!(
+        proxy.blob_host_requests() > 0,
+        "the redirect was not followed to {:?}",
+        proxy.blob_host()
+    );
+    assert_eq!(
+        proxy.blob_host_authorizations(),
+        Vec::<String>::new(),
+        "the other host saw an Authorization header"
+    );
+    assert_eq!(bundle_digests(&bundle), s.sorted_digests());
+    assert_verifies(&bundle);
+    assert!(!stderr_text(&out).contains("rE4d-pass"));
+}
+
+/// The connection of a chunk is cut mid-body: airlock asks the registry where the session is
+/// (GET on the upload location) and goes on from that offset in the same session, without a
+/// new POST for that blob.
+#[test]
+fn cut_chunk_resumes_from_the_registry_offset() {
+    let (src, s) = big_source();
+    let (_dir, bundle) = plain_bundle(&src, &s);
+    let (_t, proxy) = import_through(
+        Quirk::CutPatch {
+            nth: 2,
+            after_bytes: MIB as u64,
+        },
+        &s,
+        &bundle,
+        &[],
+        &[("AIRLOCK_CHUNK_SIZE", "1M")],
+    );
+    let log = proxy.describe();
+    let recs = proxy.records();
+    let cut = recs
+        .iter()
+        .find(|r| r.action == "cut")
+        .unwrap_or_else(|| panic!("no PATCH was cut (fewer than two chunks?):\n{log}"));
+    let sid = cut.session().expect("the cut PATCH has a session");
+    let layer = s.images[0]
+        .3
+        .iter()
+        .max_by_key(|d| d.size)
+        .expect("a layer")
+        .clone();
+    // Committed in the cut session: no second session (POST) was needed for the blob.
+    let committed_in: Vec<String> = recs
+        .iter()
+        .filter(|r| r.is_commit() && r.status == Some(201))
+        .filter(|r| r.commit_digest().as_deref() == Some(layer.digest.as_str()))
+        .filter_map(|r| r.session())
+        .collect();
+    assert_eq!(
+        committed_in,
+        vec![sid.clone()],
+        "the blob was not finished in the session that was cut:\n{log}"
+    );
+    // One POST per blob of the image (layer and config), none more.
+    let posts = recs
+        .iter()
+        .filter(|r| r.is_upload_post() && r.repo().as_deref() == Some("src/big"))
+        .count();
+    let later: Vec<&QuirkRecord> = recs
+        .iter()
+        .filter(|r| r.seq > cut.seq && r.session().as_deref() == Some(sid.as_str()))
+        .collect();
+    let status = later
+        .iter()
+        .find(|r| r.method == "GET" && r.range.is_some())
+        .unwrap_or_else(|| panic!("no GET on the upload location after the cut:\n{log}"));
+    let end: u64 = status
+        .range
+        .as_deref()
+        .and_then(|r| r.trim().split('-').nth(1))
+        .and_then(|e| e.trim().parse().ok())
+        .unwrap_or_else(|| panic!("bad Range {:?}", status.range));
+    let next = later
+        .iter()
+        .find(|r| r.method == "PATCH" && r.seq > status.seq)
+        .unwrap_or_else(|| panic!("no PATCH after the status GET:\n{log}"));
+    assert_eq!(
+        next.range_start(),
+        Some(end + 1),
+        "the next chunk does not start at the registry's offset:\n{log}"
+    );
+    assert!(
+        posts <= s.images[0].3.len(),
+        "a second upload session was opened for a blob:\n{log}"
+    );
+}
+
+/// The cut chunk's bytes reached the registry before the cut: distribution 2.8 then refuses
+/// the session (its `_state` names the previous offset; "upload resumed at wrong offset"),
+/// so the GET on the upload location answers 404. airlock must not give up: it starts the
+/// blob over in a new session and the import completes.
+#[test]
+fn cut_chunk_the_registry_refuses_to_resume_starts_over() {
+    let (src, s) = big_source();
+    let (_dir, bundle) = plain_bundle(&src, &s);
+    let (_t, proxy) = import_through(
+        Quirk::CutPatchDelivered {
+            nth: 2,
+            after_bytes: MIB as u64,
+        },
+        &s,
+        &bundle,
+        &[],
+        &[("AIRLOCK_CHUNK_SIZE", "1M")],
+    );
+    let log = proxy.describe();
+    assert!(
+        proxy.cut_done(),
+        "no PATCH was cut (fewer than two chunks?):\n{log}"
+    );
+    let layer = s.images[0]
+        .3
+        .iter()
+        .max_by_key(|d| d.size)
+        .expect("a layer")
+        .clone();
+    assert!(
+        proxy.records().iter().any(|r| r.is_commit()
+            && r.status == Some(201)
+            && r.commit_digest().as_deref() == Some(layer.digest.as_str())),
+        "the layer was never committed:\n{log}"
+    );
+}
+
+/// The harness itself: skopeo (an independent client) pushes through the proxy, and a PATCH
+/// with chunked transfer-encoding is sent by hand; the proxy streams both, records their sizes,
+/// and the content at the registry is intact. `RelativeLocation` and `NoContentDigest` are on,
+/// so the rewritten headers are exercised by a client other than airlock.
+#[test]
+fn quirk_proxy_forwards_chunked_bodies_for_an_independent_client() {
+    let (src, s) = big_source();
+    let target = TestRegistry::start(RegistryOpts::plain());
+    let proxy = QuirkProxy::start_with(
+        &target,
+        vec![Quirk::RelativeLocation, Quirk::NoContentDigest],
+    );
+    let (mut cmd, _tmp) = skopeo_command();
+    let out = cmd
+        .args(["copy", "--preserve-digests"])
+        .args(["--src-tls-verify=false", "--dest-tls-verify=false"])
+        .arg(format!("docker://{}/src/big:1", src.host()))
+        .arg(format!("docker://{}/src/big:1", proxy.host()))
+        .output()
+        .expect("run skopeo copy");
+    let log = proxy.describe();
+    assert!(
+        out.status.success(),
+        "skopeo copy through the proxy: {}\nproxy log:\n{log}",
+        describe_output(&out)
+    );
+    assert_target_has(&target, &s, &log);
+    let layer = s.images[0]
+        .3
+        .iter()
+        .max_by_key(|d| d.size)
+        .expect("a layer");
+    let recs = proxy.records();
+    let sent: u64 = recs
+        .iter()
+        .filter(|r| r.method == "PATCH" || r.is_commit())
+        .filter(|r| {
+            r.session()
+                == recs
+                    .iter()
+                    .find(|c| c.is_commit() && c.commit_digest().as_deref() == Some(&layer.digest))
+                    .and_then(|c| c.session())
+        })
+        .map(|r| r.body_bytes)
+        .sum();
+    assert_eq!(
+        sent, layer.size,
+        "body bytes recorded for the layer:\n{log}"
+    );
+
+    // skopeo sends known lengths; a chunked transfer-encoded PATCH by hand, through the proxy.
+    let data = random_bytes(7, 900 * 1024);
+    let digest = sha256_digest(&data);
+    let (status, head) = raw_http(&proxy.host(), "POST", "/v2/src/raw/blobs/uploads/", None);
+    assert_eq!(status, 202, "{head}");
+    let loc = header_of(&head, "location").expect("Location");
+    assert!(loc.starts_with('/'), "RelativeLocation: {loc}");
+    let (status, head) = raw_http(&proxy.host(), "PATCH", &loc, Some(&data));
+    assert_eq!(status, 202, "{head}");
+    assert_eq!(
+        header_of(&head, "range").as_deref(),
+        Some(format!("0-{}", data.len() - 1).as_str())
+    );
+    let loc = header_of(&head, "location").expect("Location");
+    let sep = if loc.contains('?') { '&' } else { '?' };
+    let put = format!("{loc}{sep}digest={}", digest.replace(':', "%3A"));
+    let (status, head) = raw_http(&proxy.host(), "PUT", &put, None);
+    assert_eq!(status, 201, "{head}");
+    assert_eq!(
+        target.client().get_blob("src/raw", &digest).as_deref(),
+        Some(&data[..])
+    );
+    let patch = proxy
+        .records()
+        .into_iter()
+        .find(|r| r.method == "PATCH" && r.chunked)
+        .expect("the chunked PATCH was recorded");
+    assert_eq!(patch.body_bytes, data.len() as u64);
+}
+
+/// One request on its own connection; a body is sent with chunked transfer-encoding in
+/// 64 KiB chunks. Returns the status and the response head.
+fn raw_http(host: &str, method: &str, target: &str, body: Option<&[u8]>) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(host).expect("connect to the proxy");
+    s.set_read_timeout(Some(std::time::Duration::from_secs(30)))
+        .expect("read timeout");
+    let mut head = format!("{method} {target} HTTP/1.1\r\nHost: {host}\r\n");
+    match body {
+        Some(_) => head
+            .push_str("Transfer-Encoding: chunked\r\nContent-Type: application/octet-stream\r\n"),
+        None => head.push_str("Content-Length: 0\r\n"),
+    }
+    head.push_str("Connection: close\r\n\r\n");
+    s.write_all(head.as_bytes()).expect("send head");
+    if let Some(b) = body {
+        for c in b.chunks(64 * 1024) {
+            s.write_all(format!("{:x}\r\n", c.len()).as_bytes())
+                .and_then(|_| s.write_all(c))
+                .and_then(|_| s.write_all(b"\r\n"))
+                .expect("send chunk");
+        }
+        s.write_all(b"0\r\n\r\n").expect("send last chunk");
+    }
+    let mut resp = Vec::new();
+    let _ = s.read_to_end(&mut resp);
+    let text = String::from_utf8_lossy(&resp).into_owned();
+    let head = text
+        .split("\r\n\r\n")
+        .next()
+        .unwrap_or_default()
+        .to_string();
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    (status, head)
+}
+
+fn header_of(head: &str, name: &str) -> Option<String> {
+    head.lines().find_map(|l| {
+        l.split_once(':')
+            .filter(|(k, _)| k.trim().eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.trim().to_string())
+    })
+}

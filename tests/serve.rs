@@ -1,0 +1,623 @@
+//! `airlock serve`: the registry API answered straight from compressed bundles, read by
+//! skopeo (the independent witness) and by raw HTTP: every source digest, Range and HEAD,
+//! paging, errors in the spec's form, writes refused, TLS and htpasswd, a base + incremental
+//! chain, a damaged frame answered with an error and never with bytes, many clients at once.
+
+mod common;
+
+use common::*;
+use sha2::Digest as _;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+/// A running `airlock serve`.
+struct Served {
+    child: Child,
+    port: u16,
+    cert_dir: Option<PathBuf>,
+    creds: Option<(String, String)>,
+    _home: tempfile::TempDir,
+}
+
+impl Endpoint for Served {
+    fn host(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+    fn tls_cert_dir(&self) -> Option<PathBuf> {
+        self.cert_dir.clone()
+    }
+    fn creds(&self) -> Option<(String, String)> {
+        self.creds.clone()
+    }
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Served {
+    fn start(bundles: &[&Path], extra: &[&str]) -> Served {
+        Served::start_with(bundles, extra, None, None)
+    }
+
+    fn start_with(
+        bundles: &[&Path],
+        extra: &[&str],
+        cert_dir: Option<PathBuf>,
+        creds: Option<(String, String)>,
+    ) -> Served {
+        let home = tempfile::tempdir().expect("home");
+        let port = free_port();
+        let mut cmd = airlock_command(home.path());
+        cmd.arg("serve")
+            .args(bundles)
+            .arg("--listen")
+            .arg(format!("127.0.0.1:{port}"))
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        let child = cmd.spawn().expect("start airlock serve");
+        let served = Served {
+            child,
+            port,
+            cert_dir,
+            creds,
+            _home: home,
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "airlock serve did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        served
+    }
+
+    fn raw(&self) -> RawClient {
+        RawClient::new(&format!("http://127.0.0.1:{}", self.port), None, None)
+    }
+}
+
+fn export_all(src: &TestRegistry, corpus: &Corpus, dir: &Path, name: &str) -> PathBuf {
+    let list = dir.join(format!("{name}.txt"));
+    std::fs::write(&list, corpus.images_file(&src.host())).expect("images file");
+    let bundle = dir.join(format!("{name}.tar.zst"));
+    let out = run_airlock(
+        [
+            "export",
+            "-f",
+            list.to_str().expect("utf8"),
+            "-o",
+            bundle.to_str().expect("utf8"),
+            "-q",
+        ],
+        &[],
+        None,
+    );
+    assert_success(&out, "export");
+    bundle
+}
+
+fn sha(bytes: &[u8]) -> String {
+    format!("sha256:{}", hex::encode(sha2::Sha256::digest(bytes)))
+}
+
+fn error_code(r: &RawResponse) -> String {
+    let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap_or_default();
+    v["errors"][0]["code"].as_str().unwrap_or("").to_string()
+}
+
+/// Follows `Link` paging with `n` items a page.
+fn paged(raw: &RawClient, first: &str, key: &str) -> (Vec<String>, usize) {
+    let mut out = Vec::new();
+    let mut next = Some(first.to_string());
+    let mut pages = 0;
+    while let Some(path) = next.take() {
+        pages += 1;
+        assert!(pages < 100, "paging does not end");
+        let r = raw.request("GET", &path, &[], None);
+        assert_eq!(r.status, 200, "{path}: {}", r.text());
+        let v: serde_json::Value = serde_json::from_slice(&r.body).expect("json");
+        out.extend(
+            v[key]
+                .as_array()
+                .expect("list")
+                .iter()
+                .map(|x| x.as_str().expect("string").to_string()),
+        );
+        next = r.header("link").map(|l| {
+            let start = l.find('<').expect("<") + 1;
+            let end = l.find('>').expect(">");
+            l[start..end].to_string()
+        });
+    }
+    (out, pages)
+}
+
+#[test]
+fn serve_answers_skopeo_with_every_source_digest_ranges_paging_and_errors() {
+    let src = TestRegistry::start(RegistryOpts::plain());
+    let corpus = build_corpus(&src);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let bundle = export_all(&src, &corpus, dir.path(), "b");
+    let served = Served::start(&[&bundle], &[]);
+
+    // skopeo reads every image with the digest it had at the source.
+    for img in &corpus.images {
+        assert_eq!(
+            skopeo_digest(&served, &img.name()),
+            img.digest,
+            "{} through serve",
+            img.name()
+        );
+    }
+    let index = corpus
+        .images
+        .iter()
+        .find(|i| i.is_index())
+        .expect("an index");
+    let plain = corpus
+        .images
+        .iter()
+        .find(|i| !i.is_index())
+        .expect("a manifest");
+    for (img, all) in [(index, true), (plain, false)] {
+        let oci = dir.path().join(format!("oci-{}", img.tag));
+        skopeo_copy_to_oci(&served, &img.name(), &oci, "x", all)
+            .unwrap_or_else(|e| panic!("skopeo copy {}: {e}", img.name()));
+    }
+
+    // Blobs: whole, ranged, HEAD.
+    let raw = served.raw();
+    let layer = plain.blob_digests().into_iter().next().expect("a blob");
+    let path = format!("/v2/{}/blobs/{layer}", plain.repo);
+    let whole = raw.request("GET", &path, &[], None);
+    assert_eq!(whole.status, 200);
+    assert_eq!(sha(&whole.body), layer);
+    assert_eq!(whole.header("docker-content-digest"), Some(layer.as_str()));
+    let size = whole.body.len();
+    assert!(size > 100, "the test layer is big enough for ranges");
+    let part = raw.request("GET", &path, &[("range", "bytes=10-99")], None);
+    assert_eq!(part.status, 206);
+    assert_eq!(part.body, whole.body[10..100]);
+    assert_eq!(
+        part.header("content-range"),
+        Some(format!("bytes 10-99/{size}").as_str())
+    );
+    let tail = raw.request("GET", &path, &[("range", "bytes=-7")], None);
+    assert_eq!(tail.body, whole.body[size - 7..]);
+    let head = raw.request("HEAD", &path, &[], None);
+    assert_eq!(head.status, 200);
+    assert!(head.body.is_empty());
+    assert_eq!(
+        head.header("content-length"),
+        Some(size.to_string().as_str())
+    );
+    let beyond = raw.request("GET", &path, &[("range", &format!("bytes={size}-"))], None);
+    assert_eq!(beyond.status, 416);
+
+    // Manifests: exact bytes and media type, by tag and by digest.
+    let m = raw.request(
+        "GET",
+        &format!("/v2/{}/manifests/{}", index.repo, index.tag),
+        &[("accept", MANIFEST_ACCEPT)],
+        None,
+    );
+    assert_eq!(m.status, 200);
+    assert_eq!(sha(&m.body), index.digest);
+    assert_eq!(m.header("content-type"), Some(index.media_type.as_str()));
+    let by_digest = raw.request(
+        "HEAD",
+        &format!("/v2/{}/manifests/{}", index.repo, index.digest),
+        &[],
+        None,
+    );
+    assert_eq!(by_digest.status, 200);
+    assert_eq!(
+        by_digest.header("docker-content-digest"),
+        Some(index.digest.as_str())
+    );
+
+    // Catalog and tags, one item a page.
+    let (repos, pages) = paged(&raw, "/v2/_catalog?n=1", "repositories");
+    let mut expected = corpus.repos();
+    expected.sort();
+    expected.dedup();
+    assert_eq!(repos, expected);
+    assert_eq!(pages, expected.len());
+    let repo_with_tags = &index.repo;
+    let (tags, _) = paged(&raw, &format!("/v2/{repo_with_tags}/tags/list?n=1"), "tags");
+    let mut want: Vec<String> = corpus
+        .images
+        .iter()
+        .filter(|i| &i.repo == repo_with_tags)
+        .map(|i| i.tag.clone())
+        .collect();
+    want.sort();
+    assert_eq!(tags, want);
+
+    // Errors in the spec's form; writes refused.
+    let r = raw.request("GET", "/v2/no/such/manifests/latest", &[], None);
+    assert_eq!((r.status, error_code(&r).as_str()), (404, "NAME_UNKNOWN"));
+    let r = raw.request(
+        "GET",
+        &format!("/v2/{}/manifests/nope", plain.repo),
+        &[],
+        None,
+    );
+    assert_eq!(
+        (r.status, error_code(&r).as_str()),
+        (404, "MANIFEST_UNKNOWN")
+    );
+    let missing = format!("sha256:{}", "0".repeat(64));
+    let r = raw.request(
+        "GET",
+        &format!("/v2/{}/blobs/{missing}", plain.repo),
+        &[],
+        None,
+    );
+    assert_eq!((r.status, error_code(&r).as_str()), (404, "BLOB_UNKNOWN"));
+    let r = raw.request(
+        "PUT",
+        &format!("/v2/{}/manifests/new", plain.repo),
+        &[("content-type", OCI_MANIFEST)],
+        Some(m.body.clone()),
+    );
+    assert_eq!((r.status, error_code(&r).as_str()), (405, "UNSUPPORTED"));
+    let r = raw.request(
+        "POST",
+        &format!("/v2/{}/blobs/uploads/", plain.repo),
+        &[],
+        None,
+    );
+    assert_eq!((r.status, error_code(&r).as_str()), (405, "UNSUPPORTED"));
+
+    // airlock's own client exports from serve and imports elsewhere: same digests.
+    let dst = TestRegistry::start(RegistryOpts::plain());
+    let list = dir.path().join("again.txt");
+    std::fs::write(&list, corpus.images_file(&served.host())).expect("list");
+    let again = dir.path().join("again.tar.zst");
+    let out = run_airlock(
+        [
+            "export",
+            "-q",
+            "-f",
+            list.to_str().expect("utf8"),
+            "-o",
+            again.to_str().expect("utf8"),
+        ],
+        &[],
+        None,
+    );
+    assert_success(&out, "export from serve");
+    let out = run_airlock(
+        [
+            "import",
+            "-q",
+            again.to_str().expect("utf8"),
+            "--registry",
+            &dst.host(),
+        ],
+        &[],
+        None,
+    );
+    assert_success(&out, "import of what serve gave");
+    for img in &corpus.images {
+        assert_eq!(
+            skopeo_digest(&dst, &img.name()),
+            img.digest,
+            "{}",
+            img.name()
+        );
+    }
+    // And `copy` from serve straight into a registry: the same digests again.
+    let dst2 = TestRegistry::start(RegistryOpts::plain());
+    let out = run_airlock(
+        [
+            "copy",
+            "-q",
+            "-f",
+            list.to_str().expect("utf8"),
+            "--to-registry",
+            &dst2.host(),
+        ],
+        &[],
+        None,
+    );
+    assert_success(&out, "copy from serve");
+    for img in &corpus.images {
+        assert_eq!(
+            skopeo_digest(&dst2, &img.name()),
+            img.digest,
+            "{}",
+            img.name()
+        );
+    }
+}
+
+#[test]
+fn thirty_two_clients_at_once_get_every_blob_intact() {
+    let src = TestRegistry::start(RegistryOpts::plain());
+    let corpus = build_corpus(&src);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let bundle = export_all(&src, &corpus, dir.path(), "b");
+    let served = Served::start(&[&bundle], &["-q"]);
+    let mut work: Vec<(String, String)> = Vec::new();
+    for img in &corpus.images {
+        for d in img.blob_digests() {
+            work.push((img.repo.clone(), d));
+        }
+    }
+    let port = served.port;
+    let handles: Vec<_> = (0..32)
+        .map(|n| {
+            let work = work.clone();
+            std::thread::spawn(move || {
+                let raw = RawClient::new(&format!("http://127.0.0.1:{port}"), None, None);
+                let mut bad = Vec::new();
+                // Each client starts at another place in the list.
+                for i in 0..work.len() {
+                    let (repo, d) = &work[(i + n * 7) % work.len()];
+                    let r = raw.request("GET", &format!("/v2/{repo}/blobs/{d}"), &[], None);
+                    if r.status != 200 || sha(&r.body) != *d {
+                        bad.push(format!("{repo} {d}: {}", r.status));
+                    }
+                }
+                bad
+            })
+        })
+        .collect();
+    let bad: Vec<String> = handles
+        .into_iter()
+        .flat_map(|h| h.join().expect("client thread"))
+        .collect();
+    assert!(
+        bad.is_empty(),
+        "{} bad answers: {:?}",
+        bad.len(),
+        &bad[..bad.len().min(5)]
+    );
+}
+
+#[test]
+fn serve_over_tls_with_htpasswd() {
+    let src = TestRegistry::start(RegistryOpts::plain());
+    let corpus = build_corpus(&src);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let bundle = export_all(&src, &corpus, dir.path(), "b");
+    let pki = dir.path().join("pki");
+    generate_test_pki(&pki);
+    let cert_dir = dir.path().join("certs");
+    std::fs::create_dir_all(&cert_dir).expect("certs");
+    std::fs::copy(pki.join("ca.crt"), cert_dir.join("ca.crt")).expect("ca");
+    let htpasswd = dir.path().join("htpasswd");
+    std::fs::write(&htpasswd, htpasswd_line("puller", "s3cret")).expect("htpasswd");
+    let (crt, key) = (pki.join("server.crt"), pki.join("server.key"));
+    let args = [
+        "--tls-cert",
+        crt.to_str().expect("utf8"),
+        "--tls-key",
+        key.to_str().expect("utf8"),
+        "--htpasswd",
+        htpasswd.to_str().expect("utf8"),
+    ];
+    let served = Served::start_with(
+        &[&bundle],
+        &args,
+        Some(cert_dir),
+        Some(("puller".into(), "s3cret".into())),
+    );
+    let img = &corpus.images[0];
+    assert_eq!(skopeo_digest(&served, &img.name()), img.digest);
+    assert!(
+        skopeo_inspect_raw_as(&served, &img.name(), None).is_err(),
+        "anonymous pull allowed"
+    );
+    assert!(
+        skopeo_inspect_raw_as(&served, &img.name(), Some(("puller", "wrong"))).is_err(),
+        "a wrong password was accepted"
+    );
+}
+
+#[test]
+fn a_base_and_its_incremental_serve_the_whole_month_together() {
+    let src = TestRegistry::start(RegistryOpts::plain());
+    let corpus = build_corpus(&src);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let base = export_all(&src, &corpus, dir.path(), "base");
+    // Next month: one more image sharing the corpus's layers, and one new layer.
+    let first = &corpus.images[0];
+    let new_layer = random_layer(99, 4096, true);
+    let pushed = src.client().push_image(
+        &first.repo,
+        Some("next"),
+        ImageFormat::Oci,
+        &Platform::linux_amd64(),
+        &[new_layer],
+        &[],
+    );
+    let list = dir.path().join("next.txt");
+    std::fs::write(
+        &list,
+        format!(
+            "{}\n{}/{}:next\n",
+            corpus.images_file(&src.host()),
+            src.host(),
+            first.repo
+        ),
+    )
+    .expect("list");
+    let inc = dir.path().join("inc.tar.zst");
+    let out = run_airlock(
+        [
+            "export",
+            "-q",
+            "-f",
+            list.to_str().expect("utf8"),
+            "--since",
+            base.to_str().expect("utf8"),
+            "-o",
+            inc.to_str().expect("utf8"),
+        ],
+        &[],
+        None,
+    );
+    assert_success(&out, "incremental export");
+    let both = Served::start(&[&base, &inc], &["-q"]);
+    for img in &corpus.images {
+        assert_eq!(
+            skopeo_digest(&both, &img.name()),
+            img.digest,
+            "{}",
+            img.name()
+        );
+        let oci = dir
+            .path()
+            .join(format!("oci-{}-{}", img.repo.replace('/', "_"), img.tag));
+        skopeo_copy_to_oci(&both, &img.name(), &oci, "x", true)
+            .unwrap_or_else(|e| panic!("{}: {e}", img.name()));
+    }
+    assert_eq!(
+        skopeo_digest(&both, &format!("{}:next", first.repo)),
+        pushed.digest
+    );
+    // The incremental alone lacks the base's layers: a pull of an old image fails cleanly.
+    let alone = Served::start(&[&inc], &["-q"]);
+    let layer = first.blob_digests().into_iter().next().expect("blob");
+    let r = alone.raw().request(
+        "GET",
+        &format!("/v2/{}/blobs/{layer}", first.repo),
+        &[],
+        None,
+    );
+    assert_eq!((r.status, error_code(&r).as_str()), (404, "BLOB_UNKNOWN"));
+}
+
+#[test]
+fn a_damaged_frame_is_answered_with_an_error_never_with_bytes() {
+    let src = TestRegistry::start(RegistryOpts::plain());
+    // One image whose layer (random, so incompressible) is most of the bundle.
+    let layer = random_layer(7, 3 * 1024 * 1024, false);
+    let layer_digest = layer.digest();
+    src.client().push_image(
+        "big/one",
+        Some("1"),
+        ImageFormat::Oci,
+        &Platform::linux_amd64(),
+        &[layer],
+        &[],
+    );
+    let dir = tempfile::tempdir().expect("tempdir");
+    let bundle = dir.path().join("b.tar.zst");
+    let out = run_airlock(
+        [
+            "export",
+            "-q",
+            &format!("{}/big/one:1", src.host()),
+            "-o",
+            bundle.to_str().expect("utf8"),
+        ],
+        &[],
+        None,
+    );
+    assert_success(&out, "export");
+    // Intact, the layer is served whole.
+    {
+        let intact = Served::start(&[&bundle], &["-q"]);
+        let r = intact.raw().request(
+            "GET",
+            &format!("/v2/big/one/blobs/{layer_digest}"),
+            &[],
+            None,
+        );
+        assert_eq!((r.status, sha(&r.body)), (200, layer_digest.clone()));
+    }
+    let mut bytes = std::fs::read(&bundle).expect("read bundle");
+    let at = bytes.len() / 2;
+    bytes[at] ^= 0x5a;
+    std::fs::write(&bundle, &bytes).expect("write bundle");
+    let served = Served::start(&[&bundle], &["-q"]);
+    let out = std::process::Command::new("curl")
+        .args(["-s", "-o"])
+        .arg(dir.path().join("got"))
+        .args(["-w", "%{http_code}"])
+        .arg(format!(
+            "http://127.0.0.1:{}/v2/big/one/blobs/{layer_digest}",
+            served.port
+        ))
+        .output()
+        .expect("curl");
+    let code = String::from_utf8_lossy(&out.stdout).to_string();
+    let got = std::fs::read(dir.path().join("got")).unwrap_or_default();
+    assert!(
+        code != "200" || !out.status.success(),
+        "a damaged layer was served as a complete 200 ({} bytes)",
+        got.len()
+    );
+    assert_ne!(sha(&got), layer_digest);
+    assert!(
+        got.len() < 3 * 1024 * 1024,
+        "the damaged frame's bytes were sent ({} bytes)",
+        got.len()
+    );
+}
+
+/// podman, a real container engine, pulls from serve (vfs storage in a throw-away root): every
+/// image lands with its source digest, a Docker manifest list and an OCI index included.
+#[test]
+fn podman_pulls_every_image_from_serve() {
+    let src = TestRegistry::start(RegistryOpts::plain());
+    let corpus = build_corpus(&src);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let bundle = export_all(&src, &corpus, dir.path(), "b");
+    let served = Served::start(&[&bundle], &["-q"]);
+    let root = dir.path().join("podman-root");
+    let runroot = dir.path().join("podman-run");
+    std::fs::write(dir.path().join("auth.json"), "{\"auths\":{}}\n").expect("auth.json");
+    let podman = |args: &[&str]| {
+        let out = std::process::Command::new("podman")
+            .arg("--root")
+            .arg(&root)
+            .arg("--runroot")
+            .arg(&runroot)
+            .args(["--storage-driver", "vfs", "--events-backend", "file"])
+            .args(["--cgroup-manager", "cgroupfs"])
+            .args(args)
+            .env("REGISTRY_AUTH_FILE", dir.path().join("auth.json"))
+            .stdin(Stdio::null())
+            .output()
+            .expect("podman is installed (.ci/run installs it)");
+        assert!(
+            out.status.success(),
+            "podman {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    let mut pulled = 0;
+    for img in &corpus.images {
+        if img
+            .manifest
+            .blobs
+            .iter()
+            .any(|b| b.media_type == ARTIFACT_LAYER)
+        {
+            continue; // not a container image: podman refuses artifacts by design
+        }
+        let name = format!("{}/{}", served.host(), img.name());
+        podman(&["pull", "-q", "--tls-verify=false", &name]);
+        let digest = podman(&["image", "inspect", "--format", "{{.Digest}}", &name]);
+        assert_eq!(digest, img.digest, "{name} pulled by podman");
+        pulled += 1;
+    }
+    assert!(
+        pulled >= corpus.images.len() - 1,
+        "podman pulled {pulled} images"
+    );
+    assert!(corpus.images.iter().any(|i| i.media_type == DOCKER_LIST));
+    assert!(corpus.images.iter().any(|i| i.media_type == OCI_INDEX));
+}
