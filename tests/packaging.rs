@@ -366,6 +366,28 @@ fn the_units_run_the_packaged_binary_monthly_with_the_environment_file() {
             .and_then(|rest| rest.split_whitespace().next())
             .is_some_and(|day| day.parse::<u8>().is_ok_and(|d| (1..=28).contains(&d)));
     assert!(monthly, "OnCalendar={} is not monthly", on[0]);
+    // Where systemd is at hand, ask it: three elapses, same day of three successive months.
+    if let Ok(out) = Command::new("systemd-analyze")
+        .args(["calendar", "--iterations=3", &on[0]])
+        .output()
+    {
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "systemd-analyze calendar: {text}");
+        let dates: Vec<(u32, u32)> = text
+            .lines()
+            .filter(|l| l.contains("Next elapse:") || l.contains("Iter. #"))
+            .filter_map(|l| {
+                let date = l.split(':').nth(1)?.split_whitespace().nth(1)?;
+                let mut p = date.split('-').skip(1).map(|n| n.parse::<u32>().ok());
+                Some((p.next()??, p.next()??))
+            })
+            .collect();
+        assert_eq!(dates.len(), 3, "{text}");
+        for w in dates.windows(2) {
+            assert_eq!(w[0].1, w[1].1, "not the same day of the month: {text}");
+            assert_eq!(w[1].0, w[0].0 % 12 + 1, "not the next month: {text}");
+        }
+    }
     assert_eq!(unit_values(&timer, "Persistent"), ["true"]);
     assert_eq!(unit_values(&timer, "WantedBy"), ["timers.target"]);
 
