@@ -233,6 +233,14 @@ pub struct ImportArgs {
     /// its content before pushing anything
     #[arg(long, value_name = "PUB")]
     pub trusted_key: Option<PathBuf>,
+    /// Only the images whose name (REPOSITORY:TAG as in the bundle, or the full source
+    /// reference) matches this glob (`*`, `?`); repeatable. Signatures follow their images
+    #[arg(long, value_name = "PATTERN")]
+    pub image: Vec<String>,
+    /// Show where each image would go and what would be uploaded, mounted or skipped (HEAD
+    /// requests only), and write nothing
+    #[arg(long)]
+    pub plan: bool,
     #[command(flatten)]
     pub registry: RegistryArgs,
     #[command(flatten)]
@@ -297,6 +305,10 @@ pub struct ServeArgs {
     /// Serve every image under this tag, as `import --tag` would
     #[arg(long)]
     pub tag: Option<String>,
+    /// Only the images whose name (REPOSITORY:TAG as in the bundle, or the full source
+    /// reference) matches this glob; repeatable
+    #[arg(long, value_name = "PATTERN")]
+    pub image: Vec<String>,
     /// No request log
     #[arg(short, long)]
     pub quiet: bool,

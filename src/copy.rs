@@ -224,34 +224,7 @@ pub async fn push(
     reporter: Reporter,
 ) -> Result<PushReport> {
     let counters = Arc::new(Counters::default());
-    // Which repositories need each blob (manifests are pushed later, by image); blobs that
-    // a base bundle carried (`external`) must be in the target already.
-    let mut needs: Vec<Need> = Vec::new();
-    let mut pos: HashMap<Digest, usize> = HashMap::new();
-    for img in &images {
-        for d in &img.entry.blobs {
-            let (size, external) = match (source.describe(d), source.external(d)) {
-                (Some((_, mt)), _) if manifest::is_manifest(&mt) => continue,
-                (Some((size, _)), _) => (size, false),
-                (None, Some(size)) => (size, true),
-                (None, None) => continue,
-            };
-            let i = *pos.entry(d.clone()).or_insert_with(|| {
-                needs.push(Need {
-                    digest: d.clone(),
-                    size,
-                    external,
-                    repos: Vec::new(),
-                    images: Vec::new(),
-                });
-                needs.len() - 1
-            });
-            if !needs[i].repos.contains(&img.repo) {
-                needs[i].repos.push(img.repo.clone());
-            }
-            needs[i].images.push(img.name(target.name()));
-        }
-    }
+    let needs = needs_of(source.as_ref(), &images, target.name());
     let found = Arc::new(check_external(source.as_ref(), &target, &needs, jobs).await?);
     // Failures per (blob, repository): a repository the registry refuses (a missing project)
     // fails its own images, not every image that shares a layer with it.
@@ -340,6 +313,119 @@ pub async fn push(
     }
     report.images_pushed.sort();
     Ok(report)
+}
+
+/// Which repositories need each blob (manifests are pushed later, by image); blobs that a
+/// base bundle carried (`external`) must be in the target already.
+fn needs_of(source: &dyn Source, images: &[TargetImage], target: &str) -> Vec<Need> {
+    let mut needs: Vec<Need> = Vec::new();
+    let mut pos: HashMap<Digest, usize> = HashMap::new();
+    for img in images {
+        for d in &img.entry.blobs {
+            let (size, external) = match (source.describe(d), source.external(d)) {
+                (Some((_, mt)), _) if manifest::is_manifest(&mt) => continue,
+                (Some((size, _)), _) => (size, false),
+                (None, Some(size)) => (size, true),
+                (None, None) => continue,
+            };
+            let i = *pos.entry(d.clone()).or_insert_with(|| {
+                needs.push(Need {
+                    digest: d.clone(),
+                    size,
+                    external,
+                    repos: Vec::new(),
+                    images: Vec::new(),
+                });
+                needs.len() - 1
+            });
+            if !needs[i].repos.contains(&img.repo) {
+                needs[i].repos.push(img.repo.clone());
+            }
+            needs[i].images.push(img.name(target));
+        }
+    }
+    needs
+}
+
+/// What a push would do, asked of the target with `HEAD` requests only: nothing is written.
+#[derive(Debug, Default, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PushPlan {
+    pub images: Vec<PlannedImage>,
+    pub blobs_to_upload: usize,
+    pub bytes_to_upload: u64,
+    pub blobs_to_mount: usize,
+    pub blobs_already_there: usize,
+    /// External blobs (an incremental bundle's) that the target lacks, each with the bundle
+    /// that carries it.
+    pub missing: Vec<String>,
+}
+
+#[derive(Debug, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PlannedImage {
+    pub source: String,
+    pub target: String,
+    pub digest: Digest,
+}
+
+/// Plans a push of `images` from `source` into `target` (see [`PushPlan`]).
+pub async fn plan(
+    source: &dyn Source,
+    target: &Registry,
+    images: &[TargetImage],
+    jobs: usize,
+) -> Result<PushPlan> {
+    let needs = needs_of(source, images, target.name());
+    let heads: Vec<Result<(usize, Vec<bool>)>> = stream::iter(needs.iter().enumerate())
+        .map(|(i, n)| async move {
+            let mut have = Vec::new();
+            for repo in &n.repos {
+                let scope = crate::registry::Scope::push(repo);
+                have.push(target.blob_exists(repo, &n.digest, &scope).await?.is_some());
+            }
+            Ok((i, have))
+        })
+        .buffer_unordered(jobs)
+        .collect()
+        .await;
+    let mut plan = PushPlan {
+        images: images
+            .iter()
+            .map(|t| PlannedImage {
+                source: t.entry.source.clone(),
+                target: t.name(target.name()),
+                digest: t.entry.digest.clone(),
+            })
+            .collect(),
+        ..Default::default()
+    };
+    for h in heads {
+        let (i, have) = h?;
+        let n = &needs[i];
+        let present = have.iter().filter(|h| **h).count();
+        plan.blobs_already_there += present;
+        let absent = have.len() - present;
+        if absent == 0 {
+            continue;
+        }
+        if present > 0 {
+            plan.blobs_to_mount += absent;
+        } else if n.external {
+            plan.missing.push(format!(
+                "{} (needed by {}) is carried by {}",
+                n.digest,
+                n.images.first().cloned().unwrap_or_default(),
+                source.external_home(&n.digest)
+            ));
+        } else {
+            plan.blobs_to_upload += 1;
+            plan.bytes_to_upload += n.size;
+            plan.blobs_to_mount += absent - 1;
+        }
+    }
+    plan.missing.sort();
+    Ok(plan)
 }
 
 /// A blob and where it must end up.

@@ -303,3 +303,102 @@ fn cache_ls_and_prune() {
     let out = run_airlock(["verify", again.to_str().expect("utf8")], &[], None);
     assert_success(&out, "verify");
 }
+
+#[test]
+fn import_plan_writes_nothing_and_image_patterns_choose_what_is_imported() {
+    let src = TestRegistry::start(RegistryOpts::plain());
+    let corpus = build_corpus(&src);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cache = dir.path().join("cache");
+    let bundle = export(&corpus.images_file(&src.host()), dir.path(), "b", &cache);
+    let b = bundle.to_str().expect("utf8");
+    let dst = TestRegistry::start(RegistryOpts::plain());
+    let host = dst.host();
+    let plan = json(&run_airlock(
+        ["import", b, "--registry", &host, "--plan", "--json"],
+        &[],
+        None,
+    ));
+    assert_eq!(
+        plan["images"].as_array().map(|a| a.len()),
+        Some(corpus.images.len())
+    );
+    let layers: HashSet<String> = corpus.all_blob_digests().into_iter().collect();
+    assert_eq!(plan["blobsToUpload"].as_u64(), Some(layers.len() as u64));
+    assert!(plan["blobsToMount"].as_u64().unwrap_or(0) > 0, "{plan}");
+    assert_eq!(plan["blobsAlreadyThere"].as_u64(), Some(0));
+    // Nothing written: no repository, and no write request reached the registry.
+    assert!(dst.catalog().is_empty());
+    for m in ["PUT", "POST", "PATCH", "DELETE"] {
+        assert!(dst.access_log(m, "/v2/").is_empty(), "--plan sent {m}");
+    }
+    // The text form names the mapping.
+    let text = run_airlock(
+        [
+            "import",
+            b,
+            "--registry",
+            &host,
+            "--plan",
+            "--repository",
+            "mirror",
+        ],
+        &[],
+        None,
+    );
+    assert_success(&text, "import --plan");
+    let shown = String::from_utf8_lossy(&text.stdout);
+    assert!(
+        shown.contains(&format!("{host}/mirror/src/alpha:1.0")),
+        "{shown}"
+    );
+
+    // --image: only alpha's tags.
+    let out = run_airlock(
+        [
+            "import",
+            b,
+            "--registry",
+            &host,
+            "--image",
+            "src/alpha:*",
+            "-q",
+        ],
+        &[],
+        None,
+    );
+    assert_success(&out, "import --image");
+    assert!(
+        !dst.access_log("PUT", "/v2/").is_empty(),
+        "the access log shows writes (so its silence above meant something)"
+    );
+    assert_eq!(dst.catalog(), vec!["src/alpha".to_string()]);
+    let mut tags = dst.tags("src/alpha");
+    tags.sort();
+    let mut want: Vec<String> = corpus
+        .images
+        .iter()
+        .filter(|i| i.repo == "src/alpha")
+        .map(|i| i.tag.clone())
+        .collect();
+    want.sort();
+    assert_eq!(tags, want);
+    // Planning the rest now: alpha's blobs are there, the shared base layer mounts.
+    let plan = json(&run_airlock(
+        ["import", b, "--registry", &host, "--plan", "--json"],
+        &[],
+        None,
+    ));
+    assert!(
+        plan["blobsAlreadyThere"].as_u64().unwrap_or(0) > 0,
+        "{plan}"
+    );
+    assert!(plan["blobsToUpload"].as_u64().unwrap_or(0) < layers.len() as u64);
+    // A pattern that matches nothing is a usage error.
+    let none = run_airlock(
+        ["import", b, "--registry", &host, "--image", "nope/*"],
+        &[],
+        None,
+    );
+    assert_eq!(none.status.code(), Some(2), "{}", describe_output(&none));
+}

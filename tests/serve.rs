@@ -485,6 +485,14 @@ fn a_base_and_its_incremental_serve_the_whole_month_together() {
         skopeo_digest(&both, &format!("{}:next", first.repo)),
         pushed.digest
     );
+    // --image serves a subset.
+    let some = Served::start(&[&base, &inc], &["-q", "--image", "src/beta:*"]);
+    let raw = some.raw();
+    let (repos, _) = paged(&raw, "/v2/_catalog", "repositories");
+    assert_eq!(repos, vec!["src/beta".to_string()]);
+    let r = raw.request("GET", "/v2/src/alpha/manifests/1.0", &[], None);
+    assert_eq!((r.status, error_code(&r).as_str()), (404, "NAME_UNKNOWN"));
+    drop(some);
     // The incremental alone lacks the base's layers: a pull of an old image fails cleanly.
     let alone = Served::start(&[&inc], &["-q"]);
     let layer = first.blob_digests().into_iter().next().expect("blob");

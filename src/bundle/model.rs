@@ -117,6 +117,58 @@ pub struct Member {
     pub size: u64,
 }
 
+/// Whether `text` matches a glob `pattern` (`*` any run of characters, `/` included; `?` one).
+pub fn glob_match(pattern: &str, text: &str) -> bool {
+    let (p, t): (Vec<char>, Vec<char>) = (pattern.chars().collect(), text.chars().collect());
+    let (mut pi, mut ti) = (0, 0);
+    let mut star: Option<(usize, usize)> = None;
+    while ti < t.len() {
+        if pi < p.len() && (p[pi] == '?' || p[pi] == t[ti]) {
+            pi += 1;
+            ti += 1;
+        } else if pi < p.len() && p[pi] == '*' {
+            star = Some((pi, ti));
+            pi += 1;
+        } else if let Some((sp, st)) = star {
+            pi = sp + 1;
+            ti = st + 1;
+            star = Some((sp, st + 1));
+        } else {
+            return false;
+        }
+    }
+    p[pi..].iter().all(|c| *c == '*')
+}
+
+/// The images of a bundle that `--image` patterns select: a pattern matches the name as the
+/// bundle records it (`REPOSITORY:TAG`, the repository as import would push it without
+/// `--repository`) or the full source reference. Signatures and other companions follow
+/// their subjects. No patterns: every image.
+pub fn select_images(images: &[ImageEntry], patterns: &[String]) -> Vec<ImageEntry> {
+    if patterns.is_empty() {
+        return images.to_vec();
+    }
+    let hit = |i: &ImageEntry| {
+        let short = format!("{}:{}", i.source_repository(), i.tag);
+        patterns
+            .iter()
+            .any(|p| glob_match(p, &short) || glob_match(p, &i.source))
+    };
+    let chosen: HashSet<&Digest> = images
+        .iter()
+        .filter(|i| i.subject.is_none() && hit(i))
+        .map(|i| &i.digest)
+        .collect();
+    images
+        .iter()
+        .filter(|i| match &i.subject {
+            Some(s) => chosen.contains(s) || hit(i),
+            None => chosen.contains(&i.digest) && hit(i),
+        })
+        .cloned()
+        .collect()
+}
+
 impl ImageEntry {
     /// The repository at the source: `namespace/path`, or `path` when there is no namespace.
     pub fn source_repository(&self) -> String {
@@ -254,5 +306,21 @@ impl BundleManifest {
             ),
             None => format!("the bundle whose bundle.json is {}", x.bundle),
         }
+    }
+}
+
+#[cfg(test)]
+mod select_tests {
+    use super::*;
+
+    #[test]
+    fn globs() {
+        assert!(glob_match("src/*", "src/alpha:1.0"));
+        assert!(glob_match("*:1.?", "src/alpha:1.0"));
+        assert!(glob_match("*alpha*", "reg.io/src/alpha:1.0"));
+        assert!(!glob_match("src/*:2.0", "src/alpha:1.0"));
+        assert!(glob_match("*", ""));
+        assert!(!glob_match("a", "ab"));
+        assert!(glob_match("a*b*c", "axxbyyc"));
     }
 }

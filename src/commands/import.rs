@@ -123,6 +123,49 @@ pub(crate) fn finish(
     )))
 }
 
+/// `import --plan`: the mapping and what would be uploaded, mounted or skipped.
+fn show_plan(plan: &copy::PushPlan, registry: &str, json: bool) -> Result<()> {
+    if json {
+        config::print_json(plan)?;
+    } else {
+        let width = plan
+            .images
+            .iter()
+            .map(|i| i.source.len())
+            .max()
+            .unwrap_or(0);
+        for i in &plan.images {
+            println!(
+                "{:width$}  ->  {}  {}",
+                i.source,
+                i.target,
+                i.digest.short()
+            );
+        }
+        println!(
+            "\n{} images into {registry}: {} blobs to upload ({}), {} to mount, {} already \
+             there. Nothing was written.",
+            plan.images.len(),
+            plan.blobs_to_upload,
+            human(plan.bytes_to_upload),
+            plan.blobs_to_mount,
+            plan.blobs_already_there
+        );
+        for m in &plan.missing {
+            println!("missing: {m}");
+        }
+    }
+    if plan.missing.is_empty() {
+        Ok(())
+    } else {
+        Err(Error::Failed(format!(
+            "{} blobs this incremental bundle relies on are not in {registry}; import the base \
+             bundle first",
+            plan.missing.len()
+        )))
+    }
+}
+
 pub async fn run(args: ImportArgs) -> Result<()> {
     let r = &args.registry;
     let (registry, repository, tag) = target_names(r, "--")?;
@@ -154,15 +197,24 @@ pub async fn run(args: ImportArgs) -> Result<()> {
             ));
         }
     }
-    let targets = plan_targets(
-        &bundle.manifest.images,
-        repository.as_deref(),
-        tag.as_deref(),
-    )?;
+    let chosen = crate::bundle::model::select_images(&bundle.manifest.images, &args.image);
+    if chosen.is_empty() {
+        return Err(Error::Usage(format!(
+            "no image of {} matches --image {}",
+            bundle.path.display(),
+            args.image.join(", ")
+        )));
+    }
+    let targets = plan_targets(&chosen, repository.as_deref(), tag.as_deref())?;
 
     let creds = config::credentials(r, Side::Target, &registry)?;
     let tls = config::tls(r);
     let target = config::connect(&registry, &tls, creds, args.out.retry_policy()).await?;
+    if args.plan {
+        let source: Arc<dyn crate::store::Source> = Arc::new(bundle.clone());
+        let plan = copy::plan(source.as_ref(), &target, &targets, args.out.jobs as usize).await?;
+        return show_plan(&plan, &registry, args.out.json);
+    }
     let target = Arc::new(target);
     reporter.info(format!(
         "importing {} images ({}) from {} into {registry}",

@@ -31,7 +31,18 @@ pub async fn run(args: ServeArgs) -> Result<()> {
     })
     .await
     .map_err(|e| Error::Failed(format!("opening the bundles: {e}")))??;
-    let ns = Namespace::new(bundles, args.repository.as_deref(), args.tag.as_deref())?;
+    let ns = Namespace::new(
+        bundles,
+        args.repository.as_deref(),
+        args.tag.as_deref(),
+        &args.image,
+    )?;
+    if ns.tags.is_empty() {
+        return Err(Error::Usage(format!(
+            "no image of the bundles matches --image {}",
+            args.image.join(", ")
+        )));
+    }
     let server = Arc::new(Server {
         ns,
         cache: Arc::new(FrameCache::new(FRAME_CACHE)),

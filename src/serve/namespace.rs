@@ -43,6 +43,7 @@ impl Namespace {
         mut bundles: Vec<Arc<Bundle>>,
         repository: Option<&str>,
         tag: Option<&str>,
+        patterns: &[String],
     ) -> Result<Namespace> {
         bundles.sort_by(|a, b| a.manifest.created.cmp(&b.manifest.created));
         let mut ns = Namespace {
@@ -58,8 +59,8 @@ impl Namespace {
             }
         }
         for (i, b) in ns.bundles.clone().iter().enumerate() {
-            let targets =
-                crate::commands::import::plan_targets(&b.manifest.images, repository, tag)?;
+            let chosen = crate::bundle::model::select_images(&b.manifest.images, patterns);
+            let targets = crate::commands::import::plan_targets(&chosen, repository, tag)?;
             for t in targets {
                 ns.tags
                     .entry(t.repo.clone())
