@@ -50,6 +50,13 @@ pub async fn run(args: CopyArgs) -> Result<()> {
                 .into(),
         ));
     }
+    if args.to.to_password_stdin && args.images_file.as_deref() == Some(std::path::Path::new("-")) {
+        return Err(Error::Usage(
+            "-f - and --to-password-stdin both read standard input: give the target password \
+             through TARGET_DOCKER_PASSWORD instead"
+                .into(),
+        ));
+    }
     let to = args.to.registry_args();
     let (registry, repository, tag) = target_names(&to, "--to-")?;
     let src = source_args(&args);
