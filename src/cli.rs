@@ -105,16 +105,24 @@ pub struct KeygenArgs {
 /// Flags shared by the commands that talk to a registry.
 #[derive(Args, Debug, Clone, Default)]
 pub struct RegistryArgs {
-    /// Registry host[:port]
+    /// Registry host[:port]. export: else SOURCE_DOCKER_REGISTRY; short names expand only
+    /// when a registry is given, and the offline procedure's mcr.microsoft.com is the default
+    /// only when a SOURCE_DOCKER_* variable is set (or a terminal prompt offers it).
+    /// import: else TARGET_DOCKER_REGISTRY (required)
     #[arg(long, value_name = "HOST")]
     pub registry: Option<String>,
-    /// Repository (namespace) in the registry
+    /// Repository (namespace). export: else SOURCE_DOCKER_REPOSITORY, for short names (the
+    /// procedure's arcdata only when a SOURCE_DOCKER_* variable is set; none otherwise).
+    /// import: else TARGET_DOCKER_REPOSITORY, replacing the namespace the bundle recorded
     #[arg(long, value_name = "NAMESPACE")]
     pub repository: Option<String>,
-    /// Tag
+    /// Tag. export: else SOURCE_DOCKER_TAG, for short names without one. import: else
+    /// TARGET_DOCKER_TAG, replacing every image's tag (signatures keep theirs)
     #[arg(long)]
     pub tag: Option<String>,
-    /// Username (the password comes from --password-stdin, the environment or a prompt)
+    /// Username (else SOURCE_/TARGET_DOCKER_USERNAME, docker's or podman's saved credentials,
+    /// or anonymous); the password comes from --password-stdin, SOURCE_/TARGET_DOCKER_PASSWORD
+    /// or a hidden prompt, never from the command line
     #[arg(long, short = 'u')]
     pub username: Option<String>,
     /// Read the password from standard input

@@ -351,3 +351,73 @@ fn man_prints_the_main_page_and_writes_one_page_per_subcommand() {
         assert!(export.contains(flag), "export page lacks {flag}:\n{export}");
     }
 }
+
+/// Where short names go, flag by flag and variable by variable: the origin procedure's
+/// defaults only in its own (variable) mode, and a usage error that says what to add when
+/// only a tag is given.
+#[test]
+fn short_name_defaults_are_in_the_open() {
+    let src = TestRegistry::start(RegistryOpts::plain());
+    let host = src.host();
+    let pushed = src.client().push_image(
+        "alpha",
+        Some("1.0"),
+        ImageFormat::Oci,
+        &Platform::linux_amd64(),
+        &[small_layer(5, "top-level", true)],
+        &[],
+    );
+    let planned = |args: &[&str], envs: &[(&str, &str)]| {
+        let mut all = vec![
+            "export",
+            "--plan",
+            "--json",
+            "-o",
+            "/tmp/never-written.tar.zst",
+        ];
+        all.extend_from_slice(args);
+        run_airlock(&all, envs, None)
+    };
+    // Only --tag: no registry, no terminal: a usage error naming what to add.
+    let out = planned(&["nginx", "--tag", "1.27"], &[]);
+    assert_eq!(out.status.code(), Some(2), "{}", describe_output(&out));
+    let err = stderr_text(&out);
+    assert!(
+        err.contains("--registry") && err.contains("SOURCE_DOCKER_REGISTRY"),
+        "{err}"
+    );
+    assert!(err.contains("docker.io/library/nginx"), "{err}");
+    // --registry alone: the short name sits at the registry's top level.
+    let out = planned(&["alpha", "--registry", &host, "--tag", "1.0"], &[]);
+    assert_success(&out, "export --registry --tag alpha");
+    let plan: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(plan["images"][0]["source"], format!("{host}/alpha:1.0"));
+    assert_eq!(plan["images"][0]["digest"], pushed.digest.as_str());
+    // A SOURCE_DOCKER_* variable chooses the procedure's mode: its repository default applies.
+    let out = planned(
+        &["alpha", "--registry", &host],
+        &[("SOURCE_DOCKER_TAG", "1.0")],
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", describe_output(&out));
+    assert!(
+        stderr_text(&out).contains(&format!("{host}/arcdata/alpha:1.0")),
+        "{}",
+        stderr_text(&out)
+    );
+    // --help shows the defaults and the variables.
+    let help = run_airlock(["export", "--help"], &[], None);
+    let text = String::from_utf8_lossy(&help.stdout);
+    for needle in [
+        "SOURCE_DOCKER_REGISTRY",
+        "SOURCE_DOCKER_REPOSITORY",
+        "SOURCE_DOCKER_TAG",
+        "mcr.microsoft.com",
+        "arcdata",
+        "AIRLOCK_TIMEOUT",
+    ] {
+        assert!(
+            text.contains(needle),
+            "export --help does not mention {needle}"
+        );
+    }
+}

@@ -65,40 +65,67 @@ fn image_list(args: &ExportArgs) -> Result<Vec<String>> {
 /// Turns the list into references. A name without `/` is a short name when a source
 /// registry, repository or tag was given (flag or environment): it expands to
 /// REGISTRY/REPOSITORY/NAME:TAG. Everything else is read as docker reads it.
+///
+/// The origin procedure's defaults (`mcr.microsoft.com`, `arcdata`) apply only when its
+/// mode is clearly chosen: a `SOURCE_DOCKER_*` variable is set, or a terminal prompt offers
+/// them. With `--registry` alone a short name has no namespace unless `--repository` gives
+/// one. With only `--tag` or `--repository` and no terminal, a short name is a usage error
+/// that says what to add.
 pub fn requested_images(args: &ExportArgs) -> Result<Vec<Requested>> {
     let names = image_list(args)?;
     let r = &args.registry;
-    let namespace_mode = r.registry.is_some()
-        || r.repository.is_some()
-        || r.tag.is_some()
-        || config::env("SOURCE_DOCKER_REGISTRY").is_some()
-        || config::env("SOURCE_DOCKER_REPOSITORY").is_some()
-        || config::env("SOURCE_DOCKER_TAG").is_some();
+    let env_mode = [
+        "SOURCE_DOCKER_REGISTRY",
+        "SOURCE_DOCKER_REPOSITORY",
+        "SOURCE_DOCKER_TAG",
+    ]
+    .iter()
+    .any(|v| config::env(v).is_some());
+    let registry_given = r.registry.as_ref().is_some_and(|v| !v.is_empty())
+        || config::env("SOURCE_DOCKER_REGISTRY").is_some();
+    let namespace_mode = registry_given || env_mode || r.repository.is_some() || r.tag.is_some();
     let mut source: Option<(String, String)> = None;
     let mut tag: Option<String> = None;
     let mut out = Vec::new();
     for name in names {
         if namespace_mode && !name.contains('/') {
             if source.is_none() {
+                if !registry_given && !env_mode && !config::interactive() {
+                    return Err(Error::Usage(format!(
+                        "{name} is a short name, and no source registry was given: add \
+                         --registry HOST (or set SOURCE_DOCKER_REGISTRY; the offline \
+                         procedure's registry is {DEFAULT_SOURCE_REGISTRY} with repository \
+                         {DEFAULT_SOURCE_REPOSITORY}), or name the image in full (for example \
+                         docker.io/library/{name}:TAG)"
+                    )));
+                }
                 let reg = config::value(
                     r.registry.as_ref(),
                     "--registry",
                     "SOURCE_DOCKER_REGISTRY",
                     "Source container registry",
                     Some(DEFAULT_SOURCE_REGISTRY),
-                    true,
+                    env_mode,
                 )?;
-                let repo = config::value(
-                    r.repository.as_ref(),
-                    "--repository",
-                    "SOURCE_DOCKER_REPOSITORY",
-                    "Source repository",
-                    Some(DEFAULT_SOURCE_REPOSITORY),
-                    true,
-                )?;
+                // The procedure's repository is its default only in its own mode; with a
+                // registry flag alone, a short name sits at the registry's top level.
+                let repo = if env_mode || config::interactive() {
+                    config::value(
+                        r.repository.as_ref(),
+                        "--repository",
+                        "SOURCE_DOCKER_REPOSITORY",
+                        "Source repository",
+                        Some(DEFAULT_SOURCE_REPOSITORY),
+                        env_mode,
+                    )?
+                } else {
+                    r.repository.clone().unwrap_or_default()
+                };
                 crate::reference::validate_registry(&reg).map_err(Error::Usage)?;
-                validate_repository(&repo)
-                    .map_err(|e| Error::Usage(format!("--repository: {e}")))?;
+                if !repo.is_empty() {
+                    validate_repository(&repo)
+                        .map_err(|e| Error::Usage(format!("--repository: {e}")))?;
+                }
                 source = Some((reg, repo));
             }
             let (reg, repo) = source.clone().unwrap_or_default();
@@ -123,7 +150,12 @@ pub fn requested_images(args: &ExportArgs) -> Result<Vec<Requested>> {
                 }
             };
             validate_tag(&t).map_err(Error::Usage)?;
-            let reference = Reference::parse(&format!("{reg}/{repo}/{short}:{t}"))?;
+            let full = if repo.is_empty() {
+                format!("{reg}/{short}:{t}")
+            } else {
+                format!("{reg}/{repo}/{short}:{t}")
+            };
+            let reference = Reference::parse(&full)?;
             out.push(Requested {
                 reference,
                 namespace: repo.clone(),
