@@ -31,7 +31,8 @@ pub enum Command {
     /// Push every image of a bundle into a registry, byte for byte.
     #[command(after_help = AFTER_HELP)]
     Import(ImportArgs),
-    /// Show a bundle's images, digests, platforms and sizes (reads only bundle.json and the seek table).
+    /// Show a bundle's images, digests, platforms and sizes (reads bundle.json, the seek table
+    /// and each member's tar header, in every volume; no blob content: `verify` reads that).
     #[command(after_help = AFTER_HELP)]
     Inspect(InspectArgs),
     /// Check a bundle offline: every blob's digest and size, the layout, the seek table.
@@ -269,6 +270,10 @@ pub struct InspectArgs {
     /// Also list every blob: digest, size and media type
     #[arg(short, long)]
     pub verbose: bool,
+    /// Only the images whose name (REPOSITORY:TAG as in the bundle, or the full source
+    /// reference) matches this glob; repeatable
+    #[arg(long, value_name = "PATTERN")]
+    pub image: Vec<String>,
 }
 
 #[derive(Args, Debug)]

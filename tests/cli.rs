@@ -421,3 +421,28 @@ fn short_name_defaults_are_in_the_open() {
         );
     }
 }
+
+/// `inspect --image` shows the matching images only; a pattern matching nothing is an error.
+#[test]
+fn inspect_image_patterns() {
+    let src = TestRegistry::start(RegistryOpts::plain());
+    let corpus = build_corpus(&src);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let list = dir.path().join("list.txt");
+    std::fs::write(&list, corpus.images_file(&src.host())).expect("list");
+    let bundle = dir.path().join("b.tar.zst");
+    let b = bundle.to_str().expect("utf8");
+    let out = run_airlock(
+        ["export", "-q", "-f", list.to_str().expect("utf8"), "-o", b],
+        &[],
+        None,
+    );
+    assert_success(&out, "export");
+    let out = run_airlock(["inspect", b, "--image", "*/beta:*"], &[], None);
+    assert_success(&out, "inspect --image");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("src/beta:1.0"), "{text}");
+    assert!(!text.contains("src/alpha"), "{text}");
+    let none = run_airlock(["inspect", b, "--image", "nothing-*"], &[], None);
+    assert_eq!(none.status.code(), Some(2), "{}", describe_output(&none));
+}

@@ -37,7 +37,15 @@ pub fn run(args: InspectArgs) -> Result<()> {
         writeln!(out, "platforms kept  {}", m.platforms.join(", ")).map_err(w)?;
     }
     writeln!(out).map_err(w)?;
-    let width = write_image_table(&mut out, &m.images).map_err(w)?;
+    let shown = crate::bundle::model::select_images(&m.images, &args.image);
+    if !args.image.is_empty() && shown.is_empty() {
+        return Err(Error::Usage(format!(
+            "no image of {} matches --image {}",
+            b.path.display(),
+            args.image.join(", ")
+        )));
+    }
+    let width = write_image_table(&mut out, &shown).map_err(w)?;
     for f in &m.failed {
         writeln!(out, "{:width$}  NOT EXPORTED: {}", f.source, f.error).map_err(w)?;
     }
