@@ -205,6 +205,25 @@ fn cache_ls_and_prune() {
     ));
     assert_eq!(ls["entries"].as_u64(), Some(blobs as u64), "{ls}");
     assert!(ls["bytes"].as_u64().expect("bytes") > 0);
+    // Export's own summary says how big the cache is.
+    let list = dir.path().join("b.txt");
+    let again = dir.path().join("summary.tar.zst");
+    let summary = json(&run_airlock(
+        [
+            "export",
+            "--json",
+            "-f",
+            list.to_str().expect("utf8"),
+            "-o",
+            again.to_str().expect("utf8"),
+            "--cache-dir",
+            c,
+        ],
+        &[],
+        None,
+    ));
+    assert_eq!(summary["cacheEntries"], ls["entries"], "{summary}");
+    assert_eq!(summary["cacheSize"], ls["bytes"], "{summary}");
     // Nothing is older than a day.
     let p = json(&run_airlock(
         [

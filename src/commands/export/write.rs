@@ -70,6 +70,9 @@ struct Summary {
     compressed_size: u64,
     downloaded_bytes: u64,
     cached_bytes: u64,
+    /// What the cache holds after this export.
+    cache_size: u64,
+    cache_entries: usize,
     external_blobs: usize,
     external_size: u64,
     failed: Vec<FailedImage>,
@@ -254,15 +257,21 @@ pub(super) async fn write(
         .iter()
         .map(|f| std::fs::metadata(f).map(|m| m.len()).unwrap_or(0))
         .sum();
+    // How big the cache has grown (`airlock cache prune` trims it).
+    let cache_now = crate::cache::summary(&cache).unwrap_or_default();
     reporter.info(format!(
-        "wrote {} ({} images, {} blobs, {} in {} on disk; downloaded {}, {} from cache)",
+        "wrote {} ({} images, {} blobs, {} in {} on disk; downloaded {}, {} from cache; the \
+         cache {} holds {} in {} entries)",
         out.display(),
         manifest.images.len(),
         manifest.blobs.len(),
         human(total_size),
         human(compressed),
         human(downloaded),
-        human(cached)
+        human(cached),
+        cache.display(),
+        human(cache_now.bytes),
+        cache_now.entries
     ));
     if json {
         let summary = Summary {
@@ -283,6 +292,8 @@ pub(super) async fn write(
             compressed_size: compressed,
             downloaded_bytes: downloaded,
             cached_bytes: cached,
+            cache_size: cache_now.bytes,
+            cache_entries: cache_now.entries,
             external_blobs: manifest.external.len(),
             external_size: manifest.external.iter().map(|x| x.size).sum(),
             failed: manifest.failed.clone(),
