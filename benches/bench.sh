@@ -369,7 +369,7 @@ PY
     for target in "airlock serve|127.0.0.1:$port" "distribution|$DST_AIRLOCK"; do
         local name=${target%%|*} host=${target#*|}
         sed "s|^|url = http://$host|; s|\$|\noutput = /dev/null|" "$WORK/$c.blob-paths" >"$WORK/$c.curl-${name// /_}"
-        measure "$c" "pull x8" "$name" bash -c "for i in 1 2 3 4 5 6 7 8; do curl -sf -K '$WORK/$c.curl-${name// /_}' & done; fail=0; for j in 1 2 3 4 5 6 7 8; do wait -n || fail=1; done; exit \$fail"
+        measure "$c" "pull x8" "$name" bash -c "pids=(); for i in 1 2 3 4 5 6 7 8; do curl -sSf -K '$WORK/$c.curl-${name// /_}' & pids+=(\$!); done; fail=0; for p in \${pids[@]}; do wait \$p || fail=1; done; exit \$fail"
     done
     local hwm
     hwm=$(awk '/VmHWM/ {print int($2 / 1024)}' "/proc/$pid/status" 2>/dev/null || echo "-")

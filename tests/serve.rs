@@ -629,3 +629,70 @@ fn podman_pulls_every_image_from_serve() {
     assert!(corpus.images.iter().any(|i| i.media_type == DOCKER_LIST));
     assert!(corpus.images.iter().any(|i| i.media_type == OCI_INDEX));
 }
+
+/// A blob larger than one zstd frame (the writer starts a new frame every 16 MiB): served
+/// whole, and ranges that cross frame boundaries come back exact.
+#[test]
+fn blobs_spanning_several_frames_are_served_whole_and_by_range() {
+    let src = TestRegistry::start(RegistryOpts::plain());
+    let layer = random_layer(11, 40 * 1024 * 1024, false);
+    let layer_digest = layer.digest();
+    src.client().push_image(
+        "big/frames",
+        Some("1"),
+        ImageFormat::Oci,
+        &Platform::linux_amd64(),
+        &[layer],
+        &[],
+    );
+    let dir = tempfile::tempdir().expect("tempdir");
+    let bundle = dir.path().join("b.tar.zst");
+    let out = run_airlock(
+        [
+            "export",
+            "-q",
+            &format!("{}/big/frames:1", src.host()),
+            "-o",
+            bundle.to_str().expect("utf8"),
+        ],
+        &[],
+        None,
+    );
+    assert_success(&out, "export");
+    let served = Served::start(&[&bundle], &["-q"]);
+    let raw = served.raw();
+    let path = format!("/v2/big/frames/blobs/{layer_digest}");
+    let whole = raw.request("GET", &path, &[], None);
+    assert_eq!(whole.status, 200, "{}", whole.text());
+    assert_eq!(sha(&whole.body), layer_digest);
+    let mib = 1024 * 1024;
+    for (from, to) in [
+        (16 * mib - 700, 16 * mib + 700),
+        (5, 33 * mib),
+        (whole.body.len() - 10, whole.body.len()),
+    ] {
+        let r = raw.request(
+            "GET",
+            &path,
+            &[("range", &format!("bytes={from}-{}", to - 1))],
+            None,
+        );
+        assert_eq!(r.status, 206);
+        assert!(r.body == whole.body[from..to], "range {from}-{to} differs");
+    }
+    // Eight clients at once, each the whole blob: every one intact.
+    let port = served.port;
+    let clients: Vec<_> = (0..8)
+        .map(|_| {
+            let path = path.clone();
+            std::thread::spawn(move || {
+                let raw = RawClient::new(&format!("http://127.0.0.1:{port}"), None, None);
+                let r = raw.request("GET", &path, &[], None);
+                (r.status, sha(&r.body))
+            })
+        })
+        .collect();
+    for c in clients {
+        assert_eq!(c.join().expect("client"), (200, layer_digest.clone()));
+    }
+}

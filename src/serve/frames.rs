@@ -1,7 +1,9 @@
 //! Reading ranges of blobs straight from the compressed bundles: only the zstd frames a range
 //! needs are decoded, each whole and checked against its own checksum before a byte of it is
 //! served, and kept in one small cache shared by every client (bounded in bytes, least
-//! recently used out first). No blob is ever held whole.
+//! recently used out first). No blob is ever held whole, and memory does not grow with the
+//! number of clients: a response holds a frame only with one of a few loans, given back when
+//! the connection has sent those bytes.
 
 use crate::bundle::Bundle;
 use crate::error::{Error, Result};
@@ -9,10 +11,27 @@ use bytes::Bytes;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-/// Decoded frames, keyed by (bundle, frame), with a byte budget.
+/// Decoded frames, keyed by (bundle, frame), with a byte budget, and the loans that bound the
+/// frames held by responses under way.
 pub struct FrameCache {
     inner: Mutex<Lru>,
     budget: usize,
+    loans: Arc<tokio::sync::Semaphore>,
+}
+
+/// Frames held by responses at once, beyond the cache (each at most 16 MiB).
+pub const LOANS: usize = 4;
+
+/// A piece of a frame that keeps its loan until the connection is done with it.
+struct Loaned {
+    bytes: Bytes,
+    _loan: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl AsRef<[u8]> for Loaned {
+    fn as_ref(&self) -> &[u8] {
+        &self.bytes
+    }
 }
 
 #[derive(Default)]
@@ -27,6 +46,7 @@ impl FrameCache {
         FrameCache {
             inner: Mutex::new(Lru::default()),
             budget,
+            loans: Arc::new(tokio::sync::Semaphore::new(LOANS)),
         }
     }
 
@@ -94,6 +114,10 @@ pub fn range_stream(
             if pos >= to {
                 return None;
             }
+            let loan = match cache.loans.clone().acquire_owned().await {
+                Ok(l) => l,
+                Err(_) => return Some((Err(Error::Failed("the server is stopping".into())), None)),
+            };
             let piece = tokio::task::spawn_blocking(move || -> Result<Bytes> {
                 let at = base + pos;
                 let (i, start, end) = bundle.frame_at(at)?;
@@ -115,7 +139,11 @@ pub fn range_stream(
                 Ok(b) if b.is_empty() => Some((Err(Error::Failed("an empty frame".into())), None)),
                 Ok(b) => {
                     let next = pos + b.len() as u64;
-                    Some((Ok(b), Some(next)))
+                    let piece = Bytes::from_owner(Loaned {
+                        bytes: b,
+                        _loan: loan,
+                    });
+                    Some((Ok(piece), Some(next)))
                 }
                 Err(e) => Some((Err(e), None)),
             }

@@ -28,8 +28,10 @@ use std::time::{Duration, Instant};
 
 type Body = http_body_util::combinators::UnsyncBoxBody<Bytes, std::io::Error>;
 
-/// Decoded frames kept for all clients together (frames are at most 16 MiB).
-pub const FRAME_CACHE: usize = 96 * 1024 * 1024;
+/// Decoded frames kept for all clients together (frames are at most 16 MiB); with the
+/// frames lent to responses under way (`frames::LOANS`), serve holds at most about 128 MiB of
+/// frames whatever the number of clients.
+pub const FRAME_CACHE: usize = 64 * 1024 * 1024;
 
 /// Users from an htpasswd file (bcrypt entries, as `htpasswd -B` writes them).
 pub struct Htpasswd {
