@@ -210,10 +210,11 @@ fn body_of(
 /// The end of `Range: 0-N` as the next offset (N+1). `0-0` is read as nothing held: the
 /// distribution registry says `0-0` for an empty session.
 fn offset_from_range(resp: &Response) -> Option<u64> {
-    parse_range(resp.headers().get("range")?.to_str().ok()?)
+    held_until(resp.headers().get("range")?.to_str().ok()?)
 }
 
-fn parse_range(v: &str) -> Option<u64> {
+/// The next offset from an upload status `Range: 0-N` header value.
+fn held_until(v: &str) -> Option<u64> {
     let v = v.trim().trim_start_matches("bytes=");
     let (start, end) = v.split_once('-')?;
     let (start, end): (u64, u64) = (start.trim().parse().ok()?, end.trim().parse().ok()?);
@@ -661,11 +662,11 @@ mod tests {
 
     #[test]
     fn offsets_from_range_headers() {
-        assert_eq!(parse_range("0-0"), Some(0));
-        assert_eq!(parse_range("0-1048575"), Some(1_048_576));
-        assert_eq!(parse_range("bytes=0-9"), Some(10));
-        assert_eq!(parse_range("5-9"), None);
-        assert_eq!(parse_range("junk"), None);
+        assert_eq!(held_until("0-0"), Some(0));
+        assert_eq!(held_until("0-1048575"), Some(1_048_576));
+        assert_eq!(held_until("bytes=0-9"), Some(10));
+        assert_eq!(held_until("5-9"), None);
+        assert_eq!(held_until("junk"), None);
     }
 
     #[test]
