@@ -4,7 +4,7 @@
 //! exists, mount, every byte checked, tags last). Nothing is written to local disk.
 
 use crate::cli::{CopyArgs, ExportArgs};
-use crate::commands::export::{images_and_objects, partial, requested_images, select};
+use crate::commands::export::{images_and_objects, inputs, partial, select};
 use crate::commands::import::{finish, plan_targets, target_names};
 use crate::config::{self, Side};
 use crate::error::{Error, Result};
@@ -60,22 +60,7 @@ pub async fn run(args: CopyArgs) -> Result<()> {
     let to = args.to.registry_args();
     let (registry, repository, tag) = target_names(&to, "--to-")?;
     let src = source_args(&args);
-    let image_set = match &args.config {
-        Some(path) => {
-            if !args.images.is_empty() || args.images_file.is_some() {
-                return Err(Error::Usage(
-                    "give the images either in --config or as arguments/--images-file, not both"
-                        .into(),
-                ));
-            }
-            Some(crate::imageset::load(path)?)
-        }
-        None => None,
-    };
-    let cli_requested = match &image_set {
-        Some(_) => Vec::new(),
-        None => requested_images(&src)?,
-    };
+    let (image_set, cli_requested) = inputs(&src)?;
     let mut reporter = Reporter::new(args.out.quiet || args.out.json, args.out.verbose);
     let sel = select(&src, image_set.as_ref(), cli_requested, &reporter).await?;
     let (images, objects) = images_and_objects(&sel.resolved);

@@ -195,10 +195,12 @@ pub(crate) async fn select(
     })
 }
 
-pub async fn run(args: ExportArgs) -> Result<()> {
-    // The image list from the command line is read (and checked) before any network work;
-    // an image-set file is loaded now and its tags are listed once connected.
-    let image_set = match &args.config {
+/// What was asked for, read and checked before any network work: an image-set file (its tags
+/// are listed once connected), or the names given as arguments or in `-f`.
+pub(crate) fn inputs(
+    args: &ExportArgs,
+) -> Result<(Option<crate::imageset::ImageSet>, Vec<Requested>)> {
+    match &args.config {
         Some(path) => {
             if !args.images.is_empty() || args.images_file.is_some() {
                 return Err(Error::Usage(
@@ -206,14 +208,16 @@ pub async fn run(args: ExportArgs) -> Result<()> {
                         .into(),
                 ));
             }
-            Some(crate::imageset::load(path)?)
+            Ok((Some(crate::imageset::load(path)?), Vec::new()))
         }
-        None => None,
-    };
-    let cli_requested = match &image_set {
-        Some(_) => Vec::new(),
-        None => requested_images(&args)?,
-    };
+        None => Ok((None, requested_images(args)?)),
+    }
+}
+
+pub async fn run(args: ExportArgs) -> Result<()> {
+    // The image list from the command line is read (and checked) before any network work;
+    // an image-set file is loaded now and its tags are listed once connected.
+    let (image_set, cli_requested) = inputs(&args)?;
     let signer = if args.plan {
         None
     } else {
