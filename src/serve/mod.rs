@@ -140,6 +140,23 @@ fn error(status: StatusCode, code: &str, message: &str) -> Response<Body> {
     r
 }
 
+/// A JSON answer (no body for HEAD, the length either way), with a `Link` to the next page
+/// when there is one.
+fn json_answer(
+    body: String,
+    head: bool,
+    content_type: &str,
+    link: Option<String>,
+) -> Response<Body> {
+    let len = body.len() as u64;
+    let mut r = with_len(Response::new(if head { empty() } else { full(body) }), len);
+    header(&mut r, "content-type", content_type);
+    if let Some(l) = link {
+        header(&mut r, "link", &l);
+    }
+    r
+}
+
 fn with_len(mut r: Response<Body>, len: u64) -> Response<Body> {
     r.headers_mut()
         .insert(CONTENT_LENGTH, HeaderValue::from(len));
@@ -234,9 +251,8 @@ impl Server {
             if method != Method::GET && !head {
                 return error(StatusCode::METHOD_NOT_ALLOWED, "UNSUPPORTED", "read-only");
             }
-            let mut r = with_len(Response::new(if head { empty() } else { full("{}") }), 2);
+            let mut r = json_answer("{}".into(), head, "application/json", None);
             header(&mut r, "docker-distribution-api-version", "registry/2.0");
-            header(&mut r, "content-type", "application/json");
             return r;
         }
         let Some(rest) = path.strip_prefix("/v2/") else {
@@ -256,15 +272,7 @@ impl Server {
         if rest == "_catalog" {
             let (repos, link) = page(self.ns.repos().into_iter(), &query, "/v2/_catalog");
             let body = serde_json::json!({ "repositories": repos }).to_string();
-            let mut r = with_len(
-                Response::new(if head { empty() } else { full(body.clone()) }),
-                body.len() as u64,
-            );
-            header(&mut r, "content-type", "application/json");
-            if let Some(l) = link {
-                header(&mut r, "link", &l);
-            }
-            return r;
+            return json_answer(body, head, "application/json", link);
         }
         if let Some(repo) = rest.strip_suffix("/tags/list") {
             let Some(tags) = self.ns.tags.get(repo) else {
@@ -276,15 +284,7 @@ impl Server {
             };
             let (tags, link) = page(tags.keys(), &query, &format!("/v2/{repo}/tags/list"));
             let body = serde_json::json!({ "name": repo, "tags": tags }).to_string();
-            let mut r = with_len(
-                Response::new(if head { empty() } else { full(body.clone()) }),
-                body.len() as u64,
-            );
-            header(&mut r, "content-type", "application/json");
-            if let Some(l) = link {
-                header(&mut r, "link", &l);
-            }
-            return r;
+            return json_answer(body, head, "application/json", link);
         }
         for (sep, kind) in [("/manifests/", 0), ("/blobs/", 1), ("/referrers/", 2)] {
             if let Some((repo, reference)) = rest.rsplit_once(sep) {
@@ -461,11 +461,7 @@ impl Server {
             "manifests": manifests,
         })
         .to_string();
-        let mut r = with_len(
-            Response::new(if head { empty() } else { full(body.clone()) }),
-            body.len() as u64,
-        );
-        header(&mut r, "content-type", crate::manifest::OCI_INDEX);
+        let mut r = json_answer(body, head, crate::manifest::OCI_INDEX, None);
         if wanted.is_some() {
             header(&mut r, "oci-filters-applied", "artifactType");
         }
