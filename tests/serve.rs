@@ -102,6 +102,37 @@ fn export_all(src: &TestRegistry, corpus: &Corpus, dir: &Path, name: &str) -> Pa
     bundle
 }
 
+/// A bundle of one image `REPO:1` with one random (incompressible) layer of `size` bytes,
+/// exported from a registry that is gone once this returns. Returns the bundle and the layer's
+/// digest.
+fn one_layer_bundle(dir: &Path, repo: &str, seed: u64, size: usize) -> (PathBuf, String) {
+    let src = TestRegistry::start(RegistryOpts::plain());
+    let layer = random_layer(seed, size, false);
+    let digest = layer.digest();
+    src.client().push_image(
+        repo,
+        Some("1"),
+        ImageFormat::Oci,
+        &Platform::linux_amd64(),
+        &[layer],
+        &[],
+    );
+    let bundle = dir.join("b.tar.zst");
+    let out = run_airlock(
+        [
+            "export",
+            "-q",
+            &format!("{}/{repo}:1", src.host()),
+            "-o",
+            bundle.to_str().expect("utf8"),
+        ],
+        &[],
+        None,
+    );
+    assert_success(&out, "export");
+    (bundle, digest)
+}
+
 fn sha(bytes: &[u8]) -> String {
     format!("sha256:{}", hex::encode(sha2::Sha256::digest(bytes)))
 }
@@ -507,32 +538,9 @@ fn a_base_and_its_incremental_serve_the_whole_month_together() {
 
 #[test]
 fn a_damaged_frame_is_answered_with_an_error_never_with_bytes() {
-    let src = TestRegistry::start(RegistryOpts::plain());
     // One image whose layer (random, so incompressible) is most of the bundle.
-    let layer = random_layer(7, 3 * 1024 * 1024, false);
-    let layer_digest = layer.digest();
-    src.client().push_image(
-        "big/one",
-        Some("1"),
-        ImageFormat::Oci,
-        &Platform::linux_amd64(),
-        &[layer],
-        &[],
-    );
     let dir = tempfile::tempdir().expect("tempdir");
-    let bundle = dir.path().join("b.tar.zst");
-    let out = run_airlock(
-        [
-            "export",
-            "-q",
-            &format!("{}/big/one:1", src.host()),
-            "-o",
-            bundle.to_str().expect("utf8"),
-        ],
-        &[],
-        None,
-    );
-    assert_success(&out, "export");
+    let (bundle, layer_digest) = one_layer_bundle(dir.path(), "big/one", 7, 3 * 1024 * 1024);
     // Intact, the layer is served whole.
     {
         let intact = Served::start(&[&bundle], &["-q"]);
@@ -634,31 +642,8 @@ fn podman_pulls_every_image_from_serve() {
 /// whole, and ranges that cross frame boundaries come back exact.
 #[test]
 fn blobs_spanning_several_frames_are_served_whole_and_by_range() {
-    let src = TestRegistry::start(RegistryOpts::plain());
-    let layer = random_layer(11, 40 * 1024 * 1024, false);
-    let layer_digest = layer.digest();
-    src.client().push_image(
-        "big/frames",
-        Some("1"),
-        ImageFormat::Oci,
-        &Platform::linux_amd64(),
-        &[layer],
-        &[],
-    );
     let dir = tempfile::tempdir().expect("tempdir");
-    let bundle = dir.path().join("b.tar.zst");
-    let out = run_airlock(
-        [
-            "export",
-            "-q",
-            &format!("{}/big/frames:1", src.host()),
-            "-o",
-            bundle.to_str().expect("utf8"),
-        ],
-        &[],
-        None,
-    );
-    assert_success(&out, "export");
+    let (bundle, layer_digest) = one_layer_bundle(dir.path(), "big/frames", 11, 40 * 1024 * 1024);
     let served = Served::start(&[&bundle], &["-q"]);
     let raw = served.raw();
     let path = format!("/v2/big/frames/blobs/{layer_digest}");
