@@ -11,6 +11,7 @@ use crate::error::{Error, Result};
 use crate::manifest::{self, Kind};
 use crate::progress::Reporter;
 use crate::registry::{Manifest, MountResult, Registry};
+use crate::store::Sink;
 use crate::store::Source;
 use futures_util::stream::{self, StreamExt};
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -218,14 +219,14 @@ struct Counters {
 /// there, its manifests children-first and the tag last. Failures are collected per image.
 pub async fn push(
     source: Arc<dyn Source>,
-    target: Arc<Registry>,
+    target: Arc<dyn Sink>,
     images: Vec<TargetImage>,
     jobs: usize,
     reporter: Reporter,
 ) -> Result<PushReport> {
     let counters = Arc::new(Counters::default());
     let needs = needs_of(source.as_ref(), &images, target.name());
-    let found = Arc::new(check_external(source.as_ref(), &target, &needs, jobs).await?);
+    let found = Arc::new(check_external(source.as_ref(), target.as_ref(), &needs, jobs).await?);
     // Failures per (blob, repository): a repository the registry refuses (a missing project)
     // fails its own images, not every image that shares a layer with it.
     let failed_blobs: Arc<Mutex<HashMap<(Digest, String), String>>> = Arc::default();
@@ -239,8 +240,15 @@ pub async fn push(
             let found = found.clone();
             async move {
                 let known = found.get(&need.digest).copied();
-                let failures =
-                    place_blob(source.as_ref(), &target, &need, known, &counters, &reporter).await;
+                let failures = place_blob(
+                    source.as_ref(),
+                    target.as_ref(),
+                    &need,
+                    known,
+                    &counters,
+                    &reporter,
+                )
+                .await;
                 if let Ok(mut f) = failed.lock() {
                     for (repo, e) in failures {
                         f.insert((need.digest.clone(), repo), e.to_string());
@@ -282,7 +290,7 @@ pub async fn push(
                 }
                 push_group(
                     source.as_ref(),
-                    &target,
+                    target.as_ref(),
                     &group,
                     &written,
                     &counters,
@@ -372,7 +380,7 @@ pub struct PlannedImage {
 /// Plans a push of `images` from `source` into `target` (see [`PushPlan`]).
 pub async fn plan(
     source: &dyn Source,
-    target: &Registry,
+    target: &dyn Sink,
     images: &[TargetImage],
     jobs: usize,
 ) -> Result<PushPlan> {
@@ -381,8 +389,7 @@ pub async fn plan(
         .map(|(i, n)| async move {
             let mut have = Vec::new();
             for repo in &n.repos {
-                let scope = crate::registry::Scope::push(repo);
-                have.push(target.blob_exists(repo, &n.digest, &scope).await?.is_some());
+                have.push(target.has_blob(repo, &n.digest).await?);
             }
             Ok((i, have))
         })
@@ -445,7 +452,7 @@ struct Need {
 /// there instead of asking again.
 async fn check_external(
     source: &dyn Source,
-    target: &Registry,
+    target: &dyn Sink,
     needs: &[Need],
     jobs: usize,
 ) -> Result<HashMap<Digest, usize>> {
@@ -453,8 +460,7 @@ async fn check_external(
     let checks: Vec<Result<Check>> = stream::iter(needs.iter().filter(|n| n.external))
         .map(|n| async move {
             for (i, repo) in n.repos.iter().enumerate() {
-                let scope = crate::registry::Scope::push(repo);
-                if target.blob_exists(repo, &n.digest, &scope).await?.is_some() {
+                if target.has_blob(repo, &n.digest).await? {
                     return Ok(Ok((n.digest.clone(), i)));
                 }
             }
@@ -490,7 +496,7 @@ async fn check_external(
 /// asked again.
 async fn place_blob(
     source: &dyn Source,
-    target: &Arc<Registry>,
+    target: &dyn Sink,
     need: &Need,
     known: Option<usize>,
     counters: &Counters,
@@ -542,7 +548,7 @@ async fn place_blob(
 #[allow(clippy::too_many_arguments)]
 async fn place_in(
     source: &dyn Source,
-    target: &Registry,
+    target: &dyn Sink,
     need: &Need,
     repo: &str,
     present: Option<bool>,
@@ -553,10 +559,7 @@ async fn place_in(
     let (digest, size) = (&need.digest, need.size);
     let present = match present {
         Some(p) => p,
-        None => target
-            .blob_exists(repo, digest, &crate::registry::Scope::push(repo))
-            .await?
-            .is_some(),
+        None => target.has_blob(repo, digest).await?,
     };
     if present {
         counters.skipped.fetch_add(1, Ordering::Relaxed);
@@ -586,7 +589,7 @@ async fn place_in(
     }
     let blob = source.blob(digest, reporter);
     target
-        .upload_blob(repo, digest, size, blob.as_ref(), location)
+        .put_blob(repo, digest, size, blob.as_ref(), location)
         .await?;
     counters.uploaded.fetch_add(1, Ordering::Relaxed);
     counters.bytes.fetch_add(size, Ordering::Relaxed);
@@ -639,7 +642,7 @@ type ManifestsWritten = Arc<
 /// Writes `m` into `repo` under `reference` unless this run already did (or is doing) it
 /// under any reference; waits for a write in progress. True when this call wrote it.
 async fn put_once(
-    target: &Registry,
+    target: &dyn Sink,
     written: &ManifestsWritten,
     repo: &str,
     reference: &str,
@@ -680,7 +683,7 @@ async fn put_once(
 /// the root exists. A failure anywhere leaves every tag of the group unwritten.
 async fn push_group(
     source: &dyn Source,
-    target: &Registry,
+    target: &dyn Sink,
     group: &RootGroup,
     written: &ManifestsWritten,
     counters: &Counters,

@@ -1,28 +1,25 @@
-//! Getting blobs from the source registries to the bundle writer, in bundle order, with as
-//! few writes as possible: blobs up to 256 MiB go through the content-addressed cache, which
-//! a re-run reuses, fetched ahead by `--jobs` workers; larger blobs stream straight from the
-//! registry into the bundle (unless `--cache-all` sends every blob through the cache).
-//! Every byte is checked against the blob's digest and size; a cut download resumes with a
-//! `Range` request.
+//! Downloading blobs from the source registries: one blob as a stream checked against its
+//! digest and size, resumed with `Range` when the transfer is cut ([`download`]); a verified
+//! stream written into the content-addressed cache ([`to_cache`]), which a re-run reuses once
+//! each entry is checked again ([`check_cached`]); and the cache's housekeeping. Where the
+//! bytes go next is the bundle sink's business (`bundle::sink`).
 
 use crate::copy::Object;
 use crate::digest::{Digest, Verifier, VerifyingReader};
 use crate::error::{Error, IoContext, Result};
 use crate::registry::retry::Budget;
 use crate::registry::Registry;
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use futures_util::StreamExt;
-use std::collections::HashMap;
-use std::io::{self, BufReader, Read};
+use std::io::{self, BufReader};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::Arc;
 use tokio::io::AsyncWriteExt;
 
-/// Blobs larger than this are never fetched ahead into the cache: they stream into the
-/// bundle when their turn comes (writing them to disk twice would cost more than it saves).
+/// Blobs larger than this do not go through the cache: they are downloaded (in parallel
+/// parts where the registry allows) into a spool file the bundle writer reads and removes,
+/// or streamed straight into the bundle.
 pub const STREAM_THRESHOLD: u64 = 256 * 1024 * 1024;
-/// Chunks handed from a download to the writer.
-const STREAM_CHUNK: usize = 256 * 1024;
 
 /// The size above which blobs stream: `AIRLOCK_STREAM_OVER` (K/M/G suffixes) or 256 MiB.
 pub fn stream_threshold() -> u64 {
@@ -31,34 +28,11 @@ pub fn stream_threshold() -> u64 {
         .unwrap_or(STREAM_THRESHOLD)
 }
 
-#[derive(Debug)]
-enum Slot {
-    Pending,
-    /// In the cache from an earlier run, with the right size: checked against its digest
-    /// before it is used (a damaged entry is removed and fetched again).
-    Unverified(PathBuf),
-    Prefetching,
-    Ready {
-        path: PathBuf,
-        hit: bool,
-    },
-    Failed(String),
-    Streaming,
-    /// A prefetch worker is checking a cache entry.
-    Checking,
-}
-
-/// What a prefetch worker took on.
-enum Claim {
-    Fetch(Object),
-    Check(Object, PathBuf),
-}
-
 /// Whether a cache entry from an earlier run still holds exactly `o`; a damaged one is
 /// removed (and then fetched again, like a missing one).
-async fn check_cached(path: &Path, o: &Object) -> bool {
+pub async fn check_cached(path: &Path, digest: &Digest, size: u64) -> bool {
     let p = path.to_path_buf();
-    let (digest, size) = (o.digest.clone(), o.size);
+    let digest = digest.clone();
     let intact = tokio::task::spawn_blocking(move || {
         let f = std::fs::File::open(&p)?;
         let mut r = VerifyingReader::new(BufReader::with_capacity(1 << 20, &f), &digest, size);
@@ -121,316 +95,8 @@ fn process_alive(pid: u32) -> bool {
     r == 0 || io::Error::last_os_error().raw_os_error() != Some(libc::ESRCH)
 }
 
-struct State {
-    slots: HashMap<Digest, Slot>,
-    /// Remote objects in bundle order.
-    order: Vec<Object>,
-    /// Index in `order` of the blob the writer works on.
-    writer_at: usize,
-}
-
-/// Where the writer reads a blob from.
-pub enum Source {
-    /// A verified file in the cache (`hit`: it was there before this run).
-    Cached { path: PathBuf, hit: bool },
-    /// A download in progress.
-    Stream(StreamReader),
-}
-
-pub struct Supply {
-    state: Mutex<State>,
-    ready: Condvar,
-    progress: tokio::sync::Notify,
-    clients: HashMap<String, Arc<Registry>>,
-    cache: PathBuf,
-    handle: tokio::runtime::Handle,
-    window: usize,
-    /// Blobs larger than this stream into the bundle instead of going through the cache.
-    stream_over: u64,
-}
-
-impl Supply {
-    /// Prepares the supply for `objects` (inline manifests are ignored); blobs already in the
-    /// cache with the right size are taken from there once their digest checks out.
-    pub fn new(
-        objects: &[Object],
-        clients: HashMap<String, Arc<Registry>>,
-        cache: &Path,
-        jobs: usize,
-        cache_all: bool,
-    ) -> Arc<Supply> {
-        let order: Vec<Object> = objects
-            .iter()
-            .filter(|o| o.inline.is_none())
-            .cloned()
-            .collect();
-        let mut slots = HashMap::new();
-        for o in &order {
-            let path = cache_path(cache, &o.digest);
-            let hit = std::fs::metadata(&path)
-                .map(|m| m.len() == o.size)
-                .unwrap_or(false);
-            slots.insert(
-                o.digest.clone(),
-                if hit {
-                    Slot::Unverified(path)
-                } else {
-                    Slot::Pending
-                },
-            );
-        }
-        Arc::new(Supply {
-            state: Mutex::new(State {
-                slots,
-                order,
-                writer_at: 0,
-            }),
-            ready: Condvar::new(),
-            progress: tokio::sync::Notify::new(),
-            clients,
-            cache: cache.to_path_buf(),
-            handle: tokio::runtime::Handle::current(),
-            window: (jobs * 4).max(16),
-            stream_over: if cache_all {
-                u64::MAX
-            } else {
-                stream_threshold()
-            },
-        })
-    }
-
-    /// Starts `workers` tasks that fetch small blobs ahead of the writer into the cache.
-    pub fn start_prefetch(self: &Arc<Self>, workers: usize) -> Vec<tokio::task::JoinHandle<()>> {
-        (0..workers)
-            .map(|_| {
-                let me = self.clone();
-                tokio::spawn(async move { me.prefetch_worker().await })
-            })
-            .collect()
-    }
-
-    /// The next small pending blob (or cache entry to check) within the window ahead of the
-    /// writer, marked as taken.
-    fn claim_next(&self) -> Option<Option<Claim>> {
-        let mut st = self.state.lock().ok()?;
-        let limit = (st.writer_at + self.window).min(st.order.len());
-        let start = st.writer_at.min(limit);
-        if start >= st.order.len() {
-            return None; // the writer is past everything: nothing left to do
-        }
-        let pick = st.order[start..limit]
-            .iter()
-            .find(|o| match st.slots.get(&o.digest) {
-                Some(Slot::Pending) => o.size <= self.stream_over,
-                Some(Slot::Unverified(_)) => true,
-                _ => false,
-            })
-            .cloned();
-        if let Some(o) = &pick {
-            if let Some(Slot::Unverified(path)) = st.slots.get(&o.digest) {
-                let path = path.clone();
-                st.slots.insert(o.digest.clone(), Slot::Checking);
-                return Some(Some(Claim::Check(o.clone(), path)));
-            }
-            st.slots.insert(o.digest.clone(), Slot::Prefetching);
-        }
-        Some(pick.map(Claim::Fetch))
-    }
-
-    async fn prefetch_worker(self: Arc<Self>) {
-        loop {
-            // Register for progress before looking, so a wake-up between the two is not lost.
-            let notified = self.progress.notified();
-            let o = match self.claim_next() {
-                None => return,
-                Some(None) => {
-                    notified.await;
-                    continue;
-                }
-                Some(Some(Claim::Fetch(o))) => o,
-                Some(Some(Claim::Check(o, path))) => {
-                    let intact = check_cached(&path, &o).await;
-                    if let Ok(mut st) = self.state.lock() {
-                        let slot = if intact {
-                            Slot::Ready { path, hit: true }
-                        } else {
-                            Slot::Pending
-                        };
-                        st.slots.insert(o.digest.clone(), slot);
-                    }
-                    self.ready.notify_all();
-                    self.progress.notify_waiters();
-                    continue;
-                }
-            };
-            let result = match self.clients.get(&o.registry) {
-                Some(reg) => fetch_to_cache(reg, &o, &self.cache).await,
-                None => Err(Error::Failed(format!("no registry for blob {}", o.digest))),
-            };
-            if let Ok(mut st) = self.state.lock() {
-                let slot = match result {
-                    Ok(path) => Slot::Ready { path, hit: false },
-                    Err(e) => Slot::Failed(e.to_string()),
-                };
-                st.slots.insert(o.digest.clone(), slot);
-            }
-            self.ready.notify_all();
-        }
-    }
-
-    /// Blocks until the writer can read `o` (call from a blocking thread, in bundle order).
-    pub fn take(&self, o: &Object) -> Result<Source> {
-        let mut st = self
-            .state
-            .lock()
-            .map_err(|_| Error::Failed("blob supply poisoned".into()))?;
-        if let Some(i) = st.order.iter().position(|x| x.digest == o.digest) {
-            st.writer_at = i;
-        }
-        self.progress.notify_waiters();
-        loop {
-            match st.slots.get(&o.digest) {
-                Some(Slot::Ready { path, hit }) => {
-                    return Ok(Source::Cached {
-                        path: path.clone(),
-                        hit: *hit,
-                    })
-                }
-                Some(Slot::Failed(e)) => return Err(Error::Failed(e.clone())),
-                Some(Slot::Unverified(path)) => {
-                    let path = path.clone();
-                    st.slots.insert(o.digest.clone(), Slot::Checking);
-                    drop(st);
-                    let intact = self.handle.block_on(check_cached(&path, o));
-                    st = self
-                        .state
-                        .lock()
-                        .map_err(|_| Error::Failed("blob supply poisoned".into()))?;
-                    let slot = if intact {
-                        Slot::Ready { path, hit: true }
-                    } else {
-                        Slot::Pending
-                    };
-                    st.slots.insert(o.digest.clone(), slot);
-                }
-                Some(Slot::Prefetching) | Some(Slot::Checking) => {
-                    st = self
-                        .ready
-                        .wait(st)
-                        .map_err(|_| Error::Failed("blob supply poisoned".into()))?;
-                }
-                Some(Slot::Pending) if o.size <= self.stream_over => {
-                    // Nobody fetched it yet, and it is small enough for the cache: fetch it
-                    // into the cache here, so a re-run finds it.
-                    st.slots.insert(o.digest.clone(), Slot::Prefetching);
-                    drop(st);
-                    let result = match self.clients.get(&o.registry) {
-                        Some(reg) => self.handle.block_on(fetch_to_cache(reg, o, &self.cache)),
-                        None => Err(Error::Failed(format!("no registry for blob {}", o.digest))),
-                    };
-                    st = self
-                        .state
-                        .lock()
-                        .map_err(|_| Error::Failed("blob supply poisoned".into()))?;
-                    let slot = match result {
-                        Ok(path) => Slot::Ready { path, hit: false },
-                        Err(e) => Slot::Failed(e.to_string()),
-                    };
-                    st.slots.insert(o.digest.clone(), slot);
-                }
-                Some(Slot::Pending) => {
-                    st.slots.insert(o.digest.clone(), Slot::Streaming);
-                    break;
-                }
-                Some(Slot::Streaming) | None => {
-                    return Err(Error::Failed(format!("blob {} requested twice", o.digest)))
-                }
-            }
-        }
-        drop(st);
-        let reg = self
-            .clients
-            .get(&o.registry)
-            .cloned()
-            .ok_or_else(|| Error::Failed(format!("no registry for blob {}", o.digest)))?;
-        let (tx, rx) = tokio::sync::mpsc::channel(8);
-        let obj = o.clone();
-        self.handle.spawn(async move { pump(&reg, &obj, tx).await });
-        Ok(Source::Stream(StreamReader {
-            rx,
-            current: Bytes::new(),
-            done: false,
-            what: format!("blob {} from {}/{}", o.digest, o.registry, o.repo),
-        }))
-    }
-
-    /// Stops the prefetchers (the writer is done or failed).
-    pub fn finish(&self) {
-        if let Ok(mut st) = self.state.lock() {
-            st.writer_at = st.order.len();
-        }
-        self.progress.notify_waiters();
-    }
-}
-
-/// Opens a source as a reader that fails unless the content matches digest and size. A
-/// cached file is hashed as it is read; a stream was hashed by its download.
-pub fn open(source: Source, o: &Object) -> Result<Box<dyn Read + Send>> {
-    Ok(match source {
-        Source::Cached { path, .. } => {
-            let f = std::fs::File::open(&path).ctx(|| format!("opening {}", path.display()))?;
-            Box::new(VerifyingReader::new(
-                BufReader::with_capacity(1 << 20, f),
-                &o.digest,
-                o.size,
-            ))
-        }
-        Source::Stream(s) => Box::new(s),
-    })
-}
-
 pub fn cache_path(cache: &Path, d: &Digest) -> PathBuf {
     cache.join("blobs/sha256").join(d.hex())
-}
-
-enum Msg {
-    Data(Bytes),
-    /// Everything was sent and matched the digest and size.
-    Done,
-    Fail(String),
-}
-
-/// The writer's end of a streaming download.
-pub struct StreamReader {
-    rx: tokio::sync::mpsc::Receiver<Msg>,
-    current: Bytes,
-    done: bool,
-    what: String,
-}
-
-impl Read for StreamReader {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        while self.current.is_empty() {
-            if self.done {
-                return Ok(0);
-            }
-            match self.rx.blocking_recv() {
-                Some(Msg::Data(b)) => self.current = b,
-                Some(Msg::Done) => self.done = true,
-                Some(Msg::Fail(e)) => return Err(io::Error::new(io::ErrorKind::InvalidData, e)),
-                None => {
-                    return Err(io::Error::other(format!(
-                        "{}: the download ended unexpectedly",
-                        self.what
-                    )))
-                }
-            }
-        }
-        let n = buf.len().min(self.current.len());
-        buf[..n].copy_from_slice(&self.current[..n]);
-        self.current = self.current.slice(n..);
-        Ok(n)
-    }
 }
 
 /// What a download step gave.
@@ -560,83 +226,55 @@ pub fn download(
         .boxed()
 }
 
-/// Downloads a blob into a channel for the writer. Bytes already handed over cannot be taken
-/// back, so a registry that cannot resume a cut transfer is an error here.
-async fn pump(reg: &Registry, o: &Object, tx: tokio::sync::mpsc::Sender<Msg>) {
-    let mut dl = Download::new(reg, o);
-    let mut buf = BytesMut::with_capacity(STREAM_CHUNK);
-    let mut sent = false;
-    loop {
-        let msg = match dl.next().await {
-            Ok(Step::Data(c)) => {
-                buf.extend_from_slice(&c);
-                if buf.len() < STREAM_CHUNK {
-                    continue;
-                }
-                sent = true;
-                Msg::Data(buf.split().freeze())
-            }
-            Ok(Step::Restarted) if !sent => {
-                buf.clear();
-                continue;
-            }
-            Ok(Step::Restarted) => Msg::Fail(format!(
-                "{}: the download was cut and the registry cannot resume it (no Range support)",
-                dl.what
-            )),
-            Ok(Step::End) => {
-                if !buf.is_empty() && tx.send(Msg::Data(buf.split().freeze())).await.is_err() {
-                    return;
-                }
-                Msg::Done
-            }
-            Err(e) => Msg::Fail(e.to_string()),
-        };
-        let last = !matches!(msg, Msg::Data(_));
-        if tx.send(msg).await.is_err() || last {
-            return; // the writer gave up, or we are done
-        }
-    }
-}
-
-/// Downloads a blob into the cache; verifies digest and size before renaming it into place.
-pub async fn fetch_to_cache(reg: &Registry, o: &Object, cache: &Path) -> Result<PathBuf> {
-    let dest = cache_path(cache, &o.digest);
+/// Writes a blob's verified stream (a `BlobSource`'s, which ends in an error when the content
+/// does not match) into the cache: into `tmp/` first, renamed into place once complete.
+pub async fn to_cache(
+    mut body: futures_util::stream::BoxStream<'static, Result<Bytes>>,
+    digest: &Digest,
+    size: u64,
+    cache: &Path,
+) -> Result<PathBuf> {
+    let dest = cache_path(cache, digest);
     let tmp = cache
         .join("tmp")
-        .join(format!("{}.{}", o.digest.hex(), std::process::id()));
+        .join(format!("{}.{}", digest.hex(), std::process::id()));
     // Listed for removal on SIGINT/SIGTERM until it is renamed into the cache.
-    let create = || async {
-        crate::cleanup::create(&tmp)
-            .map(tokio::fs::File::from_std)
-            .ctx(|| format!("creating {}", tmp.display()))
-    };
-    let mut file = create().await?;
-    let mut dl = Download::new(reg, o);
-    let result: Result<()> = async {
-        loop {
-            match dl.next().await? {
-                Step::Data(c) => file
-                    .write_all(&c)
-                    .await
-                    .ctx(|| format!("writing {}", tmp.display()))?,
-                Step::Restarted => file = create().await?,
-                Step::End => break,
-            }
+    let mut file = crate::cleanup::create(&tmp)
+        .map(tokio::fs::File::from_std)
+        .ctx(|| format!("creating {}", tmp.display()))?;
+    let result: Result<u64> = async {
+        let mut written = 0u64;
+        while let Some(chunk) = body.next().await {
+            let chunk = chunk?;
+            written += chunk.len() as u64;
+            file.write_all(&chunk)
+                .await
+                .ctx(|| format!("writing {}", tmp.display()))?;
         }
         file.flush()
             .await
-            .ctx(|| format!("writing {}", tmp.display()))
+            .ctx(|| format!("writing {}", tmp.display()))?;
+        Ok(written)
     }
     .await;
     drop(file);
-    if let Err(e) = result {
-        crate::cleanup::remove(&tmp);
-        return Err(e);
+    match result {
+        Ok(n) if n == size => {}
+        Ok(n) => {
+            crate::cleanup::remove(&tmp);
+            return Err(Error::Integrity {
+                what: format!("blob {digest}"),
+                detail: format!("{n} bytes arrived, {size} expected"),
+            });
+        }
+        Err(e) => {
+            crate::cleanup::remove(&tmp);
+            return Err(e);
+        }
     }
     if let Err(e) = crate::cleanup::rename(&tmp, &dest) {
         crate::cleanup::remove(&tmp);
-        return Err(Error::io(format!("moving {} into the cache", o.digest), e));
+        return Err(Error::io(format!("moving {digest} into the cache"), e));
     }
     Ok(dest)
 }

@@ -1,14 +1,17 @@
-//! Where a push reads images from: the [`Source`] trait, implemented by a bundle (`import`)
-//! and by source registries (`copy`). The copy engine (`copy::push`) needs only this: what an
-//! object is, a manifest's exact bytes, and a re-readable blob stream checked against its
-//! digest. The target side is the registry client.
+//! The two ends of the copy engine (`copy::push`). A [`Source`] is what images are read from:
+//! a bundle (`import`) or the source registries (`copy`, `export`); the engine needs only what
+//! an object is, a manifest's exact bytes, and a re-readable blob stream checked against its
+//! digest. A [`Sink`] is where they go: a registry (`import`, `copy`) or a bundle being written
+//! (`export`, see `bundle_sink`); the engine asks it whether it has a blob, mounts, puts blobs
+//! and writes manifests and tags.
 
 use crate::bundle::Bundle;
 use crate::copy::Object;
 use crate::digest::Digest;
 use crate::error::{Error, Result};
 use crate::progress::Reporter;
-use crate::registry::{BlobSource, Registry, MAX_MANIFEST_SIZE};
+use crate::registry::retry::Budget;
+use crate::registry::{BlobSource, Manifest, MountResult, PartSource, Registry, MAX_MANIFEST_SIZE};
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
 use futures_util::stream::{self, BoxStream, StreamExt};
@@ -42,6 +45,82 @@ pub trait Source: Send + Sync {
     fn manifest<'a>(&'a self, d: &'a Digest) -> BoxFuture<'a, Result<Vec<u8>>>;
     /// A blob as an upload source; `reporter`'s bar moves with its bytes.
     fn blob(&self, d: &Digest, reporter: &Reporter) -> Box<dyn BlobSource>;
+}
+
+/// Where a push writes. Repositories are the target's (a bundle has one namespace and
+/// ignores them); a blob is put once per repository that needs it, mounted into the others.
+pub trait Sink: Send + Sync {
+    /// The registry's name or the bundle's path, for messages.
+    fn name(&self) -> &str;
+    /// Whether `repo` has the blob already.
+    fn has_blob<'a>(&'a self, repo: &'a str, d: &'a Digest) -> BoxFuture<'a, Result<bool>>;
+    /// Makes a blob that `from` has present in `repo` without sending it.
+    fn mount_blob<'a>(
+        &'a self,
+        repo: &'a str,
+        d: &'a Digest,
+        from: &'a str,
+    ) -> BoxFuture<'a, Result<MountResult>>;
+    /// Stores a blob read from `src` (checked against `d` and `size` as it streams);
+    /// `session` is an upload a refused mount opened.
+    fn put_blob<'a>(
+        &'a self,
+        repo: &'a str,
+        d: &'a Digest,
+        size: u64,
+        src: &'a dyn BlobSource,
+        session: Option<reqwest::Url>,
+    ) -> BoxFuture<'a, Result<()>>;
+    /// Writes a manifest under `reference` (a digest, or the tag: the engine writes tags last,
+    /// once everything beneath them is there).
+    fn put_manifest<'a>(
+        &'a self,
+        repo: &'a str,
+        reference: &'a str,
+        m: &'a Manifest,
+    ) -> BoxFuture<'a, Result<()>>;
+}
+
+impl Sink for Registry {
+    fn name(&self) -> &str {
+        Registry::name(self)
+    }
+
+    fn has_blob<'a>(&'a self, repo: &'a str, d: &'a Digest) -> BoxFuture<'a, Result<bool>> {
+        Box::pin(async move {
+            let scope = crate::registry::Scope::push(repo);
+            Ok(self.blob_exists(repo, d, &scope).await?.is_some())
+        })
+    }
+
+    fn mount_blob<'a>(
+        &'a self,
+        repo: &'a str,
+        d: &'a Digest,
+        from: &'a str,
+    ) -> BoxFuture<'a, Result<MountResult>> {
+        Box::pin(Registry::mount_blob(self, repo, d, from))
+    }
+
+    fn put_blob<'a>(
+        &'a self,
+        repo: &'a str,
+        d: &'a Digest,
+        size: u64,
+        src: &'a dyn BlobSource,
+        session: Option<reqwest::Url>,
+    ) -> BoxFuture<'a, Result<()>> {
+        Box::pin(self.upload_blob(repo, d, size, src, session))
+    }
+
+    fn put_manifest<'a>(
+        &'a self,
+        repo: &'a str,
+        reference: &'a str,
+        m: &'a Manifest,
+    ) -> BoxFuture<'a, Result<()>> {
+        Box::pin(Registry::put_manifest(self, repo, reference, m))
+    }
 }
 
 impl Source for Arc<Bundle> {
@@ -259,5 +338,36 @@ impl BlobSource for RegistryBlob {
                 r
             })
             .boxed())
+    }
+
+    fn parts(&self) -> Option<Arc<dyn PartSource>> {
+        let o = self.object.clone()?;
+        let reg = self.clients.get(&o.registry).cloned()?;
+        Some(Arc::new(RegistryParts { reg, object: o }))
+    }
+}
+
+/// Ranged reads of one blob at its source registry.
+struct RegistryParts {
+    reg: Arc<Registry>,
+    object: Object,
+}
+
+impl PartSource for RegistryParts {
+    fn open_part(
+        &self,
+        start: u64,
+        end: u64,
+    ) -> BoxFuture<'static, Result<Option<BoxStream<'static, std::io::Result<Bytes>>>>> {
+        let reg = self.reg.clone();
+        let o = self.object.clone();
+        Box::pin(async move {
+            let mut budget = Budget::new(reg.retry_policy());
+            let dl = reg
+                .get_blob_part(&o.repo, &o.digest, start, end, &mut budget)
+                .await
+                .map_err(|e| e.about(&format!("blob {} of {}/{}", o.digest, o.registry, o.repo)))?;
+            Ok(dl.map(|d| d.body))
+        })
     }
 }

@@ -480,3 +480,143 @@ fn tags_sharing_manifests_import_completely_ten_times_with_eight_jobs() {
         failures.join("\n")
     );
 }
+
+/// The big layer's digest in a pushed single-layer image (its largest blob).
+fn big_layer_digest(reg: &TestRegistry, m: &PushedManifest) -> String {
+    let v: serde_json::Value = serde_json::from_slice(&m.bytes).expect("manifest json");
+    let layers = v["layers"].as_array().expect("layers");
+    let d = layers[0]["digest"].as_str().expect("digest").to_string();
+    assert!(reg.blob_exists("net/big", &d));
+    d
+}
+
+/// `GET` requests for `digest` in a proxy's log, with their `Range` (None when whole).
+fn blob_gets(log: &[String], digest: &str) -> Vec<Option<String>> {
+    log.iter()
+        .filter(|l| l.starts_with("GET ") && l.contains(&format!("/blobs/{digest}")))
+        .map(|l| {
+            l.split_once(" range=")
+                .map(|(_, r)| r.split(" -> ").next().unwrap_or_default().to_string())
+        })
+        .collect()
+}
+
+#[test]
+fn a_large_blob_is_fetched_in_parallel_ranges_resumed_when_cut_and_streamed_when_ranges_are_ignored(
+) {
+    // 80 MiB counts as large here (AIRLOCK_STREAM_OVER=1M): three 32 MiB-ish parts at -j 4.
+    const SIZE: usize = 80 * MIB;
+    let src = TestRegistry::start(RegistryOpts::plain());
+    let big = push_big_image(&src, SIZE);
+    let layer = big_layer_digest(&src, &big);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cache = dir.path().join("cache");
+    let env = [
+        ("AIRLOCK_STREAM_OVER", "1M"),
+        ("AIRLOCK_CACHE_DIR", path_str(&cache)),
+        ("SOURCE_DATE_EPOCH", "1700000000"),
+    ];
+    let export = |host: &str, name: &str| {
+        let bundle = dir.path().join(name);
+        let out = run_airlock(
+            [
+                "export",
+                &format!("{host}/net/big:1"),
+                "-o",
+                path_str(&bundle),
+                "--plain-http",
+                "-j",
+                "4",
+            ],
+            &env,
+            None,
+        );
+        (bundle, out)
+    };
+    let check = |bundle: &Path, what: &str| {
+        let out = run_airlock(["verify", path_str(bundle)], &[], None);
+        assert_success(&out, &format!("verify: {what}"));
+        let dst = TestRegistry::start(RegistryOpts::plain());
+        let out = run_airlock(
+            [
+                "import",
+                path_str(bundle),
+                "--registry",
+                &dst.host(),
+                "--plain-http",
+            ],
+            &[],
+            None,
+        );
+        assert_success(&out, &format!("import: {what}"));
+        assert_eq!(skopeo_digest(&dst, "net/big:1"), big.digest, "{what}");
+        let leftovers: Vec<_> = std::fs::read_dir(cache.join("tmp"))
+            .map(|d| d.flatten().map(|e| e.file_name()).collect())
+            .unwrap_or_default();
+        assert!(
+            leftovers.is_empty(),
+            "{what}: spool files left: {leftovers:?}"
+        );
+        let cached = std::fs::metadata(cache.join("blobs/sha256").join(&layer[7..])).is_ok();
+        assert!(
+            !cached,
+            "{what}: a large blob does not go through the cache"
+        );
+    };
+
+    // Parallel parts: several ranged GETs of the one blob, covering it from byte 0.
+    let proxy = FaultProxy::for_registry(&src, FaultPlan::none());
+    let (a, out) = export(&proxy.host(), "a.tar.zst");
+    assert_success(&out, "export in parallel parts");
+    let gets = blob_gets(&proxy.request_log(), &layer);
+    let ranges: Vec<&String> = gets.iter().flatten().collect();
+    assert!(
+        ranges.len() >= 3 && ranges.iter().any(|r| r.starts_with("bytes=0-")),
+        "expected at least three ranged GETs of {layer}: {gets:?}"
+    );
+    check(&a, "parallel parts");
+
+    // A part cut in the middle resumes from where it stopped, not from its start.
+    let proxy = FaultProxy::for_registry(
+        &src,
+        FaultPlan::new(
+            Fault::TruncateBody {
+                after_bytes: 5 * MIB,
+            },
+            2,
+        )
+        .method("GET")
+        .path_contains(&format!("/blobs/{layer}")),
+    );
+    let (b, out) = export(&proxy.host(), "b.tar.zst");
+    assert_success(&out, "export through cut parts");
+    assert_eq!(proxy.faults_injected(), 2);
+    let gets = blob_gets(&proxy.request_log(), &layer);
+    assert!(gets.len() >= 5, "three parts and two resumes: {gets:?}");
+    check(&b, "cut parts");
+
+    // A registry that ignores Range sends the whole blob: it streams into the bundle instead.
+    let proxy = FaultProxy::for_registry(
+        &src,
+        FaultPlan::new(Fault::DropRange, usize::MAX)
+            .method("GET")
+            .path_contains("/blobs/"),
+    );
+    let (c, out) = export(&proxy.host(), "c.tar.zst");
+    assert_success(&out, "export from a registry that ignores Range");
+    assert!(
+        proxy
+            .request_log()
+            .iter()
+            .any(|l| l.contains(&layer) && l.ends_with("range-dropped")),
+        "{:#?}",
+        proxy.request_log()
+    );
+    check(&c, "ranges ignored");
+    // Same bytes whichever way the blob came.
+    assert_eq!(
+        std::fs::read(&a).expect("a"),
+        std::fs::read(&c).expect("c"),
+        "the bundle does not depend on how its blobs were fetched"
+    );
+}

@@ -4,6 +4,7 @@
 
 pub mod model;
 pub mod reader;
+pub mod sink;
 pub mod volumes;
 pub mod writer;
 

@@ -215,7 +215,7 @@ pub async fn run(args: ImportArgs) -> Result<()> {
         let plan = copy::plan(source.as_ref(), &target, &targets, args.out.jobs as usize).await?;
         return show_plan(&plan, &registry, args.out.json);
     }
-    let target = Arc::new(target);
+    let target: Arc<dyn crate::store::Sink> = Arc::new(target);
     reporter.info(format!(
         "importing {} images ({}) from {} into {registry}",
         targets.len(),

@@ -39,11 +39,15 @@ impl Registry {
         repo: &str,
         digest: &Digest,
         offset: u64,
+        end: Option<u64>,
         budget: &mut Budget,
     ) -> Result<Response> {
         let url = self.url(&format!("v2/{repo}/blobs/{digest}"))?;
         let scope = Scope::pull(repo);
-        let range = (offset > 0).then(|| format!("bytes={offset}-"));
+        let range = match end {
+            Some(end) => Some(format!("bytes={offset}-{}", end.saturating_sub(1))),
+            None => (offset > 0).then(|| format!("bytes={offset}-")),
+        };
         let build = |u: &Url| {
             let mut r = self.http.request(method.clone(), u.clone());
             if let Some(v) = &range {
@@ -132,7 +136,7 @@ impl Registry {
         budget: &mut Budget,
     ) -> Result<BlobDownload> {
         let resp = self
-            .blob_request(Method::GET, repo, digest, offset, budget)
+            .blob_request(Method::GET, repo, digest, offset, None, budget)
             .await?;
         let start = match resp.status() {
             StatusCode::PARTIAL_CONTENT if offset > 0 => offset,
@@ -147,6 +151,47 @@ impl Registry {
             body: idle_body(resp, self.retry.idle_timeout),
             start,
         })
+    }
+}
+
+impl Registry {
+    /// Starts a download of bytes `start..end` of a blob (for parallel parts of one large
+    /// blob). `None` when the registry ignored the `Range` and would send the whole blob: the
+    /// caller then reads it in one piece. The bytes are not checked here: the caller checks the
+    /// whole blob against its digest.
+    pub async fn get_blob_part(
+        &self,
+        repo: &str,
+        digest: &Digest,
+        start: u64,
+        end: u64,
+        budget: &mut Budget,
+    ) -> Result<Option<BlobDownload>> {
+        let resp = self
+            .blob_request(Method::GET, repo, digest, start, Some(end), budget)
+            .await?;
+        match resp.status() {
+            StatusCode::PARTIAL_CONTENT => {
+                // The answer must be exactly the range asked for.
+                let want = format!("bytes {start}-{}/", end.saturating_sub(1));
+                let range_ok = resp
+                    .headers()
+                    .get(reqwest::header::CONTENT_RANGE)
+                    .and_then(|v| v.to_str().ok())
+                    .is_some_and(|v| v.starts_with(&want));
+                if !range_ok {
+                    return Ok(None);
+                }
+                Ok(Some(BlobDownload {
+                    body: idle_body(resp, self.retry.idle_timeout),
+                    start,
+                }))
+            }
+            StatusCode::OK => Ok(None),
+            _ => Err(self
+                .unexpected(&format!("blob {digest} in {}/{repo}", self.name), resp)
+                .await),
+        }
     }
 }
 

@@ -31,7 +31,7 @@ use transport::{read_limited, send_watched, Activity};
 pub use blobs::BlobDownload;
 pub use retry::RetryPolicy;
 pub use transport::TlsOptions;
-pub use upload::{BlobSource, MountResult};
+pub use upload::{BlobSource, MountResult, PartSource};
 
 /// Every manifest media type we accept, in `Accept` header form.
 pub const MANIFEST_ACCEPT: &str = "application/vnd.oci.image.index.v1+json, \

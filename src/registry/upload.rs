@@ -39,6 +39,26 @@ pub trait BlobSource: Send + Sync {
     /// The blob's bytes from `offset` to its end. An error in the stream is a content or
     /// local failure (digest mismatch, damaged bundle): it ends the upload, never retried.
     fn open(&self, offset: u64) -> Result<BoxStream<'static, Result<Bytes>>>;
+
+    /// Whether the blob can also be read in parts, each on a connection of its own (a source
+    /// registry that honours `Range`): the parts reader, or `None` (read it with `open`).
+    fn parts(&self) -> Option<Arc<dyn PartSource>> {
+        None
+    }
+}
+
+/// Reads parts of one blob, each on its own connection.
+pub trait PartSource: Send + Sync {
+    /// Bytes `start..end` of the blob, unchecked (the reader checks the whole blob against its
+    /// digest); `Ok(None)` when the source answers with the whole blob instead.
+    fn open_part(
+        &self,
+        start: u64,
+        end: u64,
+    ) -> futures_util::future::BoxFuture<
+        'static,
+        Result<Option<BoxStream<'static, std::io::Result<Bytes>>>>,
+    >;
 }
 
 const MODE_UNKNOWN: u8 = 0;

@@ -34,6 +34,9 @@ pub enum Fault {
     Disconnect,
     /// Forward, but cut the response after `after_bytes` bytes of its body, then close.
     TruncateBody { after_bytes: usize },
+    /// Forward without the request's `Range` header (a registry or CDN that ignores ranges
+    /// and always sends the whole blob).
+    DropRange,
 }
 
 /// Which requests get the fault: among requests matching the filters, skip the first `skip`,
@@ -202,7 +205,7 @@ impl FaultProxy {
         self.shared.injected.load(Ordering::SeqCst)
     }
 
-    /// One line per request: `METHOD PATH -> forwarded|503|429|disconnect|truncated`.
+    /// One line per request: `METHOD PATH [range=RANGE] -> forwarded|503|429|disconnect|truncated|range-dropped`.
     pub fn request_log(&self) -> Vec<String> {
         self.shared.log.lock().expect("log lock").clone()
     }
@@ -329,12 +332,22 @@ fn handle_conn(mut client: TcpStream, id: u64, sh: &ProxyShared) -> io::Result<(
         Some(Fault::TooManyRequests { .. }) => "429",
         Some(Fault::Disconnect) => "disconnect",
         Some(Fault::TruncateBody { .. }) => "truncated",
+        Some(Fault::DropRange) => "range-dropped",
     };
     if fault.is_some() && !matches!(fault, Some(Fault::TruncateBody { .. })) {
         sh.injected.fetch_add(1, Ordering::SeqCst);
     }
+    let range = head.lines().find_map(|l| {
+        let (name, value) = l.split_once(':')?;
+        name.trim()
+            .eq_ignore_ascii_case("range")
+            .then(|| value.trim().to_string())
+    });
     if let Ok(mut log) = sh.log.lock() {
-        log.push(format!("{method} {path} -> {outcome}"));
+        match &range {
+            Some(r) => log.push(format!("{method} {path} range={r} -> {outcome}")),
+            None => log.push(format!("{method} {path} -> {outcome}")),
+        }
     }
 
     let canned = |status: &str, extra: &str| -> String {
@@ -368,6 +381,7 @@ fn handle_conn(mut client: TcpStream, id: u64, sh: &ProxyShared) -> io::Result<(
         if lower.starts_with("connection:")
             || lower.starts_with("keep-alive:")
             || lower.starts_with("proxy-connection:")
+            || (fault == Some(Fault::DropRange) && lower.starts_with("range:"))
         {
             continue;
         }

@@ -4,16 +4,18 @@
 use super::inputs::rfc3339;
 use super::Contents;
 use crate::bundle::model::{BlobEntry, BundleManifest, FailedImage, ImageEntry, Layout, Member};
+use crate::bundle::sink::{BundleSink, Taken};
 use crate::bundle::{
     BundleWriter, SideFile, BUNDLE_JSON, INDEX_JSON, OCI_LAYOUT, OCI_LAYOUT_CONTENT,
 };
 use crate::config;
+use crate::copy::{self, TargetImage};
 use crate::digest::{Digest, VerifyingReader};
 use crate::error::{Error, IoContext, Result};
-use crate::fetch::{self, Source, Supply};
 use crate::progress::{human, Reporter};
 use crate::registry::Registry;
 use crate::signing::Signer;
+use crate::store::RegistryObjects;
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -174,77 +176,82 @@ pub(super) async fn write(
         None => SideFile::Remove(sig_path.clone()),
     };
 
-    // Small blobs are fetched ahead into the cache by --jobs workers; the writer takes blobs
-    // in bundle order and streams the ones nobody fetched yet straight into the bundle.
-    let supply = Supply::new(&objects, clients.clone(), &cache, jobs, cache_all);
-    struct AbortOnDrop(Vec<tokio::task::JoinHandle<()>>);
-    impl Drop for AbortOnDrop {
-        fn drop(&mut self) {
-            for t in &self.0 {
-                t.abort();
-            }
-        }
-    }
-    let _guard = AbortOnDrop(supply.start_prefetch(jobs));
+    // The engine (registries → this bundle) fetches blobs `--jobs` at a time, in bundle
+    // order; the writer thread takes each when its turn comes (see `bundle::sink`).
+    let (sink, mut inbox) = BundleSink::new(&objects, &out, &cache, cache_all, jobs);
+    let source = Arc::new(RegistryObjects::new(objects.clone(), clients));
+    let targets: Vec<TargetImage> = manifest
+        .images
+        .iter()
+        .map(|e| TargetImage {
+            entry: e.clone(),
+            repo: e.source_repository(),
+            tag: if e.tag.is_empty() {
+                e.digest.to_string()
+            } else {
+                e.tag.clone()
+            },
+        })
+        .collect();
 
     reporter.start_bar(total_size, "writing bundle");
     let bar = reporter.clone();
     let out2 = out.clone();
-    let supply2 = supply.clone();
-    let writer = tokio::task::spawn_blocking(move || -> Result<(Vec<PathBuf>, u64, u64)> {
-        let supply = supply2;
-        let result = (|| {
-            let mut w = BundleWriter::create(&out2, split, mtime)?;
-            w.append(BUNDLE_JSON, bundle_json.len() as u64, &mut &bundle_json[..])?;
-            w.append(
-                OCI_LAYOUT,
-                OCI_LAYOUT_CONTENT.len() as u64,
-                &mut &OCI_LAYOUT_CONTENT[..],
-            )?;
-            w.append(INDEX_JSON, index_json.len() as u64, &mut &index_json[..])?;
-            let (mut downloaded, mut cached) = (0u64, 0u64);
-            for o in &objects {
-                let name = o.digest.layout_path();
-                if let Some(bytes) = &o.inline {
-                    let mut r = VerifyingReader::new(&bytes[..], &o.digest, o.size);
-                    w.append(&name, o.size, &mut r)?;
-                    bar.inc(o.size);
-                    continue;
-                }
-                let source = supply.take(o)?;
-                let cached_file = match &source {
-                    Source::Cached { path, hit } => {
-                        if *hit {
-                            cached += o.size;
-                        } else {
-                            downloaded += o.size;
-                        }
-                        Some(path.clone())
-                    }
-                    Source::Stream(_) => {
-                        downloaded += o.size;
-                        None
-                    }
-                };
-                let mut r = crate::progress::Counting::new(fetch::open(source, o)?, bar.clone());
-                if let Err(e) = w.append(&name, o.size, &mut r) {
-                    // A damaged cache entry must not poison the next run.
-                    if let Some(p) = cached_file {
-                        let _ = std::fs::remove_file(&p);
-                    }
-                    return Err(e);
-                }
+    let writer = tokio::task::spawn_blocking(move || -> Result<Vec<PathBuf>> {
+        let mut w = BundleWriter::create(&out2, split, mtime)?;
+        w.append(BUNDLE_JSON, bundle_json.len() as u64, &mut &bundle_json[..])?;
+        w.append(
+            OCI_LAYOUT,
+            OCI_LAYOUT_CONTENT.len() as u64,
+            &mut &OCI_LAYOUT_CONTENT[..],
+        )?;
+        w.append(INDEX_JSON, index_json.len() as u64, &mut &index_json[..])?;
+        for o in &objects {
+            let name = o.digest.layout_path();
+            if let Some(bytes) = &o.inline {
+                let mut r = VerifyingReader::new(&bytes[..], &o.digest, o.size);
+                w.append(&name, o.size, &mut r)?;
+                bar.inc(o.size);
+                continue;
             }
-            let files = w.finish_with(std::slice::from_ref(&side))?;
-            Ok((files, downloaded, cached))
-        })();
-        supply.finish();
-        result
+            let (r, taken) = inbox.take(o)?;
+            let mut r = crate::progress::Counting::new(r, bar.clone());
+            if let Err(e) = w.append(&name, o.size, &mut r) {
+                // A damaged cache entry must not poison the next run.
+                if let Taken::Cached { path, .. } = taken {
+                    let _ = std::fs::remove_file(&path);
+                }
+                return Err(e);
+            }
+        }
+        drop(inbox);
+        w.finish_with(std::slice::from_ref(&side))
     });
+    // The engine's own messages are not an export's: it reports through the writer's bar.
+    let pushed = copy::push(
+        source,
+        sink.clone(),
+        targets,
+        jobs,
+        Reporter::new(true, false),
+    )
+    .await;
+    // Whatever the engine did not deliver fails the writer rather than leaving it waiting.
+    sink.close();
     let written = writer
         .await
         .map_err(|e| Error::Failed(format!("bundle writer: {e}")))
-        .and_then(|r| r);
+        .and_then(|r| r)
+        .and_then(|files| {
+            // The writer finished, so every blob arrived; the engine's account must agree.
+            let report = pushed?;
+            match report.images_failed.iter().next() {
+                Some((name, why)) => Err(Error::Failed(format!("{name}: {why}"))),
+                None => Ok(files),
+            }
+        });
+    let (downloaded, cached) = sink.counters();
+    let written = written.map(|files| (files, downloaded, cached));
     let (files, downloaded, cached) = match written {
         Ok(w) => w,
         Err(e) => {

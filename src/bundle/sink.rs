@@ -1,0 +1,762 @@
+//! The bundle being written, as the copy engine's sink (`export` = registries → bundle).
+//!
+//! The engine puts blobs concurrently, `--jobs` at a time, in bundle order; the writer thread
+//! takes them strictly in bundle order, each through a delivery slot of its own:
+//! - blobs up to the stream threshold are downloaded into the content-addressed cache (a
+//!   re-run finds them there and checks them again) and handed over as files;
+//! - larger blobs are downloaded in up to four parallel `Range` parts into a spool file that
+//!   the writer reads as it fills and removes once read, ahead of the writer only within a
+//!   byte budget; from a registry that ignores `Range` they stream straight into the bundle
+//!   when their turn comes.
+//!
+//! Every byte is checked against its blob's digest and size once: by the download (cache,
+//! stream) or by the writer as it reads (spool parts, which are fetched unchecked). Manifests
+//! travel inline in the objects list: the writer writes them itself, and the engine's
+//! manifest and tag writes only confirm that the bundle holds them.
+
+use crate::copy::Object;
+use crate::digest::{Digest, VerifyingReader};
+use crate::error::{Error, IoContext, Result};
+use crate::fetch;
+use crate::registry::{BlobSource, Manifest, MountResult, PartSource};
+use crate::store::Sink;
+use bytes::{Bytes, BytesMut};
+use futures_util::future::BoxFuture;
+use futures_util::StreamExt;
+use std::collections::{HashMap, HashSet};
+use std::io::{self, BufReader, Read};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::Duration;
+use tokio::sync::{mpsc, oneshot, Notify};
+
+/// Parallel `Range` parts of one large blob at most.
+const MAX_PARTS: u64 = 4;
+/// A part is at least this large.
+const MIN_PART: u64 = 32 * 1024 * 1024;
+/// Bytes of large blobs that may be spooled ahead of the writer (the blob the writer waits
+/// for is always fetched, whatever its size).
+const AHEAD_BUDGET: u64 = 4 * 1024 * 1024 * 1024;
+/// Spool writes are gathered into pieces of this size.
+const PIECE: usize = 1024 * 1024;
+/// Cuts a part may suffer in a row (with no byte arriving in between) before it gives up.
+const PART_RETRIES: u32 = 5;
+
+/// How the writer reads one blob.
+enum Delivery {
+    /// A file in the cache, checked against the digest when it was downloaded or found.
+    Cached { path: PathBuf, hit: bool },
+    /// A spool file being filled by parallel parts: read as it fills, checked as it is read.
+    Spool(Arc<Spool>),
+    /// A download, checked as it arrives, streaming in as the writer reads.
+    Stream(StreamReader),
+    /// Fetching failed: the bundle cannot be finished.
+    Failed(String),
+}
+
+/// What the writer took, for its counters and for clean-up after a failed read.
+pub enum Taken {
+    /// From the cache (`hit`: it was there before this run).
+    Cached { path: PathBuf, hit: bool },
+    /// Downloaded in this run, straight into the bundle.
+    Downloaded,
+}
+
+/// The bundle's side of the engine: see the module documentation.
+pub struct BundleSink {
+    name: String,
+    cache: PathBuf,
+    /// Position in bundle order of every blob stored in the bundle (manifests excluded).
+    slot: HashMap<Digest, usize>,
+    deliveries: Vec<Mutex<Option<oneshot::Sender<Delivery>>>>,
+    /// Manifests the bundle carries inline.
+    manifests: HashSet<Digest>,
+    /// Blobs handed over (a "mount" of one of them is a no-op).
+    delivered: Mutex<HashSet<Digest>>,
+    /// The slot the writer waits for; `usize::MAX` once it stopped.
+    writer_at: AtomicUsize,
+    closed: AtomicBool,
+    /// Bytes spooled ahead of the writer, against `AHEAD_BUDGET`.
+    ahead: Arc<AtomicU64>,
+    /// Rung when the writer moves on or stops, or spool space is freed.
+    changed: Arc<Notify>,
+    stream_over: u64,
+    parts: u64,
+    downloaded: AtomicU64,
+    cached: AtomicU64,
+}
+
+/// The writer's end: one receiver per blob, taken in bundle order.
+pub struct Inbox {
+    sink: Arc<BundleSink>,
+    receivers: Vec<Option<oneshot::Receiver<Delivery>>>,
+}
+
+impl BundleSink {
+    /// A sink for the bundle at `out` holding `objects` (in bundle order); `jobs` bounds the
+    /// parallel parts of one large blob.
+    pub fn new(
+        objects: &[Object],
+        out: &Path,
+        cache: &Path,
+        cache_all: bool,
+        jobs: usize,
+    ) -> (Arc<BundleSink>, Inbox) {
+        let mut slot = HashMap::new();
+        let mut deliveries = Vec::new();
+        let mut receivers = Vec::new();
+        let mut manifests = HashSet::new();
+        for o in objects {
+            if o.inline.is_some() {
+                manifests.insert(o.digest.clone());
+                continue;
+            }
+            let (tx, rx) = oneshot::channel();
+            slot.insert(o.digest.clone(), deliveries.len());
+            deliveries.push(Mutex::new(Some(tx)));
+            receivers.push(Some(rx));
+        }
+        let sink = Arc::new(BundleSink {
+            name: out.display().to_string(),
+            cache: cache.to_path_buf(),
+            slot,
+            deliveries,
+            manifests,
+            delivered: Mutex::default(),
+            writer_at: AtomicUsize::new(0),
+            closed: AtomicBool::new(false),
+            ahead: Arc::default(),
+            changed: Arc::default(),
+            stream_over: if cache_all {
+                u64::MAX
+            } else {
+                fetch::stream_threshold()
+            },
+            parts: (jobs as u64).clamp(1, MAX_PARTS),
+            downloaded: AtomicU64::new(0),
+            cached: AtomicU64::new(0),
+        });
+        let inbox = Inbox {
+            sink: sink.clone(),
+            receivers,
+        };
+        (sink, inbox)
+    }
+
+    /// Bytes downloaded in this run and bytes taken from the cache.
+    pub fn counters(&self) -> (u64, u64) {
+        (
+            self.downloaded.load(Ordering::Relaxed),
+            self.cached.load(Ordering::Relaxed),
+        )
+    }
+
+    /// The engine is done: a blob it never delivered fails the writer instead of leaving it
+    /// waiting.
+    pub fn close(&self) {
+        for d in &self.deliveries {
+            if let Ok(mut d) = d.lock() {
+                d.take();
+            }
+        }
+    }
+
+    fn stopped(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
+    }
+
+    fn stopped_error(&self) -> Error {
+        Error::Failed(format!("the writer of {} stopped", self.name))
+    }
+
+    fn deliver(&self, i: usize, d: Delivery) {
+        let tx = self.deliveries.get(i).and_then(|m| m.lock().ok()?.take());
+        if let Some(tx) = tx {
+            let _ = tx.send(d);
+        }
+    }
+
+    /// Waits until `ready` holds (looked at again whenever the writer moves on or spool space
+    /// is freed); fails once the writer stopped.
+    async fn wait_until(&self, ready: impl Fn(&Self) -> bool) -> Result<()> {
+        loop {
+            let notified = self.changed.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.stopped() {
+                return Err(self.stopped_error());
+            }
+            if ready(self) {
+                return Ok(());
+            }
+            notified.await;
+        }
+    }
+
+    /// Puts blob `i`: from the cache, into the cache, through a spool or as a stream.
+    async fn put(&self, i: usize, d: &Digest, size: u64, src: &dyn BlobSource) -> Result<()> {
+        if self.stopped() {
+            return Err(self.stopped_error());
+        }
+        let path = fetch::cache_path(&self.cache, d);
+        let in_cache = tokio::fs::metadata(&path)
+            .await
+            .is_ok_and(|m| m.len() == size);
+        if in_cache && fetch::check_cached(&path, d, size).await {
+            self.cached.fetch_add(size, Ordering::Relaxed);
+            self.deliver(i, Delivery::Cached { path, hit: true });
+            return Ok(());
+        }
+        if size <= self.stream_over {
+            let path = fetch::to_cache(src.open(0)?, d, size, &self.cache).await?;
+            self.downloaded.fetch_add(size, Ordering::Relaxed);
+            self.deliver(i, Delivery::Cached { path, hit: false });
+            return Ok(());
+        }
+        if let Some(parts) = src.parts() {
+            // Within the budget, or when the writer waits for it.
+            self.wait_until(|s| {
+                s.writer_at.load(Ordering::Acquire) >= i
+                    || s.ahead.load(Ordering::Acquire) + size <= AHEAD_BUDGET
+            })
+            .await?;
+            if self.spool(i, d, size, parts).await? {
+                return Ok(());
+            }
+            // The registry ignores Range: stream it when its turn comes.
+        }
+        self.wait_until(|s| s.writer_at.load(Ordering::Acquire) >= i)
+            .await?;
+        let (reader, done) = StreamReader::start(src.open(0)?);
+        self.deliver(i, Delivery::Stream(reader));
+        let r = done
+            .await
+            .unwrap_or_else(|_| Err(Error::Failed(format!("blob {d}: the download stopped"))));
+        if r.is_ok() {
+            self.downloaded.fetch_add(size, Ordering::Relaxed);
+        }
+        r
+    }
+
+    /// Downloads a large blob in parallel parts into a spool file the writer reads as it
+    /// fills. False when the registry answered the first part with the whole blob (nothing
+    /// was spooled).
+    async fn spool(
+        &self,
+        i: usize,
+        d: &Digest,
+        size: u64,
+        parts: Arc<dyn PartSource>,
+    ) -> Result<bool> {
+        let n = size.div_ceil(MIN_PART).clamp(1, self.parts);
+        let len = size.div_ceil(n);
+        let ranges: Vec<(u64, u64)> = (0..n)
+            .map(|k| (k * len, ((k + 1) * len).min(size)))
+            .filter(|(a, b)| a < b)
+            .collect();
+        let Some(first) = parts.open_part(ranges[0].0, ranges[0].1).await? else {
+            return Ok(false);
+        };
+        let path = self
+            .cache
+            .join("tmp")
+            .join(format!("{}.spool.{}", d.hex(), std::process::id()));
+        let file = crate::cleanup::create(&path).ctx(|| format!("creating {}", path.display()))?;
+        file.set_len(size)
+            .ctx(|| format!("sizing {}", path.display()))?;
+        let reader = std::fs::File::open(&path).ctx(|| format!("opening {}", path.display()))?;
+        self.ahead.fetch_add(size, Ordering::AcqRel);
+        let spool = Arc::new(Spool {
+            path,
+            file,
+            reader,
+            ranges: ranges.clone(),
+            state: Mutex::new(SpoolState {
+                filled: vec![0; ranges.len()],
+                failed: None,
+            }),
+            cond: Condvar::new(),
+            size,
+            digest: d.clone(),
+            // Given back when the writer is done with the spool (it is dropped).
+            budget: (self.ahead.clone(), self.changed.clone()),
+        });
+        self.deliver(i, Delivery::Spool(spool.clone()));
+        let mut tasks = Vec::new();
+        let mut first = Some(first);
+        for (k, _) in ranges.iter().enumerate() {
+            let spool = spool.clone();
+            let parts = parts.clone();
+            let body = first.take();
+            tasks.push(fill_part(spool, k, parts, body));
+        }
+        let results = futures_util::future::join_all(tasks).await;
+        let failed = results.into_iter().find_map(|r| r.err());
+        match failed {
+            Some(e) => {
+                spool.fail(e.to_string());
+                Err(e)
+            }
+            None => {
+                self.downloaded.fetch_add(size, Ordering::Relaxed);
+                Ok(true)
+            }
+        }
+    }
+}
+
+impl Sink for BundleSink {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn has_blob<'a>(&'a self, _repo: &'a str, _d: &'a Digest) -> BoxFuture<'a, Result<bool>> {
+        Box::pin(async { Ok(false) })
+    }
+
+    fn mount_blob<'a>(
+        &'a self,
+        _repo: &'a str,
+        d: &'a Digest,
+        _from: &'a str,
+    ) -> BoxFuture<'a, Result<MountResult>> {
+        // A bundle has one namespace: a blob put once is there for every image.
+        let there = self
+            .delivered
+            .lock()
+            .map(|s| s.contains(d))
+            .unwrap_or(false);
+        Box::pin(async move {
+            Ok(if there {
+                MountResult::Mounted
+            } else {
+                MountResult::NotMounted
+            })
+        })
+    }
+
+    fn put_blob<'a>(
+        &'a self,
+        _repo: &'a str,
+        d: &'a Digest,
+        size: u64,
+        src: &'a dyn BlobSource,
+        _session: Option<reqwest::Url>,
+    ) -> BoxFuture<'a, Result<()>> {
+        Box::pin(async move {
+            let Some(&i) = self.slot.get(d) else {
+                return Err(Error::Failed(format!(
+                    "blob {d} is not one that {} holds",
+                    self.name
+                )));
+            };
+            match self.put(i, d, size, src).await {
+                Ok(()) => {
+                    if let Ok(mut s) = self.delivered.lock() {
+                        s.insert(d.clone());
+                    }
+                    Ok(())
+                }
+                Err(e) => {
+                    self.deliver(i, Delivery::Failed(e.to_string()));
+                    Err(e)
+                }
+            }
+        })
+    }
+
+    fn put_manifest<'a>(
+        &'a self,
+        _repo: &'a str,
+        _reference: &'a str,
+        m: &'a Manifest,
+    ) -> BoxFuture<'a, Result<()>> {
+        // Manifests (and the tags naming them, in bundle.json and index.json) were written
+        // with the bundle's contents list; the writer stores their bytes in bundle order.
+        let held =
+            self.manifests.contains(&m.digest) && crate::digest::Digest::of(&m.bytes) == m.digest;
+        Box::pin(async move {
+            if held {
+                Ok(())
+            } else {
+                Err(Error::Failed(format!(
+                    "manifest {} is not one that {} holds",
+                    m.digest, self.name
+                )))
+            }
+        })
+    }
+}
+
+impl Inbox {
+    /// Blocks until blob `o` can be read (call from the writer's thread, in bundle order): a
+    /// reader that yields exactly its bytes, checked against its digest.
+    pub fn take(&mut self, o: &Object) -> Result<(Box<dyn Read + Send>, Taken)> {
+        let Some(&i) = self.sink.slot.get(&o.digest) else {
+            return Err(Error::Failed(format!("blob {} has no slot", o.digest)));
+        };
+        self.sink.writer_at.store(i, Ordering::Release);
+        self.sink.changed.notify_waiters();
+        let rx = self
+            .receivers
+            .get_mut(i)
+            .and_then(Option::take)
+            .ok_or_else(|| Error::Failed(format!("blob {} taken twice", o.digest)))?;
+        let delivery = rx.blocking_recv().map_err(|_| {
+            Error::Failed(format!(
+                "blob {} of {}/{} was never fetched",
+                o.digest, o.registry, o.repo
+            ))
+        })?;
+        Ok(match delivery {
+            Delivery::Cached { path, hit } => {
+                let f = std::fs::File::open(&path).ctx(|| format!("opening {}", path.display()))?;
+                // Checked when it was downloaded or found: read once, its size enforced.
+                let what = format!("{} (blob {})", path.display(), o.digest);
+                let r = Exact::new(BufReader::with_capacity(1 << 20, f), o.size, what);
+                (Box::new(r), Taken::Cached { path, hit })
+            }
+            Delivery::Spool(spool) => {
+                let (digest, size) = (spool.digest.clone(), spool.size);
+                let r = SpoolReader { spool, pos: 0 };
+                (
+                    Box::new(VerifyingReader::new(r, &digest, size)),
+                    Taken::Downloaded,
+                )
+            }
+            Delivery::Stream(s) => {
+                let what = format!("blob {} from {}/{}", o.digest, o.registry, o.repo);
+                (Box::new(Exact::new(s, o.size, what)), Taken::Downloaded)
+            }
+            Delivery::Failed(e) => return Err(Error::Failed(e)),
+        })
+    }
+}
+
+impl Drop for Inbox {
+    /// The writer is done or failed: nobody waits for a turn any more.
+    fn drop(&mut self) {
+        self.sink.closed.store(true, Ordering::Release);
+        self.sink.writer_at.store(usize::MAX, Ordering::Release);
+        self.sink.changed.notify_waiters();
+    }
+}
+
+/// A reader's bytes, failing unless there are exactly `size` of them (`tar` would pad a
+/// short member silently).
+struct Exact<R> {
+    inner: R,
+    left: u64,
+    what: String,
+}
+
+impl<R: Read> Exact<R> {
+    fn new(inner: R, size: u64, what: String) -> Exact<R> {
+        Exact {
+            inner,
+            left: size,
+            what,
+        }
+    }
+}
+
+impl<R: Read> Read for Exact<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        if n as u64 > self.left || (n == 0 && self.left > 0) {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("{}: not the size it was declared with", self.what),
+            ));
+        }
+        self.left -= n as u64;
+        Ok(n)
+    }
+}
+
+/// A large blob's spool file: filled by parallel parts, read in order by the writer, removed
+/// when the writer is done with it.
+struct Spool {
+    path: PathBuf,
+    /// Written by the parts, read by the writer through `reader`.
+    file: std::fs::File,
+    reader: std::fs::File,
+    ranges: Vec<(u64, u64)>,
+    state: Mutex<SpoolState>,
+    cond: Condvar,
+    size: u64,
+    digest: Digest,
+    budget: (Arc<AtomicU64>, Arc<Notify>),
+}
+
+struct SpoolState {
+    /// Bytes written of each part, from its start.
+    filled: Vec<u64>,
+    failed: Option<String>,
+}
+
+impl Spool {
+    fn filled(&self, k: usize, n: u64) {
+        if let Ok(mut st) = self.state.lock() {
+            st.filled[k] = n;
+        }
+        self.cond.notify_all();
+    }
+
+    fn fail(&self, why: String) {
+        if let Ok(mut st) = self.state.lock() {
+            st.failed.get_or_insert(why);
+        }
+        self.cond.notify_all();
+    }
+
+    /// Writes `data` at `at` (on a blocking thread).
+    async fn write_at(self: &Arc<Self>, data: Bytes, at: u64) -> Result<()> {
+        let me = self.clone();
+        tokio::task::spawn_blocking(move || me.file.write_all_at(&data, at))
+            .await
+            .map_err(|e| Error::Failed(format!("spool writer: {e}")))?
+            .ctx(|| format!("writing {}", self.path.display()))
+    }
+}
+
+impl Drop for Spool {
+    fn drop(&mut self) {
+        crate::cleanup::remove(&self.path);
+        let (ahead, changed) = &self.budget;
+        ahead.fetch_sub(self.size, Ordering::AcqRel);
+        changed.notify_waiters();
+    }
+}
+
+/// Marks a part failed if its task ends without finishing (an error or a cancelled task), so
+/// the writer never waits for bytes that will not come.
+struct PartGuard {
+    spool: Arc<Spool>,
+    done: bool,
+}
+
+impl Drop for PartGuard {
+    fn drop(&mut self) {
+        if !self.done {
+            self.spool.fail(format!(
+                "blob {}: a part of the download stopped",
+                self.spool.digest
+            ));
+        }
+    }
+}
+
+/// Downloads part `k` of a spooled blob (starting with `body` when its request is already
+/// answered), resuming a cut transfer where it stopped. A failure is the spool's: the writer
+/// reading it fails with it.
+async fn fill_part(
+    spool: Arc<Spool>,
+    k: usize,
+    parts: Arc<dyn PartSource>,
+    body: Option<futures_util::stream::BoxStream<'static, io::Result<Bytes>>>,
+) -> Result<()> {
+    let mut guard = PartGuard {
+        spool: spool.clone(),
+        done: false,
+    };
+    let r = fill(&spool, k, parts.as_ref(), body).await;
+    if let Err(e) = &r {
+        spool.fail(e.to_string());
+    }
+    guard.done = true;
+    r
+}
+
+async fn fill(
+    spool: &Arc<Spool>,
+    k: usize,
+    parts: &dyn PartSource,
+    mut body: Option<futures_util::stream::BoxStream<'static, io::Result<Bytes>>>,
+) -> Result<()> {
+    let (start, end) = spool.ranges[k];
+    let what = format!("blob {} (bytes {start}-{})", spool.digest, end - 1);
+    let mut at = start;
+    let mut cuts = 0u32;
+    let mut piece = BytesMut::with_capacity(PIECE);
+    while at < end {
+        let mut stream = match body.take() {
+            Some(b) => b,
+            None => match parts.open_part(at, end).await? {
+                Some(b) => b,
+                None => {
+                    return Err(Error::Failed(format!(
+                        "{what}: the registry stopped honouring Range requests"
+                    )))
+                }
+            },
+        };
+        let mut cut = None;
+        loop {
+            match stream.next().await {
+                Some(Ok(c)) => {
+                    if at + (piece.len() + c.len()) as u64 > end {
+                        return Err(Error::Integrity {
+                            what,
+                            detail: "the registry sent more bytes than the range asked".into(),
+                        });
+                    }
+                    piece.extend_from_slice(&c);
+                    if piece.len() >= PIECE {
+                        let data = piece.split().freeze();
+                        let n = data.len() as u64;
+                        spool.write_at(data, at).await?;
+                        at += n;
+                        spool.filled(k, at - start);
+                        cuts = 0;
+                    }
+                }
+                Some(Err(e)) => {
+                    cut = Some(e.to_string());
+                    break;
+                }
+                None => break,
+            }
+        }
+        if !piece.is_empty() {
+            let data = piece.split().freeze();
+            let n = data.len() as u64;
+            spool.write_at(data, at).await?;
+            at += n;
+            spool.filled(k, at - start);
+        }
+        if at < end {
+            cuts += 1;
+            if cuts > PART_RETRIES {
+                return Err(Error::Failed(format!(
+                    "{what}: the download was cut {cuts} times in a row, last: {}",
+                    cut.unwrap_or_else(|| "the connection closed early".into())
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(250 * u64::from(cuts))).await;
+        }
+    }
+    Ok(())
+}
+
+/// The writer's reader of a spool: waits for each byte to be written before reading it.
+struct SpoolReader {
+    spool: Arc<Spool>,
+    pos: u64,
+}
+
+impl Read for SpoolReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let sp = &self.spool;
+        if self.pos >= sp.size || buf.is_empty() {
+            return Ok(0);
+        }
+        let Some(k) = sp
+            .ranges
+            .iter()
+            .position(|(a, b)| *a <= self.pos && self.pos < *b)
+        else {
+            return Ok(0);
+        };
+        let (start, end) = sp.ranges[k];
+        let available = {
+            let mut st = sp
+                .state
+                .lock()
+                .map_err(|_| io::Error::other("spool state poisoned"))?;
+            loop {
+                if let Some(e) = &st.failed {
+                    return Err(io::Error::other(e.clone()));
+                }
+                let have = start + st.filled[k];
+                if have > self.pos {
+                    break have - self.pos;
+                }
+                st = sp
+                    .cond
+                    .wait_timeout(st, Duration::from_secs(1))
+                    .map_err(|_| io::Error::other("spool state poisoned"))?
+                    .0;
+            }
+        };
+        let n = (buf.len() as u64).min(available).min(end - self.pos) as usize;
+        let got = sp.reader.read_at(&mut buf[..n], self.pos)?;
+        if got == 0 {
+            return Err(io::Error::other(format!(
+                "{} ended early",
+                sp.path.display()
+            )));
+        }
+        self.pos += got as u64;
+        Ok(got)
+    }
+}
+
+/// A download streaming into the bundle: the writer's blocking end of a checked stream.
+struct StreamReader {
+    rx: mpsc::Receiver<Result<Bytes>>,
+    current: Bytes,
+    done: bool,
+}
+
+impl StreamReader {
+    /// Forwards `body` to the reader; the receiver learns the download's outcome.
+    fn start(
+        mut body: futures_util::stream::BoxStream<'static, Result<Bytes>>,
+    ) -> (StreamReader, oneshot::Receiver<Result<()>>) {
+        let (tx, rx) = mpsc::channel::<Result<Bytes>>(16);
+        let (done_tx, done_rx) = oneshot::channel();
+        tokio::spawn(async move {
+            let outcome = loop {
+                match body.next().await {
+                    Some(Ok(c)) => {
+                        if tx.send(Ok(c)).await.is_err() {
+                            break Err(Error::Failed("the bundle writer stopped reading".into()));
+                        }
+                    }
+                    Some(Err(e)) => {
+                        let msg = e.to_string();
+                        let _ = tx.send(Err(e)).await;
+                        break Err(Error::Failed(msg));
+                    }
+                    None => break Ok(()),
+                }
+            };
+            let _ = done_tx.send(outcome);
+        });
+        (
+            StreamReader {
+                rx,
+                current: Bytes::new(),
+                done: false,
+            },
+            done_rx,
+        )
+    }
+}
+
+impl Read for StreamReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        while self.current.is_empty() {
+            if self.done {
+                return Ok(0);
+            }
+            match self.rx.blocking_recv() {
+                Some(Ok(b)) => self.current = b,
+                Some(Err(e)) => {
+                    return Err(io::Error::new(io::ErrorKind::InvalidData, e.to_string()))
+                }
+                None => self.done = true,
+            }
+        }
+        if self.current.is_empty() {
+            return Ok(0);
+        }
+        let n = buf.len().min(self.current.len());
+        buf[..n].copy_from_slice(&self.current[..n]);
+        self.current = self.current.slice(n..);
+        Ok(n)
+    }
+}
