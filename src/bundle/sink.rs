@@ -38,7 +38,7 @@ const MAX_PARTS: u64 = 4;
 const MIN_PART: u64 = 32 * 1024 * 1024;
 /// Bytes of large blobs that may be spooled ahead of the writer (the blob the writer waits
 /// for is always fetched, whatever its size).
-const AHEAD_BUDGET: u64 = 4 * 1024 * 1024 * 1024;
+pub const AHEAD_BUDGET: u64 = 4 * 1024 * 1024 * 1024;
 /// Spool writes are gathered into pieces of this size.
 const PIECE: usize = 1024 * 1024;
 /// Cuts a part may suffer in a row (with no byte arriving in between) before it gives up.

@@ -40,7 +40,7 @@ fn dir_of(path: &Path) -> PathBuf {
 /// What the export will write: the bundle (its members before compression, tar headers
 /// and padding included: compressed layers do not shrink, so this is what to plan for) and
 /// the blobs that will be downloaded into the cache (those that are not there yet and are
-/// small enough to go through it).
+/// small enough to go through it) with the spool space of the larger ones.
 pub(super) fn needed(contents: &Contents, cache: &Path, cache_all: bool) -> (u64, u64) {
     let stream_over = if cache_all {
         u64::MAX
@@ -51,8 +51,15 @@ pub(super) fn needed(contents: &Contents, cache: &Path, cache_all: bool) -> (u64
     // the zstd frame headers and seek table.
     let mut bundle: u64 = 64 * 1024 + 2 * 512;
     let mut cached: u64 = 0;
+    // Large blobs pass through spool files in the cache's tmp/: at most the spool budget
+    // ahead of the writer, plus the one the writer reads.
+    let (mut large, mut largest) = (0u64, 0u64);
     for o in &contents.objects {
         bundle = bundle.saturating_add(crate::bundle::tar_span(o.size) + 64);
+        if o.inline.is_none() && o.size > stream_over {
+            large = large.saturating_add(o.size);
+            largest = largest.max(o.size);
+        }
         if o.inline.is_some() || o.size > stream_over {
             continue;
         }
@@ -63,7 +70,8 @@ pub(super) fn needed(contents: &Contents, cache: &Path, cache_all: bool) -> (u64
             cached = cached.saturating_add(o.size);
         }
     }
-    (bundle, cached)
+    let spool = large.min(crate::bundle::sink::AHEAD_BUDGET.saturating_add(largest));
+    (bundle, cached.saturating_add(spool))
 }
 
 /// Fails (exit 1) when the bundle at `out`, or the cache, or both on one filesystem, will not
