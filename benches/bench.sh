@@ -17,6 +17,8 @@
 #   verify  airlock verify                       vs  zstd -d > /dev/null (the floor: decompression)
 #   next    airlock export --since (the first bundle) of the corpus with one layer of one image
 #           changed: the incremental bundle's size is listed with the others
+#   link    (big only) airlock export -j 4 through benches/throttle.py, a proxy holding every
+#           connection to BENCH_LINK_MIB MiB/s, against its floor: four connections busy all along
 #   pull x8 8 clients (one keep-alive curl each) pull every blob of the corpus from `airlock serve`
 #           (straight from the compressed bundle) and from the distribution registry the import
 #           filled (uncompressed on disk); serve's peak RSS gets a row of its own
@@ -28,6 +30,7 @@
 #   BENCH_CORPORA         corpora to run, default "big many"
 #   BENCH_TOOLS           tools to run, default "airlock skopeo" (e.g. BENCH_TOOLS=skopeo)
 #   BENCH_JOBS            airlock -j, default 8
+#   BENCH_LINK_MIB        per-connection rate of the throttled link, default 20
 #   BENCH_WORKDIR         where registries, bundles and layouts go (needs ~8 GiB for the full
 #                         run); default a new directory under /var/tmp
 #   BENCH_KEEP=1          keep the work directory
@@ -378,6 +381,30 @@ PY
     wait "$pid" 2>/dev/null || true
 }
 
+# throttled_export CORPUS: export through a proxy that holds every connection to
+# $BENCH_LINK_MIB MiB/s (as CDNs and long-distance links do), with -j 4; the floor is four
+# streams busy all along: the corpus's bytes / (4 x the per-connection rate).
+throttled_export() {
+    local c=$1 port pid rate total floor
+    rate=$((${BENCH_LINK_MIB:-20} << 20))
+    port=$(free_port) || die "no free port"
+    python3 "$REPO/benches/throttle.py" "$port" "$SRC" "$rate" &
+    pid=$!
+    PIDS+=("$pid")
+    for _ in $(seq 1 50); do registry_up "$port" 2>/dev/null && break; sleep 0.1; done
+    sed "s|^|127.0.0.1:$port/|" "$WORK/$c.list" >"$WORK/$c.link.refs"
+    measure "$c" "link" airlock "$AIRLOCK" export -f "$WORK/$c.link.refs" \
+        -o "$WORK/$c-link.tar.zst" --plain-http -j 4 --cache-dir "$WORK/cache-$c-link"
+    if [[ -f $WORK/$c-link.tar.zst ]]; then
+        total=$(zstd -dc "$WORK/$c-link.tar.zst" | tar -xO bundle.json | python3 -c 'import json,sys; print(json.load(sys.stdin)["totalSize"])')
+        floor=$(awk -v t="$total" -v r="$rate" 'BEGIN { printf "%.1f", t / (4 * r) }')
+        ROWS+=("$c|link|floor 4x${BENCH_LINK_MIB:-20}MiB/s|$floor|-|-")
+    fi
+    rm -rf "$WORK/cache-$c-link" "$WORK/$c-link.tar.zst"
+    kill "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+}
+
 run_corpus() {
     local c=$1 list=$WORK/$1.list refs=$WORK/$1.refs
     "build_$c"
@@ -390,6 +417,7 @@ run_corpus() {
         measure "$c" export airlock "$AIRLOCK" export -f "$refs" -o "$WORK/$c-airlock.tar.zst" \
             --plain-http -j "$JOBS" --cache-dir "$WORK/cache-$c"
         rm -rf "$WORK/cache-$c"
+        [[ $c == big ]] && throttled_export "$c"
         # The next month: one layer of one image changed; only new blobs travel.
         if [[ -f $WORK/$c-airlock.tar.zst ]]; then
             measure "$c" "next" airlock "$AIRLOCK" export -f "$WORK/$c.next.refs" \
