@@ -58,9 +58,7 @@ fn main() {
                     .await
                     .map_err(|e| Error::Failed(e.to_string()))?,
                 Command::Cache(a) => commands::cache::run(a),
-                Command::Verify(a) => tokio::task::spawn_blocking(move || commands::verify::run(a))
-                    .await
-                    .map_err(|e| Error::Failed(e.to_string()))?,
+                Command::Verify(a) => commands::verify::run(a).await,
             }
         };
         tokio::select! {

@@ -70,6 +70,23 @@ fn round_trip_keeps_every_digest_and_stores_shared_blobs_once() {
         expected.extend(img.child_digests());
     }
     let got: HashSet<String> = listed.iter().cloned().collect();
+
+    // verify walks the images like an import, yet reads the file once, in order: every blob
+    // (layers and configs; manifests are checked as the engine reaches them) comes in
+    // bundle order, and none is read a second time.
+    let out = run_airlock(["verify", "-v", bundle.to_str().unwrap()], &[], None);
+    assert_success(&out, "verify -v");
+    let err = stderr_text(&out);
+    assert!(!err.contains("out of bundle order"), "{err}");
+    let checked: Vec<String> = err
+        .lines()
+        .filter_map(|l| l.strip_prefix("ok   "))
+        .filter_map(|l| l.split_whitespace().next().map(str::to_string))
+        .collect();
+    assert_eq!(
+        checked, listed,
+        "verify checks every member once, in bundle order"
+    );
     assert_eq!(
         got, expected,
         "bundle objects differ from the corpus objects"

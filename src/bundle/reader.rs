@@ -81,7 +81,7 @@ fn parse_octal(field: &[u8]) -> Option<u64> {
 }
 
 /// Whether a tar entry type byte is a regular file.
-fn is_regular(t: u8) -> bool {
+pub fn is_regular(t: u8) -> bool {
     t == b'0' || t == 0
 }
 
@@ -388,6 +388,11 @@ impl Bundle {
     pub fn content_of(&self, d: &Digest) -> Option<(u64, u64)> {
         let m = &self.members[*self.by_digest.get(d)?];
         Some((m.header + 512, m.size))
+    }
+
+    /// Where in `members` a blob is.
+    pub fn member_index(&self, d: &Digest) -> Option<usize> {
+        self.by_digest.get(d).copied()
     }
 
     /// Whether the bundle carries this blob.

@@ -182,11 +182,7 @@ pub async fn run(args: ImportArgs) -> Result<()> {
         reporter.info(format!(
             "signature by trusted key {id} is good; checking every blob"
         ));
-        let b = bundle.clone();
-        let r = reporter.clone();
-        let rep = tokio::task::spawn_blocking(move || crate::commands::verify::check(&b, &r))
-            .await
-            .map_err(|e| Error::Failed(format!("verifying the bundle: {e}")))??;
+        let rep = crate::commands::verify::check(bundle.clone(), &reporter).await?;
         if !rep.ok {
             return Err(Error::bundle(
                 &bundle.path,

@@ -1,0 +1,257 @@
+//! `airlock verify`: one sequential pass over a bundle, offline, on the copy engine (`pass`
+//! is the source, `sink` the checking sink). Checks every volume's checksum, every member's
+//! name, type, size and digest against `bundle.json`, that every manifest's children are
+//! present, that `index.json` agrees with `bundle.json`, and that the seek table matches the
+//! archive. `-v` lists each blob as it is checked.
+
+mod pass;
+mod sink;
+
+use crate::bundle::volumes::{checksum_name, explain_damage};
+use crate::bundle::Bundle;
+use crate::cli::VerifyArgs;
+use crate::copy::{self, TargetImage};
+use crate::digest::Digest;
+use crate::error::{Error, Result};
+use crate::progress::{human, Reporter};
+use std::collections::HashMap;
+use std::io::Write;
+use std::sync::Arc;
+
+#[derive(serde::Serialize, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct Report {
+    pub bundle: String,
+    pub ok: bool,
+    pub volumes: Vec<VolumeReport>,
+    pub images: usize,
+    pub blobs_checked: usize,
+    pub bytes_checked: u64,
+    pub errors: Vec<String>,
+    pub warnings: Vec<String>,
+    /// The trusted key that signed the bundle, when one was given and the signature holds.
+    pub signed_by: Option<String>,
+    /// Objects the bundle relies on but does not carry (an incremental bundle), with the
+    /// base bundle that carries each.
+    pub external: Vec<String>,
+}
+
+#[derive(serde::Serialize)]
+pub struct VolumeReport {
+    pub file: String,
+    pub sha256: String,
+    pub ok: Option<bool>,
+}
+
+/// Runs every check; structural failures end the pass, content failures are collected. A
+/// structural failure names the volumes that do not match `NAME.sha256`.
+///
+/// The bundle is read once, in order, by a [`pass::Pass`] that the copy engine reads from
+/// as from any source, into a [`sink::CheckSink`] that only checks: the same walk as an
+/// import (children first, each blob once, a tag only when everything under it passed).
+pub async fn check(bundle: Arc<Bundle>, reporter: &Reporter) -> Result<Report> {
+    let path = bundle.path.clone();
+    check_pass(bundle, reporter)
+        .await
+        .map_err(|e| explain_damage(e, &path))
+}
+
+async fn check_pass(bundle: Arc<Bundle>, reporter: &Reporter) -> Result<Report> {
+    let mut rep = Report {
+        bundle: bundle.path.display().to_string(),
+        images: bundle.manifest.images.len(),
+        ..Default::default()
+    };
+    let pass = Arc::new(pass::Pass::start(bundle.clone(), reporter.clone())?);
+    let checker = Arc::new(sink::CheckSink::new(bundle.clone()));
+    let targets: Vec<TargetImage> = bundle
+        .manifest
+        .images
+        .iter()
+        .map(|e| TargetImage {
+            entry: e.clone(),
+            repo: e.source_repository(),
+            tag: if e.tag.is_empty() {
+                e.digest.to_string()
+            } else {
+                e.tag.clone()
+            },
+        })
+        .collect();
+    // One job: the engine asks for blobs in bundle order, so the pass reads the file once.
+    // Its per-image account is not needed: the pass and the sink name each problem.
+    let walked = copy::push(
+        Arc::new(pass.clone()),
+        checker.clone(),
+        targets,
+        1,
+        Reporter::new(true, false),
+    )
+    .await;
+    let p = pass.clone();
+    let found = tokio::task::spawn_blocking(move || p.finish())
+        .await
+        .map_err(|e| Error::Failed(format!("verifying: {e}")))??;
+    walked?;
+    // Manifests no image reaches (or whose image failed first) are checked too.
+    let mut rest: Vec<(&Digest, &Arc<Vec<u8>>)> = found
+        .manifests
+        .iter()
+        .filter(|(d, _)| !checker.checked_manifest(d))
+        .collect();
+    rest.sort_by(|a, b| a.0.cmp(b.0));
+    for (d, bytes) in rest {
+        let _ = checker.check_manifest(d, bytes);
+    }
+    rep.errors = found.errors;
+    rep.errors.extend(checker.errors());
+    rep.blobs_checked = found.blobs_checked;
+    rep.bytes_checked = found.bytes_checked;
+    let index_json = found.index_json;
+    let volume_sums = found.volume_sums;
+
+    // Volume checksums against the .sha256 file.
+    let sums_file = checksum_name(&bundle.path);
+    let listed: HashMap<String, String> = std::fs::read_to_string(&sums_file)
+        .map(|t| {
+            t.lines()
+                .filter_map(|l| l.split_once("  "))
+                .map(|(h, n)| (n.trim().to_string(), h.trim().to_string()))
+                .collect()
+        })
+        .unwrap_or_default();
+    if listed.is_empty() {
+        rep.warnings
+            .push(format!("no checksum file {}", sums_file.display()));
+    }
+    for (file, sum) in &volume_sums {
+        let fname = file
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let ok = listed.get(&fname).map(|h| h == sum);
+        if ok == Some(false) {
+            rep.errors.push(format!(
+                "{}: sha256 {sum} does not match {}",
+                file.display(),
+                sums_file.display()
+            ));
+        }
+        rep.volumes.push(VolumeReport {
+            file: file.display().to_string(),
+            sha256: sum.clone(),
+            ok,
+        });
+    }
+
+    // index.json names exactly the images of bundle.json.
+    match serde_json::from_slice::<serde_json::Value>(&index_json) {
+        Ok(v) => {
+            let entries = v
+                .get("manifests")
+                .and_then(|m| m.as_array())
+                .cloned()
+                .unwrap_or_default();
+            if entries.len() != bundle.manifest.images.len() {
+                rep.errors.push(format!(
+                    "index.json lists {} manifests, bundle.json {} images",
+                    entries.len(),
+                    bundle.manifest.images.len()
+                ));
+            }
+            for (e, img) in entries.iter().zip(&bundle.manifest.images) {
+                let digest = e.get("digest").and_then(|d| d.as_str());
+                let name = e
+                    .pointer("/annotations/org.opencontainers.image.ref.name")
+                    .and_then(|d| d.as_str());
+                if digest != Some(img.digest.as_str()) || name != Some(img.source.as_str()) {
+                    rep.errors.push(format!(
+                        "index.json disagrees with bundle.json about {}",
+                        img.source
+                    ));
+                }
+            }
+        }
+        Err(e) => rep.errors.push(format!("index.json is not JSON: {e}")),
+    }
+    rep.external = bundle
+        .manifest
+        .external
+        .iter()
+        .map(|x| {
+            format!(
+                "{} ({} bytes) from {}",
+                x.digest,
+                x.size,
+                bundle.manifest.base_of(x)
+            )
+        })
+        .collect();
+    rep.ok = rep.errors.is_empty();
+    Ok(rep)
+}
+
+pub async fn run(args: VerifyArgs) -> Result<()> {
+    let given = args.bundle.clone();
+    let bundle = tokio::task::spawn_blocking(move || Bundle::open(&given))
+        .await
+        .map_err(|e| Error::Failed(format!("opening the bundle: {e}")))?
+        .map_err(|e| explain_damage(e, &args.bundle))?;
+    let bundle = Arc::new(bundle);
+    let mut reporter = Reporter::new(args.quiet || args.json, args.verbose);
+    let signature = match &args.trusted_key {
+        Some(key) => {
+            let (id, comment) = crate::signing::verify(&bundle.path, &bundle.bundle_json, key)?;
+            reporter.info(format!("signature by trusted key {id} is good ({comment})"));
+            Some(id)
+        }
+        None => None,
+    };
+    reporter.start_bar(bundle.manifest.total_size, "verifying");
+    let mut rep = check(bundle.clone(), &reporter).await?;
+    reporter.finish_bar();
+    rep.signed_by = signature;
+    if rep.signed_by.is_none() && crate::signing::signature_path(&bundle.path).exists() {
+        rep.warnings
+            .push("the bundle is signed, but no --trusted-key was given to check it".into());
+    }
+    if args.json {
+        let mut out = std::io::stdout();
+        serde_json::to_writer_pretty(&mut out, &rep).map_err(|e| Error::Failed(e.to_string()))?;
+        let _ = writeln!(out);
+    } else {
+        for w in &rep.warnings {
+            reporter.warn(w);
+        }
+        reporter.info(format!(
+            "{}: {} images, {} blobs, {} checked; {} volume(s){}",
+            bundle.path.display(),
+            rep.images,
+            rep.blobs_checked,
+            human(rep.bytes_checked),
+            rep.volumes.len(),
+            if rep.ok { ", all good" } else { "" }
+        ));
+        if !rep.external.is_empty() {
+            reporter.info(format!(
+                "{} blobs are not in this bundle but declared as carried by earlier bundles: {}",
+                rep.external.len(),
+                bundle
+                    .manifest
+                    .bases
+                    .iter()
+                    .map(|b| format!("{} (created {})", b.name, b.created))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+        }
+    }
+    if rep.ok {
+        Ok(())
+    } else {
+        Err(Error::bundle(
+            &bundle.path,
+            format!("verification failed:\n  {}", rep.errors.join("\n  ")),
+        ))
+    }
+}

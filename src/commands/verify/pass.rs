@@ -1,0 +1,615 @@
+//! `verify`'s one sequential read of a bundle, offered to the copy engine as its [`Source`].
+//!
+//! One thread reads the raw volumes and hashes them (for `NAME.sha256`); the pass decompresses
+//! the stream and walks the tar members in order, checking each one's name, type and size
+//! against `bundle.json` and its content against its digest. When the engine asks for a blob,
+//! the pass reads forward to it (checking every member on the way, keeping manifests) and
+//! hands its bytes over as they are checked; the engine asks in bundle order, so the bundle is
+//! read once. A blob asked for after the pass went by it is read again by random access.
+//! A structural failure (a member that is not where `bundle.json` says, a damaged frame)
+//! ends the pass; a content failure (a digest) is recorded and the pass goes on.
+
+use crate::bundle::reader::{is_regular, parse_header};
+use crate::bundle::volumes::MultiFile;
+use crate::bundle::{tar_span, Bundle, BUNDLE_JSON, INDEX_JSON, OCI_LAYOUT};
+use crate::digest::{Digest, Verifier};
+use crate::error::{Error, Result};
+use crate::manifest;
+use crate::progress::{human, Reporter};
+use crate::registry::{BlobSource, MAX_MANIFEST_SIZE};
+use crate::store::Source;
+use bytes::Bytes;
+use futures_util::future::BoxFuture;
+use futures_util::stream::{self, BoxStream, StreamExt};
+use sha2::{Digest as _, Sha256};
+use std::collections::HashMap;
+use std::io::{self, BufReader, Read};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+
+/// Hashes the raw bytes of each volume as they stream by.
+struct VolumeHasher {
+    inner: MultiFile,
+    bounds: Vec<(PathBuf, u64)>,
+    current: usize,
+    in_current: u64,
+    hasher: Sha256,
+    sums: Vec<(PathBuf, String)>,
+}
+
+impl VolumeHasher {
+    fn new(inner: MultiFile, volumes: &[PathBuf]) -> VolumeHasher {
+        let bounds = volumes
+            .iter()
+            .map(|v| {
+                (
+                    v.clone(),
+                    std::fs::metadata(v).map(|m| m.len()).unwrap_or(0),
+                )
+            })
+            .collect();
+        VolumeHasher {
+            inner,
+            bounds,
+            current: 0,
+            in_current: 0,
+            hasher: Sha256::new(),
+            sums: Vec::new(),
+        }
+    }
+
+    fn feed(&mut self, mut buf: &[u8]) {
+        while !buf.is_empty() && self.current < self.bounds.len() {
+            let left = self.bounds[self.current].1 - self.in_current;
+            let take = (left as usize).min(buf.len());
+            self.hasher.update(&buf[..take]);
+            self.in_current += take as u64;
+            buf = &buf[take..];
+            if self.in_current == self.bounds[self.current].1 {
+                let h = std::mem::take(&mut self.hasher);
+                self.sums.push((
+                    self.bounds[self.current].0.clone(),
+                    hex::encode(h.finalize()),
+                ));
+                self.current += 1;
+                self.in_current = 0;
+            }
+        }
+    }
+}
+
+impl Read for VolumeHasher {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.feed(&buf[..n]);
+        Ok(n)
+    }
+}
+
+/// Reads the volumes on a thread of its own, hashing them, and hands the bytes over a small
+/// bounded channel; returns the reading end and the thread, which yields the hashes.
+fn spawn_volume_reader(
+    mut hasher: VolumeHasher,
+) -> Result<(ChannelReader, JoinHandle<io::Result<VolumeHasher>>)> {
+    let (tx, rx) = std::sync::mpsc::sync_channel::<io::Result<Vec<u8>>>(4);
+    let handle = std::thread::Builder::new()
+        .name("verify-read".into())
+        .spawn(move || -> io::Result<VolumeHasher> {
+            loop {
+                let mut buf = vec![0u8; 1 << 20];
+                match hasher.read(&mut buf) {
+                    Ok(0) => return Ok(hasher),
+                    Ok(n) => {
+                        buf.truncate(n);
+                        if tx.send(Ok(buf)).is_err() {
+                            return Ok(hasher);
+                        }
+                    }
+                    Err(e) => {
+                        let _ = tx.send(Err(io::Error::new(e.kind(), e.to_string())));
+                        return Err(e);
+                    }
+                }
+            }
+        })
+        .map_err(|e| Error::io("starting the reading thread", e))?;
+    Ok((
+        ChannelReader {
+            rx,
+            current: Vec::new(),
+            pos: 0,
+        },
+        handle,
+    ))
+}
+
+/// The receiving end of [`spawn_volume_reader`].
+struct ChannelReader {
+    rx: std::sync::mpsc::Receiver<io::Result<Vec<u8>>>,
+    current: Vec<u8>,
+    pos: usize,
+}
+
+impl Read for ChannelReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        while self.pos == self.current.len() {
+            match self.rx.recv() {
+                Ok(Ok(b)) => {
+                    self.current = b;
+                    self.pos = 0;
+                }
+                Ok(Err(e)) => return Err(e),
+                Err(_) => return Ok(0),
+            }
+        }
+        let n = buf.len().min(self.current.len() - self.pos);
+        buf[..n].copy_from_slice(&self.current[self.pos..self.pos + n]);
+        self.pos += n;
+        Ok(n)
+    }
+}
+
+type Decoder = zstd::stream::read::Decoder<'static, BufReader<ChannelReader>>;
+
+/// What the pass found, once it is over.
+pub struct Findings {
+    /// Content failures, one per member.
+    pub errors: Vec<String>,
+    pub blobs_checked: usize,
+    pub bytes_checked: u64,
+    /// Each volume's SHA-256, in order.
+    pub volume_sums: Vec<(PathBuf, String)>,
+    /// The bytes of `index.json`.
+    pub index_json: Vec<u8>,
+    /// Every manifest the bundle holds, by digest.
+    pub manifests: HashMap<Digest, Arc<Vec<u8>>>,
+}
+
+struct State {
+    dec: Option<Decoder>,
+    hash_thread: Option<JoinHandle<io::Result<VolumeHasher>>>,
+    /// The next member to read.
+    next: usize,
+    /// A structural failure: the pass cannot go on.
+    fatal: Option<String>,
+    errors: Vec<String>,
+    manifests: HashMap<Digest, Arc<Vec<u8>>>,
+    index_json: Vec<u8>,
+    blobs_checked: usize,
+    bytes_checked: u64,
+}
+
+/// The sequential pass (see the module documentation).
+pub struct Pass {
+    pub bundle: Arc<Bundle>,
+    state: Mutex<State>,
+    reporter: Reporter,
+    /// How many members come before the blobs.
+    lead: usize,
+}
+
+impl Pass {
+    /// Starts reading the bundle (the volume thread starts at once).
+    pub fn start(bundle: Arc<Bundle>, reporter: Reporter) -> Result<Pass> {
+        let (raw, hash_thread) =
+            spawn_volume_reader(VolumeHasher::new(bundle.raw_stream(), &bundle.volumes))?;
+        let dec = zstd::stream::read::Decoder::new(raw)
+            .map_err(|e| Error::bundle(&bundle.path, format!("zstd: {e}")))?;
+        let lead = bundle
+            .members
+            .len()
+            .saturating_sub(bundle.manifest.blobs.len());
+        Ok(Pass {
+            state: Mutex::new(State {
+                dec: Some(dec),
+                hash_thread: Some(hash_thread),
+                next: 0,
+                fatal: None,
+                errors: Vec::new(),
+                manifests: HashMap::new(),
+                index_json: Vec::new(),
+                blobs_checked: 0,
+                bytes_checked: 0,
+            }),
+            bundle,
+            reporter,
+            lead,
+        })
+    }
+
+    fn lock(&self) -> Result<std::sync::MutexGuard<'_, State>> {
+        self.state
+            .lock()
+            .map_err(|_| Error::bundle(&self.bundle.path, "the verify pass failed"))
+    }
+
+    fn fatal(&self, st: &mut State, msg: String) -> Error {
+        st.fatal = Some(msg.clone());
+        Error::bundle(&self.bundle.path, msg)
+    }
+
+    /// How a member is named in messages: blobs by digest.
+    fn describe_member(&self, i: usize) -> String {
+        match i
+            .checked_sub(self.lead)
+            .and_then(|b| self.bundle.manifest.blobs.get(b))
+        {
+            Some(b) => format!("blob {}", b.digest),
+            None => self
+                .bundle
+                .members
+                .get(i)
+                .map(|m| m.name.clone())
+                .unwrap_or_default(),
+        }
+    }
+
+    /// The digest a member must have (none for `bundle.json`, which is what it is), and
+    /// whether its bytes are kept (manifests and `index.json`).
+    fn expectation(&self, i: usize, name: &str) -> (Option<Digest>, bool) {
+        let layout = &self.bundle.manifest.layout;
+        match i.checked_sub(self.lead) {
+            Some(b) => match self.bundle.manifest.blobs.get(b) {
+                Some(b) => {
+                    let keep = manifest::is_manifest(&b.media_type) && b.size <= MAX_MANIFEST_SIZE;
+                    (Some(b.digest.clone()), keep)
+                }
+                None => (None, false),
+            },
+            None => match name {
+                BUNDLE_JSON => (None, false),
+                OCI_LAYOUT => (Some(layout.oci_layout.digest.clone()), false),
+                INDEX_JSON => (Some(layout.index.digest.clone()), true),
+                _ => (None, false),
+            },
+        }
+    }
+
+    /// Reads member `i` (the next one), checking it; `forward` gets its bytes as they are
+    /// read (until it returns false). Err: the pass cannot go on.
+    fn read_member(
+        &self,
+        st: &mut State,
+        i: usize,
+        mut forward: Option<&mut dyn FnMut(Bytes) -> bool>,
+    ) -> Result<std::result::Result<(), String>> {
+        let Some(expected) = self.bundle.members.get(i).cloned() else {
+            return Err(self.fatal(st, format!("no member {}", i + 1)));
+        };
+        let mut block = [0u8; 512];
+        let header = match st.dec.as_mut() {
+            Some(dec) => dec.read_exact(&mut block),
+            None => Err(io::Error::other("the pass is over")),
+        };
+        if let Err(e) = header {
+            if e.kind() == io::ErrorKind::UnexpectedEof {
+                return Err(self.fatal(st, self.ends_early(i)));
+            }
+            // zstd checks a frame when it ends, which is when the next header is read: the
+            // damage is in the member before.
+            let damaged = match i.checked_sub(1) {
+                Some(prev) => format!(" (in or after {})", self.describe_member(prev)),
+                None => String::new(),
+            };
+            return Err(self.fatal(st, format!("reading member {}{damaged}: {e}", i + 1)));
+        }
+        if block.iter().all(|b| *b == 0) {
+            return Err(self.fatal(st, self.ends_early(i)));
+        }
+        let (name, size, kind) = match parse_header(&block) {
+            Ok(h) => h,
+            Err(e) => return Err(self.fatal(st, format!("reading member {}: {e}", i + 1))),
+        };
+        if name != expected.name || !is_regular(kind) {
+            let msg = format!(
+                "member {} is {name:?}, expected the regular file {}",
+                i + 1,
+                expected.name
+            );
+            return Err(self.fatal(st, msg));
+        }
+        if size != expected.size {
+            let msg = format!(
+                "member {name} holds {size} bytes, bundle.json says {}",
+                expected.size
+            );
+            return Err(self.fatal(st, msg));
+        }
+        let (digest, keep) = self.expectation(i, &name);
+        let mut verifier = digest.as_ref().map(|d| Verifier::new(d, size));
+        let mut kept = Vec::new();
+        let mut left = size;
+        while left > 0 {
+            let mut buf = vec![0u8; (1 << 20).min(left as usize)];
+            let read = match st.dec.as_mut() {
+                Some(dec) => dec.read(&mut buf),
+                None => Err(io::Error::other("the pass is over")),
+            };
+            let n = match read {
+                Ok(0) => return Err(self.fatal(st, format!("reading {name}: the archive ends"))),
+                Ok(n) => n,
+                Err(e) => return Err(self.fatal(st, format!("reading {name}: {e}"))),
+            };
+            buf.truncate(n);
+            left -= n as u64;
+            if let Some(v) = verifier.as_mut() {
+                if let Err(e) = v.update(&buf) {
+                    return Err(self.fatal(st, e.to_string()));
+                }
+            }
+            if keep {
+                kept.extend_from_slice(&buf);
+            }
+            self.reporter.inc(n as u64);
+            if let Some(f) = forward.as_mut() {
+                if !f(Bytes::from(buf)) {
+                    forward = None; // the reader went away; the member is still checked
+                }
+            }
+        }
+        // The padding to the next 512-byte block.
+        let pad = tar_span(size) - 512 - size;
+        if pad > 0 {
+            let mut zeros = vec![0u8; pad as usize];
+            let r = match st.dec.as_mut() {
+                Some(dec) => dec.read_exact(&mut zeros),
+                None => Err(io::Error::other("the pass is over")),
+            };
+            if let Err(e) = r {
+                return Err(self.fatal(st, format!("reading {name}: {e}")));
+            }
+        }
+        let verdict = match verifier {
+            Some(v) => v.finish().map_err(|e| {
+                let msg = format!("{name}: {e}");
+                st.errors.push(msg.clone());
+                msg
+            }),
+            None => Ok(()),
+        };
+        if let Some(b) = i
+            .checked_sub(self.lead)
+            .and_then(|b| self.bundle.manifest.blobs.get(b))
+        {
+            match &verdict {
+                Ok(()) => self.reporter.detail(format!(
+                    "ok   {} {} {}",
+                    b.digest,
+                    human(b.size),
+                    b.media_type
+                )),
+                Err(msg) => self.reporter.detail(format!("BAD  {} ({msg})", b.digest)),
+            }
+            st.blobs_checked += 1;
+            st.bytes_checked += size;
+        }
+        if keep {
+            match (&digest, name.as_str()) {
+                (_, INDEX_JSON) => st.index_json = kept,
+                (Some(d), _) if verdict.is_ok() => {
+                    st.manifests.insert(d.clone(), Arc::new(kept));
+                }
+                _ => {}
+            }
+        }
+        Ok(verdict)
+    }
+
+    fn ends_early(&self, i: usize) -> String {
+        format!(
+            "the archive ends after {i} members; bundle.json lists {} (first missing: {})",
+            self.bundle.members.len(),
+            self.bundle.members[i].name
+        )
+    }
+
+    /// Reads forward to member `idx` and through it, forwarding its bytes. The verdict is
+    /// member `idx`'s.
+    fn read_to(
+        &self,
+        st: &mut State,
+        idx: usize,
+        forward: Option<&mut dyn FnMut(Bytes) -> bool>,
+    ) -> Result<std::result::Result<(), String>> {
+        if let Some(f) = &st.fatal {
+            return Err(Error::bundle(&self.bundle.path, f.clone()));
+        }
+        while st.next < idx {
+            let i = st.next;
+            // A content failure is recorded in the findings; the pass goes on.
+            let _verdict = self.read_member(st, i, None)?;
+            st.next += 1;
+        }
+        let verdict = self.read_member(st, idx, forward)?;
+        st.next += 1;
+        Ok(verdict)
+    }
+
+    /// Reads what is left, the end of the archive, the seek table, and the volume hashes.
+    pub fn finish(&self) -> Result<Findings> {
+        let mut st = self.lock()?;
+        if let Some(f) = &st.fatal {
+            return Err(Error::bundle(&self.bundle.path, f.clone()));
+        }
+        let total = self.bundle.members.len();
+        while st.next < total {
+            let i = st.next;
+            let _verdict = self.read_member(&mut st, i, None)?;
+            st.next += 1;
+        }
+        let Some(mut dec) = st.dec.take() else {
+            return Err(Error::bundle(
+                &self.bundle.path,
+                "the verify pass ended twice",
+            ));
+        };
+        // What follows the last member: end-of-archive blocks, not another member.
+        let mut block = [0u8; 512];
+        let mut got = 0;
+        while got < 512 {
+            match dec.read(&mut block[got..]) {
+                Ok(0) => break,
+                Ok(n) => got += n,
+                Err(e) => {
+                    let msg = format!(
+                        "after the last member (in or after {}): {e}",
+                        self.describe_member(total.saturating_sub(1))
+                    );
+                    return Err(Error::bundle(&self.bundle.path, msg));
+                }
+            }
+        }
+        if got == 512 && block.iter().any(|b| *b != 0) {
+            let name = parse_header(&block)
+                .map(|(n, _, _)| n)
+                .unwrap_or_else(|_| "(not a tar header)".into());
+            return Err(Error::bundle(
+                &self.bundle.path,
+                format!("unexpected extra member {name:?}"),
+            ));
+        }
+        // Drain the rest (padding, the seek table) so every volume is hashed; a writer leaves
+        // 1 KiB of end-of-archive blocks, so much more is not ours to decompress.
+        const TRAILER_LIMIT: u64 = 1 << 20;
+        let trailer = io::copy(&mut (&mut dec).take(TRAILER_LIMIT), &mut io::sink())
+            .map_err(|e| Error::bundle(&self.bundle.path, format!("after the archive: {e}")))?;
+        if trailer == TRAILER_LIMIT {
+            return Err(Error::bundle(
+                &self.bundle.path,
+                "more than 1 MiB of data follows the end of the archive",
+            ));
+        }
+        let mut raw = dec.finish();
+        io::copy(&mut raw, &mut io::sink()).map_err(|e| {
+            Error::bundle(&self.bundle.path, format!("reading the seek table: {e}"))
+        })?;
+        drop(raw);
+        let hasher = match st.hash_thread.take().map(|h| h.join()) {
+            Some(Ok(Ok(h))) => h,
+            Some(Ok(Err(e))) => {
+                return Err(Error::bundle(&self.bundle.path, format!("reading: {e}")))
+            }
+            _ => {
+                return Err(Error::bundle(
+                    &self.bundle.path,
+                    "the reading thread failed",
+                ))
+            }
+        };
+        Ok(Findings {
+            errors: std::mem::take(&mut st.errors),
+            blobs_checked: st.blobs_checked,
+            bytes_checked: st.bytes_checked,
+            volume_sums: hasher.sums,
+            index_json: std::mem::take(&mut st.index_json),
+            manifests: std::mem::take(&mut st.manifests),
+        })
+    }
+}
+
+impl Source for Arc<Pass> {
+    fn describe(&self, d: &Digest) -> Option<(u64, String)> {
+        self.bundle.describe(d)
+    }
+
+    fn external(&self, d: &Digest) -> Option<u64> {
+        self.bundle.external(d)
+    }
+
+    fn external_home(&self, d: &Digest) -> String {
+        self.bundle.external_home(d)
+    }
+
+    fn manifest<'a>(&'a self, d: &'a Digest) -> BoxFuture<'a, Result<Vec<u8>>> {
+        let pass = self.clone();
+        let d = d.clone();
+        Box::pin(async move {
+            tokio::task::spawn_blocking(move || {
+                let mut st = pass.lock()?;
+                if let Some(m) = st.manifests.get(&d) {
+                    return Ok(m.to_vec());
+                }
+                match pass.bundle.member_index(&d) {
+                    Some(idx) if idx >= st.next => {
+                        if let Err(e) = pass.read_to(&mut st, idx, None)? {
+                            return Err(Error::bundle(&pass.bundle.path, e));
+                        }
+                        st.manifests
+                            .get(&d)
+                            .map(|m| m.to_vec())
+                            .ok_or_else(|| Error::Failed(format!("manifest {d} is too large")))
+                    }
+                    // Passed and not kept (it failed its digest): read it again.
+                    _ => {
+                        drop(st);
+                        pass.bundle.read_blob(&d, MAX_MANIFEST_SIZE)
+                    }
+                }
+            })
+            .await
+            .map_err(|e| Error::Failed(format!("reading a manifest: {e}")))?
+        })
+    }
+
+    fn blob(&self, d: &Digest, reporter: &Reporter) -> Box<dyn BlobSource> {
+        Box::new(PassBlob {
+            pass: self.clone(),
+            digest: d.clone(),
+            reporter: reporter.clone(),
+        })
+    }
+}
+
+/// A blob read by the pass.
+struct PassBlob {
+    pass: Arc<Pass>,
+    digest: Digest,
+    reporter: Reporter,
+}
+
+impl BlobSource for PassBlob {
+    fn open(&self, offset: u64) -> Result<BoxStream<'static, Result<Bytes>>> {
+        let idx = self.pass.bundle.member_index(&self.digest).ok_or_else(|| {
+            Error::bundle(
+                &self.pass.bundle.path,
+                format!("blob {} is not in this bundle", self.digest),
+            )
+        })?;
+        let behind = self.pass.lock()?.next > idx;
+        if behind || offset > 0 {
+            // Out of bundle order: read it again, on its own.
+            self.pass.reporter.detail(format!(
+                "blob {} read again, out of bundle order",
+                self.digest
+            ));
+            return self
+                .pass
+                .bundle
+                .blob(&self.digest, &self.reporter)
+                .open(offset);
+        }
+        let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes>>(4);
+        let pass = self.pass.clone();
+        let digest = self.digest.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut send = |b: Bytes| tx.blocking_send(Ok(b)).is_ok();
+            let outcome = match pass.lock() {
+                Ok(mut st) => pass.read_to(&mut st, idx, Some(&mut send)),
+                Err(e) => Err(e),
+            };
+            let failure = match outcome {
+                Ok(Ok(())) => None,
+                Ok(Err(msg)) => Some(Error::Integrity {
+                    what: format!("blob {digest}"),
+                    detail: msg,
+                }),
+                Err(e) => Some(e),
+            };
+            if let Some(e) = failure {
+                let _ = tx.blocking_send(Err(e));
+            }
+        });
+        Ok(stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|i| (i, rx)) }).boxed())
+    }
+}

@@ -1,0 +1,163 @@
+//! `verify`'s sink for the copy engine: it stores nothing and checks what it is given. A
+//! blob is read to its end (the pass checks its digest as it goes); a manifest must name
+//! only children the bundle holds with the size it declares, or that an earlier bundle is
+//! declared to carry; a tag is accepted only once its manifest passed.
+
+use crate::bundle::Bundle;
+use crate::digest::Digest;
+use crate::error::{Error, Result};
+use crate::manifest;
+use crate::registry::{BlobSource, Manifest, MountResult};
+use crate::store::Sink;
+use futures_util::future::BoxFuture;
+use futures_util::StreamExt;
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+
+pub struct CheckSink {
+    bundle: Arc<Bundle>,
+    name: String,
+    /// Blobs read to their end with the right digest.
+    checked: Mutex<HashSet<Digest>>,
+    /// The verdict on each manifest checked so far.
+    manifests: Mutex<HashMap<Digest, std::result::Result<(), String>>>,
+    /// What was found wrong, each once.
+    errors: Mutex<BTreeSet<String>>,
+}
+
+impl CheckSink {
+    pub fn new(bundle: Arc<Bundle>) -> CheckSink {
+        CheckSink {
+            name: bundle.path.display().to_string(),
+            bundle,
+            checked: Mutex::default(),
+            manifests: Mutex::default(),
+            errors: Mutex::default(),
+        }
+    }
+
+    /// Whether manifest `d` was checked already.
+    pub fn checked_manifest(&self, d: &Digest) -> bool {
+        self.manifests.lock().is_ok_and(|m| m.contains_key(d))
+    }
+
+    /// Checks a manifest's children against the bundle (once per manifest).
+    pub fn check_manifest(&self, d: &Digest, bytes: &[u8]) -> std::result::Result<(), String> {
+        if let Some(v) = self.manifests.lock().ok().and_then(|m| m.get(d).cloned()) {
+            return v;
+        }
+        let m = &self.bundle.manifest;
+        let mut problems = Vec::new();
+        match m.blob(d) {
+            None => problems.push(format!("manifest {d} is not in the bundle")),
+            Some(b) => match manifest::children(bytes, &b.media_type, &format!("manifest {d}")) {
+                Ok(children) => {
+                    for c in children {
+                        match m.blob(&c.digest) {
+                            Some(cb) if cb.size == c.size => {}
+                            Some(cb) => problems.push(format!(
+                                "manifest {d}: child {} is {} bytes in the bundle, {} in the \
+                                 manifest",
+                                c.digest, cb.size, c.size
+                            )),
+                            None => match m.external_blob(&c.digest) {
+                                // Declared as carried by a base bundle: accepted as declared.
+                                Some(x) if x.size == c.size => {}
+                                _ => problems.push(format!(
+                                    "manifest {d}: child {} is not in the bundle",
+                                    c.digest
+                                )),
+                            },
+                        }
+                    }
+                }
+                Err(e) => problems.push(e.to_string()),
+            },
+        }
+        let verdict = if problems.is_empty() {
+            Ok(())
+        } else {
+            if let Ok(mut e) = self.errors.lock() {
+                e.extend(problems.iter().cloned());
+            }
+            Err(problems.join("; "))
+        };
+        if let Ok(mut ms) = self.manifests.lock() {
+            ms.insert(d.clone(), verdict.clone());
+        }
+        verdict
+    }
+
+    /// What was found wrong, sorted.
+    pub fn errors(&self) -> Vec<String> {
+        self.errors
+            .lock()
+            .map(|e| e.iter().cloned().collect())
+            .unwrap_or_default()
+    }
+}
+
+impl Sink for CheckSink {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn has_blob<'a>(&'a self, _repo: &'a str, d: &'a Digest) -> BoxFuture<'a, Result<bool>> {
+        // An incremental bundle's blobs that a base carries are taken as declared.
+        let declared = !self.bundle.holds(d) && self.bundle.manifest.external_blob(d).is_some();
+        Box::pin(async move { Ok(declared) })
+    }
+
+    fn mount_blob<'a>(
+        &'a self,
+        _repo: &'a str,
+        d: &'a Digest,
+        _from: &'a str,
+    ) -> BoxFuture<'a, Result<MountResult>> {
+        let done = self.checked.lock().is_ok_and(|c| c.contains(d));
+        Box::pin(async move {
+            Ok(if done {
+                MountResult::Mounted
+            } else {
+                MountResult::NotMounted
+            })
+        })
+    }
+
+    fn put_blob<'a>(
+        &'a self,
+        _repo: &'a str,
+        d: &'a Digest,
+        size: u64,
+        src: &'a dyn BlobSource,
+        _session: Option<reqwest::Url>,
+    ) -> BoxFuture<'a, Result<()>> {
+        Box::pin(async move {
+            let mut body = src.open(0)?;
+            let mut seen = 0u64;
+            while let Some(chunk) = body.next().await {
+                seen += chunk?.len() as u64;
+            }
+            if seen != size {
+                return Err(Error::Integrity {
+                    what: format!("blob {d}"),
+                    detail: format!("{seen} bytes read, {size} declared"),
+                });
+            }
+            if let Ok(mut c) = self.checked.lock() {
+                c.insert(d.clone());
+            }
+            Ok(())
+        })
+    }
+
+    fn put_manifest<'a>(
+        &'a self,
+        _repo: &'a str,
+        _reference: &'a str,
+        m: &'a Manifest,
+    ) -> BoxFuture<'a, Result<()>> {
+        let verdict = self.check_manifest(&m.digest, &m.bytes);
+        Box::pin(async move { verdict.map_err(Error::Failed) })
+    }
+}
