@@ -502,7 +502,7 @@ fn blob_gets(log: &[String], digest: &str) -> Vec<Option<String>> {
 }
 
 #[test]
-fn a_large_blob_is_fetched_in_parallel_ranges_resumed_when_cut_and_streamed_when_ranges_are_ignored(
+fn large_blobs_are_fetched_in_parallel_ranges_resumed_when_cut_and_streamed_when_ranges_are_ignored(
 ) {
     // 80 MiB counts as large here (AIRLOCK_STREAM_OVER=1M): three 32 MiB-ish parts at -j 4.
     const SIZE: usize = 80 * MIB;
@@ -612,4 +612,37 @@ fn a_large_blob_is_fetched_in_parallel_ranges_resumed_when_cut_and_streamed_when
         proxy.request_log()
     );
     check(&c, "ranges ignored");
+
+    // Blobs bound for the cache (the default 256 MiB line) are fetched in parts too, checked
+    // once complete, and kept for the next run.
+    let proxy = FaultProxy::for_registry(&src, FaultPlan::none());
+    let d = dir.path().join("d.tar.zst");
+    let cache2 = dir.path().join("cache2");
+    let out = run_airlock(
+        [
+            "export",
+            &format!("{}/net/big:1", proxy.host()),
+            "-o",
+            path_str(&d),
+            "--plain-http",
+            "-j",
+            "4",
+        ],
+        &[("AIRLOCK_CACHE_DIR", path_str(&cache2))],
+        None,
+    );
+    assert_success(&out, "export into the cache in parts");
+    let gets = blob_gets(&proxy.request_log(), &layer);
+    assert!(
+        gets.iter().flatten().count() >= 3,
+        "expected ranged GETs of {layer}: {gets:?}"
+    );
+    let cached = std::fs::read(cache2.join("blobs/sha256").join(&layer[7..])).expect("cached");
+    assert_eq!(
+        sha256_digest(&cached),
+        layer,
+        "the cache holds the blob, whole"
+    );
+    let out = run_airlock(["verify", path_str(&d)], &[], None);
+    assert_success(&out, "verify: parts into the cache");
 }

@@ -3,7 +3,8 @@
 //! The engine puts blobs concurrently, `--jobs` at a time, in bundle order; the writer thread
 //! takes them strictly in bundle order, each through a delivery slot of its own:
 //! - blobs up to the stream threshold are downloaded into the content-addressed cache (a
-//!   re-run finds them there and checks them again) and handed over as files;
+//!   re-run finds them there and checks them again) and handed over as files; those of
+//!   64 MiB and more in parallel `Range` parts, checked once complete;
 //! - larger blobs are downloaded in up to four parallel `Range` parts into a spool file that
 //!   the writer reads as it fills and removes once read, ahead of the writer only within a
 //!   byte budget; from a registry that ignores `Range` they stream straight into the bundle
@@ -210,6 +211,17 @@ impl BundleSink {
             return Ok(());
         }
         if size <= self.stream_over {
+            // Big enough to gain from parallel parts (on a link that holds each connection
+            // to a rate): fetched in parts, checked once whole.
+            if size >= 2 * MIN_PART {
+                if let Some(parts) = src.parts() {
+                    if let Some(path) = self.parts_to_cache(d, size, parts).await? {
+                        self.downloaded.fetch_add(size, Ordering::Relaxed);
+                        self.deliver(i, Delivery::Cached { path, hit: false });
+                        return Ok(());
+                    }
+                }
+            }
             let path = fetch::to_cache(src.open(0)?, d, size, &self.cache).await?;
             self.downloaded.fetch_add(size, Ordering::Relaxed);
             self.deliver(i, Delivery::Cached { path, hit: false });
@@ -250,12 +262,7 @@ impl BundleSink {
         size: u64,
         parts: Arc<dyn PartSource>,
     ) -> Result<bool> {
-        let n = size.div_ceil(MIN_PART).clamp(1, self.parts);
-        let len = size.div_ceil(n);
-        let ranges: Vec<(u64, u64)> = (0..n)
-            .map(|k| (k * len, ((k + 1) * len).min(size)))
-            .filter(|(a, b)| a < b)
-            .collect();
+        let ranges = split(size, self.parts);
         let Some(first) = parts.open_part(ranges[0].0, ranges[0].1).await? else {
             return Ok(false);
         };
@@ -263,47 +270,83 @@ impl BundleSink {
             .cache
             .join("tmp")
             .join(format!("{}.spool.{}", d.hex(), std::process::id()));
-        let file = crate::cleanup::create(&path).ctx(|| format!("creating {}", path.display()))?;
-        file.set_len(size)
-            .ctx(|| format!("sizing {}", path.display()))?;
-        let reader = std::fs::File::open(&path).ctx(|| format!("opening {}", path.display()))?;
-        self.ahead.fetch_add(size, Ordering::AcqRel);
-        let spool = Arc::new(Spool {
-            path,
-            file,
-            reader,
-            ranges: ranges.clone(),
-            state: Mutex::new(SpoolState {
-                filled: vec![0; ranges.len()],
-                failed: None,
-            }),
-            cond: Condvar::new(),
-            size,
-            digest: d.clone(),
-            // Given back when the writer is done with the spool (it is dropped).
-            budget: (self.ahead.clone(), self.changed.clone()),
-        });
+        // Counted against the budget until the writer is done with it (it is dropped).
+        let budget = (self.ahead.clone(), self.changed.clone());
+        let spool = Spool::create(path, d, size, ranges, budget)?;
         self.deliver(i, Delivery::Spool(spool.clone()));
-        let mut tasks = Vec::new();
-        let mut first = Some(first);
-        for (k, _) in ranges.iter().enumerate() {
-            let spool = spool.clone();
-            let parts = parts.clone();
-            let body = first.take();
-            tasks.push(fill_part(spool, k, parts, body));
+        fill_all(&spool, parts, first).await?;
+        self.downloaded.fetch_add(size, Ordering::Relaxed);
+        Ok(true)
+    }
+
+    /// Downloads a blob bound for the cache in parallel parts, then checks the whole file
+    /// against its digest once and moves it into the cache. `None` when the registry
+    /// answered the first part with the whole blob.
+    async fn parts_to_cache(
+        &self,
+        d: &Digest,
+        size: u64,
+        parts: Arc<dyn PartSource>,
+    ) -> Result<Option<PathBuf>> {
+        let ranges = split(size, self.parts);
+        let Some(first) = parts.open_part(ranges[0].0, ranges[0].1).await? else {
+            return Ok(None);
+        };
+        let tmp = self
+            .cache
+            .join("tmp")
+            .join(format!("{}.parts.{}", d.hex(), std::process::id()));
+        let spool = Spool::create(tmp.clone(), d, size, ranges, Default::default())?;
+        fill_all(&spool, parts, first).await?;
+        let (file, digest) = (tmp.clone(), d.clone());
+        tokio::task::spawn_blocking(move || -> Result<()> {
+            let f = std::fs::File::open(&file).ctx(|| format!("opening {}", file.display()))?;
+            let mut r = VerifyingReader::new(BufReader::with_capacity(1 << 20, f), &digest, size);
+            io::copy(&mut r, &mut io::sink()).map_err(|e| Error::Integrity {
+                what: format!("blob {digest}"),
+                detail: e.to_string(),
+            })?;
+            Ok(())
+        })
+        .await
+        .map_err(|e| Error::Failed(format!("checking blob {d}: {e}")))??;
+        let dest = fetch::cache_path(&self.cache, d);
+        crate::cleanup::rename(&tmp, &dest)
+            .map_err(|e| Error::io(format!("moving {d} into the cache"), e))?;
+        Ok(Some(dest))
+    }
+}
+
+/// A blob of `size` bytes cut into at most `n` parts of at least `MIN_PART`.
+fn split(size: u64, n: u64) -> Vec<(u64, u64)> {
+    let n = size.div_ceil(MIN_PART).clamp(1, n.max(1));
+    let len = size.div_ceil(n).max(1);
+    (0..n)
+        .map(|k| (k * len, ((k + 1) * len).min(size)))
+        .filter(|(a, b)| a < b)
+        .collect()
+}
+
+/// Runs every part of a spool (the first one's request already answered with `first`).
+async fn fill_all(
+    spool: &Arc<Spool>,
+    parts: Arc<dyn PartSource>,
+    first: futures_util::stream::BoxStream<'static, io::Result<Bytes>>,
+) -> Result<()> {
+    let mut first = Some(first);
+    let tasks: Vec<_> = (0..spool.ranges.len())
+        .map(|k| fill_part(spool.clone(), k, parts.clone(), first.take()))
+        .collect();
+    let failed = futures_util::future::join_all(tasks)
+        .await
+        .into_iter()
+        .find_map(|r| r.err());
+    match failed {
+        Some(e) => {
+            spool.fail(e.to_string());
+            Err(e)
         }
-        let results = futures_util::future::join_all(tasks).await;
-        let failed = results.into_iter().find_map(|r| r.err());
-        match failed {
-            Some(e) => {
-                spool.fail(e.to_string());
-                Err(e)
-            }
-            None => {
-                self.downloaded.fetch_add(size, Ordering::Relaxed);
-                Ok(true)
-            }
-        }
+        None => Ok(()),
     }
 }
 
@@ -498,6 +541,46 @@ struct SpoolState {
 }
 
 impl Spool {
+    /// A spool file of `size` bytes at `path` (listed for removal on a signal), filled by
+    /// the parts `ranges`; `budget` is what it gives back when dropped.
+    fn create(
+        path: PathBuf,
+        d: &Digest,
+        size: u64,
+        ranges: Vec<(u64, u64)>,
+        budget: (Arc<AtomicU64>, Arc<Notify>),
+    ) -> Result<Arc<Spool>> {
+        let file = crate::cleanup::create(&path).ctx(|| format!("creating {}", path.display()))?;
+        let sized = file
+            .set_len(size)
+            .ctx(|| format!("sizing {}", path.display()));
+        let reader = sized
+            .and_then(|_| std::fs::File::open(&path).ctx(|| format!("opening {}", path.display())));
+        let reader = match reader {
+            Ok(r) => r,
+            Err(e) => {
+                crate::cleanup::remove(&path);
+                return Err(e);
+            }
+        };
+        // Given back by `drop`.
+        budget.0.fetch_add(size, Ordering::AcqRel);
+        Ok(Arc::new(Spool {
+            path,
+            file,
+            reader,
+            state: Mutex::new(SpoolState {
+                filled: vec![0; ranges.len()],
+                failed: None,
+            }),
+            cond: Condvar::new(),
+            ranges,
+            size,
+            digest: d.clone(),
+            budget,
+        }))
+    }
+
     fn filled(&self, k: usize, n: u64) {
         if let Ok(mut st) = self.state.lock() {
             st.filled[k] = n;
