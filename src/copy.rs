@@ -1,8 +1,9 @@
 //! The copy engine: walks an image's graph children-first from a registry, deduplicates
-//! objects across images, and pushes images from any [`Source`] (a bundle for `import`, the
-//! source registries for `copy`) into a registry: skip what exists, mount across
-//! repositories, upload with retries and resume, every byte checked against its digest,
-//! manifests children-first, each written once per repository per run, the tags last, one
+//! objects across images, and copies images from any [`Source`] into any [`Sink`]:
+//! registry → bundle (`export`), bundle → registry (`import`), registry → registry (`copy`),
+//! bundle → a sink that only checks (`verify`). It skips what the sink has, mounts across
+//! repositories, puts every blob once (each byte checked against its digest as it streams),
+//! writes manifests children-first, each once per repository per run, and the tags last, one
 //! after the other, and only when everything under them is there.
 
 use crate::bundle::ImageEntry;
