@@ -39,6 +39,17 @@ pub struct BundleManifest {
     /// Images that were asked for but could not be exported (`export --keep-going`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub failed: Vec<FailedImage>,
+    /// Where each digest sits in `blobs` and `external`, built on first use: lookups stay
+    /// O(1) with 100,000 blobs.
+    #[serde(skip)]
+    pub lookup: std::sync::OnceLock<Lookup>,
+}
+
+/// Digest → position in `blobs` and in `external`.
+#[derive(Clone, Debug, Default)]
+pub struct Lookup {
+    blobs: std::collections::HashMap<Digest, usize>,
+    external: std::collections::HashMap<Digest, usize>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -289,12 +300,35 @@ impl BundleManifest {
         Ok(())
     }
 
+    fn lookup(&self) -> &Lookup {
+        self.lookup.get_or_init(|| Lookup {
+            // The first entry wins (validate refuses duplicates anyway).
+            blobs: self
+                .blobs
+                .iter()
+                .enumerate()
+                .rev()
+                .map(|(i, b)| (b.digest.clone(), i))
+                .collect(),
+            external: self
+                .external
+                .iter()
+                .enumerate()
+                .rev()
+                .map(|(i, x)| (x.digest.clone(), i))
+                .collect(),
+        })
+    }
+
     pub fn blob(&self, d: &Digest) -> Option<&BlobEntry> {
-        self.blobs.iter().find(|b| &b.digest == d)
+        self.lookup().blobs.get(d).and_then(|&i| self.blobs.get(i))
     }
 
     pub fn external_blob(&self, d: &Digest) -> Option<&ExternalBlob> {
-        self.external.iter().find(|b| &b.digest == d)
+        self.lookup()
+            .external
+            .get(d)
+            .and_then(|&i| self.external.get(i))
     }
 
     /// The base bundle that carries an external blob, for messages.

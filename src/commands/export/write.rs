@@ -147,6 +147,7 @@ pub(super) async fn write(
         external,
         bases,
         failed,
+        lookup: Default::default(),
     };
     manifest.validate(&out)?;
     let bundle_json = serde_json::to_vec_pretty(&manifest)
