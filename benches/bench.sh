@@ -10,6 +10,9 @@
 #         two-platform index, all sharing a base layer;
 #   many  500 small images: 50 repositories x 10 tags, a shared base layer and a small unique layer
 #         each.
+#   scale 10,000 images: 1,000 repositories x 10 tags shaped like `many`, written straight into
+#         the source registry's storage (benches/gen_registry.py); run it with
+#         BENCH_CORPORA=scale BENCH_TOOLS=airlock. Rows give milliseconds per image.
 # For each corpus, each step is timed with /usr/bin/time (wall seconds, peak RSS of the process tree):
 #   export  airlock export -f LIST (cold cache)  vs  skopeo copy each image into one OCI layout,
 #           then tar | zstd -T0 -3
@@ -27,7 +30,8 @@
 #
 # Environment:
 #   BENCH_SMALL=1         shrink the corpora (see above)
-#   BENCH_CORPORA         corpora to run, default "big many"
+#   BENCH_CORPORA         corpora to run, default "big many" (also: scale)
+#   BENCH_SCALE_REPOS     repositories of the scale corpus (x 10 tags), default 1000
 #   BENCH_TOOLS           tools to run, default "airlock skopeo" (e.g. BENCH_TOOLS=skopeo)
 #   BENCH_JOBS            airlock -j, default 8
 #   BENCH_LINK_MIB        per-connection rate of the throttled link, default 20
@@ -42,9 +46,9 @@ CORPORA=${BENCH_CORPORA:-big many}
 TOOLS=${BENCH_TOOLS:-airlock skopeo}
 JOBS=${BENCH_JOBS:-8}
 if [[ ${BENCH_SMALL:-0} == 1 ]]; then
-    BIG_MIB=10 MANY_REPOS=5 MANY_TAGS=4
+    BIG_MIB=10 MANY_REPOS=5 MANY_TAGS=4 SCALE_REPOS=${BENCH_SCALE_REPOS:-20}
 else
-    BIG_MIB=1024 MANY_REPOS=50 MANY_TAGS=10
+    BIG_MIB=1024 MANY_REPOS=50 MANY_TAGS=10 SCALE_REPOS=${BENCH_SCALE_REPOS:-1000}
 fi
 
 say() { printf '\n==> %s\n' "$*" >&2; }
@@ -283,6 +287,25 @@ build_many() {
     layout_end
 }
 
+# The scale corpus (SCALE_REPOS repositories x 10 tags, a shared 2 MiB base layer and a 16 KiB
+# unique layer each) is written straight into the source registry's storage by
+# benches/gen_registry.py: pushing 10,000 images one by one would take longer than the bench.
+build_scale() {
+    say "scale: writing $SCALE_REPOS x 10 images into the source registry's storage"
+    python3 "$REPO/benches/gen_registry.py" "$WORK/registry-source/data" "$SCALE_REPOS" 10 "$WORK/scale.list"
+    head -n 1 "$WORK/scale.list" >"$WORK/scale.next.list"
+}
+
+# scale_rows: per-image milliseconds of the scale corpus's export and import.
+scale_rows() {
+    local n step wall
+    n=$(wc -l <"$WORK/scale.list")
+    for step in export import verify inspect; do
+        wall=$(printf '%s\n' "${ROWS[@]}" | awk -F'|' -v s="$step" '$1 == "scale" && $2 == s && $3 == "airlock" {print $4}')
+        [[ $wall =~ ^[0-9.]+$ ]] && ROWS+=("scale|$step|ms/image|$(awk -v w="$wall" -v n="$n" 'BEGIN { printf "%.2f", 1000 * w / n }')|-|-")
+    done
+}
+
 # push_corpus CORPUS: skopeo copy every image of the generated layout into the source registry.
 push_corpus() {
     local c=$1
@@ -408,7 +431,7 @@ throttled_export() {
 run_corpus() {
     local c=$1 list=$WORK/$1.list refs=$WORK/$1.refs
     "build_$c"
-    push_corpus "$c"
+    [[ $c == scale ]] || push_corpus "$c"
     sed "s|^|$SRC/|" "$list" >"$refs"   # full source references, one per line
     sed "s|^|$SRC/|" "$WORK/$c.next.list" >"$WORK/$c.next.refs"
     du -sh "$WORK/registry-source/data" >&2
@@ -465,9 +488,10 @@ EOF
     fi
 
     if uses airlock && [[ -f $WORK/$c-airlock.tar.zst ]]; then
+        measure "$c" inspect airlock "$AIRLOCK" inspect "$WORK/$c-airlock.tar.zst"
         measure "$c" verify airlock "$AIRLOCK" verify "$WORK/$c-airlock.tar.zst"
         measure "$c" verify "zstd -d" bash -c "zstd -d <'$WORK/$c-airlock.tar.zst' >/dev/null"
-        serve_vs_registry "$c"
+        [[ $c == scale ]] || serve_vs_registry "$c"
     fi
 
     say "$c: comparing manifest digests with the source"
@@ -493,7 +517,8 @@ SIZES=()
 for c in $CORPORA; do
     case $c in
         big | many) run_corpus "$c" ;;
-        *) die "unknown corpus $c (big, many)" ;;
+        scale) run_corpus scale; scale_rows ;;
+        *) die "unknown corpus $c (big, many, scale)" ;;
     esac
 done
 
