@@ -9,7 +9,7 @@ use crate::bundle::Bundle;
 use crate::error::{Error, Result};
 use bytes::Bytes;
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 
 /// Decoded frames, keyed by (bundle, frame), with a byte budget, and the loans that bound the
 /// frames held by responses under way.
@@ -17,6 +17,16 @@ pub struct FrameCache {
     inner: Mutex<Lru>,
     budget: usize,
     loans: Arc<tokio::sync::Semaphore>,
+    /// Frames being decoded: a client that wants one waits for that decode instead of
+    /// starting its own (clients pulling the same image ask for the same frames at once).
+    decoding: Mutex<HashMap<(usize, u32), Arc<Decoding>>>,
+}
+
+/// One decode under way, and its outcome once done.
+#[derive(Default)]
+struct Decoding {
+    outcome: Mutex<Option<std::result::Result<Bytes, String>>>,
+    done: Condvar,
 }
 
 /// Frames held by responses at once, beyond the cache (each at most 16 MiB).
@@ -47,6 +57,7 @@ impl FrameCache {
             inner: Mutex::new(Lru::default()),
             budget,
             loans: Arc::new(tokio::sync::Semaphore::new(LOANS)),
+            decoding: Mutex::default(),
         }
     }
 
@@ -68,7 +79,74 @@ impl FrameCache {
                 return Ok(bytes.clone());
             }
         }
-        let bytes = Bytes::from(b.decode_frame(i)?);
+        // One decode per frame at a time: join one under way, or start it.
+        let (job, mine) = {
+            let mut d = match self.decoding.lock() {
+                Ok(g) => g,
+                Err(poisoned) => poisoned.into_inner(),
+            };
+            match d.get(&(bi, i)) {
+                Some(job) => (job.clone(), false),
+                None => {
+                    let job = Arc::new(Decoding::default());
+                    d.insert((bi, i), job.clone());
+                    (job, true)
+                }
+            }
+        };
+        if !mine {
+            let mut outcome = match job.outcome.lock() {
+                Ok(g) => g,
+                Err(poisoned) => poisoned.into_inner(),
+            };
+            while outcome.is_none() {
+                outcome = match job.done.wait(outcome) {
+                    Ok(g) => g,
+                    Err(poisoned) => poisoned.into_inner(),
+                };
+            }
+            return match outcome.as_ref() {
+                Some(Ok(bytes)) => Ok(bytes.clone()),
+                Some(Err(e)) => Err(Error::bundle(&b.path, e.clone())),
+                None => Err(Error::bundle(&b.path, "a frame decode was lost")),
+            };
+        }
+        // Whatever happens, the waiters get an outcome and the job is gone.
+        struct Finish<'a> {
+            cache: &'a FrameCache,
+            key: (usize, u32),
+            job: Arc<Decoding>,
+            outcome: Option<std::result::Result<Bytes, String>>,
+        }
+        impl Drop for Finish<'_> {
+            fn drop(&mut self) {
+                let outcome = self
+                    .outcome
+                    .take()
+                    .unwrap_or_else(|| Err("the frame decode stopped".into()));
+                match self.job.outcome.lock() {
+                    Ok(mut g) => *g = Some(outcome),
+                    Err(poisoned) => *poisoned.into_inner() = Some(outcome),
+                }
+                self.job.done.notify_all();
+                match self.cache.decoding.lock() {
+                    Ok(mut d) => d.remove(&self.key),
+                    Err(poisoned) => poisoned.into_inner().remove(&self.key),
+                };
+            }
+        }
+        let mut finish = Finish {
+            cache: self,
+            key: (bi, i),
+            job,
+            outcome: None,
+        };
+        let decoded = b.decode_frame(i).map(Bytes::from);
+        finish.outcome = Some(match &decoded {
+            Ok(bytes) => Ok(bytes.clone()),
+            Err(e) => Err(e.to_string()),
+        });
+        let bytes = decoded?;
         let mut l = self.lock();
         if bytes.len() <= self.budget {
             while l.bytes + bytes.len() > self.budget {
