@@ -957,8 +957,8 @@ fn hostile_bundles_are_refused_without_writing_or_pushing_anything() {
     let members = read_members(&valid);
     assert_eq!(
         members.len(),
-        7,
-        "bundle.json, oci-layout, index.json, 4 blobs"
+        8,
+        "bundle.json, oci-layout, index.json, manifest.json, 4 blobs"
     );
     let bj: serde_json::Value = serde_json::from_slice(&members[0].data).expect("bundle.json");
     let layer_idx = members

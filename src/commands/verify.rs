@@ -1,10 +1,12 @@
 //! `airlock verify`: one sequential pass over a bundle, offline. Checks every volume's
 //! checksum, every member's name, type, size and digest against `bundle.json`, that every
-//! manifest's children are present, that `index.json` agrees with `bundle.json`, and that
-//! the seek table matches the archive. `-v` lists each blob as it is checked.
+//! manifest's children are present, that `index.json` agrees with `bundle.json`, that
+//! `manifest.json` names only images the bundle carries, and that the seek table matches the
+//! archive. `-v` lists each blob as it is checked.
 
+use crate::bundle::docker::{self, MANIFEST_JSON};
 use crate::bundle::volumes::{checksum_name, explain_damage, MultiFile};
-use crate::bundle::Bundle;
+use crate::bundle::{Bundle, INDEX_JSON};
 use crate::cli::VerifyArgs;
 use crate::digest::{Digest, Verifier};
 use crate::error::{Error, Result};
@@ -12,7 +14,7 @@ use crate::manifest;
 use crate::progress::{human, Reporter};
 use crate::registry::MAX_MANIFEST_SIZE;
 use sha2::{Digest as _, Sha256};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::io::{self, Read, Write};
 use std::path::PathBuf;
 
@@ -168,7 +170,10 @@ pub struct VolumeReport {
 
 /// How a member is named in messages: blobs by digest.
 fn describe_member(bundle: &Bundle, i: usize) -> String {
-    match i.checked_sub(3).and_then(|b| bundle.manifest.blobs.get(b)) {
+    match i
+        .checked_sub(bundle.first_blob_member())
+        .and_then(|b| bundle.manifest.blobs.get(b))
+    {
         Some(b) => format!("blob {}", b.digest),
         None => bundle
             .members
@@ -197,6 +202,8 @@ fn check_pass(bundle: &Bundle, reporter: &Reporter) -> Result<Report> {
         .map_err(|e| Error::bundle(&bundle.path, format!("zstd: {e}")))?;
     let mut manifests: HashMap<Digest, Vec<u8>> = HashMap::new();
     let mut index_json = Vec::new();
+    let mut docker_manifest: Option<Vec<u8>> = None;
+    let first_blob = bundle.first_blob_member();
     {
         let mut archive = tar::Archive::new(&mut dec);
         // Raw: GNU long names and pax headers are members like any other (and refused as
@@ -255,15 +262,16 @@ fn check_pass(bundle: &Bundle, reporter: &Reporter) -> Result<Report> {
                     ),
                 ));
             }
-            let (digest, keep) = match i {
-                0 => (None, false),
-                1 => (
-                    Some(bundle.manifest.layout.oci_layout.digest.clone()),
-                    false,
+            let blob = i
+                .checked_sub(first_blob)
+                .and_then(|b| bundle.manifest.blobs.get(b));
+            let (digest, keep) = match blob {
+                // A layout member: bundle.json itself, oci-layout, index.json, manifest.json.
+                None => (
+                    bundle.layout_digest(&expected.name).cloned(),
+                    expected.name == INDEX_JSON || expected.name == MANIFEST_JSON,
                 ),
-                2 => (Some(bundle.manifest.layout.index.digest.clone()), true),
-                _ => {
-                    let b = &bundle.manifest.blobs[i - 3];
+                Some(b) => {
                     let keep = manifest::is_manifest(&b.media_type) && b.size <= MAX_MANIFEST_SIZE;
                     (Some(b.digest.clone()), keep)
                 }
@@ -298,7 +306,7 @@ fn check_pass(bundle: &Bundle, reporter: &Reporter) -> Result<Report> {
                 },
                 None => Ok(()),
             };
-            if let Some(b) = i.checked_sub(3).and_then(|b| bundle.manifest.blobs.get(b)) {
+            if let Some(b) = blob {
                 match &verdict {
                     Ok(()) => reporter.detail(format!(
                         "ok   {} {} {}",
@@ -309,14 +317,17 @@ fn check_pass(bundle: &Bundle, reporter: &Reporter) -> Result<Report> {
                     Err(msg) => reporter.detail(format!("BAD  {} ({msg})", b.digest)),
                 }
             }
-            if i == 2 {
+            if blob.is_none() && expected.name == INDEX_JSON {
                 index_json = kept;
+            } else if blob.is_none() && expected.name == MANIFEST_JSON {
+                // Damaged bytes are reported by the digest check; only sound ones are read.
+                docker_manifest = verdict.is_ok().then_some(kept);
             } else if keep {
                 if let Some(d) = digest {
                     manifests.insert(d, kept);
                 }
             }
-            if i >= 3 {
+            if blob.is_some() {
                 rep.blobs_checked += 1;
                 rep.bytes_checked += expected.size;
             }
@@ -389,12 +400,23 @@ fn check_pass(bundle: &Bundle, reporter: &Reporter) -> Result<Report> {
     }
 
     // Every manifest's children are in the bundle with the declared size.
+    // Image configs carried here, with the layer lists that go with them (for manifest.json).
+    let mut images: HashMap<String, HashSet<Vec<String>>> = HashMap::new();
     for (d, bytes) in &manifests {
         let Some(b) = bundle.manifest.blob(d) else {
             continue;
         };
         match manifest::children(bytes, &b.media_type, &format!("manifest {d}")) {
             Ok(children) => {
+                if manifest::kind(&b.media_type) == Some(manifest::Kind::Image) {
+                    let carried = children.iter().all(|c| bundle.holds(&c.digest));
+                    if let (true, Some((config, layers))) = (carried, children.split_first()) {
+                        images
+                            .entry(config.digest.layout_path())
+                            .or_default()
+                            .insert(layers.iter().map(|l| l.digest.layout_path()).collect());
+                    }
+                }
                 for c in children {
                     match bundle.manifest.blob(&c.digest) {
                         Some(cb) if cb.size == c.size => {}
@@ -446,6 +468,10 @@ fn check_pass(bundle: &Bundle, reporter: &Reporter) -> Result<Report> {
             }
         }
         Err(e) => rep.errors.push(format!("index.json is not JSON: {e}")),
+    }
+    // manifest.json names only image configs and layers that are members of this bundle.
+    if let Some(bytes) = &docker_manifest {
+        rep.errors.extend(docker::check(bytes, &images));
     }
     rep.external = bundle
         .manifest
