@@ -443,11 +443,11 @@ fn split_bundle_is_volumes_with_checksums_and_imports_from_any_volume() {
         .map(str::to_string)
         .collect();
     assert_eq!(
-        names[..3],
-        ["bundle.json", "oci-layout", "index.json"],
+        names[..4],
+        ["bundle.json", "oci-layout", "index.json", "manifest.json"],
         "{names:?}"
     );
-    assert!(names[3..].iter().all(|n| n.starts_with("blobs/sha256/")));
+    assert!(names[4..].iter().all(|n| n.starts_with("blobs/sha256/")));
 
     // verify and inspect take the base name or any volume.
     for given in [base.clone(), volume(&base, 2)] {
