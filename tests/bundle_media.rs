@@ -443,11 +443,11 @@ fn split_bundle_is_volumes_with_checksums_and_imports_from_any_volume() {
         .map(str::to_string)
         .collect();
     assert_eq!(
-        names[..3],
-        ["bundle.json", "oci-layout", "index.json"],
+        names[..4],
+        ["bundle.json", "oci-layout", "index.json", "manifest.json"],
         "{names:?}"
     );
-    assert!(names[3..].iter().all(|n| n.starts_with("blobs/sha256/")));
+    assert!(names[4..].iter().all(|n| n.starts_with("blobs/sha256/")));
 
     // verify and inspect take the base name or any volume.
     for given in [base.clone(), volume(&base, 2)] {
@@ -957,8 +957,8 @@ fn hostile_bundles_are_refused_without_writing_or_pushing_anything() {
     let members = read_members(&valid);
     assert_eq!(
         members.len(),
-        7,
-        "bundle.json, oci-layout, index.json, 4 blobs"
+        8,
+        "bundle.json, oci-layout, index.json, manifest.json, 4 blobs"
     );
     let bj: serde_json::Value = serde_json::from_slice(&members[0].data).expect("bundle.json");
     let layer_idx = members

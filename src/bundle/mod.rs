@@ -1,7 +1,8 @@
-//! The bundle format (DESIGN.md §3): `bundle.json`, `oci-layout`, `index.json` and
-//! `blobs/sha256/…` in a tar stream, zstd-compressed in independent frames with a seek table,
-//! in one file or volumes.
+//! The bundle format (DESIGN.md §3): `bundle.json`, `oci-layout`, `index.json`, the
+//! docker-archive `manifest.json` and `blobs/sha256/…` in a tar stream, zstd-compressed in
+//! independent frames with a seek table, in one file or volumes.
 
+pub mod docker;
 pub mod model;
 pub mod reader;
 pub mod sink;

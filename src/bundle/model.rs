@@ -119,6 +119,10 @@ pub struct BlobEntry {
 pub struct Layout {
     pub oci_layout: Member,
     pub index: Member,
+    /// The docker-archive `manifest.json` (for `docker load` / `podman load`), when at least
+    /// one image can be loaded that way; older bundles have none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub docker_manifest: Option<Member>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -264,7 +268,11 @@ impl BundleManifest {
                 ));
             }
         }
-        for l in [&self.layout.oci_layout, &self.layout.index] {
+        let layout = &self.layout;
+        for l in [&layout.oci_layout, &layout.index]
+            .into_iter()
+            .chain(layout.docker_manifest.as_ref())
+        {
             if l.size > MAX_BUNDLE_JSON {
                 return bad(format!(
                     "layout member {} declares an absurd size",

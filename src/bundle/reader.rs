@@ -4,6 +4,7 @@
 //! the seek table names, and fail if those frames hold less than it says. Random access for
 //! import, one sequential pass for verify.
 
+use super::docker::MANIFEST_JSON;
 use super::model::{BundleManifest, MAX_BUNDLE_JSON};
 use super::volumes::{discover, MultiFile};
 use super::{tar_span, BUNDLE_JSON, INDEX_JSON, OCI_LAYOUT};
@@ -284,7 +285,10 @@ impl Bundle {
         for (name, m) in [
             (OCI_LAYOUT, &layout.oci_layout),
             (INDEX_JSON, &layout.index),
-        ] {
+        ]
+        .into_iter()
+        .chain(layout.docker_manifest.as_ref().map(|m| (MANIFEST_JSON, m)))
+        {
             members.push(Location {
                 name: name.into(),
                 header: off,
@@ -338,6 +342,23 @@ impl Bundle {
             members,
             by_digest,
         })
+    }
+
+    /// The index in `members` of the first blob: the layout members (`bundle.json`,
+    /// `oci-layout`, `index.json` and, when there is one, `manifest.json`) come before it.
+    pub fn first_blob_member(&self) -> usize {
+        self.members.len() - self.manifest.blobs.len()
+    }
+
+    /// The digest bundle.json gives a layout member (none for `bundle.json` itself).
+    pub fn layout_digest(&self, name: &str) -> Option<&Digest> {
+        let layout = &self.manifest.layout;
+        match name {
+            OCI_LAYOUT => Some(&layout.oci_layout.digest),
+            INDEX_JSON => Some(&layout.index.digest),
+            MANIFEST_JSON => layout.docker_manifest.as_ref().map(|m| &m.digest),
+            _ => None,
+        }
     }
 
     /// Opens a member's content after checking that its header says what bundle.json says.

@@ -1,15 +1,16 @@
-//! Writing the bundle: `bundle.json` (and its signature), the layout, then every object in
-//! bundle order, taken from the cache or streamed from the registry.
+//! Writing the bundle: `bundle.json` (and its signature), the layout (with the docker-archive
+//! `manifest.json`), then every object in bundle order, taken from the cache or streamed from the registry.
 
 use super::inputs::rfc3339;
 use super::Contents;
+use crate::bundle::docker::{self, MANIFEST_JSON};
 use crate::bundle::model::{BlobEntry, BundleManifest, FailedImage, ImageEntry, Layout, Member};
 use crate::bundle::sink::{BundleSink, Taken};
 use crate::bundle::{
     BundleWriter, SideFile, BUNDLE_JSON, INDEX_JSON, OCI_LAYOUT, OCI_LAYOUT_CONTENT,
 };
 use crate::config;
-use crate::copy::{self, TargetImage};
+use crate::copy::{self, Object, TargetImage};
 use crate::digest::{Digest, VerifyingReader};
 use crate::error::{Error, IoContext, Result};
 use crate::progress::{human, Reporter};
@@ -59,6 +60,33 @@ fn build_index_json(images: &[ImageEntry], root_sizes: &[u64]) -> Result<Vec<u8>
         "manifests": manifests,
     });
     serde_json::to_vec_pretty(&index).map_err(|e| Error::Failed(format!("index.json: {e}")))
+}
+
+/// The docker-archive `manifest.json` (see [`crate::bundle::docker`]), or `None` when no image
+/// of the bundle can be loaded that way. Images left out are named with `-v`.
+fn build_docker_manifest(
+    images: &[ImageEntry],
+    platforms: &[String],
+    objects: &[Object],
+    reporter: &Reporter,
+) -> Result<Option<Vec<u8>>> {
+    let stored: HashMap<&Digest, docker::Stored<'_>> = objects
+        .iter()
+        .map(|o| {
+            (
+                &o.digest,
+                docker::Stored {
+                    media_type: &o.media_type,
+                    bytes: o.inline.as_deref().map(Vec::as_slice),
+                },
+            )
+        })
+        .collect();
+    let built = docker::build(images, platforms, &stored);
+    for (source, why) in &built.skipped {
+        reporter.detail(format!("{MANIFEST_JSON}: leaving out {source}: {why}"));
+    }
+    docker::to_bytes(&built.entries)
 }
 
 #[derive(serde::Serialize)]
@@ -117,6 +145,7 @@ pub(super) async fn write(
     } = contents;
     let total_size: u64 = objects.iter().map(|o| o.size).sum();
     let index_json = build_index_json(&images, root_sizes)?;
+    let docker_manifest = build_docker_manifest(&images, &platforms, &objects, &reporter)?;
     let blobs: Vec<BlobEntry> = objects
         .iter()
         .map(|o| BlobEntry {
@@ -143,6 +172,10 @@ pub(super) async fn write(
                 digest: Digest::of(&index_json),
                 size: index_json.len() as u64,
             },
+            docker_manifest: docker_manifest.as_ref().map(|m| Member {
+                digest: Digest::of(m),
+                size: m.len() as u64,
+            }),
         },
         external,
         bases,
@@ -207,6 +240,9 @@ pub(super) async fn write(
             &mut &OCI_LAYOUT_CONTENT[..],
         )?;
         w.append(INDEX_JSON, index_json.len() as u64, &mut &index_json[..])?;
+        if let Some(m) = &docker_manifest {
+            w.append(MANIFEST_JSON, m.len() as u64, &mut &m[..])?;
+        }
         for o in &objects {
             let name = o.digest.layout_path();
             if let Some(bytes) = &o.inline {

@@ -1,20 +1,23 @@
 //! `airlock verify`: one sequential pass over a bundle, offline, on the copy engine (`pass`
 //! is the source, `sink` the checking sink). Checks every volume's checksum, every member's
 //! name, type, size and digest against `bundle.json`, that every manifest's children are
-//! present, that `index.json` agrees with `bundle.json`, and that the seek table matches the
-//! archive. `-v` lists each blob as it is checked.
+//! present, that `index.json` agrees with `bundle.json`, that `manifest.json` names only
+//! images the bundle carries, and that the seek table matches the archive. `-v` lists each
+//! blob as it is checked.
 
 mod pass;
 mod sink;
 
+use crate::bundle::docker;
 use crate::bundle::volumes::{checksum_name, explain_damage};
 use crate::bundle::Bundle;
 use crate::cli::VerifyArgs;
 use crate::copy::{self, TargetImage};
 use crate::digest::Digest;
 use crate::error::{Error, Result};
+use crate::manifest;
 use crate::progress::{human, Reporter};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::io::Write;
 use std::sync::Arc;
 
@@ -109,6 +112,32 @@ async fn check_pass(bundle: Arc<Bundle>, reporter: &Reporter) -> Result<Report> 
     rep.bytes_checked = found.bytes_checked;
     let index_json = found.index_json;
     let volume_sums = found.volume_sums;
+
+    // manifest.json names only image configs and layers that are members of this bundle:
+    // the configs carried here, with the layer lists that go with them.
+    if let Some(bytes) = &found.docker_manifest {
+        let mut images: HashMap<String, HashSet<Vec<String>>> = HashMap::new();
+        for (d, bytes) in &found.manifests {
+            let Some(b) = bundle.manifest.blob(d) else {
+                continue;
+            };
+            if manifest::kind(&b.media_type) != Some(manifest::Kind::Image) {
+                continue;
+            }
+            let Ok(children) = manifest::children(bytes, &b.media_type, &format!("manifest {d}"))
+            else {
+                continue;
+            };
+            let carried = children.iter().all(|c| bundle.holds(&c.digest));
+            if let (true, Some((config, layers))) = (carried, children.split_first()) {
+                images
+                    .entry(config.digest.layout_path())
+                    .or_default()
+                    .insert(layers.iter().map(|l| l.digest.layout_path()).collect());
+            }
+        }
+        rep.errors.extend(docker::check(bytes, &images));
+    }
 
     // Volume checksums against the .sha256 file.
     let sums_file = checksum_name(&bundle.path);

@@ -9,9 +9,10 @@
 //! A structural failure (a member that is not where `bundle.json` says, a damaged frame)
 //! ends the pass; a content failure (a digest) is recorded and the pass goes on.
 
+use crate::bundle::docker::MANIFEST_JSON;
 use crate::bundle::reader::{is_regular, parse_header};
 use crate::bundle::volumes::MultiFile;
-use crate::bundle::{tar_span, Bundle, BUNDLE_JSON, INDEX_JSON, OCI_LAYOUT};
+use crate::bundle::{tar_span, Bundle, INDEX_JSON};
 use crate::digest::{Digest, Verifier};
 use crate::error::{Error, Result};
 use crate::manifest;
@@ -162,6 +163,8 @@ pub struct Findings {
     pub volume_sums: Vec<(PathBuf, String)>,
     /// The bytes of `index.json`.
     pub index_json: Vec<u8>,
+    /// The bytes of the docker-archive `manifest.json`, when it has one and they are sound.
+    pub docker_manifest: Option<Vec<u8>>,
     /// Every manifest the bundle holds, by digest.
     pub manifests: HashMap<Digest, Arc<Vec<u8>>>,
 }
@@ -176,6 +179,7 @@ struct State {
     errors: Vec<String>,
     manifests: HashMap<Digest, Arc<Vec<u8>>>,
     index_json: Vec<u8>,
+    docker_manifest: Option<Vec<u8>>,
     blobs_checked: usize,
     bytes_checked: u64,
 }
@@ -196,10 +200,7 @@ impl Pass {
             spawn_volume_reader(VolumeHasher::new(bundle.raw_stream(), &bundle.volumes))?;
         let dec = zstd::stream::read::Decoder::new(raw)
             .map_err(|e| Error::bundle(&bundle.path, format!("zstd: {e}")))?;
-        let lead = bundle
-            .members
-            .len()
-            .saturating_sub(bundle.manifest.blobs.len());
+        let lead = bundle.first_blob_member();
         Ok(Pass {
             state: Mutex::new(State {
                 dec: Some(dec),
@@ -209,6 +210,7 @@ impl Pass {
                 errors: Vec::new(),
                 manifests: HashMap::new(),
                 index_json: Vec::new(),
+                docker_manifest: None,
                 blobs_checked: 0,
                 bytes_checked: 0,
             }),
@@ -246,9 +248,8 @@ impl Pass {
     }
 
     /// The digest a member must have (none for `bundle.json`, which is what it is), and
-    /// whether its bytes are kept (manifests and `index.json`).
+    /// whether its bytes are kept (manifests, `index.json` and `manifest.json`).
     fn expectation(&self, i: usize, name: &str) -> (Option<Digest>, bool) {
-        let layout = &self.bundle.manifest.layout;
         match i.checked_sub(self.lead) {
             Some(b) => match self.bundle.manifest.blobs.get(b) {
                 Some(b) => {
@@ -257,12 +258,11 @@ impl Pass {
                 }
                 None => (None, false),
             },
-            None => match name {
-                BUNDLE_JSON => (None, false),
-                OCI_LAYOUT => (Some(layout.oci_layout.digest.clone()), false),
-                INDEX_JSON => (Some(layout.index.digest.clone()), true),
-                _ => (None, false),
-            },
+            // A layout member: bundle.json itself, oci-layout, index.json, manifest.json.
+            None => (
+                self.bundle.layout_digest(name).cloned(),
+                name == INDEX_JSON || name == MANIFEST_JSON,
+            ),
         }
     }
 
@@ -387,6 +387,8 @@ impl Pass {
         if keep {
             match (&digest, name.as_str()) {
                 (_, INDEX_JSON) => st.index_json = kept,
+                // Damaged bytes are reported by the digest check; only sound ones are read.
+                (_, MANIFEST_JSON) => st.docker_manifest = verdict.is_ok().then_some(kept),
                 (Some(d), _) if verdict.is_ok() => {
                     st.manifests.insert(d.clone(), Arc::new(kept));
                 }
@@ -503,6 +505,7 @@ impl Pass {
             bytes_checked: st.bytes_checked,
             volume_sums: hasher.sums,
             index_json: std::mem::take(&mut st.index_json),
+            docker_manifest: st.docker_manifest.take(),
             manifests: std::mem::take(&mut st.manifests),
         })
     }

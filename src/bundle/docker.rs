@@ -1,0 +1,333 @@
+//! The docker-archive `manifest.json` member: one entry per loadable image (`Config`,
+//! `RepoTags`, `Layers` pointing at `blobs/sha256/…`), so that `docker load` and `podman load`
+//! read a bundle with many images as it is. Which images get an entry, and the check `verify`
+//! makes of the member.
+
+use super::model::ImageEntry;
+use crate::digest::Digest;
+use crate::error::{Error, Result};
+use crate::manifest::{self, Kind};
+use serde::{Deserialize, Serialize};
+use std::collections::{HashMap, HashSet};
+
+pub const MANIFEST_JSON: &str = "manifest.json";
+
+/// The platform picked from an index when no `--platform` was given at export.
+pub const DEFAULT_PLATFORM: &str = "linux/amd64";
+
+const IMAGE_CONFIGS: &[&str] = &[
+    "application/vnd.oci.image.config.v1+json",
+    "application/vnd.docker.container.image.v1+json",
+];
+
+/// Layer media types a docker-archive loader unpacks (plain, gzip or zstd tar).
+const IMAGE_LAYERS: &[&str] = &[
+    "application/vnd.oci.image.layer.v1.tar",
+    "application/vnd.oci.image.layer.v1.tar+gzip",
+    "application/vnd.oci.image.layer.v1.tar+zstd",
+    "application/vnd.docker.image.rootfs.diff.tar",
+    "application/vnd.docker.image.rootfs.diff.tar.gzip",
+    "application/vnd.docker.image.rootfs.diff.tar.zstd",
+];
+
+/// One image of `manifest.json`, as `docker save` writes it.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "PascalCase")]
+pub struct DockerEntry {
+    pub config: String,
+    pub repo_tags: Vec<String>,
+    pub layers: Vec<String>,
+}
+
+/// What the bundle stores, by digest: the media type, and the bytes for manifests.
+pub struct Stored<'a> {
+    pub media_type: &'a str,
+    pub bytes: Option<&'a [u8]>,
+}
+
+/// The entries of `manifest.json` and, for messages, the images left out and why.
+pub struct Built {
+    pub entries: Vec<DockerEntry>,
+    pub skipped: Vec<(String, String)>,
+}
+
+/// One entry per distinct image manifest that a docker-archive loader can load, in the order
+/// of `images`: several tags of one manifest share its entry. For an index, the child of the
+/// first of `platforms`, else of linux/amd64. Companions (signatures, SBOMs), artifacts and
+/// images with an object this bundle does not carry (`--since`) are left out.
+pub fn build<'a>(
+    images: &[ImageEntry],
+    platforms: &[String],
+    stored: &HashMap<&Digest, Stored<'a>>,
+) -> Built {
+    let wanted = platforms
+        .first()
+        .map(String::as_str)
+        .unwrap_or(DEFAULT_PLATFORM);
+    let mut entries: Vec<DockerEntry> = Vec::new();
+    let mut by_manifest: HashMap<Digest, usize> = HashMap::new();
+    let mut skipped = Vec::new();
+    for img in images.iter().filter(|i| i.subject.is_none()) {
+        let chosen = match loadable(img, wanted, stored) {
+            Ok(c) => c,
+            Err(why) => {
+                skipped.push((img.source.clone(), why));
+                continue;
+            }
+        };
+        let (digest, entry) = chosen;
+        let at = *by_manifest.entry(digest).or_insert_with(|| {
+            entries.push(entry);
+            entries.len() - 1
+        });
+        if !img.tag.is_empty() {
+            let tag = format!("{}/{}:{}", img.registry, img.source_repository(), img.tag);
+            let tags = &mut entries[at].repo_tags;
+            if !tags.contains(&tag) {
+                tags.push(tag);
+            }
+        }
+    }
+    Built { entries, skipped }
+}
+
+/// The image manifest of `img` to load and its entry (without tags), or why there is none.
+fn loadable(
+    img: &ImageEntry,
+    wanted: &str,
+    stored: &HashMap<&Digest, Stored<'_>>,
+) -> std::result::Result<(Digest, DockerEntry), String> {
+    let bytes_of = |d: &Digest| -> std::result::Result<(&str, &[u8]), String> {
+        match stored.get(d) {
+            Some(Stored {
+                media_type,
+                bytes: Some(b),
+            }) => Ok((media_type, b)),
+            _ => Err(format!("manifest {d} is not carried in this bundle")),
+        }
+    };
+    let what = format!("manifest {}", img.digest);
+    let image_manifest = match manifest::kind(&img.media_type) {
+        Some(Kind::Image) => img.digest.clone(),
+        Some(Kind::Index) => {
+            let (mt, bytes) = bytes_of(&img.digest)?;
+            let children = manifest::children(bytes, mt, &what).map_err(|e| e.to_string())?;
+            children
+                .into_iter()
+                .find(|c| {
+                    manifest::kind(&c.media_type) == Some(Kind::Image)
+                        && c.platform
+                            .as_deref()
+                            .is_some_and(|p| manifest::platform_matches(p, wanted))
+                })
+                .map(|c| c.digest)
+                .ok_or_else(|| format!("the index has no {wanted} image"))?
+        }
+        None => return Err(format!("{} is not an image", img.media_type)),
+    };
+    let (mt, bytes) = bytes_of(&image_manifest)?;
+    let what = format!("manifest {image_manifest}");
+    let parts = manifest::children(bytes, mt, &what).map_err(|e| e.to_string())?;
+    let Some((config, layers)) = parts.split_first() else {
+        return Err(format!("{what} has no config"));
+    };
+    if !IMAGE_CONFIGS.contains(&config.media_type.as_str()) {
+        return Err(format!(
+            "{what}: config {} is not an image config (an artifact)",
+            config.media_type
+        ));
+    }
+    if let Some(l) = layers
+        .iter()
+        .find(|l| !IMAGE_LAYERS.contains(&l.media_type.as_str()))
+    {
+        return Err(format!(
+            "{what}: layer media type {} is not loadable",
+            l.media_type
+        ));
+    }
+    if let Some(missing) = parts.iter().find(|c| !stored.contains_key(&c.digest)) {
+        return Err(format!(
+            "{what}: blob {} is not carried in this bundle (an earlier bundle has it)",
+            missing.digest
+        ));
+    }
+    Ok((
+        image_manifest,
+        DockerEntry {
+            config: config.digest.layout_path(),
+            repo_tags: Vec::new(),
+            layers: layers.iter().map(|l| l.digest.layout_path()).collect(),
+        },
+    ))
+}
+
+/// The bytes of `manifest.json`, or `None` when no image can be loaded.
+pub fn to_bytes(entries: &[DockerEntry]) -> Result<Option<Vec<u8>>> {
+    if entries.is_empty() {
+        return Ok(None);
+    }
+    serde_json::to_vec_pretty(entries)
+        .map(Some)
+        .map_err(|e| Error::Failed(format!("{MANIFEST_JSON}: {e}")))
+}
+
+/// What `verify` finds wrong with a `manifest.json`: it must parse, and every entry must be the
+/// config and layers of an image manifest of the bundle (`images`: config path → layer
+/// paths), each a member that is there.
+pub fn check(bytes: &[u8], images: &HashMap<String, HashSet<Vec<String>>>) -> Vec<String> {
+    let entries: Vec<DockerEntry> = match serde_json::from_slice(bytes) {
+        Ok(e) => e,
+        Err(e) => return vec![format!("{MANIFEST_JSON} is not valid: {e}")],
+    };
+    let mut errors = Vec::new();
+    for (n, e) in entries.iter().enumerate() {
+        let name = e
+            .repo_tags
+            .first()
+            .cloned()
+            .unwrap_or_else(|| format!("entry {}", n + 1));
+        match images.get(&e.config) {
+            Some(layer_sets) if layer_sets.contains(&e.layers) => {}
+            Some(_) => errors.push(format!(
+                "{MANIFEST_JSON}: {name}: its layers are not those of its config's image"
+            )),
+            None => errors.push(format!(
+                "{MANIFEST_JSON}: {name}: config {} is not an image config of this bundle",
+                e.config
+            )),
+        }
+    }
+    errors
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn image(source: &str, tag: &str, digest: &Digest, media_type: &str) -> ImageEntry {
+        ImageEntry {
+            source: source.into(),
+            registry: "reg.test".into(),
+            namespace: String::new(),
+            path: "lib/app".into(),
+            tag: tag.into(),
+            digest: digest.clone(),
+            source_digest: None,
+            subject: None,
+            media_type: media_type.into(),
+            platforms: Vec::new(),
+            size: 0,
+            blobs: vec![digest.clone()],
+        }
+    }
+
+    fn manifest_bytes(config: &Digest, config_mt: &str, layer: &Digest) -> Vec<u8> {
+        serde_json::to_vec(&serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": manifest::OCI_MANIFEST,
+            "config": {"mediaType": config_mt, "digest": config.as_str(), "size": 2},
+            "layers": [{"mediaType": IMAGE_LAYERS[1], "digest": layer.as_str(), "size": 3}],
+        }))
+        .unwrap_or_default()
+    }
+
+    #[test]
+    fn picks_the_platform_merges_tags_and_skips_artifacts_and_external_blobs() {
+        let (cfg_amd, cfg_arm, layer) = (Digest::of(b"ca"), Digest::of(b"cr"), Digest::of(b"l"));
+        let amd = manifest_bytes(&cfg_amd, IMAGE_CONFIGS[0], &layer);
+        let arm = manifest_bytes(&cfg_arm, IMAGE_CONFIGS[1], &layer);
+        let (amd_d, arm_d) = (Digest::of(&amd), Digest::of(&arm));
+        let index = serde_json::to_vec(&serde_json::json!({
+            "schemaVersion": 2,
+            "manifests": [
+                {"mediaType": manifest::OCI_MANIFEST, "digest": arm_d.as_str(), "size": arm.len(),
+                 "platform": {"os": "linux", "architecture": "arm64", "variant": "v8"}},
+                {"mediaType": manifest::OCI_MANIFEST, "digest": amd_d.as_str(), "size": amd.len(),
+                 "platform": {"os": "linux", "architecture": "amd64"}},
+                {"mediaType": manifest::OCI_MANIFEST, "digest": amd_d.as_str(), "size": amd.len(),
+                 "platform": {"os": "unknown", "architecture": "unknown"}},
+            ],
+        }))
+        .unwrap_or_default();
+        let index_d = Digest::of(&index);
+        let art_cfg = Digest::of(b"art");
+        let art = manifest_bytes(&art_cfg, "application/vnd.example+json", &layer);
+        let art_d = Digest::of(&art);
+        let mut stored = HashMap::new();
+        for (d, mt, b) in [
+            (&amd_d, manifest::OCI_MANIFEST, Some(&amd[..])),
+            (&arm_d, manifest::OCI_MANIFEST, Some(&arm[..])),
+            (&index_d, manifest::OCI_INDEX, Some(&index[..])),
+            (&art_d, manifest::OCI_MANIFEST, Some(&art[..])),
+            (&cfg_amd, IMAGE_CONFIGS[0], None),
+            (&cfg_arm, IMAGE_CONFIGS[1], None),
+            (&art_cfg, "application/vnd.example+json", None),
+        ] {
+            stored.insert(
+                d,
+                Stored {
+                    media_type: mt,
+                    bytes: b,
+                },
+            );
+        }
+        let images = vec![
+            image(
+                "reg.test/lib/app:latest",
+                "latest",
+                &index_d,
+                manifest::OCI_INDEX,
+            ),
+            image("reg.test/lib/app:1.0", "1.0", &index_d, manifest::OCI_INDEX),
+            image(
+                "reg.test/lib/app:art",
+                "art",
+                &art_d,
+                manifest::OCI_MANIFEST,
+            ),
+        ];
+        // The layer is external: nothing is loadable.
+        let built = build(&images, &[], &stored);
+        assert!(built.entries.is_empty());
+        assert_eq!(built.skipped.len(), 3);
+
+        stored.insert(
+            &layer,
+            Stored {
+                media_type: IMAGE_LAYERS[1],
+                bytes: None,
+            },
+        );
+        let built = build(&images, &[], &stored);
+        assert_eq!(
+            built.entries,
+            vec![DockerEntry {
+                config: cfg_amd.layout_path(),
+                repo_tags: vec![
+                    "reg.test/lib/app:latest".into(),
+                    "reg.test/lib/app:1.0".into()
+                ],
+                layers: vec![layer.layout_path()],
+            }]
+        );
+        assert_eq!(built.skipped.len(), 1, "the artifact");
+
+        let arm64 = build(&images, &["linux/arm64".into()], &stored);
+        assert_eq!(arm64.entries[0].config, cfg_arm.layout_path());
+        let none = build(&images, &["linux/s390x".into()], &stored);
+        assert!(none.entries.is_empty());
+        assert!(to_bytes(&none.entries).ok().flatten().is_none());
+
+        let mut known = HashMap::new();
+        known.insert(
+            cfg_amd.layout_path(),
+            HashSet::from([vec![layer.layout_path()]]),
+        );
+        let bytes = to_bytes(&built.entries).ok().flatten().unwrap_or_default();
+        assert!(check(&bytes, &known).is_empty());
+        known.clear();
+        assert_eq!(check(&bytes, &known).len(), 1);
+        assert_eq!(check(b"{", &known).len(), 1);
+    }
+}
