@@ -2,6 +2,7 @@
 //! `blobs/sha256/…` in a tar stream, zstd-compressed in independent frames with a seek table,
 //! in one file or volumes.
 
+pub mod encoder;
 pub mod model;
 pub mod reader;
 pub mod volumes;
