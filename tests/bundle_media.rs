@@ -980,7 +980,7 @@ fn signed_import_checks_every_blob_as_it_streams() {
         Some("1"),
         ImageFormat::Oci,
         &platform,
-        &[la.clone()],
+        std::slice::from_ref(&la),
         &[],
     );
     c.push_image(
@@ -1015,7 +1015,7 @@ fn signed_import_checks_every_blob_as_it_streams() {
     // Untampered: imports whole.
     let dst = TestRegistry::start(RegistryOpts::plain());
     let o = run_airlock(
-        &import_args(&signed, &dst, &["--trusted-key", &pubkey]),
+        import_args(&signed, &dst, &["--trusted-key", &pubkey]),
         &[],
         None,
     );
