@@ -25,7 +25,15 @@
 #   pull x8 8 clients (one keep-alive curl each) pull every blob of the corpus from `airlock serve`
 #           (straight from the compressed bundle) and from the distribution registry the import
 #           filled (uncompressed on disk); serve's peak RSS gets a row of its own
+#   import --trusted-key   the same import of the (signed) bundle into a fresh registry: one pass
+#   fetch limit    4 parallel `curl -o FILE` of every unique blob of the corpus, then `sync`
+#   upload limit   4 parallel monolithic uploads (`curl -T`, POST then PUT ?digest=) of those files
+#                  into a fresh registry
 # and after the imports every manifest digest at each target is compared with the source.
+# A third corpus, *compressed* (BENCH_CORPORA=compressed; not in the default run): four gzip -6
+# layers of real files (tar streams of /usr/lib and /usr/share, cut to size; ~300 MiB of gzip,
+# 30 MiB with BENCH_SMALL=1). Its export row adds CPU seconds (user+sys) per GiB of blobs, with
+# AIRLOCK_BEFORE=BINARY a row for an older airlock too (before/after comparison).
 # skopeo runs one image at a time (its oci: layout is not safe for concurrent writers).
 #
 # Environment:
@@ -39,6 +47,7 @@
 #                         run); default a new directory under /var/tmp
 #   BENCH_KEEP=1          keep the work directory
 #   AIRLOCK               airlock binary, default target/release/airlock (built if missing)
+#   AIRLOCK_BEFORE        optional older airlock binary: an extra export row on each corpus
 set -euo pipefail
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -46,9 +55,9 @@ CORPORA=${BENCH_CORPORA:-big many}
 TOOLS=${BENCH_TOOLS:-airlock skopeo}
 JOBS=${BENCH_JOBS:-8}
 if [[ ${BENCH_SMALL:-0} == 1 ]]; then
-    BIG_MIB=10 MANY_REPOS=5 MANY_TAGS=4 SCALE_REPOS=${BENCH_SCALE_REPOS:-20}
+    BIG_MIB=10 MANY_REPOS=5 MANY_TAGS=4 COMPRESSED_MIB=30 SCALE_REPOS=${BENCH_SCALE_REPOS:-20}
 else
-    BIG_MIB=1024 MANY_REPOS=50 MANY_TAGS=10 SCALE_REPOS=${BENCH_SCALE_REPOS:-1000}
+    BIG_MIB=1024 MANY_REPOS=50 MANY_TAGS=10 COMPRESSED_MIB=300 SCALE_REPOS=${BENCH_SCALE_REPOS:-1000}
 fi
 
 say() { printf '\n==> %s\n' "$*" >&2; }
@@ -164,6 +173,10 @@ start_registry airlock
 DST_AIRLOCK=127.0.0.1:$REG_PORT
 start_registry skopeo
 DST_SKOPEO=127.0.0.1:$REG_PORT
+start_registry signed
+DST_SIGNED=127.0.0.1:$REG_PORT
+start_registry raw
+DST_RAW=127.0.0.1:$REG_PORT
 echo "source $SRC, airlock target $DST_AIRLOCK, skopeo target $DST_SKOPEO" >&2
 
 # --- OCI image layout generator ------------------------------------------------------------------
@@ -306,6 +319,34 @@ scale_rows() {
     done
 }
 
+# make_real_layer NAME MIB DIR...: a gzip -6 layer of a tar stream of real files under DIRs, cut
+# to MIB MiB before compression (a registry does not look inside); prints "DIGEST SIZE DIFF_ID".
+make_real_layer() {
+    local name=$1 mib=$2 diff_id blob
+    shift 2
+    tar -cf - --sort=name "$@" 2>/dev/null | head -c $((mib << 20)) >"$SCRATCH/$name.tar" || true
+    diff_id=sha256:$(sha256sum "$SCRATCH/$name.tar" | cut -d' ' -f1)
+    gzip -n -6 "$SCRATCH/$name.tar"
+    blob=$(add_blob "$SCRATCH/$name.tar.gz")
+    echo "$blob $diff_id"
+}
+
+build_compressed() {
+    local each=$((COMPRESSED_MIB * 3 / 4)) l1 l2 l3 l4   # tar MiB per layer; gzip gives ~1/3 back
+    layout_begin "$WORK/gen-compressed"
+    say "compressed: gzip -6 of four ${each} MiB tar streams of /usr/lib and /usr/share"
+    l1=$(make_real_layer lib $each /usr/lib)
+    l2=$(make_real_layer share $each /usr/share)
+    l3=$(make_real_layer lib-r $each /usr/lib/x86_64-linux-gnu /usr/lib/python3*)
+    l4=$(make_real_layer share-r $each /usr/share/doc /usr/share/locale /usr/share/man /usr/share/i18n)
+    tag_in_layout comp/app:1 $OCI_MANIFEST "$(make_manifest amd64 "$l1" "$l2")"
+    tag_in_layout comp/app:2 $OCI_MANIFEST "$(make_manifest amd64 "$l1" "$l3" "$l4")"
+    tag_in_layout comp/app:3 $OCI_MANIFEST "$(make_manifest amd64 "$l1" "$l2" "$l4")"
+    layout_end
+    printf '%s\n' comp/app:1 comp/app:2 >"$WORK/compressed.list"
+    printf '%s\n' comp/app:1 comp/app:3 >"$WORK/compressed.next.list"
+}
+
 # push_corpus CORPUS: skopeo copy every image of the generated layout into the source registry.
 push_corpus() {
     local c=$1
@@ -322,16 +363,21 @@ ROWS=()   # corpus|step|tool|wall|rss MiB|digests
 FAILED=0
 
 # measure CORPUS STEP TOOL CMD...: runs CMD under /usr/bin/time, output to a log; appends a row.
+LAST_CPU=""
+LAST_WALL=""
 measure() {
-    local corpus=$1 step=$2 tool=$3 tf log wall rss
+    local corpus=$1 step=$2 tool=$3 tf log wall rss user sys
+    LAST_CPU="" LAST_WALL=""
     shift 3
     tf=$WORK/logs/$corpus-$step-${tool// /_}.time
     log=$WORK/logs/$corpus-$step-${tool// /_}.log
     say "$corpus: $step with $tool"
-    if /usr/bin/time -f '%e %M' -o "$tf" "$@" >"$log" 2>&1; then
-        read -r wall rss < <(tail -n 1 "$tf")
+    if /usr/bin/time -f '%e %M %U %S' -o "$tf" "$@" >"$log" 2>&1; then
+        read -r wall rss user sys < <(tail -n 1 "$tf")
         ROWS+=("$corpus|$step|$tool|$wall|$((rss / 1024))|-")
-        echo "   $wall s, $((rss / 1024)) MiB" >&2
+        LAST_CPU=$(awk -v u="$user" -v s="$sys" 'BEGIN { printf "%.2f", u + s }')
+        LAST_WALL=$wall
+        echo "   $wall s, $((rss / 1024)) MiB, CPU $LAST_CPU s" >&2
     else
         echo "   FAILED; last lines of $log:" >&2
         tail -n 20 "$log" | sed 's/^/   | /' >&2
@@ -428,6 +474,37 @@ throttled_export() {
     wait "$pid" 2>/dev/null || true
 }
 
+# unique_blobs CORPUS: "REPO DIGEST" of every unique blob (not manifests) of the exported bundle.
+unique_blobs() {
+    zstd -dc "$WORK/$1-airlock.tar.zst" | tar -xO bundle.json | python3 -c '
+import json, sys
+b = json.load(sys.stdin)
+kinds = {x["digest"]: x["mediaType"] for x in b["blobs"]}
+seen = set()
+for img in b["images"]:
+    repo = img["path"] if not img["namespace"] else img["namespace"] + "/" + img["path"]
+    for d in img["blobs"]:
+        mt = kinds.get(d, "")
+        if "manifest" in mt or "index" in mt or d in seen:
+            continue
+        seen.add(d)
+        print(repo, d)
+'
+}
+
+# raw_limits CORPUS: what the disk and the registry allow, in the same run: 4 parallel
+# `curl -o FILE` of every unique blob then `sync` (export's floor), and 4 parallel monolithic
+# `curl -T` uploads of those files into a fresh registry (import's floor).
+raw_limits() {
+    local c=$1 dir=$WORK/raw-$1
+    mkdir -p "$dir"
+    unique_blobs "$c" >"$WORK/$c.unique"
+    measure "$c" "fetch limit" "curl x4" bash -c "xargs -P 4 -L 1 bash -c 'curl -sSf -o \"$dir/\${1#sha256:}\" \"http://$SRC/v2/\$0/blobs/\$1\"' <'$WORK/$c.unique' && sync"
+    # shellcheck disable=SC2016
+    measure "$c" "upload limit" "curl x4" bash -c "xargs -P 4 -L 1 bash -c 'loc=\$(curl -sSf -o /dev/null -D - -X POST \"http://$DST_RAW/v2/\$0/blobs/uploads/\" | tr -d \"\\r\" | sed -n \"s/^[Ll]ocation: //p\"); case \$loc in http*) ;; *) loc=http://$DST_RAW\$loc ;; esac; case \$loc in *\\?*) sep=\"&\" ;; *) sep=\"?\" ;; esac; curl -sSf -o /dev/null -T \"$dir/\${1#sha256:}\" -H \"Content-Type: application/octet-stream\" \"\$loc\${sep}digest=\$1\"' <'$WORK/$c.unique'"
+    rm -rf "$dir"
+}
+
 run_corpus() {
     local c=$1 list=$WORK/$1.list refs=$WORK/$1.refs
     "build_$c"
@@ -437,8 +514,17 @@ run_corpus() {
     du -sh "$WORK/registry-source/data" >&2
 
     if uses airlock; then
+        if [[ -n ${AIRLOCK_BEFORE:-} ]]; then
+            measure "$c" export "before" "$AIRLOCK_BEFORE" export -f "$refs" -o "$WORK/$c-before.tar.zst" \
+                --plain-http -j "$JOBS" --cache-dir "$WORK/cache-$c" --json
+            cpu_row "$c" before "$WORK/$c-before.tar.zst"
+            rm -rf "$WORK/cache-$c" "$WORK/$c-before.tar.zst"
+        fi
+        [[ -f $WORK/bench.key ]] || "$AIRLOCK" keygen -o "$WORK/bench" --no-password >/dev/null 2>&1
+        # Signed: the bundle is the same bytes; the signature lies beside it.
         measure "$c" export airlock "$AIRLOCK" export -f "$refs" -o "$WORK/$c-airlock.tar.zst" \
-            --plain-http -j "$JOBS" --cache-dir "$WORK/cache-$c"
+            --plain-http -j "$JOBS" --cache-dir "$WORK/cache-$c" --sign "$WORK/bench.key" --json
+        cpu_row "$c" airlock "$WORK/$c-airlock.tar.zst"
         rm -rf "$WORK/cache-$c"
         [[ $c == big ]] && throttled_export "$c"
         # The next month: one layer of one image changed; only new blobs travel.
@@ -470,6 +556,9 @@ EOF
     elif uses airlock; then
         measure "$c" import airlock "$AIRLOCK" import "$WORK/$c-airlock.tar.zst" \
             --registry "$DST_AIRLOCK" --plain-http -j "$JOBS"
+        measure "$c" "import signed" airlock "$AIRLOCK" import "$WORK/$c-airlock.tar.zst" \
+            --registry "$DST_SIGNED" --plain-http -j "$JOBS" --trusted-key "$WORK/bench.pub"
+        raw_limits "$c"
     fi
     if uses skopeo && [[ ! -f $WORK/$c-skopeo.tar.zst ]]; then
         ROWS+=("$c|import|skopeo|skipped|-|-")
@@ -513,12 +602,24 @@ EOF
     rm -f "$WORK/$c-airlock.tar.zst" "$WORK/$c-skopeo.tar.zst"
 }
 
+# cpu_row CORPUS TOOL BUNDLE: after an export, CPU seconds (user+sys) per GiB of blobs and the
+# ratio of blob bytes to bundle bytes, from the export's --json summary in its log.
+CPU_ROWS=()
+cpu_row() {
+    local log=$WORK/logs/$1-export-$2.log total
+    [[ -n $LAST_CPU && -f $3 ]] || return 0
+    total=$(python3 -c 'import json,sys; t=sys.stdin.read(); print(json.JSONDecoder().raw_decode(t[t.index("{"):])[0]["totalSize"])' <"$log" 2>/dev/null || echo 0)
+    [[ $total -gt 0 ]] || return 0
+    CPU_ROWS+=("$(awk -v c="$1" -v t="$2" -v cpu="$LAST_CPU" -v w="$LAST_WALL" -v b="$total" -v z="$(stat -c %s "$3")" \
+        'BEGIN { printf "%-10s export %-8s %7.2f CPU s %7.2f wall s %8.1f MiB of blobs  %6.2f CPU s/GiB  ratio %.2f", c, t, cpu, w, b / 1048576, cpu / (b / 1073741824), b / z }')")
+}
+
 SIZES=()
 for c in $CORPORA; do
     case $c in
-        big | many) run_corpus "$c" ;;
+        big | many | compressed) run_corpus "$c" ;;
         scale) run_corpus scale; scale_rows ;;
-        *) die "unknown corpus $c (big, many, scale)" ;;
+        *) die "unknown corpus $c (big, many, compressed, scale)" ;;
     esac
 done
 
@@ -537,6 +638,8 @@ for s in "${SIZES[@]}"; do
     read -r c name bytes <<<"$s"
     printf '%-6s %-34s %10.2f MiB %14d bytes\n' "$c" "$name" "$(echo "$bytes" | awk '{print $1 / 1048576}')" "$bytes"
 done
+echo
+printf '%s\n' "${CPU_ROWS[@]}"
 for c in $CORPORA; do
     a=$(printf '%s\n' "${ROWS[@]}" | awk -F'|' -v c="$c" '$1 == c && $2 == "verify" && $3 == "airlock" {print $4}')
     z=$(printf '%s\n' "${ROWS[@]}" | awk -F'|' -v c="$c" '$1 == c && $2 == "verify" && $3 == "zstd -d" {print $4}')

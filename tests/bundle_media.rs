@@ -759,7 +759,57 @@ fn signed_bundles_verify_with_airlock_and_minisign_and_tampering_is_refused() {
     let at =
         (st.frame_start_comp(frame).expect("start") + st.frame_end_comp(frame).expect("end")) / 2;
     flip_byte(&flipped, at);
-    refused("flipped layer byte", &flipped, &["flipped.tar.zst"]);
+    // Import reads the bundle once, checking each blob as it streams (issue 9): the damaged
+    // layer fails the images holding it, which get no tag, and is never committed; images
+    // that do not share it may be pushed.
+    let holders: Vec<(String, String)> = b
+        .manifest
+        .images
+        .iter()
+        .filter(|i| i.blobs.contains(&layer.digest))
+        .map(|i| {
+            let name = i
+                .source
+                .strip_prefix(&format!("{}/", src.host()))
+                .expect("source under the source registry");
+            let (repo, tag) = name.rsplit_once(':').expect("repo:tag");
+            (repo.to_string(), tag.to_string())
+        })
+        .collect();
+    assert!(!holders.is_empty());
+    let layer_refused = |what: &str, bundle: &Path, names: &[&str]| {
+        let verify = vec![
+            OsString::from("verify"),
+            bundle.into(),
+            "--trusted-key".into(),
+            pubkey.clone().into(),
+        ];
+        let (o, t) = run_limited(d, &verify);
+        assert_refused(&format!("{what}: verify"), &o, t, names);
+        let dst = TestRegistry::start(RegistryOpts::plain());
+        let (o, t) = run_limited(
+            d,
+            &import_args(
+                bundle,
+                &dst,
+                &["--trusted-key", &pubkey.display().to_string()],
+            ),
+        );
+        assert_refused(&format!("{what}: import"), &o, t, &[layer.digest.as_str()]);
+        for repo in dst.catalog() {
+            assert!(
+                !dst.blob_exists(&repo, layer.digest.as_str()),
+                "{what}: the damaged layer was committed in {repo}"
+            );
+        }
+        for (repo, tag) in &holders {
+            assert!(
+                !dst.tags(repo).contains(tag),
+                "{what}: {repo}:{tag} holds the damaged layer and was tagged"
+            );
+        }
+    };
+    layer_refused("flipped layer byte", &flipped, &["flipped.tar.zst"]);
 
     // A layer's content changed after signing, re-compressed into a valid archive: only its
     // digest (named by the signed bundle.json) can tell.
@@ -773,7 +823,7 @@ fn signed_bundles_verify_with_airlock_and_minisign_and_tampering_is_refused() {
     target.data[mid] ^= 1;
     write_bundle(&altered, &members);
     fs::copy(&sig, beside(&altered, "minisig")).expect("copy");
-    refused("altered layer", &altered, &[layer.digest.as_str()]);
+    layer_refused("altered layer", &altered, &[layer.digest.as_str()]);
 
     // A frame spliced in after the first blob and hidden from the seek table (merged into that
     // blob's entry): random access never sees it, a sequential reader does. It is a GNU
@@ -803,7 +853,36 @@ fn signed_bundles_verify_with_airlock_and_minisign_and_tampering_is_refused() {
         e.splice(blob.start..hidden.end, [(c, d)]);
     });
     fs::copy(&sig, beside(&spliced, "minisig")).expect("copy");
-    refused("spliced frame", &spliced, &["spliced.tar.zst"]);
+    // verify reads the whole archive in sequence and refuses it. import reads members through
+    // the seek table only (one pass, issue 9): the hidden frame is never read, and what it
+    // pushes is exactly what the signed bundle.json names, each blob checked as it streams.
+    let verify = vec![
+        OsString::from("verify"),
+        spliced.clone().into(),
+        "--trusted-key".into(),
+        pubkey.clone().into(),
+    ];
+    let (o, t) = run_limited(d, &verify);
+    assert_refused("spliced frame: verify", &o, t, &["spliced.tar.zst"]);
+    let spliced_dst = TestRegistry::start(RegistryOpts::plain());
+    let (o, t) = run_limited(
+        d,
+        &import_args(
+            &spliced,
+            &spliced_dst,
+            &["--trusted-key", &pubkey.display().to_string()],
+        ),
+    );
+    assert!(t < QUICK, "spliced frame: import took {t:?}");
+    assert_success(&o, "spliced frame: import");
+    for img in corpus.images.iter().filter(|i| i.repo == "src/alpha") {
+        assert_eq!(
+            skopeo_digest(&spliced_dst, &img.name()),
+            img.digest,
+            "{}",
+            img.name()
+        );
+    }
 
     // An encrypted secret key: the password comes from AIRLOCK_KEY_PASSWORD.
     let start = Instant::now();
@@ -880,6 +959,150 @@ fn signed_bundles_verify_with_airlock_and_minisign_and_tampering_is_refused() {
         describe_output(&o)
     );
     eprintln!("keygen with a password took {keygen_time:?}");
+}
+
+/// Issue 9: `import --trusted-key` reads the bundle once. The signature over bundle.json and
+/// the seek table's agreement with it are checked first; then every blob is checked against
+/// its digest as it streams. A tampered layer fails the images holding it: the layer is never
+/// committed, no tag of those images is written, and images that do not share it are pushed.
+/// A bundle.json changed after signing pushes nothing.
+#[test]
+fn signed_import_checks_every_blob_as_it_streams() {
+    let src = TestRegistry::start(RegistryOpts::plain());
+    let c = src.client();
+    let platform = Platform::linux_amd64();
+    // `la` is a gzip layer (stored raw in the bundle), held by two images of signed/a.
+    let la = random_layer(91, 300_000, true);
+    let la2 = random_layer(92, 50_000, false);
+    let lb = random_layer(93, 200_000, false);
+    c.push_image(
+        "signed/a",
+        Some("1"),
+        ImageFormat::Oci,
+        &platform,
+        std::slice::from_ref(&la),
+        &[],
+    );
+    c.push_image(
+        "signed/a",
+        Some("2"),
+        ImageFormat::Oci,
+        &platform,
+        &[la.clone(), la2],
+        &[],
+    );
+    let b1 = c.push_image(
+        "signed/b",
+        Some("1"),
+        ImageFormat::Oci,
+        &platform,
+        &[lb],
+        &[],
+    );
+    let dir = tempdir("airlock-media-onepass-");
+    let d = dir.path();
+    assert_success(&keygen(&d.join("k"), None), "keygen");
+    let key = d.join("k.key").display().to_string();
+    let pubkey = d.join("k.pub").display().to_string();
+    let images = format!(
+        "{h}/signed/a:1\n{h}/signed/a:2\n{h}/signed/b:1\n",
+        h = src.host()
+    );
+    let signed = d.join("signed.tar.zst");
+    export(&images, &signed, &["--sign", &key], &[]);
+    let sig = beside(&signed, "minisig");
+
+    // Untampered: imports whole.
+    let dst = TestRegistry::start(RegistryOpts::plain());
+    let o = run_airlock(
+        import_args(&signed, &dst, &["--trusted-key", &pubkey]),
+        &[],
+        None,
+    );
+    assert_success(&o, "signed import");
+    assert_eq!(dst.tags("signed/a"), vec!["1", "2"]);
+    assert_eq!(skopeo_digest(&dst, "signed/b:1"), b1.digest);
+
+    let tampered_fails_only_its_images = |what: &str, bundle: &Path| {
+        fs::copy(&sig, beside(bundle, "minisig")).expect("copy signature");
+        let dst = TestRegistry::start(RegistryOpts::plain());
+        let (o, t) = run_limited(d, &import_args(bundle, &dst, &["--trusted-key", &pubkey]));
+        assert_refused(what, &o, t, &[la.digest().as_str()]);
+        assert!(
+            !dst.blob_exists("signed/a", &la.digest()),
+            "{what}: the tampered layer was committed"
+        );
+        assert!(
+            dst.tags("signed/a").is_empty(),
+            "{what}: a tag of an image holding the tampered layer was written: {:?}",
+            dst.tags("signed/a")
+        );
+        assert_eq!(dst.tags("signed/b"), vec!["1"], "{what}");
+        assert_eq!(skopeo_digest(&dst, "signed/b:1"), b1.digest, "{what}");
+        // verify still reads everything and refuses it.
+        let verify = vec![
+            OsString::from("verify"),
+            bundle.into(),
+            "--trusted-key".into(),
+            pubkey.clone().into(),
+        ];
+        let (o, t) = run_limited(d, &verify);
+        assert_refused(
+            &format!("{what}: verify"),
+            &o,
+            t,
+            &[bundle.to_str().expect("utf8"), la.digest().as_str()],
+        );
+    };
+
+    // The layer's content changed and re-compressed into a valid archive: the frame
+    // checksums agree, only the digest named by the signed bundle.json can tell.
+    let altered = d.join("altered.tar.zst");
+    let mut members = read_members(&signed);
+    let layer_name = format!("blobs/sha256/{}", &la.digest()[7..]);
+    let m = members
+        .iter_mut()
+        .find(|m| m.name() == layer_name)
+        .expect("layer member");
+    let mid = m.data.len() / 2;
+    m.data[mid] ^= 1;
+    write_bundle(&altered, &members);
+    tampered_fails_only_its_images("altered layer", &altered);
+
+    // One byte of the stored layer flipped in place: its frame's checksum fails.
+    let flipped = d.join("flipped.tar.zst");
+    fs::copy(&signed, &flipped).expect("copy");
+    let b = open_bundle(&flipped);
+    let m = b
+        .members
+        .iter()
+        .find(|m| m.name == layer_name)
+        .expect("layer member");
+    let st = b.seek_table();
+    let frame = st.frame_index_decomp(m.header);
+    assert_eq!(
+        st.frame_size_comp(frame).expect("size"),
+        st.frame_size_decomp(frame).expect("size") + 6 + 4 + 3 * 3,
+        "the gzip layer's frame is stored: its size plus header, block headers and checksum"
+    );
+    flip_byte(
+        &flipped,
+        st.frame_start_comp(frame).expect("start") + 512 + 1000,
+    );
+    tampered_fails_only_its_images("flipped stored byte", &flipped);
+
+    // bundle.json changed after signing: the signature fails and nothing is pushed.
+    let edited = d.join("edited.tar.zst");
+    let mut members = read_members(&signed);
+    let mut v: serde_json::Value = serde_json::from_slice(&members[0].data).expect("bundle.json");
+    v["images"][0]["tag"] = serde_json::json!("evil");
+    members[0] = bundle_json_member(&v);
+    write_bundle(&edited, &members);
+    fs::copy(&sig, beside(&edited, "minisig")).expect("copy signature");
+    let dst = TestRegistry::start(RegistryOpts::plain());
+    let (o, t) = run_limited(d, &import_args(&edited, &dst, &["--trusted-key", &pubkey]));
+    assert_refused("edited bundle.json", &o, t, &["signature"]);
+    assert!(dst.catalog().is_empty(), "pushed {:?}", dst.catalog());
 }
 
 // ---------------------------------------------------------------------------------------------

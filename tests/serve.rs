@@ -681,3 +681,183 @@ fn blobs_spanning_several_frames_are_served_whole_and_by_range() {
         assert_eq!(c.join().expect("client"), (200, layer_digest.clone()));
     }
 }
+
+/// Compressible text, `n` bytes of it.
+fn text_bytes(n: usize, salt: u32) -> Vec<u8> {
+    let mut out = Vec::with_capacity(n + 64);
+    let mut i = 0u32;
+    while out.len() < n {
+        out.extend_from_slice(
+            format!(
+                "{salt} line {i}: the quick brown fox {} jumps over the lazy dog\n",
+                i % 977
+            )
+            .as_bytes(),
+        );
+        i += 1;
+    }
+    out.truncate(n);
+    out
+}
+
+/// Issue 9: a layer whose media type says gzip is stored in raw zstd blocks (zstd would gain
+/// nothing), an uncompressed layer and the JSON members are still compressed, and every
+/// reader reads the bundle as before: verify, `zstd -dc | tar -t`, import (skopeo sees the
+/// same digests, the registry the same bytes) and serve (whole blob and Range across a frame
+/// boundary).
+#[test]
+fn gzip_layers_are_stored_and_every_reader_reads_them() {
+    let dir = tempfile::tempdir().expect("dir");
+    let d = dir.path();
+    // A real gzip (`gzip -6`) of a tar holding text and 17 MiB of noise: more than one
+    // 16 MiB frame.
+    let gz_tar = tar_of(&[
+        ("etc/motd", &text_bytes(2 << 20, 1)),
+        ("usr/lib/blob.bin", &random_bytes(9, 17 << 20)),
+    ]);
+    std::fs::write(d.join("layer.tar"), &gz_tar).expect("write tar");
+    let out = std::process::Command::new("gzip")
+        .args(["-6", "-n", "-c", "layer.tar"])
+        .current_dir(d)
+        .output()
+        .expect("run gzip");
+    assert!(out.status.success(), "gzip failed");
+    let gz = Layer {
+        tar: gz_tar,
+        blob: out.stdout,
+        gzip: true,
+    };
+    assert!(gz.blob.len() < gz.tar.len(), "gzip did not compress");
+    let plain = Layer::from_files(&[("usr/share/doc/README", &text_bytes(4 << 20, 2))], false);
+    let src = TestRegistry::start(RegistryOpts::plain());
+    let pushed = src.client().push_image(
+        "stored/app",
+        Some("1"),
+        ImageFormat::Oci,
+        &Platform::linux_amd64(),
+        &[gz.clone(), plain.clone()],
+        &[],
+    );
+
+    let bundle = d.join("b.tar.zst");
+    let out = run_airlock(
+        [
+            "export",
+            "--json",
+            &format!("{}/stored/app:1", src.host()),
+            "-o",
+            bundle.to_str().expect("utf8"),
+        ],
+        &[],
+        None,
+    );
+    assert_success(&out, "export");
+    let summary: serde_json::Value =
+        serde_json::from_slice(&out.stdout).expect("export --json summary");
+    let on_disk = std::fs::metadata(&bundle).expect("bundle").len();
+    let total = summary["totalSize"].as_u64().expect("totalSize");
+    let ratio = summary["compressionRatio"]
+        .as_f64()
+        .expect("compressionRatio");
+    assert!(
+        (ratio - total as f64 / on_disk as f64).abs() < 0.01,
+        "{ratio} vs {total}/{on_disk}"
+    );
+
+    // The gzip layer's frames hold its bytes plus a little framing; the plain layer shrinks.
+    let b = airlock::bundle::Bundle::open(&bundle).expect("open bundle");
+    let st = b.seek_table();
+    let stored_size = |digest: &str| -> (u64, u32) {
+        let m = b
+            .members
+            .iter()
+            .find(|m| m.name == format!("blobs/sha256/{}", &digest[7..]))
+            .expect("member");
+        let first = st.frame_index_decomp(m.header);
+        let last = st.frame_index_decomp(m.header + airlock::bundle::tar_span(m.size) - 1);
+        let c = st.frame_end_comp(last).expect("end") - st.frame_start_comp(first).expect("start");
+        (c, last - first + 1)
+    };
+    let (gz_c, gz_frames) = stored_size(&gz.digest());
+    assert_eq!(gz_frames, 2, "the gzip layer spans two frames");
+    assert!(
+        gz_c >= gz.size() && gz_c <= gz.size() + 512 + 1024,
+        "gzip layer of {} bytes takes {gz_c} in the bundle",
+        gz.size()
+    );
+    let (plain_c, _) = stored_size(&plain.digest());
+    assert!(
+        plain_c < plain.size() / 4,
+        "plain layer of {} bytes takes {plain_c}",
+        plain.size()
+    );
+    assert!(on_disk < gz.size() + plain.size() / 4 + 64 * 1024);
+
+    let out = run_airlock(["verify", bundle.to_str().expect("utf8")], &[], None);
+    assert_success(&out, "verify");
+
+    // zstd and tar read every member.
+    let out = std::process::Command::new("sh")
+        .arg("-c")
+        .arg("zstd -dc b.tar.zst | tar -t")
+        .current_dir(d)
+        .output()
+        .expect("zstd | tar");
+    assert!(out.status.success(), "zstd -dc | tar -t failed");
+    let listed: std::collections::BTreeSet<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(String::from)
+        .collect();
+    let mut expected: std::collections::BTreeSet<String> =
+        ["bundle.json", "oci-layout", "index.json"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+    for blob in &b.manifest.blobs {
+        expected.insert(blob.digest.layout_path());
+    }
+    assert_eq!(listed, expected);
+
+    // Import: the same digests for skopeo, the same layer bytes at the registry.
+    let dst = TestRegistry::start(RegistryOpts::plain());
+    let out = run_airlock(
+        [
+            "import",
+            "-q",
+            bundle.to_str().expect("utf8"),
+            "--registry",
+            &dst.host(),
+        ],
+        &[],
+        None,
+    );
+    assert_success(&out, "import");
+    assert_eq!(skopeo_digest(&dst, "stored/app:1"), pushed.digest);
+    let got = dst
+        .client()
+        .get_blob("stored/app", &gz.digest())
+        .expect("gzip layer at the registry");
+    assert!(got == gz.blob, "the gzip layer's bytes differ");
+
+    // Serve: the whole blob, and a Range across the boundary of its two frames.
+    let served = Served::start(&[&bundle], &[]);
+    let raw = served.raw();
+    let path = format!("/v2/stored/app/blobs/{}", gz.digest());
+    let r = raw.request("GET", &path, &[], None);
+    assert_eq!(r.status, 200);
+    assert_eq!(sha(&r.body), gz.digest());
+    // The second frame starts 16 MiB into the member's tar stream, 512 bytes of header in.
+    let boundary = (16u64 << 20) - 512;
+    let (from, to) = (boundary - 1000, boundary + 1000);
+    let r = raw.request(
+        "GET",
+        &path,
+        &[("Range", &format!("bytes={from}-{to}"))],
+        None,
+    );
+    assert_eq!(r.status, 206);
+    assert!(
+        r.body == gz.blob[from as usize..=to as usize],
+        "Range bytes differ"
+    );
+}

@@ -3,6 +3,7 @@
 //! independent frames with a seek table, in one file or volumes.
 
 pub mod docker;
+pub mod encoder;
 pub mod model;
 pub mod reader;
 pub mod sink;

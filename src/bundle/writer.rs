@@ -1,59 +1,27 @@
 //! Writing a bundle: a tar stream whose every member starts a new zstd frame (large members
 //! span several frames), closed by the zstd seekable-format seek table, into one file or
-//! volumes. Headers are fixed (ustar, mode 0644, uid/gid 0, one mtime) so that the same
-//! input gives the same bytes. Compression runs on the caller's thread; hashing and writing
-//! the compressed bytes run on a thread of their own, so the two overlap.
+//! volumes. Members that are compressed already are stored in raw zstd blocks, the rest
+//! compressed (see [`super::encoder`]). Headers are fixed (ustar, mode 0644, uid/gid 0, one
+//! mtime) so that the same input gives the same bytes. Compression runs on the caller's
+//! thread; hashing and writing the compressed bytes run on a thread of their own, so the two
+//! overlap.
 
+use super::encoder::{ChunkSink, Encoder};
+pub use super::encoder::{Compression, LEVEL};
 use super::volumes::{SideFile, VolumeWriter};
 use crate::error::{Error, IoContext, Result};
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
-use std::sync::mpsc::{sync_channel, SyncSender};
+use std::sync::mpsc::sync_channel;
 use std::thread::JoinHandle;
 
 /// Uncompressed size at which a member's data starts a new frame.
 pub const FRAME_SIZE: u32 = 16 * 1024 * 1024;
-/// zstd level: 3 is zstd's default, fast enough to keep up with a LAN.
-pub const LEVEL: i32 = 3;
-/// Compressed bytes are handed to the output thread in chunks of this size.
-const CHUNK: usize = 1 << 20;
 /// How many chunks may wait for the output thread (bounds memory to a few MiB).
 const QUEUE: usize = 4;
 
-/// The encoder's output: buffers compressed bytes and hands them to the output thread.
-struct PipeSink {
-    tx: SyncSender<Vec<u8>>,
-    buf: Vec<u8>,
-}
-
-impl PipeSink {
-    fn send(&mut self) -> io::Result<()> {
-        if self.buf.is_empty() {
-            return Ok(());
-        }
-        let chunk = std::mem::replace(&mut self.buf, Vec::with_capacity(CHUNK));
-        self.tx
-            .send(chunk)
-            .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "the bundle output failed"))
-    }
-}
-
-impl Write for PipeSink {
-    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
-        self.buf.extend_from_slice(data);
-        if self.buf.len() >= CHUNK {
-            self.send()?;
-        }
-        Ok(data.len())
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        self.send()
-    }
-}
-
 pub struct BundleWriter {
-    tar: Option<tar::Builder<zeekstd::Encoder<'static, PipeSink>>>,
+    tar: Option<tar::Builder<Encoder>>,
     output: Option<JoinHandle<io::Result<VolumeWriter>>>,
     mtime: u64,
     path: PathBuf,
@@ -73,15 +41,11 @@ impl BundleWriter {
                 Ok(volumes)
             })
             .ctx(|| "starting the bundle output thread".into())?;
-        let sink = PipeSink {
-            tx,
-            buf: Vec::with_capacity(CHUNK),
-        };
-        let encoder = zeekstd::EncodeOptions::new()
-            .compression_level(LEVEL)
-            .checksum_flag(true)
-            .frame_size_policy(zeekstd::FrameSizePolicy::Uncompressed(FRAME_SIZE))
-            .into_encoder(sink)
+        let sink: ChunkSink = Box::new(move |chunk| {
+            tx.send(chunk)
+                .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "the bundle output failed"))
+        });
+        let encoder = Encoder::new(sink, FRAME_SIZE)
             .map_err(|e| Error::bundle(path, format!("starting the zstd encoder: {e}")))?;
         let mut tar = tar::Builder::new(encoder);
         tar.mode(tar::HeaderMode::Deterministic);
@@ -102,9 +66,21 @@ impl BundleWriter {
         }
     }
 
-    /// Appends one member of `size` bytes read from `data`, then ends the zstd frame so the
-    /// next member starts a new one.
+    /// Appends one member of `size` bytes read from `data`, compressed, then ends the zstd
+    /// frame so the next member starts a new one.
     pub fn append(&mut self, name: &str, size: u64, data: &mut dyn Read) -> Result<()> {
+        self.append_as(name, size, data, Compression::Compress)
+    }
+
+    /// Like [`append`](Self::append), with the member's frames written as `how` says
+    /// (`Compression::for_media_type` picks it for a blob).
+    pub fn append_as(
+        &mut self,
+        name: &str,
+        size: u64,
+        data: &mut dyn Read,
+        how: Compression,
+    ) -> Result<()> {
         let mut h = tar::Header::new_ustar();
         h.set_path(name)
             .ctx(|| format!("bundle member name {name}"))?;
@@ -120,17 +96,26 @@ impl BundleWriter {
             return Err(Error::bundle(&self.path, "writer already closed"));
         };
         let result = tar
-            .append(&h, data)
+            .get_mut()
+            .set_mode(how)
             .map_err(|e| {
                 (
                     e.kind(),
-                    Error::io(format!("writing {name} into bundle {path}"), e),
+                    Error::bundle(&self.path, format!("ending a zstd frame: {e}")),
                 )
+            })
+            .and_then(|_| {
+                tar.append(&h, data).map_err(|e| {
+                    (
+                        e.kind(),
+                        Error::io(format!("writing {name} into bundle {path}"), e),
+                    )
+                })
             })
             .and_then(|_| {
                 tar.get_mut().end_frame().map_err(|e| {
                     (
-                        io::ErrorKind::Other,
+                        e.kind(),
                         Error::bundle(&self.path, format!("ending a zstd frame: {e}")),
                     )
                 })
@@ -154,6 +139,12 @@ impl BundleWriter {
             .tar
             .take()
             .ok_or_else(|| Error::bundle(&path, "writer already closed"))?;
+        let mut tar = tar;
+        // The end-of-archive blocks are compressed whatever the last member was.
+        if let Err(e) = tar.get_mut().set_mode(Compression::Compress) {
+            let e = Error::bundle(&path, format!("ending a zstd frame: {e}"));
+            return Err(self.output_error(e));
+        }
         let encoder = match tar.into_inner() {
             Ok(e) => e,
             Err(e) => {

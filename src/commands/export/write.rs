@@ -98,6 +98,8 @@ struct Summary {
     blobs: usize,
     total_size: u64,
     compressed_size: u64,
+    /// `totalSize / compressedSize`, two decimals.
+    compression_ratio: f64,
     downloaded_bytes: u64,
     cached_bytes: u64,
     /// What the cache holds after this export.
@@ -115,6 +117,14 @@ struct SummaryImage {
     digest: String,
     platforms: Vec<String>,
     size: u64,
+}
+
+/// Blob bytes per byte on disk, two decimals (gzip layers are stored, so near 1 for them).
+fn ratio(total: u64, on_disk: u64) -> f64 {
+    if on_disk == 0 {
+        return 0.0;
+    }
+    (total as f64 / on_disk as f64 * 100.0).round() / 100.0
 }
 
 /// Writes the bundle and returns its bundle.json.
@@ -253,7 +263,8 @@ pub(super) async fn write(
             }
             let (r, taken) = inbox.take(o)?;
             let mut r = crate::progress::Counting::new(r, bar.clone());
-            if let Err(e) = w.append(&name, o.size, &mut r) {
+            let how = crate::bundle::writer::Compression::for_media_type(&o.media_type);
+            if let Err(e) = w.append_as(&name, o.size, &mut r, how) {
                 // A damaged cache entry must not poison the next run.
                 if let Taken::Cached { path, .. } = taken {
                     let _ = std::fs::remove_file(&path);
@@ -304,13 +315,14 @@ pub(super) async fn write(
     // How big the cache has grown (`airlock cache prune` trims it).
     let cache_now = crate::cache::summary(&cache).unwrap_or_default();
     reporter.info(format!(
-        "wrote {} ({} images, {} blobs, {} in {} on disk; downloaded {}, {} from cache; the \
-         cache {} holds {} in {} entries)",
+        "wrote {} ({} images, {} blobs, {} in {} on disk, ratio {:.2}; downloaded {}, {} from \
+         cache; the cache {} holds {} in {} entries)",
         out.display(),
         manifest.images.len(),
         manifest.blobs.len(),
         human(total_size),
         human(compressed),
+        ratio(total_size, compressed),
         human(downloaded),
         human(cached),
         cache.display(),
@@ -334,6 +346,7 @@ pub(super) async fn write(
             blobs: manifest.blobs.len(),
             total_size,
             compressed_size: compressed,
+            compression_ratio: ratio(total_size, compressed),
             downloaded_bytes: downloaded,
             cached_bytes: cached,
             cache_size: cache_now.bytes,
