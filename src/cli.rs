@@ -166,7 +166,7 @@ pub struct OutputArgs {
 }
 
 fn parse_timeout(s: &str) -> Result<std::time::Duration, String> {
-    crate::registry::retry::parse_duration(s)
+    crate::units::parse_duration(s)
 }
 
 impl OutputArgs {

@@ -19,7 +19,7 @@ fn key_password(what: &str) -> Result<String> {
     if let Some(p) = crate::config::env("AIRLOCK_KEY_PASSWORD") {
         return Ok(p);
     }
-    if crate::config::interactive() {
+    if crate::prompt::interactive() {
         return rpassword::prompt_password(format!("Password for {what}: "))
             .map_err(|e| Error::io("reading the key password", e));
     }
@@ -53,7 +53,7 @@ pub fn keygen(prefix: &Path, no_password: bool, force: bool) -> Result<(PathBuf,
     } else {
         let pw = if let Some(p) = crate::config::env("AIRLOCK_KEY_PASSWORD") {
             p
-        } else if crate::config::interactive() {
+        } else if crate::prompt::interactive() {
             let a = rpassword::prompt_password("Password for the new secret key: ")
                 .map_err(|e| Error::io("reading the password", e))?;
             let b = rpassword::prompt_password("Again: ")

@@ -77,7 +77,7 @@ pub async fn run(args: CopyArgs) -> Result<()> {
             })
             .collect();
         if args.out.json {
-            config::print_json(&serde_json::json!({
+            crate::progress::print_json(&serde_json::json!({
                 "images": lines,
                 "objects": objects.len(),
                 "totalSize": total,
@@ -107,7 +107,8 @@ pub async fn run(args: CopyArgs) -> Result<()> {
     }
     let creds = config::credentials(&to, Side::Target, &registry)?;
     let target =
-        config::connect(&registry, &config::tls(&to), creds, args.out.retry_policy()).await?;
+        crate::credentials::connect(&registry, &config::tls(&to), creds, args.out.retry_policy())
+            .await?;
     reporter.info(format!(
         "copying {} images ({}) into {registry}",
         targets.len(),

@@ -105,7 +105,7 @@ pub(crate) fn finish(
         report.blobs_skipped
     ));
     if json {
-        config::print_json(&report)?;
+        crate::progress::print_json(&report)?;
     }
     if report.images_failed.is_empty() {
         return Ok(());
@@ -126,7 +126,7 @@ pub(crate) fn finish(
 /// `import --plan`: the mapping and what would be uploaded, mounted or skipped.
 fn show_plan(plan: &copy::PushPlan, registry: &str, json: bool) -> Result<()> {
     if json {
-        config::print_json(plan)?;
+        crate::progress::print_json(plan)?;
     } else {
         let width = plan
             .images
@@ -209,7 +209,8 @@ pub async fn run(args: ImportArgs) -> Result<()> {
 
     let creds = config::credentials(r, Side::Target, &registry)?;
     let tls = config::tls(r);
-    let target = config::connect(&registry, &tls, creds, args.out.retry_policy()).await?;
+    let target =
+        crate::credentials::connect(&registry, &tls, creds, args.out.retry_policy()).await?;
     if args.plan {
         let source: Arc<dyn crate::store::Source> = Arc::new(bundle.clone());
         let plan = copy::plan(source.as_ref(), &target, &targets, args.out.jobs as usize).await?;

@@ -54,7 +54,7 @@ pub const DEFAULT_CHUNK: u64 = 64 * 1024 * 1024;
 /// registry asked for.
 fn chunk_size(registry_min: u64) -> u64 {
     crate::config::env("AIRLOCK_CHUNK_SIZE")
-        .and_then(|v| crate::config::parse_size(&v).ok())
+        .and_then(|v| crate::units::parse_size(&v).ok())
         .unwrap_or(DEFAULT_CHUNK)
         .max(MIN_CHUNK)
         .max(registry_min)

@@ -90,7 +90,7 @@ pub fn requested_images(args: &ExportArgs) -> Result<Vec<Requested>> {
     for name in names {
         if namespace_mode && !name.contains('/') {
             if source.is_none() {
-                if !registry_given && !env_mode && !config::interactive() {
+                if !registry_given && !env_mode && !crate::prompt::interactive() {
                     return Err(Error::Usage(format!(
                         "{name} is a short name, and no source registry was given: add \
                          --registry HOST (or set SOURCE_DOCKER_REGISTRY; the offline \
@@ -109,7 +109,7 @@ pub fn requested_images(args: &ExportArgs) -> Result<Vec<Requested>> {
                 )?;
                 // The procedure's repository is its default only in its own mode; with a
                 // registry flag alone, a short name sits at the registry's top level.
-                let repo = if env_mode || config::interactive() {
+                let repo = if env_mode || crate::prompt::interactive() {
                     config::value(
                         r.repository.as_ref(),
                         "--repository",

@@ -229,7 +229,7 @@ pub async fn run(args: ExportArgs) -> Result<()> {
     let split = args
         .split_size
         .as_deref()
-        .map(config::parse_size)
+        .map(crate::units::parse_size)
         .transpose()?;
     for p in &args.platform {
         validate_platform(p)?;

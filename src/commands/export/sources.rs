@@ -56,7 +56,7 @@ pub(super) async fn connect_sources(
         } else {
             crate::credentials::from_config_files(name)
         };
-        let reg = config::connect(name, &tls, creds, args.out.retry_policy()).await?;
+        let reg = crate::credentials::connect(name, &tls, creds, args.out.retry_policy()).await?;
         clients.insert(name.clone(), Arc::new(reg));
     }
     Ok(clients)
@@ -81,8 +81,10 @@ pub(super) async fn connect_image_set(
             CredentialSource::Anonymous => None,
             env @ CredentialSource::Env { .. } => env.env_credentials()?,
         };
-        let reg =
-            Arc::new(config::connect(&r.registry, &r.tls, creds, args.out.retry_policy()).await?);
+        let reg = Arc::new(
+            crate::credentials::connect(&r.registry, &r.tls, creds, args.out.retry_policy())
+                .await?,
+        );
         // Images name their registry as references normalise it (index.docker.io → docker.io).
         if let Ok(normal) = Reference::parse(&format!("{}/x", r.registry)) {
             clients.insert(normal.registry, reg.clone());

@@ -7,7 +7,6 @@ use crate::bundle::model::{BlobEntry, BundleManifest, FailedImage, ImageEntry, L
 use crate::bundle::{
     BundleWriter, SideFile, BUNDLE_JSON, INDEX_JSON, OCI_LAYOUT, OCI_LAYOUT_CONTENT,
 };
-use crate::config;
 use crate::digest::{Digest, VerifyingReader};
 use crate::error::{Error, IoContext, Result};
 use crate::fetch::{self, Source, Supply};
@@ -298,7 +297,7 @@ pub(super) async fn write(
             external_size: manifest.external.iter().map(|x| x.size).sum(),
             failed: manifest.failed.clone(),
         };
-        config::print_json(&summary)?;
+        crate::progress::print_json(&summary)?;
     }
     Ok(manifest)
 }
