@@ -9,18 +9,7 @@ use std::time::{Duration, SystemTime};
 
 /// The cache directory: the one given, else the environment's default.
 pub fn dir(given: Option<&Path>) -> Result<PathBuf> {
-    if let Some(d) = given {
-        return Ok(d.to_path_buf());
-    }
-    if let Some(x) = crate::config::env("XDG_CACHE_HOME") {
-        return Ok(PathBuf::from(x).join("airlock"));
-    }
-    if let Some(h) = crate::config::env("HOME") {
-        return Ok(PathBuf::from(h).join(".cache").join("airlock"));
-    }
-    Err(Error::Usage(
-        "no cache directory: give --cache-dir or set XDG_CACHE_HOME or HOME".into(),
-    ))
+    crate::options::cache_dir(given, &crate::options::ProcessEnv)
 }
 
 /// One cached blob.

@@ -1,5 +1,5 @@
 //! Command-line flags (clap). What they resolve to, with environment fallbacks and prompts,
-//! lives in `config`.
+//! lives in `options`.
 
 use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;

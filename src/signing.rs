@@ -16,7 +16,7 @@ pub fn signature_path(base: &Path) -> PathBuf {
 
 /// The password for an encrypted secret key: `AIRLOCK_KEY_PASSWORD`, else a hidden prompt.
 fn key_password(what: &str) -> Result<String> {
-    if let Some(p) = crate::config::env("AIRLOCK_KEY_PASSWORD") {
+    if let Some(p) = crate::options::key_password(&crate::options::ProcessEnv) {
         return Ok(p);
     }
     if crate::prompt::interactive() {
@@ -51,7 +51,7 @@ pub fn keygen(prefix: &Path, no_password: bool, force: bool) -> Result<(PathBuf,
     let kp = if no_password {
         minisign::KeyPair::generate_unencrypted_keypair()
     } else {
-        let pw = if let Some(p) = crate::config::env("AIRLOCK_KEY_PASSWORD") {
+        let pw = if let Some(p) = crate::options::key_password(&crate::options::ProcessEnv) {
             p
         } else if crate::prompt::interactive() {
             let a = rpassword::prompt_password("Password for the new secret key: ")

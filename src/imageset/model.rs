@@ -60,7 +60,7 @@ pub enum CredentialSource {
 impl CredentialSource {
     /// For [`CredentialSource::Env`], reads the two variables (a usage error names the one that
     /// is unset or empty); `None` for the other sources.
-    pub fn env_credentials(&self) -> Result<Option<Credentials>> {
+    pub fn env_credentials(&self, env: &dyn crate::options::Env) -> Result<Option<Credentials>> {
         let CredentialSource::Env {
             username_var,
             password_var,
@@ -69,7 +69,7 @@ impl CredentialSource {
             return Ok(None);
         };
         let read = |var: &str, key: &str| {
-            crate::config::env(var).ok_or_else(|| {
+            env.var(var).ok_or_else(|| {
                 Error::Usage(format!(
                     "credentials: environment variable {var} (named by {key}) is not set or empty"
                 ))
@@ -160,18 +160,28 @@ mod tests {
             username_var: "AIRLOCK_IMAGESET_TEST_UNSET_U".into(),
             password_var: "AIRLOCK_IMAGESET_TEST_UNSET_P".into(),
         };
-        let e = src.env_credentials().unwrap_err();
+        let vars = std::collections::HashMap::from([(
+            "AIRLOCK_IMAGESET_TEST_UNSET_P".to_string(),
+            "p".to_string(),
+        )]);
+        let e = src.env_credentials(&vars).unwrap_err();
         assert!(
             e.to_string()
                 .contains("AIRLOCK_IMAGESET_TEST_UNSET_U (named by usernameEnv)"),
             "{e}"
         );
+        let set = std::collections::HashMap::from([
+            ("AIRLOCK_IMAGESET_TEST_UNSET_U".to_string(), "u".to_string()),
+            ("AIRLOCK_IMAGESET_TEST_UNSET_P".to_string(), "p".to_string()),
+        ]);
+        let c = src.env_credentials(&set).unwrap().unwrap();
+        assert_eq!((c.username.as_str(), c.password()), ("u", "p"));
         assert!(CredentialSource::Default
-            .env_credentials()
+            .env_credentials(&set)
             .unwrap()
             .is_none());
         assert!(CredentialSource::Anonymous
-            .env_credentials()
+            .env_credentials(&set)
             .unwrap()
             .is_none());
     }
