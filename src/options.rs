@@ -138,7 +138,6 @@ fn flag_or_var(flag: Option<&String>, env: &dyn Env, var: &str) -> Option<String
 /// What a flag or variable gave (`given`), else (on a terminal) a prompt with an optional
 /// default, else the default when `default_without_tty`, else a usage error naming the flag
 /// and the variable.
-#[allow(clippy::too_many_arguments)]
 fn given_or_asked(
     given: Option<String>,
     flag: &str,
@@ -170,7 +169,7 @@ fn given_or_asked(
 #[derive(Clone)]
 pub struct Login {
     side: Side,
-    /// `--username` (even empty: it still says credentials were meant) .
+    /// `--username` as given (even empty, it says credentials were meant).
     username_flag: Option<String>,
     /// The username: the flag unless empty, else `*_DOCKER_USERNAME`.
     username: Option<String>,
