@@ -265,7 +265,7 @@ pub async fn run(args: ExportArgs) -> Result<()> {
             cache.join("tmp").display()
         ));
     }
-    let jobs = args.out.jobs as usize;
+    let jobs = opts.transfer.jobs;
     let Selection {
         resolved,
         failed,
