@@ -9,18 +9,7 @@ use std::time::{Duration, SystemTime};
 
 /// The cache directory: the one given, else the environment's default.
 pub fn dir(given: Option<&Path>) -> Result<PathBuf> {
-    if let Some(d) = given {
-        return Ok(d.to_path_buf());
-    }
-    if let Some(x) = crate::config::env("XDG_CACHE_HOME") {
-        return Ok(PathBuf::from(x).join("airlock"));
-    }
-    if let Some(h) = crate::config::env("HOME") {
-        return Ok(PathBuf::from(h).join(".cache").join("airlock"));
-    }
-    Err(Error::Usage(
-        "no cache directory: give --cache-dir or set XDG_CACHE_HOME or HOME".into(),
-    ))
+    crate::options::cache_dir(given, &crate::options::ProcessEnv)
 }
 
 /// One cached blob.
@@ -142,18 +131,6 @@ pub fn prune(dir: &Path, older_than: Option<Duration>, max_size: Option<u64>) ->
     Ok(out)
 }
 
-/// Parses an age: `30d`, `12h`, `90m`, `45s`.
-pub fn parse_age(s: &str) -> Result<Duration> {
-    let t = s.trim();
-    if let Some(days) = t.strip_suffix('d') {
-        let n: u64 = days
-            .parse()
-            .map_err(|_| Error::Usage(format!("{s:?} is not an age (e.g. 30d, 12h)")))?;
-        return Ok(Duration::from_secs(n * 86_400));
-    }
-    crate::registry::retry::parse_duration(t).map_err(Error::Usage)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -183,18 +160,5 @@ mod tests {
         let p = prune(d.path(), None, Some(150)).expect("prune");
         assert_eq!((p.removed, p.bytes_kept), (2, 100));
         assert!(d.path().join("blobs/sha256/e").exists(), "the newest stays");
-    }
-
-    #[test]
-    fn ages() {
-        assert_eq!(
-            parse_age("30d").expect("30d"),
-            Duration::from_secs(30 * 86_400)
-        );
-        assert_eq!(
-            parse_age("12h").expect("12h"),
-            Duration::from_secs(12 * 3600)
-        );
-        assert!(parse_age("soon").is_err());
     }
 }

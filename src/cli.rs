@@ -1,5 +1,5 @@
 //! Command-line flags (clap). What they resolve to, with environment fallbacks and prompts,
-//! lives in `config`.
+//! lives in `options`.
 
 use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
@@ -166,7 +166,7 @@ pub struct OutputArgs {
 }
 
 fn parse_timeout(s: &str) -> Result<std::time::Duration, String> {
-    crate::registry::retry::parse_duration(s)
+    crate::units::parse_duration(s)
 }
 
 impl OutputArgs {

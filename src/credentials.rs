@@ -2,6 +2,8 @@
 //! docker's config.json and its helpers, podman's auth.json, a hidden prompt) and a type that
 //! never prints its password.
 
+use crate::error::{Error, Result};
+use crate::registry::TlsOptions;
 use std::fmt;
 
 /// A username and password. `Debug` and `Display` never show the password.
@@ -62,6 +64,36 @@ pub fn from_config_files(registry: &str) -> Option<Credentials> {
         }
     }
     None
+}
+
+/// Asks for a username and password on a terminal, after a registry said it needs them.
+pub fn prompt_credentials(registry: &str) -> Result<Option<Credentials>> {
+    if !crate::prompt::interactive() {
+        return Ok(None);
+    }
+    let Some(user) = crate::prompt::ask(&format!("Username for {registry}"), None)? else {
+        return Ok(None);
+    };
+    let pass = crate::prompt::password(&format!("Password for {user} at {registry}: "))?;
+    Ok(Some(Credentials::new(user, pass)))
+}
+
+/// Connects to a registry; when it wants credentials we lack and a terminal is attached, asks
+/// for a username and password and tries once more.
+pub async fn connect(
+    name: &str,
+    tls: &TlsOptions,
+    creds: Option<Credentials>,
+    retry: crate::registry::RetryPolicy,
+) -> Result<crate::registry::Registry> {
+    use crate::registry::Registry;
+    match Registry::connect(name, tls, creds.clone(), retry.clone()).await {
+        Err(Error::Auth { .. }) if creds.is_none() && crate::prompt::interactive() => {
+            let creds = prompt_credentials(name)?;
+            Registry::connect(name, tls, creds, retry).await
+        }
+        r => r,
+    }
 }
 
 #[cfg(test)]

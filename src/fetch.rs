@@ -23,9 +23,7 @@ pub const STREAM_THRESHOLD: u64 = 256 * 1024 * 1024;
 
 /// The size above which blobs stream: `AIRLOCK_STREAM_OVER` (K/M/G suffixes) or 256 MiB.
 pub fn stream_threshold() -> u64 {
-    crate::config::env("AIRLOCK_STREAM_OVER")
-        .and_then(|v| crate::config::parse_size(&v).ok())
-        .unwrap_or(STREAM_THRESHOLD)
+    crate::options::stream_over(&crate::options::ProcessEnv, STREAM_THRESHOLD)
 }
 
 /// Whether a cache entry from an earlier run still holds exactly `o`; a damaged one is

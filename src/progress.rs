@@ -1,8 +1,9 @@
 //! What the user sees while work goes on: a progress bar on a terminal, plain lines in logs,
 //! nothing with `--quiet`; `--json` summaries go to stdout, everything else to stderr.
 
+use crate::error::{Error, Result};
 use indicatif::{ProgressBar, ProgressStyle};
-use std::io::IsTerminal;
+use std::io::{IsTerminal, Write};
 
 #[derive(Clone)]
 pub struct Reporter {
@@ -151,4 +152,12 @@ pub fn human(bytes: u64) -> String {
     } else {
         format!("{v:.1} {}", UNITS[u])
     }
+}
+
+/// Prints a serialisable summary as pretty JSON on stdout (for `--json`).
+pub fn print_json(value: &impl serde::Serialize) -> Result<()> {
+    let mut stdout = std::io::stdout().lock();
+    serde_json::to_writer_pretty(&mut stdout, value)
+        .map_err(|e| Error::Failed(format!("printing JSON: {e}")))?;
+    writeln!(stdout).map_err(|e| Error::io("writing to stdout", e))
 }

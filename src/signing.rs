@@ -16,10 +16,10 @@ pub fn signature_path(base: &Path) -> PathBuf {
 
 /// The password for an encrypted secret key: `AIRLOCK_KEY_PASSWORD`, else a hidden prompt.
 fn key_password(what: &str) -> Result<String> {
-    if let Some(p) = crate::config::env("AIRLOCK_KEY_PASSWORD") {
+    if let Some(p) = crate::options::key_password(&crate::options::ProcessEnv) {
         return Ok(p);
     }
-    if crate::config::interactive() {
+    if crate::prompt::interactive() {
         return rpassword::prompt_password(format!("Password for {what}: "))
             .map_err(|e| Error::io("reading the key password", e));
     }
@@ -51,9 +51,9 @@ pub fn keygen(prefix: &Path, no_password: bool, force: bool) -> Result<(PathBuf,
     let kp = if no_password {
         minisign::KeyPair::generate_unencrypted_keypair()
     } else {
-        let pw = if let Some(p) = crate::config::env("AIRLOCK_KEY_PASSWORD") {
+        let pw = if let Some(p) = crate::options::key_password(&crate::options::ProcessEnv) {
             p
-        } else if crate::config::interactive() {
+        } else if crate::prompt::interactive() {
             let a = rpassword::prompt_password("Password for the new secret key: ")
                 .map_err(|e| Error::io("reading the password", e))?;
             let b = rpassword::prompt_password("Again: ")

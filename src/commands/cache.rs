@@ -11,7 +11,7 @@ pub fn run(args: CacheArgs) -> Result<()> {
             let dir = cache::dir(a.cache_dir.as_deref())?;
             let s = cache::summary(&dir)?;
             if a.json {
-                return crate::config::print_json(&s);
+                return crate::progress::print_json(&s);
             }
             println!(
                 "{}: {} entries, {}{}{}",
@@ -36,15 +36,19 @@ pub fn run(args: CacheArgs) -> Result<()> {
                 ));
             }
             let dir = cache::dir(a.cache_dir.as_deref())?;
-            let age = a.older_than.as_deref().map(cache::parse_age).transpose()?;
+            let age = a
+                .older_than
+                .as_deref()
+                .map(crate::units::parse_age)
+                .transpose()?;
             let max = a
                 .max_size
                 .as_deref()
-                .map(crate::config::parse_size)
+                .map(crate::units::parse_size)
                 .transpose()?;
             let p = cache::prune(&dir, age, max)?;
             if a.json {
-                return crate::config::print_json(&p);
+                return crate::progress::print_json(&p);
             }
             println!(
                 "{}: removed {} entries ({}), kept {} ({})",

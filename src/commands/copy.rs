@@ -5,9 +5,9 @@
 
 use crate::cli::{CopyArgs, ExportArgs};
 use crate::commands::export::{images_and_objects, inputs, partial, select};
-use crate::commands::import::{finish, plan_targets, target_names};
-use crate::config::{self, Side};
-use crate::error::{Error, Result};
+use crate::commands::import::{finish, plan_targets};
+use crate::error::Result;
+use crate::options::{CopyOptions, ProcessEnv, Terminal};
 use crate::progress::{human, Reporter};
 use crate::store::RegistryObjects;
 use std::sync::Arc;
@@ -43,26 +43,23 @@ struct PlanLine {
 }
 
 pub async fn run(args: CopyArgs) -> Result<()> {
-    if args.registry.password_stdin && args.to.to_password_stdin {
-        return Err(Error::Usage(
-            "--password-stdin and --to-password-stdin both read standard input: give one of \
-             the passwords through SOURCE_DOCKER_PASSWORD or TARGET_DOCKER_PASSWORD instead"
-                .into(),
-        ));
-    }
-    if args.to.to_password_stdin && args.images_file.as_deref() == Some(std::path::Path::new("-")) {
-        return Err(Error::Usage(
-            "-f - and --to-password-stdin both read standard input: give the target password \
-             through TARGET_DOCKER_PASSWORD instead"
-                .into(),
-        ));
-    }
-    let to = args.to.registry_args();
-    let (registry, repository, tag) = target_names(&to, "--to-")?;
+    let opts = CopyOptions::resolve(&args, &ProcessEnv, &Terminal)?;
+    let (registry, repository, tag) = (
+        opts.target.registry.clone(),
+        opts.target.repository.clone(),
+        opts.target.tag.clone(),
+    );
     let src = source_args(&args);
-    let (image_set, cli_requested) = inputs(&src)?;
+    let (image_set, cli_requested) = inputs(&src, &opts.source)?;
     let mut reporter = Reporter::new(args.out.quiet || args.out.json, args.out.verbose);
-    let sel = select(&src, image_set.as_ref(), cli_requested, &reporter).await?;
+    let sel = select(
+        &src,
+        &opts.source,
+        image_set.as_ref(),
+        cli_requested,
+        &reporter,
+    )
+    .await?;
     let (images, objects) = images_and_objects(&sel.resolved);
     let targets = plan_targets(&images, repository.as_deref(), tag.as_deref())?;
     let total: u64 = objects.iter().map(|o| o.size).sum();
@@ -77,7 +74,7 @@ pub async fn run(args: CopyArgs) -> Result<()> {
             })
             .collect();
         if args.out.json {
-            config::print_json(&serde_json::json!({
+            crate::progress::print_json(&serde_json::json!({
                 "images": lines,
                 "objects": objects.len(),
                 "totalSize": total,
@@ -105,9 +102,14 @@ pub async fn run(args: CopyArgs) -> Result<()> {
             format!("{} image(s) could not be resolved", sel.failed.len()),
         );
     }
-    let creds = config::credentials(&to, Side::Target, &registry)?;
-    let target =
-        config::connect(&registry, &config::tls(&to), creds, args.out.retry_policy()).await?;
+    let creds = opts.target.login.credentials(&registry, &Terminal)?;
+    let target = crate::credentials::connect(
+        &registry,
+        &opts.target.tls,
+        creds,
+        opts.transfer.retry.clone(),
+    )
+    .await?;
     reporter.info(format!(
         "copying {} images ({}) into {registry}",
         targets.len(),

@@ -87,7 +87,7 @@ pub fn run(args: DiffArgs) -> Result<()> {
     let (_, new) = read_manifest(&args.new)?;
     let d = compare(&old, &new);
     if args.json {
-        return crate::config::print_json(&d);
+        return crate::progress::print_json(&d);
     }
     println!(
         "{} ({}, {} images) -> {} ({}, {} images)",

@@ -3,9 +3,9 @@
 
 use crate::bundle::{Bundle, ImageEntry};
 use crate::cli::ImportArgs;
-use crate::config::{self, Side};
 use crate::copy::{self, TargetImage};
 use crate::error::{Error, Result};
+use crate::options::{ImportOptions, ProcessEnv, Terminal};
 use crate::progress::{human, Reporter};
 use crate::reference::{validate_repository, validate_tag};
 use std::collections::HashMap;
@@ -56,37 +56,6 @@ pub fn plan_targets(
     Ok(out)
 }
 
-/// The target registry, namespace and tag: the flags (`--registry`, or `--to-registry` for
-/// copy: `flag` is the prefix), else the `TARGET_DOCKER_*` variables, else a prompt.
-pub(crate) fn target_names(
-    r: &crate::cli::RegistryArgs,
-    flag: &str,
-) -> Result<(String, Option<String>, Option<String>)> {
-    let registry = config::value(
-        r.registry.as_ref(),
-        &format!("{flag}registry"),
-        "TARGET_DOCKER_REGISTRY",
-        "Target container registry",
-        None,
-        false,
-    )?;
-    crate::reference::validate_registry(&registry).map_err(Error::Usage)?;
-    let repository = r
-        .repository
-        .clone()
-        .filter(|v| !v.is_empty())
-        .or_else(|| config::env("TARGET_DOCKER_REPOSITORY"));
-    if let Some(ns) = &repository {
-        validate_repository(ns).map_err(|e| Error::Usage(format!("{flag}repository: {e}")))?;
-    }
-    let tag = r
-        .tag
-        .clone()
-        .filter(|v| !v.is_empty())
-        .or_else(|| config::env("TARGET_DOCKER_TAG"));
-    Ok((registry, repository, tag))
-}
-
 /// Prints what a push did and turns failed images into an error naming each (`done`:
 /// "imported" or "copied").
 pub(crate) fn finish(
@@ -105,7 +74,7 @@ pub(crate) fn finish(
         report.blobs_skipped
     ));
     if json {
-        config::print_json(&report)?;
+        crate::progress::print_json(&report)?;
     }
     if report.images_failed.is_empty() {
         return Ok(());
@@ -126,7 +95,7 @@ pub(crate) fn finish(
 /// `import --plan`: the mapping and what would be uploaded, mounted or skipped.
 fn show_plan(plan: &copy::PushPlan, registry: &str, json: bool) -> Result<()> {
     if json {
-        config::print_json(plan)?;
+        crate::progress::print_json(plan)?;
     } else {
         let width = plan
             .images
@@ -167,8 +136,12 @@ fn show_plan(plan: &copy::PushPlan, registry: &str, json: bool) -> Result<()> {
 }
 
 pub async fn run(args: ImportArgs) -> Result<()> {
-    let r = &args.registry;
-    let (registry, repository, tag) = target_names(r, "--")?;
+    let opts = ImportOptions::resolve(&args, &ProcessEnv, &Terminal)?;
+    let (registry, repository, tag) = (
+        opts.target.registry.clone(),
+        opts.target.repository.clone(),
+        opts.target.tag.clone(),
+    );
     let mut reporter = Reporter::new(args.out.quiet || args.out.json, args.out.verbose);
 
     let path = args.bundle.clone();
@@ -198,9 +171,14 @@ pub async fn run(args: ImportArgs) -> Result<()> {
     }
     let targets = plan_targets(&chosen, repository.as_deref(), tag.as_deref())?;
 
-    let creds = config::credentials(r, Side::Target, &registry)?;
-    let tls = config::tls(r);
-    let target = config::connect(&registry, &tls, creds, args.out.retry_policy()).await?;
+    let creds = opts.target.login.credentials(&registry, &Terminal)?;
+    let target = crate::credentials::connect(
+        &registry,
+        &opts.target.tls,
+        creds,
+        opts.transfer.retry.clone(),
+    )
+    .await?;
     if args.plan {
         let source: Arc<dyn crate::store::Source> = Arc::new(bundle.clone());
         let plan = copy::plan(source.as_ref(), &target, &targets, args.out.jobs as usize).await?;

@@ -138,7 +138,7 @@ impl std::fmt::Display for SendError {
             SendError::Stalled(d) => write!(
                 f,
                 "stalled: no data moved for {} (--timeout)",
-                crate::registry::retry::show_duration(*d)
+                crate::units::show_duration(*d)
             ),
         }
     }
@@ -215,7 +215,7 @@ pub fn idle_body(resp: Response, idle: Duration) -> BoxStream<'static, std::io::
                     std::io::ErrorKind::TimedOut,
                     format!(
                         "stalled: no data for {} (--timeout)",
-                        crate::registry::retry::show_duration(idle)
+                        crate::units::show_duration(idle)
                     ),
                 )),
                 None,

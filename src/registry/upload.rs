@@ -68,14 +68,12 @@ const MODE_MONOLITHIC: u8 = 2;
 /// The smallest chunk but the last (ECR's limit).
 pub const MIN_CHUNK: u64 = 5 * 1024 * 1024;
 /// The chunk size when `AIRLOCK_CHUNK_SIZE` does not say.
-pub const DEFAULT_CHUNK: u64 = 64 * 1024 * 1024;
+pub const DEFAULT_CHUNK: u64 = crate::options::DEFAULT_CHUNK_SIZE;
 
 /// The chunk size: `AIRLOCK_CHUNK_SIZE` or 64 MiB, at least 5 MiB, at least what the
 /// registry asked for.
 fn chunk_size(registry_min: u64) -> u64 {
-    crate::config::env("AIRLOCK_CHUNK_SIZE")
-        .and_then(|v| crate::config::parse_size(&v).ok())
-        .unwrap_or(DEFAULT_CHUNK)
+    crate::options::chunk_size(&crate::options::ProcessEnv)
         .max(MIN_CHUNK)
         .max(registry_min)
 }

@@ -4,9 +4,9 @@
 
 use crate::bundle::model::Base;
 use crate::cli::ExportArgs;
-use crate::config::{self, DEFAULT_SOURCE_REGISTRY, DEFAULT_SOURCE_REPOSITORY};
 use crate::digest::Digest;
 use crate::error::{Error, Result};
+use crate::options::{Prompter, SourceSide};
 use crate::reference::{validate_repository, validate_tag, Reference};
 use std::collections::{HashMap, HashSet};
 use std::io::Read;
@@ -71,56 +71,21 @@ fn image_list(args: &ExportArgs) -> Result<Vec<String>> {
 /// them. With `--registry` alone a short name has no namespace unless `--repository` gives
 /// one. With only `--tag` or `--repository` and no terminal, a short name is a usage error
 /// that says what to add.
-pub fn requested_images(args: &ExportArgs) -> Result<Vec<Requested>> {
+pub fn requested_images(
+    args: &ExportArgs,
+    source_side: &SourceSide,
+    prompter: &dyn Prompter,
+) -> Result<Vec<Requested>> {
     let names = image_list(args)?;
-    let r = &args.registry;
-    let env_mode = [
-        "SOURCE_DOCKER_REGISTRY",
-        "SOURCE_DOCKER_REPOSITORY",
-        "SOURCE_DOCKER_TAG",
-    ]
-    .iter()
-    .any(|v| config::env(v).is_some());
-    let registry_given = r.registry.as_ref().is_some_and(|v| !v.is_empty())
-        || config::env("SOURCE_DOCKER_REGISTRY").is_some();
-    let namespace_mode = registry_given || env_mode || r.repository.is_some() || r.tag.is_some();
+    let namespace_mode = source_side.namespace_mode;
     let mut source: Option<(String, String)> = None;
     let mut tag: Option<String> = None;
     let mut out = Vec::new();
     for name in names {
         if namespace_mode && !name.contains('/') {
             if source.is_none() {
-                if !registry_given && !env_mode && !config::interactive() {
-                    return Err(Error::Usage(format!(
-                        "{name} is a short name, and no source registry was given: add \
-                         --registry HOST (or set SOURCE_DOCKER_REGISTRY; the offline \
-                         procedure's registry is {DEFAULT_SOURCE_REGISTRY} with repository \
-                         {DEFAULT_SOURCE_REPOSITORY}), or name the image in full (for example \
-                         docker.io/library/{name}:TAG)"
-                    )));
-                }
-                let reg = config::value(
-                    r.registry.as_ref(),
-                    "--registry",
-                    "SOURCE_DOCKER_REGISTRY",
-                    "Source container registry",
-                    Some(DEFAULT_SOURCE_REGISTRY),
-                    env_mode,
-                )?;
-                // The procedure's repository is its default only in its own mode; with a
-                // registry flag alone, a short name sits at the registry's top level.
-                let repo = if env_mode || config::interactive() {
-                    config::value(
-                        r.repository.as_ref(),
-                        "--repository",
-                        "SOURCE_DOCKER_REPOSITORY",
-                        "Source repository",
-                        Some(DEFAULT_SOURCE_REPOSITORY),
-                        env_mode,
-                    )?
-                } else {
-                    r.repository.clone().unwrap_or_default()
-                };
+                // The fallbacks (and the procedure's defaults) are in `options`.
+                let (reg, repo) = source_side.short_name_source(&name, prompter)?;
                 crate::reference::validate_registry(&reg).map_err(Error::Usage)?;
                 if !repo.is_empty() {
                     validate_repository(&repo)
@@ -137,14 +102,7 @@ pub fn requested_images(args: &ExportArgs) -> Result<Vec<Requested>> {
                 Some(t) => t,
                 None => {
                     if tag.is_none() {
-                        tag = Some(config::value(
-                            r.tag.as_ref(),
-                            "--tag",
-                            "SOURCE_DOCKER_TAG",
-                            "Source image tag",
-                            None,
-                            false,
-                        )?);
+                        tag = Some(source_side.short_name_tag(prompter)?);
                     }
                     tag.clone().unwrap_or_default()
                 }

@@ -13,9 +13,9 @@ pub use inputs::{requested_images, rfc3339, Requested};
 
 use crate::bundle::model::{Base, ExternalBlob, FailedImage, ImageEntry};
 use crate::cli::ExportArgs;
-use crate::config;
 use crate::copy::{self, Object, Resolved};
 use crate::error::{Error, IoContext, Result};
+use crate::options::{ExportOptions, ProcessEnv, SourceSide, Terminal};
 use crate::progress::Reporter;
 use inputs::{cache_dir, expand_output, load_since, validate_platform, Carried};
 use sources::{companions, connect_image_set, connect_sources, resolve_all};
@@ -120,6 +120,7 @@ pub(crate) struct Selection {
 /// an unknown image fails here (or, with `--keep-going`, is left out and named).
 pub(crate) async fn select(
     args: &ExportArgs,
+    source: &SourceSide,
     image_set: Option<&crate::imageset::ImageSet>,
     cli_requested: Vec<Requested>,
     reporter: &Reporter,
@@ -129,7 +130,7 @@ pub(crate) async fn select(
     let tag_lists = crate::imageset::TagLists::default();
     let (mut requested, clients, set_platforms) = match image_set {
         Some(set) => {
-            let clients = connect_image_set(args, set).await?;
+            let clients = connect_image_set(args, source, set).await?;
             let selected = set.select_with(&clients, &tag_lists).await?;
             let requested: Vec<Requested> = selected
                 .into_iter()
@@ -145,7 +146,7 @@ pub(crate) async fn select(
             (requested, clients, set.platforms.clone())
         }
         None => {
-            let clients = connect_sources(args, &cli_requested).await?;
+            let clients = connect_sources(args, source, &cli_requested).await?;
             (cli_requested, clients, Vec::new())
         }
     };
@@ -199,6 +200,7 @@ pub(crate) async fn select(
 /// are listed once connected), or the names given as arguments or in `-f`.
 pub(crate) fn inputs(
     args: &ExportArgs,
+    source: &SourceSide,
 ) -> Result<(Option<crate::imageset::ImageSet>, Vec<Requested>)> {
     match &args.config {
         Some(path) => {
@@ -210,14 +212,15 @@ pub(crate) fn inputs(
             }
             Ok((Some(crate::imageset::load(path)?), Vec::new()))
         }
-        None => Ok((None, requested_images(args)?)),
+        None => Ok((None, requested_images(args, source, &Terminal)?)),
     }
 }
 
 pub async fn run(args: ExportArgs) -> Result<()> {
     // The image list from the command line is read (and checked) before any network work;
     // an image-set file is loaded now and its tags are listed once connected.
-    let (image_set, cli_requested) = inputs(&args)?;
+    let source = ExportOptions::source(&args, &ProcessEnv);
+    let (image_set, cli_requested) = inputs(&args, &source)?;
     let signer = if args.plan {
         None
     } else {
@@ -226,25 +229,11 @@ pub async fn run(args: ExportArgs) -> Result<()> {
             .map(crate::signing::Signer::load)
             .transpose()?
     };
-    let split = args
-        .split_size
-        .as_deref()
-        .map(config::parse_size)
-        .transpose()?;
+    let opts = ExportOptions::resolve(&args, source, &ProcessEnv)?;
+    let (split, mtime) = (opts.split_size, opts.mtime);
     for p in &args.platform {
         validate_platform(p)?;
     }
-    let mtime = match config::env("SOURCE_DATE_EPOCH") {
-        Some(s) => s.parse::<u64>().map_err(|_| {
-            Error::Usage(format!(
-                "SOURCE_DATE_EPOCH={s:?} is not a number of seconds"
-            ))
-        })?,
-        None => std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0),
-    };
     // Checked now so a bad -o fails before any network work; {tag} is filled in later.
     if let Some(parent) = args
         .output
@@ -276,14 +265,21 @@ pub async fn run(args: ExportArgs) -> Result<()> {
             cache.join("tmp").display()
         ));
     }
-    let jobs = args.out.jobs as usize;
+    let jobs = opts.transfer.jobs;
     let Selection {
         resolved,
         failed,
         clients,
         platforms: global_platforms,
         tags,
-    } = select(&args, image_set.as_ref(), cli_requested, &reporter).await?;
+    } = select(
+        &args,
+        &opts.source,
+        image_set.as_ref(),
+        cli_requested,
+        &reporter,
+    )
+    .await?;
     let out = expand_output(&args.output, mtime, &tags)?;
     if let Some(parent) = out.parent().filter(|p| !p.as_os_str().is_empty()) {
         if !parent.is_dir() {

@@ -2,7 +2,6 @@
 
 use super::Contents;
 use crate::bundle::model::{FailedImage, ImageEntry};
-use crate::config;
 use crate::error::{Error, Result};
 use crate::fetch;
 use crate::progress::human;
@@ -37,7 +36,7 @@ struct Plan {
 
 fn print_plan(plan: &Plan, images: &[ImageEntry], out: &Path, json: bool) -> Result<()> {
     if json {
-        return config::print_json(plan);
+        return crate::progress::print_json(plan);
     }
     let mut stdout = std::io::stdout().lock();
     let w = |e: std::io::Error| Error::io("writing to stdout", e);

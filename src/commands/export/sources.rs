@@ -5,10 +5,10 @@
 use super::Requested;
 use crate::bundle::model::FailedImage;
 use crate::cli::ExportArgs;
-use crate::config::{self, Side};
 use crate::copy::{self, Resolved};
 use crate::digest::Digest;
 use crate::error::{Error, Result};
+use crate::options::{ProcessEnv, SourceSide, Terminal};
 use crate::progress::{human, Reporter};
 use crate::reference::Reference;
 use crate::registry::Registry;
@@ -21,6 +21,7 @@ use std::sync::Arc;
 /// only registry in the list.
 pub(super) async fn connect_sources(
     args: &ExportArgs,
+    source: &SourceSide,
     requested: &[Requested],
 ) -> Result<HashMap<String, Arc<Registry>>> {
     let mut registries: Vec<String> = Vec::new();
@@ -29,14 +30,8 @@ pub(super) async fn connect_sources(
             registries.push(r.reference.registry.clone());
         }
     }
-    let named = args
-        .registry
-        .registry
-        .clone()
-        .or_else(|| config::env("SOURCE_DOCKER_REGISTRY"));
-    let explicit_creds = args.registry.username.is_some()
-        || args.registry.password_stdin
-        || config::env("SOURCE_DOCKER_USERNAME").is_some();
+    let named = source.credentials_for.clone();
+    let explicit_creds = source.login.explicit();
     let creds_for = match (&named, registries.len()) {
         (Some(n), _) => Some(n.clone()),
         (None, 1) => registries.first().cloned(),
@@ -48,15 +43,15 @@ pub(super) async fn connect_sources(
         }
         _ => None,
     };
-    let tls = config::tls(&args.registry);
+    let tls = &source.tls;
     let mut clients = HashMap::new();
     for name in &registries {
         let creds = if Some(name) == creds_for.as_ref() {
-            config::credentials(&args.registry, Side::Source, name)?
+            source.login.credentials(name, &Terminal)?
         } else {
             crate::credentials::from_config_files(name)
         };
-        let reg = config::connect(name, &tls, creds, args.out.retry_policy()).await?;
+        let reg = crate::credentials::connect(name, tls, creds, args.out.retry_policy()).await?;
         clients.insert(name.clone(), Arc::new(reg));
     }
     Ok(clients)
@@ -66,6 +61,7 @@ pub(super) async fn connect_sources(
 /// credential source.
 pub(super) async fn connect_image_set(
     args: &ExportArgs,
+    source: &SourceSide,
     set: &crate::imageset::ImageSet,
 ) -> Result<HashMap<String, Arc<Registry>>> {
     use crate::imageset::CredentialSource;
@@ -75,14 +71,14 @@ pub(super) async fn connect_image_set(
             continue;
         }
         let creds = match &r.credentials {
-            CredentialSource::Default => {
-                config::credentials(&args.registry, Side::Source, &r.registry)?
-            }
+            CredentialSource::Default => source.login.credentials(&r.registry, &Terminal)?,
             CredentialSource::Anonymous => None,
-            env @ CredentialSource::Env { .. } => env.env_credentials()?,
+            env @ CredentialSource::Env { .. } => env.env_credentials(&ProcessEnv)?,
         };
-        let reg =
-            Arc::new(config::connect(&r.registry, &r.tls, creds, args.out.retry_policy()).await?);
+        let reg = Arc::new(
+            crate::credentials::connect(&r.registry, &r.tls, creds, args.out.retry_policy())
+                .await?,
+        );
         // Images name their registry as references normalise it (index.docker.io → docker.io).
         if let Ok(normal) = Reference::parse(&format!("{}/x", r.registry)) {
             clients.insert(normal.registry, reg.clone());

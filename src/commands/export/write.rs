@@ -9,7 +9,6 @@ use crate::bundle::sink::{BundleSink, Taken};
 use crate::bundle::{
     BundleWriter, SideFile, BUNDLE_JSON, INDEX_JSON, OCI_LAYOUT, OCI_LAYOUT_CONTENT,
 };
-use crate::config;
 use crate::copy::{self, Object, TargetImage};
 use crate::digest::{Digest, VerifyingReader};
 use crate::error::{Error, IoContext, Result};
@@ -355,7 +354,7 @@ pub(super) async fn write(
             external_size: manifest.external.iter().map(|x| x.size).sum(),
             failed: manifest.failed.clone(),
         };
-        config::print_json(&summary)?;
+        crate::progress::print_json(&summary)?;
     }
     Ok(manifest)
 }
