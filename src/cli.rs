@@ -31,8 +31,8 @@ pub enum Command {
     /// Push every image of a bundle into a registry, byte for byte.
     #[command(after_help = AFTER_HELP)]
     Import(ImportArgs),
-    /// Show a bundle's images, digests, platforms and sizes (reads bundle.json, the seek table
-    /// and each member's tar header, in every volume; no blob content: `verify` reads that).
+    /// Show a bundle's images, digests, platforms and sizes (reads only bundle.json, from the
+    /// first volume, and the seek table, from the last; `verify` reads everything).
     #[command(after_help = AFTER_HELP)]
     Inspect(InspectArgs),
     /// Check a bundle offline: every blob's digest and size, the layout, the seek table.

@@ -8,7 +8,7 @@ use crate::progress::{human, write_image_table};
 use std::io::Write;
 
 pub fn run(args: InspectArgs) -> Result<()> {
-    let b = Bundle::open(&args.bundle)?;
+    let b = Bundle::open_index(&args.bundle)?;
     if args.quiet {
         // Opening it was the check: errors above, nothing to say otherwise.
         return Ok(());
