@@ -89,16 +89,19 @@ impl Read for VolumeHasher {
 }
 
 /// Reads the volumes on a thread of its own, hashing them, and hands the bytes over a small
-/// bounded channel; returns the reading end and the thread, which yields the hashes.
+/// bounded channel (buffers come back to be filled again); returns the reading end and the
+/// thread, which yields the hashes.
 fn spawn_volume_reader(
     mut hasher: VolumeHasher,
 ) -> Result<(ChannelReader, JoinHandle<io::Result<VolumeHasher>>)> {
     let (tx, rx) = std::sync::mpsc::sync_channel::<io::Result<Vec<u8>>>(4);
+    let (back, free) = std::sync::mpsc::channel::<Vec<u8>>();
     let handle = std::thread::Builder::new()
         .name("verify-read".into())
         .spawn(move || -> io::Result<VolumeHasher> {
             loop {
-                let mut buf = vec![0u8; 1 << 20];
+                let mut buf = free.try_recv().unwrap_or_default();
+                buf.resize(1 << 20, 0);
                 match hasher.read(&mut buf) {
                     Ok(0) => return Ok(hasher),
                     Ok(n) => {
@@ -118,6 +121,7 @@ fn spawn_volume_reader(
     Ok((
         ChannelReader {
             rx,
+            back,
             current: Vec::new(),
             pos: 0,
         },
@@ -128,6 +132,8 @@ fn spawn_volume_reader(
 /// The receiving end of [`spawn_volume_reader`].
 struct ChannelReader {
     rx: std::sync::mpsc::Receiver<io::Result<Vec<u8>>>,
+    /// Where read buffers go back to the reading thread.
+    back: std::sync::mpsc::Sender<Vec<u8>>,
     current: Vec<u8>,
     pos: usize,
 }
@@ -137,7 +143,10 @@ impl Read for ChannelReader {
         while self.pos == self.current.len() {
             match self.rx.recv() {
                 Ok(Ok(b)) => {
-                    self.current = b;
+                    let used = std::mem::replace(&mut self.current, b);
+                    if used.capacity() > 0 {
+                        let _ = self.back.send(used);
+                    }
                     self.pos = 0;
                 }
                 Ok(Err(e)) => return Err(e),
@@ -182,6 +191,8 @@ struct State {
     docker_manifest: Option<Vec<u8>>,
     blobs_checked: usize,
     bytes_checked: u64,
+    /// The read buffer, reused from member to member.
+    buf: Vec<u8>,
 }
 
 /// The sequential pass (see the module documentation).
@@ -213,6 +224,7 @@ impl Pass {
                 docker_manifest: None,
                 blobs_checked: 0,
                 bytes_checked: 0,
+                buf: Vec::new(),
             }),
             bundle,
             reporter,
@@ -320,10 +332,14 @@ impl Pass {
         let mut verifier = digest.as_ref().map(|d| Verifier::new(d, size));
         let mut kept = Vec::new();
         let mut left = size;
+        // One buffer for the whole pass: a fresh one per read costs a memset and page faults
+        // per MiB, as much as the hashing.
+        let mut buf = std::mem::take(&mut st.buf);
+        buf.resize(1 << 20, 0);
         while left > 0 {
-            let mut buf = vec![0u8; (1 << 20).min(left as usize)];
+            let want = buf.len().min(left as usize);
             let read = match st.dec.as_mut() {
-                Some(dec) => dec.read(&mut buf),
+                Some(dec) => dec.read(&mut buf[..want]),
                 None => Err(io::Error::other("the pass is over")),
             };
             let n = match read {
@@ -331,23 +347,24 @@ impl Pass {
                 Ok(n) => n,
                 Err(e) => return Err(self.fatal(st, format!("reading {name}: {e}"))),
             };
-            buf.truncate(n);
+            let chunk = &buf[..n];
             left -= n as u64;
             if let Some(v) = verifier.as_mut() {
-                if let Err(e) = v.update(&buf) {
+                if let Err(e) = v.update(chunk) {
                     return Err(self.fatal(st, e.to_string()));
                 }
             }
             if keep {
-                kept.extend_from_slice(&buf);
+                kept.extend_from_slice(chunk);
             }
             self.reporter.inc(n as u64);
             if let Some(f) = forward.as_mut() {
-                if !f(Bytes::from(buf)) {
+                if !f(Bytes::copy_from_slice(chunk)) {
                     forward = None; // the reader went away; the member is still checked
                 }
             }
         }
+        st.buf = buf;
         // The padding to the next 512-byte block.
         let pad = tar_span(size) - 512 - size;
         if pad > 0 {
