@@ -545,6 +545,12 @@ impl Source for Arc<Pass> {
         let pass = self.clone();
         let d = d.clone();
         Box::pin(async move {
+            // Kept on the way already (the usual case): no hop to a blocking thread.
+            if let Ok(st) = pass.state.try_lock() {
+                if let Some(m) = st.manifests.get(&d) {
+                    return Ok(m.to_vec());
+                }
+            }
             tokio::task::spawn_blocking(move || {
                 let mut st = pass.lock()?;
                 if let Some(m) = st.manifests.get(&d) {
@@ -581,6 +587,9 @@ impl Source for Arc<Pass> {
     }
 }
 
+/// Members up to this size are read on the caller's thread.
+const INLINE_READ: u64 = 256 * 1024;
+
 /// A blob read by the pass.
 struct PassBlob {
     pass: Arc<Pass>,
@@ -608,6 +617,29 @@ impl BlobSource for PassBlob {
                 .bundle
                 .blob(&self.digest, &self.reporter)
                 .open(offset);
+        }
+        // A small member (a config, a small layer) is read here and now: a hop to a
+        // blocking thread would cost more than the read, ten thousand times over.
+        let size = self.pass.bundle.members.get(idx).map_or(0, |m| m.size);
+        if size <= INLINE_READ {
+            let mut bytes = Vec::with_capacity(size as usize);
+            let mut keep = |b: Bytes| {
+                bytes.extend_from_slice(&b);
+                true
+            };
+            let outcome = match self.pass.lock() {
+                Ok(mut st) => self.pass.read_to(&mut st, idx, Some(&mut keep)),
+                Err(e) => Err(e),
+            };
+            let item = match outcome {
+                Ok(Ok(())) => Ok(Bytes::from(bytes)),
+                Ok(Err(msg)) => Err(Error::Integrity {
+                    what: format!("blob {}", self.digest),
+                    detail: msg,
+                }),
+                Err(e) => Err(e),
+            };
+            return Ok(stream::once(async move { item }).boxed());
         }
         let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes>>(4);
         let pass = self.pass.clone();
