@@ -464,9 +464,10 @@ impl Inbox {
             Delivery::Spool(spool) => {
                 let (digest, size) = (spool.digest.clone(), spool.size);
                 let r = SpoolReader { spool, pos: 0 };
-                // Hashed on a thread of its own, beside the compression, not before it.
-                let r = HashBeside::new(r, &digest, size)?;
-                (Box::new(r), Taken::Downloaded)
+                (
+                    Box::new(VerifyingReader::new(r, &digest, size)),
+                    Taken::Downloaded,
+                )
             }
             Delivery::Stream(s) => {
                 let what = format!("blob {} from {}/{}", o.digest, o.registry, o.repo);
@@ -514,89 +515,6 @@ impl<R: Read> Read for Exact<R> {
             ));
         }
         self.left -= n as u64;
-        Ok(n)
-    }
-}
-
-/// A reader that hands what passes through it to a hashing thread, in batches, and at its end
-/// fails unless that thread found the digest and size: the writer's thread compresses while
-/// another hashes.
-struct HashBeside<R> {
-    inner: R,
-    batch: Vec<u8>,
-    tx: Option<std::sync::mpsc::SyncSender<Vec<u8>>>,
-    back: std::sync::mpsc::Receiver<Vec<u8>>,
-    verdict: Option<std::thread::JoinHandle<std::result::Result<(), String>>>,
-}
-
-/// Bytes handed to the hashing thread at once.
-const HASH_BATCH: usize = 1 << 20;
-
-impl<R: Read> HashBeside<R> {
-    fn new(inner: R, digest: &Digest, size: u64) -> Result<HashBeside<R>> {
-        let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(4);
-        let (give_back, back) = std::sync::mpsc::channel::<Vec<u8>>();
-        let mut verifier = crate::digest::Verifier::new(digest, size);
-        let verdict = std::thread::Builder::new()
-            .name("blob-hash".into())
-            .spawn(move || {
-                for mut b in rx {
-                    verifier.update(&b).map_err(|e| e.to_string())?;
-                    b.clear();
-                    let _ = give_back.send(b);
-                }
-                verifier.finish().map_err(|e| e.to_string())
-            })
-            .ctx(|| "starting a hashing thread".into())?;
-        Ok(HashBeside {
-            inner,
-            batch: Vec::with_capacity(HASH_BATCH),
-            tx: Some(tx),
-            back,
-            verdict: Some(verdict),
-        })
-    }
-
-    /// The hashing thread's verdict (it stopped early on a mismatch, or ran to the end).
-    fn verdict(&mut self) -> io::Result<()> {
-        self.tx = None;
-        match self.verdict.take().map(|h| h.join()) {
-            Some(Ok(Ok(()))) | None => Ok(()),
-            Some(Ok(Err(e))) => Err(io::Error::new(io::ErrorKind::InvalidData, e)),
-            Some(Err(_)) => Err(io::Error::other("the hashing thread failed")),
-        }
-    }
-
-    fn send(&mut self) -> io::Result<()> {
-        let fresh = self
-            .back
-            .try_recv()
-            .unwrap_or_else(|_| Vec::with_capacity(HASH_BATCH));
-        let full = std::mem::replace(&mut self.batch, fresh);
-        let sent = self.tx.as_ref().map(|tx| tx.send(full).is_ok());
-        if sent != Some(true) {
-            // The hasher stopped: it found a mismatch.
-            self.verdict()?;
-            return Err(io::Error::other("the hashing thread stopped"));
-        }
-        Ok(())
-    }
-}
-
-impl<R: Read> Read for HashBeside<R> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        if n == 0 {
-            if !self.batch.is_empty() {
-                self.send()?;
-            }
-            self.verdict()?;
-            return Ok(0);
-        }
-        self.batch.extend_from_slice(&buf[..n]);
-        if self.batch.len() >= HASH_BATCH {
-            self.send()?;
-        }
         Ok(n)
     }
 }
@@ -923,38 +841,5 @@ impl Read for StreamReader {
         buf[..n].copy_from_slice(&self.current[..n]);
         self.current = self.current.slice(n..);
         Ok(n)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn read_all(r: &mut dyn Read) -> io::Result<usize> {
-        let mut total = 0;
-        let mut buf = vec![0u8; 8192];
-        loop {
-            match r.read(&mut buf)? {
-                0 => return Ok(total),
-                n => total += n,
-            }
-        }
-    }
-
-    #[test]
-    fn hashing_beside_passes_the_right_bytes_and_fails_the_wrong_ones() {
-        let data: Vec<u8> = (0..3 * HASH_BATCH + 123).map(|i| (i % 251) as u8).collect();
-        let d = Digest::of(&data);
-        let mut ok = HashBeside::new(&data[..], &d, data.len() as u64).expect("start");
-        assert_eq!(read_all(&mut ok).expect("the right bytes pass"), data.len());
-
-        let mut bad = data.clone();
-        bad[2 * HASH_BATCH + 7] ^= 1;
-        let mut r = HashBeside::new(&bad[..], &d, data.len() as u64).expect("start");
-        let e = read_all(&mut r).expect_err("one flipped byte fails");
-        assert_eq!(e.kind(), io::ErrorKind::InvalidData, "{e}");
-
-        let mut short = HashBeside::new(&data[..10], &d, data.len() as u64).expect("start");
-        assert!(read_all(&mut short).is_err(), "a short blob fails");
     }
 }
