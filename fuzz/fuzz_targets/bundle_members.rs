@@ -81,11 +81,10 @@ fuzz_target!(|data: &[u8]| {
     }
     let path = input_path();
     std::fs::write(path, &out).expect("write the fuzz input");
-    let Ok(bundle) = Bundle::open(path) else {
+    let Ok(bundle) = Bundle::open(path).map(std::sync::Arc::new) else {
         return;
     };
-    let _ = verify::check(&bundle, &Reporter::new(true, false));
-    let _ = bundle.read_index_json();
+    let _ = verify::check_blocking(bundle.clone(), &Reporter::new(true, false));
     let mut buf = vec![0u8; 64 * 1024];
     for blob in &bundle.manifest.blobs {
         if let Ok(mut r) = bundle.open_blob(&blob.digest) {

@@ -59,6 +59,16 @@ pub async fn check(bundle: Arc<Bundle>, reporter: &Reporter) -> Result<Report> {
         .map_err(|e| explain_damage(e, &path))
 }
 
+/// [`check`] for callers without an async runtime (the fuzz targets): runs it on a runtime
+/// of its own.
+pub fn check_blocking(bundle: Arc<Bundle>, reporter: &Reporter) -> Result<Report> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Error::io("starting a runtime for verify", e))?;
+    rt.block_on(check(bundle, reporter))
+}
+
 async fn check_pass(bundle: Arc<Bundle>, reporter: &Reporter) -> Result<Report> {
     let mut rep = Report {
         bundle: bundle.path.display().to_string(),
