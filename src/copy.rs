@@ -188,6 +188,20 @@ pub struct TargetImage {
 }
 
 impl TargetImage {
+    /// An image under the name its bundle gives it (its source repository and tag, or its
+    /// digest when it has no tag): what export writes and verify walks.
+    pub fn as_named(entry: &ImageEntry) -> TargetImage {
+        TargetImage {
+            entry: entry.clone(),
+            repo: entry.source_repository(),
+            tag: if entry.tag.is_empty() {
+                entry.digest.to_string()
+            } else {
+                entry.tag.clone()
+            },
+        }
+    }
+
     pub fn name(&self, registry: &str) -> String {
         format!("{registry}/{}:{}", self.repo, self.tag)
     }

@@ -366,18 +366,7 @@ impl Sink for BundleSink {
         _from: &'a str,
     ) -> BoxFuture<'a, Result<MountResult>> {
         // A bundle has one namespace: a blob put once is there for every image.
-        let there = self
-            .delivered
-            .lock()
-            .map(|s| s.contains(d))
-            .unwrap_or(false);
-        Box::pin(async move {
-            Ok(if there {
-                MountResult::Mounted
-            } else {
-                MountResult::NotMounted
-            })
-        })
+        crate::store::mount_in_one_namespace(&self.delivered, d)
     }
 
     fn put_blob<'a>(

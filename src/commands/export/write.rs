@@ -223,19 +223,7 @@ pub(super) async fn write(
     // order; the writer thread takes each when its turn comes (see `bundle::sink`).
     let (sink, mut inbox) = BundleSink::new(&objects, &out, &cache, cache_all, jobs);
     let source = Arc::new(RegistryObjects::new(objects.clone(), clients));
-    let targets: Vec<TargetImage> = manifest
-        .images
-        .iter()
-        .map(|e| TargetImage {
-            entry: e.clone(),
-            repo: e.source_repository(),
-            tag: if e.tag.is_empty() {
-                e.digest.to_string()
-            } else {
-                e.tag.clone()
-            },
-        })
-        .collect();
+    let targets: Vec<TargetImage> = manifest.images.iter().map(TargetImage::as_named).collect();
 
     reporter.start_bar(total_size, "writing bundle");
     let bar = reporter.clone();

@@ -81,15 +81,7 @@ async fn check_pass(bundle: Arc<Bundle>, reporter: &Reporter) -> Result<Report> 
         .manifest
         .images
         .iter()
-        .map(|e| TargetImage {
-            entry: e.clone(),
-            repo: e.source_repository(),
-            tag: if e.tag.is_empty() {
-                e.digest.to_string()
-            } else {
-                e.tag.clone()
-            },
-        })
+        .map(TargetImage::as_named)
         .collect();
     // One job: the engine asks for blobs in bundle order, so the pass reads the file once.
     // Its per-image account is not needed: the pass and the sink name each problem.
