@@ -198,6 +198,16 @@ fn run_limited(cwd: &Path, args: &[OsString]) -> (Output, Duration) {
 
 /// A clean refusal: exit code 1 or 2 (not a signal, not a panic), quickly, with an error line
 /// that names one of `names`.
+/// `airlock verify BUNDLE --trusted-key KEY`.
+fn verify_trusted(bundle: &Path, key: &Path) -> Vec<OsString> {
+    vec![
+        OsString::from("verify"),
+        bundle.into(),
+        "--trusted-key".into(),
+        key.into(),
+    ]
+}
+
 fn assert_refused(what: &str, out: &Output, elapsed: Duration, names: &[&str]) {
     let err = stderr_text(out);
     eprintln!("--- {what} ({elapsed:.1?}):\n{}", err.trim_end());
@@ -701,13 +711,7 @@ fn signed_bundles_verify_with_airlock_and_minisign_and_tampering_is_refused() {
 
     let dst = TestRegistry::start(RegistryOpts::plain());
     let refused = |what: &str, bundle: &Path, names: &[&str]| {
-        let verify = vec![
-            OsString::from("verify"),
-            bundle.into(),
-            "--trusted-key".into(),
-            pubkey.clone().into(),
-        ];
-        let (o, t) = run_limited(d, &verify);
+        let (o, t) = run_limited(d, &verify_trusted(bundle, &pubkey));
         assert_refused(&format!("{what}: verify"), &o, t, names);
         let (o, t) = run_limited(
             d,
@@ -778,13 +782,7 @@ fn signed_bundles_verify_with_airlock_and_minisign_and_tampering_is_refused() {
         .collect();
     assert!(!holders.is_empty());
     let layer_refused = |what: &str, bundle: &Path, names: &[&str]| {
-        let verify = vec![
-            OsString::from("verify"),
-            bundle.into(),
-            "--trusted-key".into(),
-            pubkey.clone().into(),
-        ];
-        let (o, t) = run_limited(d, &verify);
+        let (o, t) = run_limited(d, &verify_trusted(bundle, &pubkey));
         assert_refused(&format!("{what}: verify"), &o, t, names);
         let dst = TestRegistry::start(RegistryOpts::plain());
         let (o, t) = run_limited(

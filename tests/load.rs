@@ -149,12 +149,9 @@ fn manifest_json_of(bundle: &Path) -> serde_json::Value {
     serde_json::from_slice(&out.stdout).expect("manifest.json is JSON")
 }
 
-#[test]
-fn podman_loads_every_image_of_a_multi_image_bundle() {
-    let src = TestRegistry::start(RegistryOpts::plain());
-    let corpus = build_corpus(&src);
-    let host = src.host();
-    // The most common shape: one index under `latest` and a version tag.
+/// Tags the corpus's OCI index `src/multi:2.0` as `latest` too (the most common shape: one
+/// index under `latest` and a version tag) and returns it.
+fn tag_multi_latest<'a>(src: &TestRegistry, corpus: &'a Corpus) -> &'a CorpusImage {
     let multi = corpus.get("src/multi", "2.0");
     src.client().push_manifest(
         "src/multi",
@@ -162,6 +159,16 @@ fn podman_loads_every_image_of_a_multi_image_bundle() {
         &multi.manifest.bytes,
         &multi.media_type,
     );
+    multi
+}
+
+#[test]
+fn podman_loads_every_image_of_a_multi_image_bundle() {
+    let src = TestRegistry::start(RegistryOpts::plain());
+    let corpus = build_corpus(&src);
+    let host = src.host();
+    // The most common shape: one index under `latest` and a version tag.
+    tag_multi_latest(&src, &corpus);
     let delta = corpus.get("other/delta", "1");
     let mut refs: Vec<String> = corpus
         .images
@@ -240,13 +247,7 @@ fn an_export_for_arm64_loads_the_arm64_child() {
     let src = TestRegistry::start(RegistryOpts::plain());
     let corpus = build_corpus(&src);
     let host = src.host();
-    let multi = corpus.get("src/multi", "2.0");
-    src.client().push_manifest(
-        "src/multi",
-        "latest",
-        &multi.manifest.bytes,
-        &multi.media_type,
-    );
+    let multi = tag_multi_latest(&src, &corpus);
     let dir = tempfile::tempdir().expect("tempdir");
     let bundle = dir.path().join("arm.tar.zst");
     export(
