@@ -403,6 +403,43 @@ fn signatures_travel_as_companion_tags_unless_asked_not_to() {
     );
 }
 
+/// The distribution registry has no referrers API (it answers 404): an export of many images
+/// asks it once, not once per image, and still carries every image.
+#[test]
+fn a_registry_without_the_referrers_api_is_asked_once_per_export() {
+    let src = TestRegistry::start(RegistryOpts::plain());
+    let corpus = build_corpus(&src);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let list = dir.path().join("images.txt");
+    std::fs::write(&list, corpus.images_file(&src.host())).expect("write images file");
+    let b = dir.path().join("b.tar.zst");
+    let out = run_airlock(
+        [
+            "export",
+            "-f",
+            list.to_str().unwrap(),
+            "-o",
+            b.to_str().unwrap(),
+            "-j",
+            "1",
+        ],
+        &[],
+        None,
+    );
+    assert_success(&out, "export of the corpus");
+    assert!(corpus.images.len() > 2, "a corpus of several images");
+    assert_eq!(
+        read_bundle_json(&b)["images"].as_array().map(|a| a.len()),
+        Some(corpus.images.len())
+    );
+    let asked = src.access_log("GET", "/referrers/");
+    assert_eq!(
+        asked.len(),
+        1,
+        "the referrers API asked more than once: {asked:#?}"
+    );
+}
+
 #[test]
 fn an_image_set_file_drives_the_export() {
     let src = TestRegistry::start(RegistryOpts::plain());

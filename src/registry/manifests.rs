@@ -9,6 +9,7 @@ use crate::digest::Digest;
 use crate::error::{Error, Result};
 use reqwest::header::{HeaderMap, HeaderValue, ACCEPT, CONTENT_TYPE};
 use reqwest::StatusCode;
+use std::sync::atomic::Ordering;
 
 impl Registry {
     /// Fetches a manifest by tag or digest, as the exact bytes served, and checks its digest.
@@ -141,7 +142,12 @@ impl Registry {
 
     /// The OCI 1.1 referrers of a manifest (`GET /v2/<repo>/referrers/<digest>`): an image
     /// index listing them, or `None` when the registry has no referrers API or none exist.
+    /// A registry with the API never answers it with 404 (the distribution spec), so a 404
+    /// is remembered and the registry is not asked again.
     pub async fn referrers(&self, repo: &str, digest: &Digest) -> Result<Option<Manifest>> {
+        if self.no_referrers_api.load(Ordering::Relaxed) {
+            return Ok(None);
+        }
         let url = self.url(&format!("v2/{repo}/referrers/{digest}"))?;
         let resp = self
             .send(&Scope::pull(repo), || {
@@ -151,6 +157,9 @@ impl Registry {
                     .header(ACCEPT, crate::manifest::OCI_INDEX))
             })
             .await?;
+        if resp.status() == StatusCode::NOT_FOUND {
+            self.no_referrers_api.store(true, Ordering::Relaxed);
+        }
         if !resp.status().is_success() {
             return Ok(None);
         }
@@ -171,5 +180,62 @@ impl Registry {
             bytes,
             media_type: crate::manifest::OCI_INDEX.to_string(),
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::testserver::{plain, Answer, TestServer};
+    use super::*;
+
+    /// A registry without the referrers API (404) is asked once per run; one with it is
+    /// asked for every subject and its index is handed back.
+    #[tokio::test]
+    async fn a_registry_without_the_referrers_api_is_asked_once() {
+        let index = r#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json","manifests":[{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"sha256:0000000000000000000000000000000000000000000000000000000000000000","size":2}]}"#;
+        let without = TestServer::start(|r| match r.path.as_str() {
+            "/v2/" => Answer::new(200),
+            _ => Answer::new(404).body("404 page not found"),
+        });
+        let with = TestServer::start(move |r| match r.path.as_str() {
+            "/v2/" => Answer::new(200),
+            p if p.contains("/referrers/") => Answer::new(200).body(index),
+            _ => Answer::new(404),
+        });
+        let subjects: Vec<Digest> = ["a", "b", "c"]
+            .iter()
+            .map(|s| Digest::of(s.as_bytes()))
+            .collect();
+
+        let reg = plain(&without.addr, None).await;
+        for d in &subjects {
+            assert!(reg.referrers("r", d).await.expect("no error").is_none());
+        }
+        let asked = |s: &TestServer| {
+            s.seen()
+                .iter()
+                .filter(|r| r.path.contains("/referrers/"))
+                .count()
+        };
+        assert_eq!(
+            asked(&without),
+            1,
+            "a registry that answered 404 is not asked again"
+        );
+
+        let reg = plain(&with.addr, None).await;
+        for d in &subjects {
+            let found = reg
+                .referrers("r", d)
+                .await
+                .expect("no error")
+                .expect("an index");
+            assert_eq!(found.bytes, index.as_bytes());
+        }
+        assert_eq!(
+            asked(&with),
+            3,
+            "a registry with the API is asked for every subject"
+        );
     }
 }

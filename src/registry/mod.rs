@@ -92,6 +92,9 @@ pub struct Registry {
     retry: RetryPolicy,
     /// How this registry takes uploads, learnt from its answers (see `upload`).
     upload_mode: AtomicU8,
+    /// Set once the registry answered the referrers API with 404: it has none (a registry
+    /// that has one must not answer 404), so it is not asked again in this run.
+    no_referrers_api: std::sync::atomic::AtomicBool,
 }
 
 /// What the caller does with a 401 that survived re-authentication.

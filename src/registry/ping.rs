@@ -61,6 +61,7 @@ impl Registry {
                 tokens: TokenCache::default(),
                 retry: retry.clone(),
                 upload_mode: AtomicU8::new(0),
+                no_referrers_api: Default::default(),
             };
             // A loopback HTTPS attempt that fails to connect falls back at once, without retries.
             let fallback = schemes.len() > 1 && *scheme == "https";

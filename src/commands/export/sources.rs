@@ -228,13 +228,13 @@ pub(super) async fn companions(
         let roots: Vec<Digest> = std::iter::once(r.root.digest.clone())
             .chain(r.source_digest.clone())
             .collect();
+        // The root and every manifest under it, once each (the objects hold the root too).
         let mut subjects = roots.clone();
-        subjects.extend(
-            r.objects
-                .iter()
-                .filter(|o| crate::manifest::is_manifest(&o.media_type))
-                .map(|o| o.digest.clone()),
-        );
+        for o in &r.objects {
+            if crate::manifest::is_manifest(&o.media_type) && !subjects.contains(&o.digest) {
+                subjects.push(o.digest.clone());
+            }
+        }
         for subject in subjects {
             let prefix = format!("sha256-{}", subject.hex());
             let companion = |suffix: &str| {
