@@ -238,8 +238,9 @@ pub struct ExportArgs {
 pub struct ImportArgs {
     /// The bundle (its base name, or any of its volumes)
     pub bundle: PathBuf,
-    /// Refuse the bundle unless it is signed by this minisign public key, and check all of
-    /// its content before pushing anything
+    /// Refuse the bundle unless it is signed by this minisign public key; every blob is
+    /// checked against the signed digests as it streams, and an image holding one that does
+    /// not match is neither pushed whole nor tagged
     #[arg(long, value_name = "PUB")]
     pub trusted_key: Option<PathBuf>,
     /// Only the images whose name (REPOSITORY:TAG as in the bundle, or the full source

@@ -613,7 +613,9 @@ fn transient_5xx_429_and_cut_downloads_are_retried() {
     let dst = TestRegistry::start(RegistryOpts::plain());
     let proxy = FaultProxy::for_registry(
         &dst,
-        FaultPlan::new(Fault::ServiceUnavailable, 4).method("PATCH"),
+        FaultPlan::new(Fault::ServiceUnavailable, 4)
+            .method("PUT")
+            .path_contains("/blobs/uploads/"),
     );
     let out = run_airlock(
         [

@@ -191,11 +191,12 @@ fn import_through(
 
 // ---------------------------------------------------------------------------------------------
 
-/// Google's registry refuses chunked uploads: the PATCH is answered 405, airlock falls back to
-/// a monolithic `PUT ?digest=` with the body and remembers it for the rest of the run.
+/// Google's registry refuses chunked uploads: the PATCH of the first blob too large for one
+/// PUT is answered 405, airlock falls back to a monolithic `PUT ?digest=` with the body and
+/// remembers it for the rest of the run.
 #[test]
 fn no_chunked_uploads_fall_back_to_monolithic_put_and_remember_it() {
-    let (src, s) = corpus_source();
+    let (src, s) = big_source();
     let (_dir, bundle) = plain_bundle(&src, &s);
     // One job, so that "the first upload" is well defined.
     let (_t, proxy) = import_through(Quirk::NoChunked, &s, &bundle, &["-j", "1"], &[]);
@@ -229,42 +230,93 @@ fn no_chunked_uploads_fall_back_to_monolithic_put_and_remember_it() {
     assert_eq!(
         patched.len(),
         1,
-        "only the first upload may try PATCH (the refusal is remembered):\n{log}"
+        "only one upload may try PATCH (the refusal is remembered):\n{log}"
     );
-    let first_session = recs
+    // The 12 MiB layer tried PATCH, and went on in one PUT in the same session.
+    let layer = s.images[0]
+        .3
         .iter()
-        .filter(|r| r.method == "PATCH" || r.is_commit())
-        .find_map(|r| r.session());
-    assert_eq!(
-        first_session.as_ref(),
-        patched.first(),
-        "the PATCH came from a later upload:\n{log}"
-    );
+        .max_by_key(|d| d.size)
+        .expect("a layer");
+    let layer_session = commits
+        .iter()
+        .find(|c| c.commit_digest().as_deref() == Some(layer.digest.as_str()))
+        .and_then(|c| c.session());
+    assert_eq!(layer_session.as_ref(), patched.first(), "{log}");
 }
 
-/// Artifactory refuses a PUT that carries the blob: airlock sends it in PATCH chunks and
-/// commits with an empty PUT.
+/// Artifactory refuses a PUT that carries the blob: the first small blob's PUT is refused
+/// once, and from then on airlock sends every blob in PATCH chunks and commits with an empty
+/// PUT.
 #[test]
 fn no_monolithic_uploads_use_chunks_and_an_empty_commit() {
     let (src, s) = corpus_source();
     let (_dir, bundle) = plain_bundle(&src, &s);
-    let (_t, proxy) = import_through(Quirk::NoMonolithic, &s, &bundle, &[], &[]);
+    // One job, so that the refusal is met once.
+    let (_t, proxy) = import_through(Quirk::NoMonolithic, &s, &bundle, &["-j", "1"], &[]);
+    let log = proxy.describe();
+    let recs = proxy.records();
+    let refused = recs.iter().filter(|r| r.action == "refused-400").count();
+    assert_eq!(
+        refused, 1,
+        "a PUT with the blob is tried once, then never again:\n{log}"
+    );
+    let commits: Vec<&QuirkRecord> = recs
+        .iter()
+        .filter(|r| r.is_commit() && r.status == Some(201))
+        .collect();
+    assert!(commits.len() > 1, "no upload committed:\n{log}");
+    assert!(
+        commits.iter().all(|c| c.body_bytes == 0),
+        "a committed PUT carried the blob:\n{log}"
+    );
+    let patched: std::collections::HashSet<String> = recs
+        .iter()
+        .filter(|r| r.method == "PATCH" && r.status == Some(202))
+        .filter_map(|r| r.session())
+        .collect();
+    assert!(
+        commits
+            .iter()
+            .all(|c| c.session().is_some_and(|sid| patched.contains(&sid))),
+        "a blob was committed without its chunk:\n{log}"
+    );
+}
+
+/// A registry that takes both: a blob of up to 5 MiB goes in two requests (POST, then a PUT
+/// carrying it), a larger one in PATCH chunks and an empty PUT.
+#[test]
+fn small_blobs_go_in_one_put_and_large_ones_in_chunks() {
+    let (src, s) = big_source();
+    let (_dir, bundle) = plain_bundle(&src, &s);
+    // Delay(0): a proxy that only records.
+    let (_t, proxy) = import_through(Quirk::Delay(0), &s, &bundle, &[], &[]);
     let log = proxy.describe();
     let recs = proxy.records();
     let commits: Vec<&QuirkRecord> = recs
         .iter()
         .filter(|r| r.is_commit() && r.status == Some(201))
         .collect();
-    assert!(!commits.is_empty(), "no upload committed:\n{log}");
-    assert!(
-        commits.iter().all(|c| c.body_bytes == 0),
-        "a committed PUT carried the blob:\n{log}"
-    );
-    assert!(
-        recs.iter()
-            .any(|r| r.method == "PATCH" && r.status == Some(202)),
-        "no chunk was sent with PATCH:\n{log}"
-    );
+    assert_eq!(commits.len(), s.images[0].3.len(), "{log}");
+    for c in &commits {
+        let d = c.commit_digest().expect("commit digest");
+        let size = s.blob_size(&d).expect("a blob of the image");
+        let sid = c.session().expect("a session");
+        let patches = recs
+            .iter()
+            .filter(|r| r.method == "PATCH" && r.session().as_ref() == Some(&sid))
+            .count();
+        if size <= 5 * MIB as u64 {
+            assert_eq!(
+                c.body_bytes, size,
+                "{d} is small: one PUT carries it\n{log}"
+            );
+            assert_eq!(patches, 0, "{d} is small: no PATCH\n{log}");
+        } else {
+            assert_eq!(c.body_bytes, 0, "{d} is large: an empty commit\n{log}");
+            assert!(patches >= 1, "{d} is large: sent in chunks\n{log}");
+        }
+    }
 }
 
 /// ECR wants every chunk but the last to be at least 5 MiB: with `AIRLOCK_CHUNK_SIZE=1M`

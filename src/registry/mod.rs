@@ -92,6 +92,8 @@ pub struct Registry {
     retry: RetryPolicy,
     /// How this registry takes uploads, learnt from its answers (see `upload`).
     upload_mode: AtomicU8,
+    /// Whether it takes a `PUT` carrying a blob, learnt from its answers (see `upload`).
+    put_body: AtomicU8,
     /// Set once the registry answered the referrers API with 404: it has none (a registry
     /// that has one must not answer 404), so it is not asked again in this run.
     no_referrers_api: std::sync::atomic::AtomicBool,

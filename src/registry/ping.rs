@@ -61,6 +61,7 @@ impl Registry {
                 tokens: TokenCache::default(),
                 retry: retry.clone(),
                 upload_mode: AtomicU8::new(0),
+                put_body: AtomicU8::new(0),
                 no_referrers_api: Default::default(),
             };
             // A loopback HTTPS attempt that fails to connect falls back at once, without retries.

@@ -1,11 +1,13 @@
 //! Writing blobs: cross-repository mounts and uploads that every registry accepts.
 //!
-//! An upload opens a session (`POST`), sends the blob in `PATCH` chunks with `Content-Range`
-//! (64 MiB by default, `AIRLOCK_CHUNK_SIZE`, never under 5 MiB but the last, raised to the
-//! registry's `OCI-Chunk-Min-Length`), and commits it with `PUT ?digest=`. A registry that
-//! refuses `PATCH` (Google's) gets one monolithic `PUT ?digest=` with the body instead, and
-//! the choice is remembered for that registry; a registry that refuses a `PUT` with a body
-//! (Artifactory) never sees one. A cut chunk resumes from the offset the registry reports
+//! An upload opens a session (`POST`). A blob of up to 5 MiB goes in one `PUT ?digest=` with
+//! the body (two requests, where chunks take three). A larger one goes in `PATCH` chunks with
+//! `Content-Range` (64 MiB by default, `AIRLOCK_CHUNK_SIZE`, never under 5 MiB but the last,
+//! raised to the registry's `OCI-Chunk-Min-Length`) and is committed with a `PUT ?digest=`
+//! without a body. A registry that refuses `PATCH` (Google's) gets one monolithic `PUT` with
+//! the body for every blob instead; a registry that refuses a `PUT` with a body
+//! (Artifactory) gets chunks for every blob; each refusal is met once and remembered for that
+//! registry. A cut chunk resumes from the offset the registry reports
 //! (`GET` on the session) instead of from byte 0. A mount answered 202 continues in the session
 //! it opened; one answered 401/403/404/405 falls back to an upload. A session given up on is
 //! cancelled with `DELETE`. The whole upload is one operation with one retry budget.
@@ -65,6 +67,15 @@ const MODE_UNKNOWN: u8 = 0;
 const MODE_CHUNKED: u8 = 1;
 const MODE_MONOLITHIC: u8 = 2;
 
+/// Whether the registry takes a `PUT ?digest=` carrying the blob (`put_body`).
+const BODY_UNKNOWN: u8 = 0;
+const BODY_TAKEN: u8 = 1;
+const BODY_REFUSED: u8 = 2;
+
+/// The largest blob sent in one `PUT` with its body: below the smallest chunk, chunks buy
+/// nothing (no resume point), and a cut PUT sends at most this much again.
+pub const ONE_PUT_MAX: u64 = MIN_CHUNK;
+
 /// The smallest chunk but the last (ECR's limit).
 pub const MIN_CHUNK: u64 = 5 * 1024 * 1024;
 /// The chunk size when `AIRLOCK_CHUNK_SIZE` does not say.
@@ -95,6 +106,8 @@ enum Outcome {
     Again(String, Option<Duration>),
     /// The registry refuses PATCH: upload in one PUT instead.
     NoChunks,
+    /// The registry refuses a PUT carrying the blob: upload in chunks instead.
+    NoBody,
     Fatal(Error),
 }
 
@@ -307,6 +320,12 @@ impl Registry {
                     self.upload_mode.store(MODE_MONOLITHIC, Ordering::Relaxed);
                     continue;
                 }
+                Err(Outcome::NoBody) => {
+                    // Remembered: this and every later upload go in chunks, in a new session.
+                    self.put_body.store(BODY_REFUSED, Ordering::Relaxed);
+                    self.cancel(repo, session.take()).await;
+                    continue;
+                }
                 Err(Outcome::Fatal(e)) => {
                     self.cancel(repo, session.take()).await;
                     return Err(e);
@@ -418,7 +437,8 @@ impl Registry {
             ))));
         };
         let mode = self.upload_mode.load(Ordering::Relaxed);
-        if mode == MODE_MONOLITHIC {
+        let body = self.put_body.load(Ordering::Relaxed);
+        if mode == MODE_MONOLITHIC || (size <= ONE_PUT_MAX && body != BODY_REFUSED) {
             // One PUT with the whole body, from the start of a fresh session.
             if s.offset != 0 {
                 let old = session.take();
@@ -430,7 +450,12 @@ impl Registry {
                     "{what}: no upload session"
                 ))));
             };
-            return self.put_whole(repo, digest, size, source, s, what).await;
+            // A refusal may still be met (once) unless PUT is all this registry takes.
+            let may_refuse = mode != MODE_MONOLITHIC && body == BODY_UNKNOWN;
+            self.put_whole(repo, digest, size, source, s, may_refuse, what)
+                .await?;
+            self.put_body.store(BODY_TAKEN, Ordering::Relaxed);
+            return Ok(());
         }
         self.patch_chunks(repo, size, source, s, what).await?;
         if mode == MODE_UNKNOWN {
@@ -557,7 +582,9 @@ impl Registry {
         Ok(())
     }
 
-    /// A monolithic upload: `PUT ?digest=` carrying the whole blob.
+    /// A monolithic upload: `PUT ?digest=` carrying the whole blob. With `may_refuse`, an
+    /// answer saying the registry takes no body on a PUT is `NoBody` (go on in chunks).
+    #[allow(clippy::too_many_arguments)]
     async fn put_whole(
         &self,
         repo: &str,
@@ -565,6 +592,7 @@ impl Registry {
         size: u64,
         source: &dyn BlobSource,
         s: &mut Session,
+        may_refuse: bool,
         what: &str,
     ) -> std::result::Result<(), Outcome> {
         let scope = Scope::push(repo);
@@ -609,7 +637,29 @@ impl Registry {
             let ra = super::retry_after(&resp);
             return Err(Outcome::Again(format!("PUT answered {status}"), ra));
         }
+        if may_refuse && matches!(status.as_u16(), 400 | 405 | 413 | 415 | 501) {
+            let body = super::transport::read_limited(resp, 4096, self.retry.idle_timeout)
+                .await
+                .unwrap_or_default();
+            let codes = super::error_codes(&body);
+            if codes
+                .iter()
+                .any(|c| c == "DIGEST_INVALID" || c == "SIZE_INVALID")
+            {
+                return Err(Outcome::Fatal(Error::registry(
+                    &self.name,
+                    format!(
+                        "{what}: PUT answered {status}: {}",
+                        String::from_utf8_lossy(&body).trim()
+                    ),
+                )));
+            }
+            return Err(Outcome::NoBody);
+        }
         let e = self.push_refused(what, repo, resp).await;
+        if self.upload_mode.load(Ordering::Relaxed) != MODE_MONOLITHIC {
+            return Err(Outcome::Fatal(e));
+        }
         Err(Outcome::Fatal(Error::registry(
             &self.name,
             format!(
@@ -646,6 +696,26 @@ mod tests {
         }
     }
 
+    /// Blobs just over the one-PUT size, so that they go in chunks unless PATCH is refused.
+    fn large(fill: u8) -> Vec<u8> {
+        vec![fill; ONE_PUT_MAX as usize + 1]
+    }
+
+    async fn upload_all(reg: &Registry, contents: &[Vec<u8>]) {
+        for content in contents {
+            let d = Digest::of(content);
+            reg.upload_blob(
+                "r",
+                &d,
+                content.len() as u64,
+                &Memory(content.clone()),
+                None,
+            )
+            .await
+            .expect("upload");
+        }
+    }
+
     #[tokio::test]
     async fn a_registry_refusing_patch_gets_monolithic_puts_and_that_is_remembered() {
         let server = TestServer::start(|r| match (r.method.as_str(), r.path.as_str()) {
@@ -657,25 +727,85 @@ mod tests {
             (m, p) => Answer::new(400).body(format!("unexpected {m} {p}")),
         });
         let reg = plain(&server.addr, None).await;
-        for content in [&b"first blob"[..], &b"second blob"[..]] {
-            let d = Digest::of(content);
-            reg.upload_blob(
-                "r",
-                &d,
-                content.len() as u64,
-                &Memory(content.to_vec()),
-                None,
-            )
-            .await
-            .expect("upload");
-        }
+        let contents = [large(1), large(2)];
+        upload_all(&reg, &contents).await;
         let seen = server.seen();
         let patches = seen.iter().filter(|r| r.method == "PATCH").count();
         let puts: Vec<_> = seen.iter().filter(|r| r.method == "PUT").collect();
         assert_eq!(patches, 1, "only the first upload tries PATCH");
         assert_eq!(puts.len(), 2);
-        assert_eq!(puts[0].body, b"first blob");
-        assert_eq!(puts[1].body, b"second blob");
+        assert_eq!(puts[0].body, contents[0]);
+        assert_eq!(puts[1].body, contents[1]);
+    }
+
+    /// A small blob goes in two requests, POST and a PUT carrying it; a large one in chunks
+    /// and an empty PUT.
+    #[tokio::test]
+    async fn small_blobs_go_in_one_put_and_large_ones_in_chunks() {
+        let server = TestServer::start(|r| match (r.method.as_str(), r.path.as_str()) {
+            ("GET", "/v2/") => Answer::new(200),
+            ("POST", _) => Answer::new(202).header("location", "/upload/s1?state=x"),
+            ("PATCH", _) => Answer::new(202)
+                .header("location", "/upload/s1?state=y")
+                // The whole of the large blob below (ONE_PUT_MAX + 1 bytes).
+                .header("range", "0-5242880"),
+            ("PUT", p) if p.contains("digest=sha256%3A") => Answer::new(201),
+            (m, p) => Answer::new(400).body(format!("unexpected {m} {p}")),
+        });
+        let reg = plain(&server.addr, None).await;
+        let small = b"a small blob".to_vec();
+        upload_all(&reg, &[small.clone(), large(3)]).await;
+        let seen = server.seen();
+        let methods: Vec<&str> = seen
+            .iter()
+            .filter(|r| r.path != "/v2/")
+            .map(|r| r.method.as_str())
+            .collect();
+        assert_eq!(methods, ["POST", "PUT", "POST", "PATCH", "PUT"]);
+        let puts: Vec<_> = seen.iter().filter(|r| r.method == "PUT").collect();
+        assert_eq!(puts[0].body, small);
+        assert!(
+            puts[1].body.is_empty(),
+            "the chunked upload commits without a body"
+        );
+    }
+
+    /// A registry that refuses a PUT carrying the blob gets chunks instead, in a new session,
+    /// and is not sent another such PUT.
+    #[tokio::test]
+    async fn a_registry_refusing_a_put_with_a_body_gets_chunks_and_that_is_remembered() {
+        let server = TestServer::start(|r| match (r.method.as_str(), r.path.as_str()) {
+            ("GET", "/v2/") => Answer::new(200),
+            ("POST", _) => Answer::new(202).header("location", "/upload/s1?state=x"),
+            ("DELETE", _) => Answer::new(204),
+            ("PATCH", _) => Answer::new(202).header("location", "/upload/s1?state=y"),
+            ("PUT", _) if !r.body.is_empty() => Answer::new(400).body(
+                r#"{"errors":[{"code":"BLOB_UPLOAD_INVALID","message":"PATCH the data first"}]}"#,
+            ),
+            ("PUT", p) if p.contains("digest=sha256%3A") => Answer::new(201),
+            (m, p) => Answer::new(400).body(format!("unexpected {m} {p}")),
+        });
+        let reg = plain(&server.addr, None).await;
+        let contents = [b"first".to_vec(), b"second".to_vec()];
+        upload_all(&reg, &contents).await;
+        let seen = server.seen();
+        let with_body = seen
+            .iter()
+            .filter(|r| r.method == "PUT" && !r.body.is_empty())
+            .count();
+        assert_eq!(
+            with_body, 1,
+            "only the first upload tries a PUT with the blob"
+        );
+        let patches: Vec<_> = seen.iter().filter(|r| r.method == "PATCH").collect();
+        assert_eq!(patches.len(), 2, "both blobs went in a chunk");
+        assert_eq!(patches[0].body, contents[0]);
+        assert_eq!(patches[1].body, contents[1]);
+        let commits = seen
+            .iter()
+            .filter(|r| r.method == "PUT" && r.body.is_empty())
+            .count();
+        assert_eq!(commits, 2);
     }
 
     #[test]
