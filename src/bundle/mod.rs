@@ -37,7 +37,7 @@ pub fn read_manifest(path: &std::path::Path) -> crate::error::Result<(Vec<u8>, B
         }
         std::fs::read(path).map_err(|e| Error::io(format!("reading {}", path.display()), e))?
     } else {
-        Bundle::open(path)?.bundle_json
+        Bundle::open(path)?.bundle_json()?
     };
     let m = BundleManifest::parse(&bytes, path)?;
     Ok((bytes, m))

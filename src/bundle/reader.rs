@@ -38,8 +38,9 @@ pub struct Bundle {
     pub volumes: Vec<PathBuf>,
     archive: Archive,
     pub manifest: BundleManifest,
-    /// The exact bytes of `bundle.json` (what a signature covers).
-    pub bundle_json: Vec<u8>,
+    /// The digest of the `bundle.json` bytes parsed into `manifest`; the bytes themselves
+    /// (tens of MiB for 100,000 blobs) are read again when a signature is checked.
+    bundle_json_digest: Digest,
     /// Every member in archive order.
     pub members: Vec<Location>,
     by_digest: HashMap<Digest, usize>,
@@ -106,6 +107,18 @@ impl Archive {
     /// A reader over `len` uncompressed bytes starting at `start`. It decodes only the frames
     /// the seek table says hold them, and fails (rather than waiting for more) if those frames
     /// end before the bytes do.
+    /// The `size` bytes of `bundle.json`, the first member's content.
+    fn read_bundle_json(&self, size: u64) -> Result<Vec<u8>> {
+        let mut bytes = Vec::with_capacity(size as usize);
+        self.range(512, size)?
+            .read_to_end(&mut bytes)
+            .map_err(|e| self.read_error(512, e))?;
+        if bytes.len() as u64 != size {
+            return Err(Error::bundle(&self.path, "bundle.json is cut short"));
+        }
+        Ok(bytes)
+    }
+
     fn range(&self, start: u64, len: u64) -> Result<impl Read + use<>> {
         let cannot = |e: String| {
             Error::bundle(
@@ -276,15 +289,10 @@ impl Bundle {
                 format!("bundle.json declares {size} bytes (at most {MAX_BUNDLE_JSON})"),
             ));
         }
-        let mut bytes = Vec::new();
-        archive
-            .range(512, size)?
-            .read_to_end(&mut bytes)
-            .map_err(|e| archive.read_error(512, e))?;
-        if bytes.len() as u64 != size {
-            return Err(Error::bundle(&base, "bundle.json is cut short"));
-        }
+        let bytes = archive.read_bundle_json(size)?;
         let manifest = BundleManifest::parse(&bytes, &base)?;
+        let bundle_json_digest = Digest::of(&bytes);
+        drop(bytes);
         let mut by_digest = HashMap::new();
         // Where every other member must be.
         let mut off = tar_span(size);
@@ -352,10 +360,23 @@ impl Bundle {
             volumes,
             archive,
             manifest,
-            bundle_json: bytes,
+            bundle_json_digest,
             members,
             by_digest,
         })
+    }
+
+    /// The exact bytes of `bundle.json` (what a signature covers), read again from the
+    /// archive and refused unless they are the bytes `manifest` was parsed from.
+    pub fn bundle_json(&self) -> Result<Vec<u8>> {
+        let bytes = self.archive.read_bundle_json(self.members[0].size)?;
+        if Digest::of(&bytes) != self.bundle_json_digest {
+            return Err(Error::bundle(
+                &self.path,
+                "bundle.json changed on disk while the bundle was open",
+            ));
+        }
+        Ok(bytes)
     }
 
     /// The index in `members` of the first blob: the layout members (`bundle.json`,

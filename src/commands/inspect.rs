@@ -17,15 +17,29 @@ pub fn run(args: InspectArgs) -> Result<()> {
     let mut out = std::io::stdout().lock();
     let w = |e: std::io::Error| Error::io("writing to stdout", e);
     if args.json {
-        let v = serde_json::json!({
-            "bundle": b.path.display().to_string(),
-            "volumes": b.volumes.iter().map(|v| v.display().to_string()).collect::<Vec<_>>(),
-            "compressedSize": b.compressed_size(),
-            "frames": b.seek_table().num_frames(),
-            "manifest": m,
-        });
-        serde_json::to_writer_pretty(&mut out, &v).map_err(|e| Error::Failed(e.to_string()))?;
-        writeln!(out).map_err(w)?;
+        /// The report, written out as it is serialised (never built whole in memory: the
+        /// manifest of a 100,000-blob bundle is tens of MiB of JSON).
+        #[derive(serde::Serialize)]
+        #[serde(rename_all = "camelCase")]
+        struct Report<'a> {
+            bundle: String,
+            volumes: Vec<String>,
+            compressed_size: u64,
+            frames: u32,
+            manifest: &'a crate::bundle::model::BundleManifest,
+        }
+        let report = Report {
+            bundle: b.path.display().to_string(),
+            volumes: b.volumes.iter().map(|v| v.display().to_string()).collect(),
+            compressed_size: b.compressed_size(),
+            frames: b.seek_table().num_frames(),
+            manifest: m,
+        };
+        let mut buffered = std::io::BufWriter::new(&mut out);
+        serde_json::to_writer_pretty(&mut buffered, &report)
+            .map_err(|e| Error::Failed(format!("writing to stdout: {e}")))?;
+        writeln!(buffered).map_err(w)?;
+        buffered.flush().map_err(w)?;
         return Ok(());
     }
     writeln!(out, "bundle   {}", b.path.display()).map_err(w)?;
