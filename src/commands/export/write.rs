@@ -192,8 +192,8 @@ pub(super) async fn write(
         lookup: Default::default(),
     };
     manifest.validate(&out)?;
-    let bundle_json = serde_json::to_vec_pretty(&manifest)
-        .map_err(|e| Error::Failed(format!("bundle.json: {e}")))?;
+    let bundle_json =
+        pretty_json(&manifest).map_err(|e| Error::Failed(format!("bundle.json: {e}")))?;
     // The signature is written beside the bundle and renamed into place with it; an unsigned
     // export removes a stale one, but only once the new bundle is in place, so that a failed
     // export leaves the previous bundle, its checksums and its signature as they were.
@@ -231,13 +231,16 @@ pub(super) async fn write(
     let writer = tokio::task::spawn_blocking(move || -> Result<Vec<PathBuf>> {
         let mut w = BundleWriter::create(&out2, split, mtime)?;
         w.append(BUNDLE_JSON, bundle_json.len() as u64, &mut &bundle_json[..])?;
+        // Written: the layout members are not held while the blobs stream.
+        drop(bundle_json);
         w.append(
             OCI_LAYOUT,
             OCI_LAYOUT_CONTENT.len() as u64,
             &mut &OCI_LAYOUT_CONTENT[..],
         )?;
         w.append(INDEX_JSON, index_json.len() as u64, &mut &index_json[..])?;
-        if let Some(m) = &docker_manifest {
+        drop(index_json);
+        if let Some(m) = docker_manifest {
             w.append(MANIFEST_JSON, m.len() as u64, &mut &m[..])?;
         }
         for o in &objects {
@@ -345,4 +348,24 @@ pub(super) async fn write(
         crate::progress::print_json(&summary)?;
     }
     Ok(manifest)
+}
+
+/// `value` as pretty JSON in a buffer of exactly its size (measured by a first pass), not one
+/// grown by doubling: `bundle.json` of 100,000 blobs is tens of MiB.
+fn pretty_json<T: serde::Serialize>(value: &T) -> serde_json::Result<Vec<u8>> {
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0 += buf.len();
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut count = Count(0);
+    serde_json::to_writer_pretty(&mut count, value)?;
+    let mut out = Vec::with_capacity(count.0);
+    serde_json::to_writer_pretty(&mut out, value)?;
+    Ok(out)
 }
