@@ -13,7 +13,9 @@
 #   scale 10,000 images: 1,000 repositories x 10 tags shaped like `many`, written straight into
 #         the source registry's storage (benches/gen_registry.py); run it with
 #         BENCH_CORPORA=scale BENCH_TOOLS=airlock. Rows give milliseconds per image.
-# For each corpus, each step is timed with /usr/bin/time (wall seconds, peak RSS of the process tree):
+# For each corpus, each step is timed with /usr/bin/time (wall seconds, peak RSS of the process tree,
+# CPU seconds), and the registries' CPU seconds over the same step are read from /proc (on a 2-core
+# machine the registry's own CPU bounds the many-small-images corpora):
 #   export  airlock export -f LIST (cold cache)  vs  skopeo copy each image into one OCI layout,
 #           then tar | zstd -T0 -3
 #   import  airlock import                       vs  zstd -d | tar -x, then skopeo copy each image
@@ -136,6 +138,16 @@ registry_up() {
     [[ $status == *" 200"* ]]
 }
 
+REG_PIDS=()
+# registries_cpu: CPU seconds (user+sys) the registries of this run have used so far.
+registries_cpu() {
+    local ticks=0 p
+    for p in "${REG_PIDS[@]}"; do
+        [[ -r /proc/$p/stat ]] && ticks=$((ticks + $(awk '{print $14 + $15}' "/proc/$p/stat")))
+    done
+    awk -v t="$ticks" -v hz="$(getconf CLK_TCK)" 'BEGIN { printf "%.2f", t / hz }'
+}
+
 # start_registry NAME: docker-registry with filesystem storage under $WORK/registry-NAME; sets REG_PORT.
 start_registry() {
     local name=$1 dir=$WORK/registry-$1 pid _
@@ -158,6 +170,7 @@ EOF
     docker-registry serve "$dir/config.yml" >"$dir/registry.log" 2>&1 &
     pid=$!
     PIDS+=("$pid")
+    REG_PIDS+=("$pid")
     for _ in $(seq 1 100); do
         kill -0 "$pid" 2>/dev/null || { cat "$dir/registry.log" >&2; die "registry $name did not start"; }
         if registry_up "$REG_PORT" 2>/dev/null; then return 0; fi
@@ -366,18 +379,22 @@ FAILED=0
 LAST_CPU=""
 LAST_WALL=""
 measure() {
-    local corpus=$1 step=$2 tool=$3 tf log wall rss user sys
+    local corpus=$1 step=$2 tool=$3 tf log wall rss user sys reg0 regcpu
     LAST_CPU="" LAST_WALL=""
     shift 3
     tf=$WORK/logs/$corpus-$step-${tool// /_}.time
     log=$WORK/logs/$corpus-$step-${tool// /_}.log
     say "$corpus: $step with $tool"
+    reg0=$(registries_cpu)
     if /usr/bin/time -f '%e %M %U %S' -o "$tf" "$@" >"$log" 2>&1; then
         read -r wall rss user sys < <(tail -n 1 "$tf")
         ROWS+=("$corpus|$step|$tool|$wall|$((rss / 1024))|-")
         LAST_CPU=$(awk -v u="$user" -v s="$sys" 'BEGIN { printf "%.2f", u + s }')
         LAST_WALL=$wall
-        echo "   $wall s, $((rss / 1024)) MiB, CPU $LAST_CPU s" >&2
+        regcpu=$(awk -v a="$reg0" -v b="$(registries_cpu)" 'BEGIN { printf "%.2f", b - a }')
+        SPLIT_ROWS+=("$(printf '%-8s %-14s %-10s %8s wall s  %8s CPU s  the registries %8s CPU s' \
+            "$corpus" "$step" "$tool" "$wall" "$LAST_CPU" "$regcpu")")
+        echo "   $wall s, $((rss / 1024)) MiB, CPU $LAST_CPU s (the registries: $regcpu s)" >&2
     else
         echo "   FAILED; last lines of $log:" >&2
         tail -n 20 "$log" | sed 's/^/   | /' >&2
@@ -615,6 +632,7 @@ cpu_row() {
 }
 
 SIZES=()
+SPLIT_ROWS=()
 for c in $CORPORA; do
     case $c in
         big | many | compressed) run_corpus "$c" ;;
@@ -640,6 +658,9 @@ for s in "${SIZES[@]}"; do
 done
 echo
 printf '%s\n' "${CPU_ROWS[@]}"
+echo
+echo "CPU of each step: the tool's, and the registries' (every docker-registry of this run) over the same time"
+printf '%s\n' "${SPLIT_ROWS[@]}"
 for c in $CORPORA; do
     a=$(printf '%s\n' "${ROWS[@]}" | awk -F'|' -v c="$c" '$1 == c && $2 == "verify" && $3 == "airlock" {print $4}')
     z=$(printf '%s\n' "${ROWS[@]}" | awk -F'|' -v c="$c" '$1 == c && $2 == "verify" && $3 == "zstd -d" {print $4}')
