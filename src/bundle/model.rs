@@ -329,7 +329,12 @@ impl BundleManifest {
     }
 
     pub fn blob(&self, d: &Digest) -> Option<&BlobEntry> {
-        self.lookup().blobs.get(d).and_then(|&i| self.blobs.get(i))
+        self.blob_index(d).and_then(|i| self.blobs.get(i))
+    }
+
+    /// Where a blob sits in `blobs`.
+    pub fn blob_index(&self, d: &Digest) -> Option<usize> {
+        self.lookup().blobs.get(d).copied()
     }
 
     pub fn external_blob(&self, d: &Digest) -> Option<&ExternalBlob> {

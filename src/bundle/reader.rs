@@ -10,7 +10,6 @@ use super::volumes::{discover, MultiFile};
 use super::{tar_span, BUNDLE_JSON, INDEX_JSON, OCI_LAYOUT};
 use crate::digest::{Digest, VerifyingReader};
 use crate::error::{Error, Result};
-use std::collections::HashMap;
 use std::io::{self, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use zeekstd::SeekTable;
@@ -41,9 +40,9 @@ pub struct Bundle {
     /// The digest of the `bundle.json` bytes parsed into `manifest`; the bytes themselves
     /// (tens of MiB for 100,000 blobs) are read again when a signature is checked.
     bundle_json_digest: Digest,
-    /// Every member in archive order.
+    /// Every member in archive order: the layout members, then `manifest.blobs` in order
+    /// (so a blob's member is found through the manifest's digest index).
     pub members: Vec<Location>,
-    by_digest: HashMap<Digest, usize>,
 }
 
 /// Checks a 512-byte ustar header and returns its name and size.
@@ -104,9 +103,6 @@ impl Archive {
         self.seek.frame_start_comp(idx).unwrap_or(0)
     }
 
-    /// A reader over `len` uncompressed bytes starting at `start`. It decodes only the frames
-    /// the seek table says hold them, and fails (rather than waiting for more) if those frames
-    /// end before the bytes do.
     /// The `size` bytes of `bundle.json`, the first member's content.
     fn read_bundle_json(&self, size: u64) -> Result<Vec<u8>> {
         let mut bytes = Vec::with_capacity(size as usize);
@@ -119,6 +115,9 @@ impl Archive {
         Ok(bytes)
     }
 
+    /// A reader over `len` uncompressed bytes starting at `start`. It decodes only the frames
+    /// the seek table says hold them, and fails (rather than waiting for more) if those frames
+    /// end before the bytes do.
     fn range(&self, start: u64, len: u64) -> Result<impl Read + use<>> {
         let cannot = |e: String| {
             Error::bundle(
@@ -293,7 +292,6 @@ impl Bundle {
         let manifest = BundleManifest::parse(&bytes, &base)?;
         let bundle_json_digest = Digest::of(&bytes);
         drop(bytes);
-        let mut by_digest = HashMap::new();
         // Where every other member must be.
         let mut off = tar_span(size);
         let mut members = vec![Location {
@@ -317,7 +315,6 @@ impl Bundle {
             off += tar_span(m.size);
         }
         for blob in &manifest.blobs {
-            by_digest.insert(blob.digest.clone(), members.len());
             members.push(Location {
                 name: blob.digest.layout_path(),
                 header: off,
@@ -362,7 +359,6 @@ impl Bundle {
             manifest,
             bundle_json_digest,
             members,
-            by_digest,
         })
     }
 
@@ -405,9 +401,8 @@ impl Bundle {
     /// A reader over one blob that fails, naming the blob and the bundle, if its content does
     /// not match its digest and size.
     pub fn open_blob(&self, d: &Digest) -> Result<BlobReader> {
-        let idx = *self
-            .by_digest
-            .get(d)
+        let idx = self
+            .member_index(d)
             .ok_or_else(|| Error::bundle(&self.path, format!("blob {d} is not in this bundle")))?;
         let m = &self.members[idx];
         let inner = self.open_member(m)?;
@@ -442,18 +437,20 @@ impl Bundle {
 
     /// Where a blob's content sits in the uncompressed archive: (offset, size).
     pub fn content_of(&self, d: &Digest) -> Option<(u64, u64)> {
-        let m = &self.members[*self.by_digest.get(d)?];
+        let m = &self.members[self.member_index(d)?];
         Some((m.header + 512, m.size))
     }
 
     /// Where in `members` a blob is.
     pub fn member_index(&self, d: &Digest) -> Option<usize> {
-        self.by_digest.get(d).copied()
+        self.manifest
+            .blob_index(d)
+            .map(|i| self.first_blob_member() + i)
     }
 
     /// Whether the bundle carries this blob.
     pub fn holds(&self, d: &Digest) -> bool {
-        self.by_digest.contains_key(d)
+        self.manifest.blob_index(d).is_some()
     }
 
     /// The frame holding uncompressed archive offset `at`: its index and the uncompressed
