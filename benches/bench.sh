@@ -143,7 +143,9 @@ REG_PIDS=()
 registries_cpu() {
     local ticks=0 p
     for p in "${REG_PIDS[@]}"; do
-        [[ -r /proc/$p/stat ]] && ticks=$((ticks + $(awk '{print $14 + $15}' "/proc/$p/stat")))
+        if [[ -r /proc/$p/stat ]]; then
+            ticks=$((ticks + $(awk '{print $14 + $15}' "/proc/$p/stat")))
+        fi
     done
     awk -v t="$ticks" -v hz="$(getconf CLK_TCK)" 'BEGIN { printf "%.2f", t / hz }'
 }
