@@ -29,16 +29,19 @@ pub fn tar_span(size: u64) -> u64 {
 /// `bundle.json` file (any name ending in `.json`): its exact bytes and what they say.
 pub fn read_manifest(path: &std::path::Path) -> crate::error::Result<(Vec<u8>, BundleManifest)> {
     use crate::error::Error;
-    let bytes = if path.extension().is_some_and(|e| e == "json") {
+    if path.extension().is_some_and(|e| e == "json") {
         let meta = std::fs::metadata(path)
             .map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
         if meta.len() > model::MAX_BUNDLE_JSON {
             return Err(Error::bundle(path, "too large for a bundle.json"));
         }
-        std::fs::read(path).map_err(|e| Error::io(format!("reading {}", path.display()), e))?
-    } else {
-        Bundle::open(path)?.bundle_json()?
-    };
-    let m = BundleManifest::parse(&bytes, path)?;
-    Ok((bytes, m))
+        let bytes =
+            std::fs::read(path).map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
+        let m = BundleManifest::parse(&bytes, path)?;
+        return Ok((bytes, m));
+    }
+    // Opening the bundle parsed its bundle.json already; only the bytes are read again.
+    let bundle = Bundle::open(path)?;
+    let bytes = bundle.bundle_json()?;
+    Ok((bytes, bundle.manifest))
 }
