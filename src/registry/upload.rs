@@ -262,6 +262,20 @@ fn refuses_chunks(status: StatusCode, body: &[u8]) -> bool {
             && super::error_codes(body).iter().any(|c| c == "UNSUPPORTED"))
 }
 
+/// May an error answer to a `PUT` carrying the blob mean "this registry takes no body on a
+/// PUT"? Not when it says the digest or size is wrong: that is the content's fault.
+fn may_refuse_body(status: StatusCode) -> bool {
+    matches!(status.as_u16(), 400 | 405 | 413 | 415 | 501)
+}
+
+/// Does an error answer to a `PUT` carrying the blob (see [`may_refuse_body`]) say the
+/// registry refuses the body itself rather than this blob?
+fn refuses_body(body: &[u8]) -> bool {
+    !super::error_codes(body)
+        .iter()
+        .any(|c| c == "DIGEST_INVALID" || c == "SIZE_INVALID")
+}
+
 impl Registry {
     /// Asks the registry to mount `digest` from repository `from` into `repo`.
     pub async fn mount_blob(&self, repo: &str, digest: &Digest, from: &str) -> Result<MountResult> {
@@ -637,24 +651,20 @@ impl Registry {
             let ra = super::retry_after(&resp);
             return Err(Outcome::Again(format!("PUT answered {status}"), ra));
         }
-        if may_refuse && matches!(status.as_u16(), 400 | 405 | 413 | 415 | 501) {
+        if may_refuse && may_refuse_body(status) {
             let body = super::transport::read_limited(resp, 4096, self.retry.idle_timeout)
                 .await
                 .unwrap_or_default();
-            let codes = super::error_codes(&body);
-            if codes
-                .iter()
-                .any(|c| c == "DIGEST_INVALID" || c == "SIZE_INVALID")
-            {
-                return Err(Outcome::Fatal(Error::registry(
-                    &self.name,
-                    format!(
-                        "{what}: PUT answered {status}: {}",
-                        String::from_utf8_lossy(&body).trim()
-                    ),
-                )));
+            if refuses_body(&body) {
+                return Err(Outcome::NoBody);
             }
-            return Err(Outcome::NoBody);
+            return Err(Outcome::Fatal(Error::registry(
+                &self.name,
+                format!(
+                    "{what}: PUT answered {status}: {}",
+                    String::from_utf8_lossy(&body).trim()
+                ),
+            )));
         }
         let e = self.push_refused(what, repo, resp).await;
         if self.upload_mode.load(Ordering::Relaxed) != MODE_MONOLITHIC {
@@ -828,5 +838,23 @@ mod tests {
             StatusCode::BAD_REQUEST,
             br#"{"errors":[{"code":"DIGEST_INVALID"}]}"#
         ));
+    }
+
+    #[test]
+    fn body_refusals() {
+        for code in [400, 405, 413, 415, 501] {
+            assert!(may_refuse_body(StatusCode::from_u16(code).expect("status")));
+        }
+        for code in [401, 403, 404, 416, 500, 503] {
+            assert!(!may_refuse_body(
+                StatusCode::from_u16(code).expect("status")
+            ));
+        }
+        assert!(refuses_body(
+            br#"{"errors":[{"code":"BLOB_UPLOAD_INVALID"}]}"#
+        ));
+        assert!(refuses_body(b"monolithic uploads are not supported"));
+        assert!(!refuses_body(br#"{"errors":[{"code":"DIGEST_INVALID"}]}"#));
+        assert!(!refuses_body(br#"{"errors":[{"code":"SIZE_INVALID"}]}"#));
     }
 }
