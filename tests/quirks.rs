@@ -176,8 +176,19 @@ fn import_through(
     extra: &[&str],
     envs: &[(&str, &str)],
 ) -> (TestRegistry, QuirkProxy) {
+    import_through_all(vec![quirk], s, bundle, extra, envs)
+}
+
+/// [`import_through`] a proxy playing every one of `quirks` (none: a proxy that only records).
+fn import_through_all(
+    quirks: Vec<Quirk>,
+    s: &Source,
+    bundle: &Path,
+    extra: &[&str],
+    envs: &[(&str, &str)],
+) -> (TestRegistry, QuirkProxy) {
     let target = TestRegistry::start(RegistryOpts::plain());
-    let proxy = QuirkProxy::start(&target, quirk);
+    let proxy = QuirkProxy::start_with(&target, quirks);
     let out = import(bundle, &proxy.host(), extra, envs);
     assert!(
         out.status.success(),
@@ -289,8 +300,7 @@ fn no_monolithic_uploads_use_chunks_and_an_empty_commit() {
 fn small_blobs_go_in_one_put_and_large_ones_in_chunks() {
     let (src, s) = big_source();
     let (_dir, bundle) = plain_bundle(&src, &s);
-    // Delay(0): a proxy that only records.
-    let (_t, proxy) = import_through(Quirk::Delay(0), &s, &bundle, &[], &[]);
+    let (_t, proxy) = import_through_all(Vec::new(), &s, &bundle, &[], &[]);
     let log = proxy.describe();
     let recs = proxy.records();
     let commits: Vec<&QuirkRecord> = recs
