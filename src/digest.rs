@@ -8,8 +8,15 @@ use std::io::{self, Read, Write};
 
 /// A validated `sha256:<64 lowercase hex>` digest. Only sha256 is accepted: it is what every
 /// registry uses, and a digest that is not exactly this shape never becomes a file path.
+///
+/// The text is held inline, not on the heap: a bundle of 100,000 blobs holds hundreds of
+/// thousands of digests (its index, the engine's maps), and each would otherwise be an
+/// allocation of its own.
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Digest(String);
+pub struct Digest([u8; DIGEST_LEN]);
+
+/// `sha256:` and 64 hex digits.
+const DIGEST_LEN: usize = 71;
 
 impl Digest {
     /// Parses and validates a digest string.
@@ -18,31 +25,45 @@ impl Digest {
             what: format!("digest {s:?}"),
             detail: "only sha256 digests are supported".into(),
         })?;
-        if hex.len() != 64
-            || !hex
-                .bytes()
-                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-        {
-            return Err(Error::Integrity {
+        let text: Option<[u8; DIGEST_LEN]> = s.as_bytes().try_into().ok();
+        match text {
+            Some(text)
+                if hex
+                    .bytes()
+                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) =>
+            {
+                Ok(Digest(text))
+            }
+            _ => Err(Error::Integrity {
                 what: format!("digest {s:?}"),
                 detail: "not sha256 followed by 64 lowercase hex digits".into(),
-            });
+            }),
         }
-        Ok(Digest(s.to_string()))
     }
 
     /// The digest of a byte slice.
     pub fn of(bytes: &[u8]) -> Digest {
-        Digest(format!("sha256:{}", hex::encode(Sha256::digest(bytes))))
+        Digest::of_hash(&Sha256::digest(bytes))
+    }
+
+    /// The digest whose hash is `hash` (32 bytes of SHA-256).
+    fn of_hash(hash: &[u8]) -> Digest {
+        let mut text = [0u8; DIGEST_LEN];
+        text[..7].copy_from_slice(b"sha256:");
+        // Both are exactly 64 bytes long: this cannot fail.
+        let _ = hex::encode_to_slice(hash, &mut text[7..]);
+        Digest(text)
     }
 
     pub fn as_str(&self) -> &str {
-        &self.0
+        // Only `parse` and `of_hash` make one, and both hold ASCII: this cannot fail.
+        std::str::from_utf8(&self.0)
+            .unwrap_or("sha256:0000000000000000000000000000000000000000000000000000000000000000")
     }
 
     /// The 64 hex digits.
     pub fn hex(&self) -> &str {
-        &self.0[7..]
+        &self.as_str()[7..]
     }
 
     /// Path of this blob inside an OCI image layout.
@@ -52,32 +73,41 @@ impl Digest {
 
     /// A short form for messages: `sha256:0123456789ab`.
     pub fn short(&self) -> &str {
-        &self.0[..19]
+        &self.as_str()[..19]
     }
 }
 
 impl fmt::Display for Digest {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
+        f.write_str(self.as_str())
     }
 }
 
 impl fmt::Debug for Digest {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
+        f.write_str(self.as_str())
     }
 }
 
 impl serde::Serialize for Digest {
     fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
-        s.serialize_str(&self.0)
+        s.serialize_str(self.as_str())
     }
 }
 
 impl<'de> serde::Deserialize<'de> for Digest {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        Digest::parse(&s).map_err(serde::de::Error::custom)
+        struct Text;
+        impl serde::de::Visitor<'_> for Text {
+            type Value = Digest;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a sha256 digest")
+            }
+            fn visit_str<E: serde::de::Error>(self, s: &str) -> std::result::Result<Digest, E> {
+                Digest::parse(s).map_err(E::custom)
+            }
+        }
+        d.deserialize_str(Text)
     }
 }
 
@@ -220,6 +250,34 @@ mod tests {
         assert!(Digest::parse(&d.as_str().to_uppercase()).is_err());
         assert!(Digest::parse("sha512:00").is_err());
         assert!(Digest::parse(&format!("{}0", d)).is_err());
+        assert!(Digest::parse(&d.as_str()[..70]).is_err());
+        // Multi-byte text of the right length in bytes is still not a digest.
+        assert!(Digest::parse(&format!("sha256:{}é", &d.hex()[..62])).is_err());
+    }
+
+    #[test]
+    fn reads_and_writes_the_same_text() {
+        // The SHA-256 of no bytes, as every registry writes it.
+        let empty = "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
+        assert_eq!(Digest::of(b"").as_str(), empty);
+        assert_eq!(Digest::of(b"").hex(), &empty[7..]);
+        assert_eq!(Digest::of(b"").short(), &empty[..19]);
+        assert_eq!(
+            Digest::of(b"").layout_path(),
+            format!("blobs/sha256/{}", &empty[7..])
+        );
+        let json = format!("[\"{empty}\"]");
+        let parsed: Vec<Digest> = serde_json::from_str(&json).unwrap();
+        assert_eq!(parsed, vec![Digest::of(b"")]);
+        assert_eq!(serde_json::to_string(&parsed).unwrap(), json);
+        // JSON escapes are undone before the digest is checked.
+        let escaped = format!("\"\\u0073{}\"", &empty[1..]);
+        assert_eq!(
+            serde_json::from_str::<Digest>(&escaped).unwrap(),
+            Digest::of(b"")
+        );
+        assert!(serde_json::from_str::<Digest>("\"sha256:00\"").is_err());
+        assert!(serde_json::from_str::<Digest>("7").is_err());
     }
 
     #[test]
