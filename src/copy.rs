@@ -27,9 +27,9 @@ pub struct Object {
     pub media_type: String,
     /// Manifests carry their bytes; blobs are fetched from `repo` at the source.
     pub inline: Option<Arc<Vec<u8>>>,
-    /// Where the object lives at the source.
-    pub registry: String,
-    pub repo: String,
+    /// Where the object lives at the source (shared by the objects of one image).
+    pub registry: Arc<str>,
+    pub repo: Arc<str>,
 }
 
 /// An image resolved at its source.
@@ -88,7 +88,11 @@ pub async fn resolve_manifest(
             }
         }
     }
-    walk(reg, repo, &root, &what, 0, &mut objects, &mut seen).await?;
+    let home = Home {
+        registry: reg.name().into(),
+        repo: repo.into(),
+    };
+    walk(reg, &home, &root, &what, 0, &mut objects, &mut seen).await?;
     Ok(Resolved {
         root,
         source_digest,
@@ -97,9 +101,15 @@ pub async fn resolve_manifest(
     })
 }
 
+/// The registry and repository an image's objects are read from.
+struct Home {
+    registry: Arc<str>,
+    repo: Arc<str>,
+}
+
 fn walk<'a>(
     reg: &'a Registry,
-    repo: &'a str,
+    home: &'a Home,
     m: &'a Manifest,
     what: &'a str,
     depth: usize,
@@ -118,7 +128,7 @@ fn walk<'a>(
                 continue;
             }
             if manifest::is_manifest(&c.media_type) {
-                let child = reg.get_manifest(repo, c.digest.as_str()).await?;
+                let child = reg.get_manifest(&home.repo, c.digest.as_str()).await?;
                 if child.bytes.len() as u64 != c.size {
                     return Err(Error::Integrity {
                         what: format!("{what}: manifest {}", c.digest),
@@ -129,15 +139,15 @@ fn walk<'a>(
                         ),
                     });
                 }
-                walk(reg, repo, &child, what, depth + 1, out, seen).await?;
+                walk(reg, home, &child, what, depth + 1, out, seen).await?;
                 seen.insert(c.digest.clone());
                 out.push(Object {
                     digest: c.digest,
                     size: c.size,
                     media_type: child.media_type.clone(),
                     inline: Some(Arc::new(child.bytes)),
-                    registry: reg.name().to_string(),
-                    repo: repo.to_string(),
+                    registry: home.registry.clone(),
+                    repo: home.repo.clone(),
                 });
             } else {
                 seen.insert(c.digest.clone());
@@ -146,8 +156,8 @@ fn walk<'a>(
                     size: c.size,
                     media_type: c.media_type,
                     inline: None,
-                    registry: reg.name().to_string(),
-                    repo: repo.to_string(),
+                    registry: home.registry.clone(),
+                    repo: home.repo.clone(),
                 });
             }
         }
@@ -157,8 +167,8 @@ fn walk<'a>(
                 size: m.bytes.len() as u64,
                 media_type: m.media_type.clone(),
                 inline: Some(Arc::new(m.bytes.clone())),
-                registry: reg.name().to_string(),
-                repo: repo.to_string(),
+                registry: home.registry.clone(),
+                repo: home.repo.clone(),
             });
         }
         Ok(())
@@ -343,6 +353,8 @@ pub async fn push(
 fn needs_of(source: &dyn Source, images: &[TargetImage], target: &str) -> Vec<Need> {
     let mut needs: Vec<Need> = Vec::new();
     let mut pos: HashMap<Digest, usize> = HashMap::new();
+    // (need, repository) pairs seen: a base layer is needed by thousands of repositories.
+    let mut placed: HashSet<(usize, &str)> = HashSet::new();
     for img in images {
         for d in &img.entry.blobs {
             let (size, external) = match (source.describe(d), source.external(d)) {
@@ -357,14 +369,13 @@ fn needs_of(source: &dyn Source, images: &[TargetImage], target: &str) -> Vec<Ne
                     size,
                     external,
                     repos: Vec::new(),
-                    images: Vec::new(),
+                    first_image: img.name(target),
                 });
                 needs.len() - 1
             });
-            if !needs[i].repos.contains(&img.repo) {
+            if placed.insert((i, img.repo.as_str())) {
                 needs[i].repos.push(img.repo.clone());
             }
-            needs[i].images.push(img.name(target));
         }
     }
     needs
@@ -437,7 +448,7 @@ pub async fn plan(
             plan.missing.push(format!(
                 "{} (needed by {}) is carried by {}",
                 n.digest,
-                n.images.first().cloned().unwrap_or_default(),
+                n.first_image,
                 source.external_home(&n.digest)
             ));
         } else {
@@ -457,7 +468,8 @@ struct Need {
     /// Carried by a base bundle, not this one.
     external: bool,
     repos: Vec<String>,
-    images: Vec<String>,
+    /// The first image that needs it, for messages (a base layer is needed by thousands).
+    first_image: String,
 }
 
 /// Before anything is written: every external blob must already be in the target (in one of
@@ -482,8 +494,7 @@ async fn check_external(
             let base = source.external_home(&n.digest);
             Ok(Err(format!(
                 "{} (needed by {}) is carried by {base}",
-                n.digest,
-                n.images.first().cloned().unwrap_or_default()
+                n.digest, n.first_image
             )))
         })
         .buffer_unordered(jobs)
@@ -625,8 +636,9 @@ struct RootGroup {
 
 /// Groups the images by (target repository, root digest), keeping the first-seen order.
 fn group_by_root(images: Vec<TargetImage>) -> Vec<RootGroup> {
-    let mut groups: Vec<RootGroup> = Vec::new();
-    let mut at: HashMap<(String, Digest), usize> = HashMap::new();
+    // Sized once: at 10,000 images a doubling would hold the groups twice.
+    let mut groups: Vec<RootGroup> = Vec::with_capacity(images.len());
+    let mut at: HashMap<(String, Digest), usize> = HashMap::with_capacity(images.len());
     for img in images {
         let key = (img.repo.clone(), img.entry.digest.clone());
         match at.get(&key) {

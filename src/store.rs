@@ -284,28 +284,45 @@ impl BlobSource for BundleBlob {
 /// Images resolved at their source registries (`copy`): manifests carried as the bytes that
 /// were served, blobs downloaded as they are pushed.
 pub struct RegistryObjects {
-    objects: HashMap<Digest, Object>,
+    /// In the order given (export's bundle order).
+    objects: Vec<Object>,
+    /// Where each digest is in `objects`.
+    at: HashMap<Digest, usize>,
     clients: HashMap<String, Arc<Registry>>,
 }
 
 impl RegistryObjects {
     pub fn new(objects: Vec<Object>, clients: HashMap<String, Arc<Registry>>) -> Self {
+        let at = objects
+            .iter()
+            .enumerate()
+            .map(|(i, o)| (o.digest.clone(), i))
+            .collect();
         RegistryObjects {
-            objects: objects.into_iter().map(|o| (o.digest.clone(), o)).collect(),
+            objects,
+            at,
             clients,
         }
+    }
+
+    /// Every object, in the order given: export's writer walks them without a copy of its own.
+    pub fn objects(&self) -> &[Object] {
+        &self.objects
+    }
+
+    fn get(&self, d: &Digest) -> Option<&Object> {
+        self.at.get(d).and_then(|&i| self.objects.get(i))
     }
 }
 
 impl Source for RegistryObjects {
     fn describe(&self, d: &Digest) -> Option<(u64, String)> {
-        self.objects.get(d).map(|o| (o.size, o.media_type.clone()))
+        self.get(d).map(|o| (o.size, o.media_type.clone()))
     }
 
     fn manifest<'a>(&'a self, d: &'a Digest) -> BoxFuture<'a, Result<Vec<u8>>> {
         Box::pin(async move {
-            self.objects
-                .get(d)
+            self.get(d)
                 .and_then(|o| o.inline.as_ref())
                 .map(|b| b.to_vec())
                 .ok_or_else(|| Error::Failed(format!("manifest {d} was not resolved")))
@@ -314,7 +331,7 @@ impl Source for RegistryObjects {
 
     fn blob(&self, d: &Digest, reporter: &Reporter) -> Box<dyn BlobSource> {
         Box::new(RegistryBlob {
-            object: self.objects.get(d).cloned(),
+            object: self.get(d).cloned(),
             digest: d.clone(),
             clients: self.clients.clone(),
             progress: Progress::new(reporter),
@@ -339,7 +356,7 @@ impl BlobSource for RegistryBlob {
             .ok_or_else(|| Error::Failed(format!("blob {} was not resolved", self.digest)))?;
         let reg = self
             .clients
-            .get(&o.registry)
+            .get(&*o.registry)
             .cloned()
             .ok_or_else(|| Error::Failed(format!("no client for registry {}", o.registry)))?;
         self.progress.restart(offset);
@@ -358,7 +375,7 @@ impl BlobSource for RegistryBlob {
 
     fn parts(&self) -> Option<Arc<dyn PartSource>> {
         let o = self.object.clone()?;
-        let reg = self.clients.get(&o.registry).cloned()?;
+        let reg = self.clients.get(&*o.registry).cloned()?;
         Some(Arc::new(RegistryParts { reg, object: o }))
     }
 }

@@ -219,19 +219,13 @@ pub(super) async fn write(
         None => SideFile::Remove(sig_path.clone()),
     };
 
-    // The engine (registries → this bundle) fetches blobs `--jobs` at a time, in bundle
-    // order; the writer thread takes each when its turn comes (see `bundle::sink`).
-    let (sink, mut inbox) = BundleSink::new(&objects, &out, &cache, cache_all, jobs);
-    let source = Arc::new(RegistryObjects::new(objects.clone(), clients));
-    let targets: Vec<TargetImage> = manifest.images.iter().map(TargetImage::as_named).collect();
-
-    reporter.start_bar(total_size, "writing bundle");
-    let bar = reporter.clone();
+    // The layout members go first, before the engine's own structures exist: at 10,000
+    // images these buffers and those structures are each tens of MiB, and need not be held
+    // together.
     let out2 = out.clone();
-    let writer = tokio::task::spawn_blocking(move || -> Result<Vec<PathBuf>> {
+    let w = tokio::task::spawn_blocking(move || -> Result<BundleWriter> {
         let mut w = BundleWriter::create(&out2, split, mtime)?;
         w.append(BUNDLE_JSON, bundle_json.len() as u64, &mut &bundle_json[..])?;
-        // Written: the layout members are not held while the blobs stream.
         drop(bundle_json);
         w.append(
             OCI_LAYOUT,
@@ -243,7 +237,31 @@ pub(super) async fn write(
         if let Some(m) = docker_manifest {
             w.append(MANIFEST_JSON, m.len() as u64, &mut &m[..])?;
         }
-        for o in &objects {
+        Ok(w)
+    })
+    .await
+    .map_err(|e| Error::Failed(format!("bundle writer: {e}")))
+    .and_then(|r| r);
+    let mut w = match w {
+        Ok(w) => w,
+        Err(e) => {
+            crate::cleanup::remove(&sig_partial);
+            return Err(e);
+        }
+    };
+
+    // The engine (registries → this bundle) fetches blobs `--jobs` at a time, in bundle
+    // order; the writer thread takes each when its turn comes (see `bundle::sink`). The
+    // objects are held once, by the source, and the writer walks them there.
+    let source = Arc::new(RegistryObjects::new(objects, clients));
+    let (sink, mut inbox) = BundleSink::new(source.objects(), &out, &cache, cache_all, jobs);
+    let targets: Vec<TargetImage> = manifest.images.iter().map(TargetImage::as_named).collect();
+
+    reporter.start_bar(total_size, "writing bundle");
+    let bar = reporter.clone();
+    let objects = source.clone();
+    let writer = tokio::task::spawn_blocking(move || -> Result<Vec<PathBuf>> {
+        for o in objects.objects() {
             let name = o.digest.layout_path();
             if let Some(bytes) = &o.inline {
                 let mut r = VerifyingReader::new(&bytes[..], &o.digest, o.size);
