@@ -112,7 +112,6 @@ async fn check_pass(bundle: Arc<Bundle>, reporter: &Reporter) -> Result<Report> 
     rep.errors.extend(checker.errors());
     rep.blobs_checked = found.blobs_checked;
     rep.bytes_checked = found.bytes_checked;
-    let index_json = found.index_json;
     let volume_sums = found.volume_sums;
 
     // manifest.json names only image configs and layers that are members of this bundle:
@@ -176,8 +175,7 @@ async fn check_pass(bundle: Arc<Bundle>, reporter: &Reporter) -> Result<Report> 
     }
 
     // index.json names exactly the images of bundle.json.
-    rep.errors
-        .extend(index_disagreements(&index_json, &bundle.manifest.images));
+    rep.errors.extend(found.index_errors);
     rep.external = bundle
         .manifest
         .external

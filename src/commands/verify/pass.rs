@@ -170,8 +170,9 @@ pub struct Findings {
     pub bytes_checked: u64,
     /// Each volume's SHA-256, in order.
     pub volume_sums: Vec<(PathBuf, String)>,
-    /// The bytes of `index.json`.
-    pub index_json: Vec<u8>,
+    /// Where `index.json` disagrees with `bundle.json` (checked as it was read, so that its
+    /// bytes are not held through the pass).
+    pub index_errors: Vec<String>,
     /// The bytes of the docker-archive `manifest.json`, when it has one and they are sound.
     pub docker_manifest: Option<Vec<u8>>,
     /// Every manifest the bundle holds, by digest.
@@ -187,7 +188,8 @@ struct State {
     fatal: Option<String>,
     errors: Vec<String>,
     manifests: HashMap<Digest, Arc<Vec<u8>>>,
-    index_json: Vec<u8>,
+    /// `None` until `index.json` is read.
+    index_errors: Option<Vec<String>>,
     docker_manifest: Option<Vec<u8>>,
     blobs_checked: usize,
     bytes_checked: u64,
@@ -220,7 +222,7 @@ impl Pass {
                 fatal: None,
                 errors: Vec::new(),
                 manifests: HashMap::new(),
-                index_json: Vec::new(),
+                index_errors: None,
                 docker_manifest: None,
                 blobs_checked: 0,
                 bytes_checked: 0,
@@ -330,7 +332,13 @@ impl Pass {
         }
         let (digest, keep) = self.expectation(i, &name);
         let mut verifier = digest.as_ref().map(|d| Verifier::new(d, size));
-        let mut kept = Vec::new();
+        // Kept bytes are sized once: the pass holds every manifest of the bundle until its
+        // end. (index.json and manifest.json are not bounded; they grow past the cap.)
+        let mut kept = Vec::with_capacity(if keep {
+            size.min(MAX_MANIFEST_SIZE) as usize
+        } else {
+            0
+        });
         let mut left = size;
         // One buffer for the whole pass: a fresh one per read costs a memset and page faults
         // per MiB, as much as the hashing.
@@ -403,7 +411,12 @@ impl Pass {
         }
         if keep {
             match (&digest, name.as_str()) {
-                (_, INDEX_JSON) => st.index_json = kept,
+                (_, INDEX_JSON) => {
+                    st.index_errors = Some(super::index_disagreements(
+                        &kept,
+                        &self.bundle.manifest.images,
+                    ))
+                }
                 // Damaged bytes are reported by the digest check; only sound ones are read.
                 (_, MANIFEST_JSON) => st.docker_manifest = verdict.is_ok().then_some(kept),
                 (Some(d), _) if verdict.is_ok() => {
@@ -521,7 +534,10 @@ impl Pass {
             blobs_checked: st.blobs_checked,
             bytes_checked: st.bytes_checked,
             volume_sums: hasher.sums,
-            index_json: std::mem::take(&mut st.index_json),
+            index_errors: st
+                .index_errors
+                .take()
+                .unwrap_or_else(|| super::index_disagreements(&[], &self.bundle.manifest.images)),
             docker_manifest: st.docker_manifest.take(),
             manifests: std::mem::take(&mut st.manifests),
         })
