@@ -201,14 +201,19 @@ impl TargetImage {
     /// An image under the name its bundle gives it (its source repository and tag, or its
     /// digest when it has no tag): what export writes and verify walks.
     pub fn as_named(entry: &ImageEntry) -> TargetImage {
+        TargetImage::named(entry.clone())
+    }
+
+    /// [`as_named`](Self::as_named), taking the entry.
+    pub fn named(entry: ImageEntry) -> TargetImage {
         TargetImage {
-            entry: entry.clone(),
             repo: entry.source_repository(),
             tag: if entry.tag.is_empty() {
                 entry.digest.to_string()
             } else {
                 entry.tag.clone()
             },
+            entry,
         }
     }
 
@@ -352,7 +357,7 @@ pub async fn push(
 /// base bundle carried (`external`) must be in the target already.
 fn needs_of(source: &dyn Source, images: &[TargetImage], target: &str) -> Vec<Need> {
     let mut needs: Vec<Need> = Vec::new();
-    let mut pos: HashMap<Digest, usize> = HashMap::new();
+    let mut pos: HashMap<&Digest, usize> = HashMap::new();
     // (need, repository) pairs seen: a base layer is needed by thousands of repositories.
     let mut placed: HashSet<(usize, &str)> = HashSet::new();
     for img in images {
@@ -363,13 +368,17 @@ fn needs_of(source: &dyn Source, images: &[TargetImage], target: &str) -> Vec<Ne
                 (None, Some(size)) => (size, true),
                 (None, None) => continue,
             };
-            let i = *pos.entry(d.clone()).or_insert_with(|| {
+            let i = *pos.entry(d).or_insert_with(|| {
                 needs.push(Need {
                     digest: d.clone(),
                     size,
                     external,
                     repos: Vec::new(),
-                    first_image: img.name(target),
+                    first_image: if external {
+                        img.name(target)
+                    } else {
+                        String::new()
+                    },
                 });
                 needs.len() - 1
             });
@@ -468,7 +477,7 @@ struct Need {
     /// Carried by a base bundle, not this one.
     external: bool,
     repos: Vec<String>,
-    /// The first image that needs it, for messages (a base layer is needed by thousands).
+    /// For an external blob, the first image that needs it (for messages); empty otherwise.
     first_image: String,
 }
 
