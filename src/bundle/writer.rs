@@ -81,16 +81,7 @@ impl BundleWriter {
         data: &mut dyn Read,
         how: Compression,
     ) -> Result<()> {
-        let mut h = tar::Header::new_ustar();
-        h.set_path(name)
-            .ctx(|| format!("bundle member name {name}"))?;
-        h.set_size(size);
-        h.set_mode(0o644);
-        h.set_uid(0);
-        h.set_gid(0);
-        h.set_mtime(self.mtime);
-        h.set_entry_type(tar::EntryType::Regular);
-        h.set_cksum();
+        let h = self.header(name, size)?;
         let path = self.path.display().to_string();
         let Some(tar) = self.tar.as_mut() else {
             return Err(Error::bundle(&self.path, "writer already closed"));
@@ -125,6 +116,64 @@ impl BundleWriter {
             Err((io::ErrorKind::BrokenPipe, e)) => Err(self.output_error(e)),
             Err((_, e)) => Err(e),
         }
+    }
+
+    /// Appends one member of `size` bytes that `write` produces as it goes (a serialiser
+    /// writing straight into the bundle, so the member is never held whole), compressed.
+    /// Writing other than exactly `size` bytes fails.
+    pub fn append_written(
+        &mut self,
+        name: &str,
+        size: u64,
+        write: &mut dyn FnMut(&mut dyn Write) -> io::Result<()>,
+    ) -> Result<()> {
+        let h = self.header(name, size)?;
+        let Some(tar) = self.tar.as_mut() else {
+            return Err(Error::bundle(&self.path, "writer already closed"));
+        };
+        let enc = tar.get_mut();
+        // What `tar::Builder::append` writes: the header, the data, zeros to the next block.
+        let result = (|| -> io::Result<()> {
+            enc.set_mode(Compression::Compress)?;
+            enc.write_all(h.as_bytes())?;
+            let mut counted = Counted { inner: enc, n: 0 };
+            write(&mut counted)?;
+            if counted.n != size {
+                return Err(io::Error::other(format!(
+                    "{} bytes were written, {size} announced",
+                    counted.n
+                )));
+            }
+            let pad = (512 - size % 512) % 512;
+            enc.write_all(&[0u8; 512][..pad as usize])?;
+            enc.end_frame()
+        })();
+        match result {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                let broken = e.kind() == io::ErrorKind::BrokenPipe;
+                let e = Error::io(
+                    format!("writing {name} into bundle {}", self.path.display()),
+                    e,
+                );
+                Err(if broken { self.output_error(e) } else { e })
+            }
+        }
+    }
+
+    /// The header of a regular member (fixed fields: see the module documentation).
+    fn header(&self, name: &str, size: u64) -> Result<tar::Header> {
+        let mut h = tar::Header::new_ustar();
+        h.set_path(name)
+            .ctx(|| format!("bundle member name {name}"))?;
+        h.set_size(size);
+        h.set_mode(0o644);
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_mtime(self.mtime);
+        h.set_entry_type(tar::EntryType::Regular);
+        h.set_cksum();
+        Ok(h)
     }
 
     /// Ends the tar stream, writes the seek table, syncs and renames the files into place.
@@ -168,6 +217,24 @@ impl BundleWriter {
     }
 }
 
+/// Counts the bytes written through it.
+struct Counted<'a, W: Write> {
+    inner: &'a mut W,
+    n: u64,
+}
+
+impl<W: Write> Write for Counted<'_, W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.n += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
 impl Drop for BundleWriter {
     /// An unfinished bundle: close the stream and wait for the output thread, whose
     /// `VolumeWriter` then removes the partial files before the process can exit.
@@ -175,6 +242,69 @@ impl Drop for BundleWriter {
         self.tar = None;
         if let Some(h) = self.output.take() {
             let _ = h.join();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn members(path: &Path) -> Vec<(String, Vec<u8>)> {
+        let file = std::fs::File::open(path).unwrap();
+        let mut tar = tar::Archive::new(zstd::stream::read::Decoder::new(file).unwrap());
+        tar.entries()
+            .unwrap()
+            .map(|e| {
+                let mut e = e.unwrap();
+                let name = e.path().unwrap().display().to_string();
+                let mut bytes = Vec::new();
+                e.read_to_end(&mut bytes).unwrap();
+                (name, bytes)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_member_written_as_it_is_made_reads_back_like_one_appended() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("b.tar.zst");
+        let json = b"{\n  \"a\": 1\n}".to_vec();
+        let mut w = BundleWriter::create(&path, None, 0).unwrap();
+        w.append_written("bundle.json", json.len() as u64, &mut |out| {
+            out.write_all(&json[..4])?;
+            out.write_all(&json[4..])
+        })
+        .unwrap();
+        w.append("blob", 3, &mut &b"abc"[..]).unwrap();
+        w.finish().unwrap();
+        assert_eq!(
+            members(&path),
+            vec![
+                ("bundle.json".to_string(), json.clone()),
+                ("blob".to_string(), b"abc".to_vec())
+            ]
+        );
+    }
+
+    #[test]
+    fn a_member_written_short_or_long_fails_and_leaves_no_bundle() {
+        for written in [&b"abcd"[..], &b"abcdef"[..]] {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("b.tar.zst");
+            let mut w = BundleWriter::create(&path, None, 0).unwrap();
+            let e = w
+                .append_written("bundle.json", 5, &mut |out| out.write_all(written))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains("bundle.json") && e.contains("5 announced"),
+                "{e}"
+            );
+            drop(w);
+            assert!(!path.exists());
+            let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+            assert!(left.is_empty(), "{left:?}");
         }
     }
 }

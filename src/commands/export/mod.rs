@@ -319,14 +319,14 @@ pub async fn run(args: ExportArgs) -> Result<()> {
         json: args.out.json,
         cache_all: args.cache_all,
     };
-    let manifest = write::write(job, contents, &root_sizes, failed, reporter).await?;
+    let written = write::write(job, contents, &root_sizes, failed, reporter).await?;
     partial(
-        &manifest.failed,
+        &written.failed,
         format!(
             "{} holds {} images; {} could not be exported",
             out.display(),
-            manifest.images.len(),
-            manifest.failed.len()
+            written.images,
+            written.failed.len()
         ),
     )
 }

@@ -40,7 +40,7 @@ fn print_plan(plan: &Plan, images: &[ImageEntry], out: &Path, json: bool) -> Res
     }
     let mut stdout = std::io::stdout().lock();
     let w = |e: std::io::Error| Error::io("writing to stdout", e);
-    let width = crate::progress::write_image_table(&mut stdout, images).map_err(w)?;
+    let width = crate::progress::write_image_table(&mut stdout, images.iter()).map_err(w)?;
     for f in &plan.failed {
         writeln!(stdout, "{:width$}  FAILED: {}", f.source, f.error).map_err(w)?;
     }

@@ -17,6 +17,7 @@ use crate::registry::Registry;
 use crate::signing::Signer;
 use crate::store::RegistryObjects;
 use std::collections::HashMap;
+use std::io;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -36,29 +37,50 @@ pub(super) struct Job {
     pub cache_all: bool,
 }
 
-/// `index.json`: every image's root manifest, named by its full source reference.
+/// `index.json`: every image's root manifest, named by its full source reference. Written
+/// from borrowed fields (a value tree of 10,000 entries would be tens of MiB), in the order
+/// of its keys as earlier versions wrote them: sorted.
 fn build_index_json(images: &[ImageEntry], root_sizes: &[u64]) -> Result<Vec<u8>> {
-    let manifests: Vec<serde_json::Value> = images
-        .iter()
-        .zip(root_sizes)
-        .map(|(img, size)| {
-            serde_json::json!({
-                "mediaType": img.media_type,
-                "digest": img.digest,
-                "size": size,
-                "annotations": {
-                    "org.opencontainers.image.ref.name": img.source,
-                    "io.containerd.image.name": img.source,
-                }
+    #[derive(serde::Serialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Index<'a> {
+        manifests: Vec<Entry<'a>>,
+        media_type: &'a str,
+        schema_version: u32,
+    }
+    #[derive(serde::Serialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Entry<'a> {
+        annotations: Names<'a>,
+        digest: &'a Digest,
+        media_type: &'a str,
+        size: u64,
+    }
+    #[derive(serde::Serialize)]
+    struct Names<'a> {
+        #[serde(rename = "io.containerd.image.name")]
+        containerd: &'a str,
+        #[serde(rename = "org.opencontainers.image.ref.name")]
+        oci: &'a str,
+    }
+    let index = Index {
+        manifests: images
+            .iter()
+            .zip(root_sizes)
+            .map(|(img, size)| Entry {
+                annotations: Names {
+                    containerd: &img.source,
+                    oci: &img.source,
+                },
+                digest: &img.digest,
+                media_type: &img.media_type,
+                size: *size,
             })
-        })
-        .collect();
-    let index = serde_json::json!({
-        "schemaVersion": 2,
-        "mediaType": crate::manifest::OCI_INDEX,
-        "manifests": manifests,
-    });
-    serde_json::to_vec_pretty(&index).map_err(|e| Error::Failed(format!("index.json: {e}")))
+            .collect(),
+        media_type: crate::manifest::OCI_INDEX,
+        schema_version: 2,
+    };
+    pretty_json(&index).map_err(|e| Error::Failed(format!("index.json: {e}")))
 }
 
 /// The docker-archive `manifest.json` (see [`crate::bundle::docker`]), or `None` when no image
@@ -126,14 +148,14 @@ fn ratio(total: u64, on_disk: u64) -> f64 {
     (total as f64 / on_disk as f64 * 100.0).round() / 100.0
 }
 
-/// Writes the bundle and returns its bundle.json.
+/// Writes the bundle; returns what it holds and which images it names as failed.
 pub(super) async fn write(
     job: Job,
     contents: Contents,
     root_sizes: &[u64],
     failed: Vec<FailedImage>,
     mut reporter: Reporter,
-) -> Result<BundleManifest> {
+) -> Result<Written> {
     let Job {
         out,
         split,
@@ -192,15 +214,17 @@ pub(super) async fn write(
         lookup: Default::default(),
     };
     manifest.validate(&out)?;
-    let bundle_json =
-        pretty_json(&manifest).map_err(|e| Error::Failed(format!("bundle.json: {e}")))?;
     // The signature is written beside the bundle and renamed into place with it; an unsigned
     // export removes a stale one, but only once the new bundle is in place, so that a failed
     // export leaves the previous bundle, its checksums and its signature as they were.
     let sig_path = crate::signing::signature_path(&out);
     let sig_partial = PathBuf::from(format!("{}.partial", sig_path.display()));
-    let side = match &signer {
+    // bundle.json is serialised straight into the bundle (at 10,000 images it is 12 MiB of
+    // text); a signed export holds its bytes, which the signature covers, until written.
+    let (side, signed_json) = match &signer {
         Some(s) => {
+            let bundle_json =
+                pretty_json(&manifest).map_err(|e| Error::Failed(format!("bundle.json: {e}")))?;
             let name = out
                 .file_name()
                 .map(|n| n.to_string_lossy().into_owned())
@@ -211,22 +235,31 @@ pub(super) async fn write(
             )?;
             crate::cleanup::write(&sig_partial, sig.as_bytes())
                 .ctx(|| format!("writing {}", sig_partial.display()))?;
-            SideFile::Replace {
+            let side = SideFile::Replace {
                 partial: sig_partial.clone(),
                 dest: sig_path.clone(),
-            }
+            };
+            (side, Some(bundle_json))
         }
-        None => SideFile::Remove(sig_path.clone()),
+        None => (SideFile::Remove(sig_path.clone()), None),
     };
 
     // The layout members go first, before the engine's own structures exist: at 10,000
     // images these buffers and those structures are each tens of MiB, and need not be held
     // together.
     let out2 = out.clone();
-    let w = tokio::task::spawn_blocking(move || -> Result<BundleWriter> {
+    let w = tokio::task::spawn_blocking(move || -> Result<(BundleWriter, BundleManifest)> {
         let mut w = BundleWriter::create(&out2, split, mtime)?;
-        w.append(BUNDLE_JSON, bundle_json.len() as u64, &mut &bundle_json[..])?;
-        drop(bundle_json);
+        match signed_json {
+            Some(bytes) => w.append(BUNDLE_JSON, bytes.len() as u64, &mut &bytes[..])?,
+            None => {
+                let failed = |e: serde_json::Error| Error::Failed(format!("bundle.json: {e}"));
+                let size = json_size(&manifest).map_err(failed)?;
+                w.append_written(BUNDLE_JSON, size, &mut |out| {
+                    serde_json::to_writer_pretty(out, &manifest).map_err(io::Error::from)
+                })?;
+            }
+        }
         w.append(
             OCI_LAYOUT,
             OCI_LAYOUT_CONTENT.len() as u64,
@@ -237,12 +270,12 @@ pub(super) async fn write(
         if let Some(m) = docker_manifest {
             w.append(MANIFEST_JSON, m.len() as u64, &mut &m[..])?;
         }
-        Ok(w)
+        Ok((w, manifest))
     })
     .await
     .map_err(|e| Error::Failed(format!("bundle writer: {e}")))
     .and_then(|r| r);
-    let mut w = match w {
+    let (mut w, manifest) = match w {
         Ok(w) => w,
         Err(e) => {
             crate::cleanup::remove(&sig_partial);
@@ -255,7 +288,37 @@ pub(super) async fn write(
     // objects are held once, by the source, and the writer walks them there.
     let source = Arc::new(RegistryObjects::new(objects, clients));
     let (sink, mut inbox) = BundleSink::new(source.objects(), &out, &cache, cache_all, jobs);
-    let targets: Vec<TargetImage> = manifest.images.iter().map(TargetImage::as_named).collect();
+    // What the end of the export reports is kept; the images themselves become the engine's
+    // targets (moved, not copied), and the blob list, written, is dropped.
+    let BundleManifest {
+        images,
+        blobs,
+        external,
+        failed,
+        ..
+    } = manifest;
+    let counts = Written {
+        images: images.len(),
+        blobs: blobs.len(),
+        external_blobs: external.len(),
+        external_size: external.iter().map(|x| x.size).sum(),
+        failed,
+    };
+    drop((blobs, external));
+    let summary_images: Vec<SummaryImage> = if json {
+        images
+            .iter()
+            .map(|i| SummaryImage {
+                source: i.source.clone(),
+                digest: i.digest.to_string(),
+                platforms: i.platforms.clone(),
+                size: i.size,
+            })
+            .collect()
+    } else {
+        Vec::new()
+    };
+    let targets: Vec<TargetImage> = images.into_iter().map(TargetImage::named).collect();
 
     reporter.start_bar(total_size, "writing bundle");
     let bar = reporter.clone();
@@ -326,8 +389,8 @@ pub(super) async fn write(
         "wrote {} ({} images, {} blobs, {} in {} on disk, ratio {:.2}; downloaded {}, {} from \
          cache; the cache {} holds {} in {} entries)",
         out.display(),
-        manifest.images.len(),
-        manifest.blobs.len(),
+        counts.images,
+        counts.blobs,
         human(total_size),
         human(compressed),
         ratio(total_size, compressed),
@@ -341,17 +404,8 @@ pub(super) async fn write(
         let summary = Summary {
             bundle: out.display().to_string(),
             files: files.iter().map(|f| f.display().to_string()).collect(),
-            images: manifest
-                .images
-                .iter()
-                .map(|i| SummaryImage {
-                    source: i.source.clone(),
-                    digest: i.digest.to_string(),
-                    platforms: i.platforms.clone(),
-                    size: i.size,
-                })
-                .collect(),
-            blobs: manifest.blobs.len(),
+            images: summary_images,
+            blobs: counts.blobs,
             total_size,
             compressed_size: compressed,
             compression_ratio: ratio(total_size, compressed),
@@ -359,31 +413,46 @@ pub(super) async fn write(
             cached_bytes: cached,
             cache_size: cache_now.bytes,
             cache_entries: cache_now.entries,
-            external_blobs: manifest.external.len(),
-            external_size: manifest.external.iter().map(|x| x.size).sum(),
-            failed: manifest.failed.clone(),
+            external_blobs: counts.external_blobs,
+            external_size: counts.external_size,
+            failed: counts.failed.clone(),
         };
         crate::progress::print_json(&summary)?;
     }
-    Ok(manifest)
+    Ok(counts)
+}
+
+/// What a finished export reports.
+pub(super) struct Written {
+    pub images: usize,
+    blobs: usize,
+    external_blobs: usize,
+    external_size: u64,
+    /// The images that could not be exported (`--keep-going`), named in the bundle.
+    pub failed: Vec<FailedImage>,
 }
 
 /// `value` as pretty JSON in a buffer of exactly its size (measured by a first pass), not one
 /// grown by doubling: `bundle.json` of 100,000 blobs is tens of MiB.
 fn pretty_json<T: serde::Serialize>(value: &T) -> serde_json::Result<Vec<u8>> {
-    struct Count(usize);
-    impl std::io::Write for Count {
-        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-            self.0 += buf.len();
+    let mut out = Vec::with_capacity(json_size(value)? as usize);
+    serde_json::to_writer_pretty(&mut out, value)?;
+    Ok(out)
+}
+
+/// How many bytes `value` takes as pretty JSON (serialised into a counter, not a buffer).
+fn json_size<T: serde::Serialize>(value: &T) -> serde_json::Result<u64> {
+    struct Count(u64);
+    impl io::Write for Count {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            self.0 += buf.len() as u64;
             Ok(buf.len())
         }
-        fn flush(&mut self) -> std::io::Result<()> {
+        fn flush(&mut self) -> io::Result<()> {
             Ok(())
         }
     }
     let mut count = Count(0);
     serde_json::to_writer_pretty(&mut count, value)?;
-    let mut out = Vec::with_capacity(count.0);
-    serde_json::to_writer_pretty(&mut out, value)?;
-    Ok(out)
+    Ok(count.0)
 }
