@@ -106,12 +106,12 @@ impl<R: std::io::Read> std::io::Read for Counting<R> {
 
 /// The IMAGE / DIGEST / SIZE / PLATFORMS table of `inspect` and `export --plan`. Returns the
 /// width of the first column, for lines that follow.
-pub fn write_image_table(
+pub fn write_image_table<'a>(
     out: &mut impl std::io::Write,
-    images: &[crate::bundle::ImageEntry],
+    images: impl Iterator<Item = &'a crate::bundle::ImageEntry> + Clone,
 ) -> std::io::Result<usize> {
     let width = images
-        .iter()
+        .clone()
         .map(|i| i.source.len())
         .max()
         .unwrap_or(5)

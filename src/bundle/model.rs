@@ -159,9 +159,9 @@ pub fn glob_match(pattern: &str, text: &str) -> bool {
 /// bundle records it (`REPOSITORY:TAG`, the repository as import would push it without
 /// `--repository`) or the full source reference. Signatures and other companions follow
 /// their subjects. No patterns: every image.
-pub fn select_images(images: &[ImageEntry], patterns: &[String]) -> Vec<ImageEntry> {
+pub fn select_images<'a>(images: &'a [ImageEntry], patterns: &[String]) -> Vec<&'a ImageEntry> {
     if patterns.is_empty() {
-        return images.to_vec();
+        return images.iter().collect();
     }
     let hit = |i: &ImageEntry| {
         let short = format!("{}:{}", i.source_repository(), i.tag);
@@ -180,7 +180,6 @@ pub fn select_images(images: &[ImageEntry], patterns: &[String]) -> Vec<ImageEnt
             Some(s) => chosen.contains(s) || hit(i),
             None => chosen.contains(&i.digest) && hit(i),
         })
-        .cloned()
         .collect()
 }
 

@@ -61,7 +61,7 @@ pub async fn run(args: CopyArgs) -> Result<()> {
     )
     .await?;
     let (images, objects) = images_and_objects(&sel.resolved);
-    let targets = plan_targets(&images, repository.as_deref(), tag.as_deref())?;
+    let targets = plan_targets(images, repository.as_deref(), tag.as_deref())?;
     let total: u64 = objects.iter().map(|o| o.size).sum();
     if args.plan {
         let lines: Vec<PlanLine> = targets

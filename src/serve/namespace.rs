@@ -60,7 +60,11 @@ impl Namespace {
         }
         for (i, b) in ns.bundles.clone().iter().enumerate() {
             let chosen = crate::bundle::model::select_images(&b.manifest.images, patterns);
-            let targets = crate::commands::import::plan_targets(&chosen, repository, tag)?;
+            let targets = crate::commands::import::plan_targets(
+                chosen.into_iter().cloned().collect(),
+                repository,
+                tag,
+            )?;
             for t in targets {
                 ns.tags
                     .entry(t.repo.clone())
