@@ -113,9 +113,7 @@ impl Registry {
         if status != StatusCode::NOT_FOUND {
             return self.unexpected(what, resp).await;
         }
-        let body = read_limited(resp, 4096, self.retry.idle_timeout)
-            .await
-            .unwrap_or_default();
+        let body = self.error_body(resp).await;
         if !super::error_codes(&body)
             .iter()
             .any(|c| c == "NAME_UNKNOWN")

@@ -253,13 +253,19 @@ impl Registry {
         )
     }
 
+    /// The start of an error answer's body (its error codes and message), or nothing when it
+    /// cannot be read.
+    async fn error_body(&self, resp: Response) -> Vec<u8> {
+        read_limited(resp, 4096, self.retry.idle_timeout)
+            .await
+            .unwrap_or_default()
+    }
+
     /// Turns an unexpected answer into an error naming the registry, the object and the
     /// registry's own error code and message.
     async fn unexpected(&self, what: &str, resp: Response) -> Error {
         let status = resp.status();
-        let body = read_limited(resp, 4096, self.retry.idle_timeout)
-            .await
-            .unwrap_or_default();
+        let body = self.error_body(resp).await;
         let body = String::from_utf8_lossy(&body);
         let detail = body.trim();
         if status == StatusCode::NOT_FOUND {

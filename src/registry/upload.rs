@@ -575,25 +575,28 @@ impl Registry {
                     return Err(Outcome::Again(format!("PATCH answered {status}"), ra));
                 }
                 _ => {
-                    let body = super::transport::read_limited(resp, 4096, self.retry.idle_timeout)
-                        .await
-                        .unwrap_or_default();
+                    let body = self.error_body(resp).await;
                     if refuses_chunks(status, &body)
                         && self.upload_mode.load(Ordering::Relaxed) == MODE_UNKNOWN
                     {
                         return Err(Outcome::NoChunks);
                     }
-                    return Err(Outcome::Fatal(Error::registry(
-                        &self.name,
-                        format!(
-                            "{what}: PATCH answered {status}: {}",
-                            String::from_utf8_lossy(&body).trim()
-                        ),
-                    )));
+                    return Err(self.refused(what, "PATCH", status, &body));
                 }
             }
         }
         Ok(())
+    }
+
+    /// A request of an upload refused for good: the registry's status and what it said.
+    fn refused(&self, what: &str, request: &str, status: StatusCode, body: &[u8]) -> Outcome {
+        Outcome::Fatal(Error::registry(
+            &self.name,
+            format!(
+                "{what}: {request} answered {status}: {}",
+                String::from_utf8_lossy(body).trim()
+            ),
+        ))
     }
 
     /// A monolithic upload: `PUT ?digest=` carrying the whole blob. With `may_refuse`, an
@@ -652,19 +655,11 @@ impl Registry {
             return Err(Outcome::Again(format!("PUT answered {status}"), ra));
         }
         if may_refuse && may_refuse_body(status) {
-            let body = super::transport::read_limited(resp, 4096, self.retry.idle_timeout)
-                .await
-                .unwrap_or_default();
+            let body = self.error_body(resp).await;
             if refuses_body(&body) {
                 return Err(Outcome::NoBody);
             }
-            return Err(Outcome::Fatal(Error::registry(
-                &self.name,
-                format!(
-                    "{what}: PUT answered {status}: {}",
-                    String::from_utf8_lossy(&body).trim()
-                ),
-            )));
+            return Err(self.refused(what, "PUT", status, &body));
         }
         let e = self.push_refused(what, repo, resp).await;
         if self.upload_mode.load(Ordering::Relaxed) != MODE_MONOLITHIC {
