@@ -238,6 +238,32 @@ impl<W: Write> Write for HashingWriter<W> {
     }
 }
 
+/// Where each digest sits in a list, for lookup by digest: the list's positions sorted by the
+/// digest each holds, searched by bisection. A position costs 8 bytes where a hash map from
+/// digests costs the digest again and its buckets (at 30,000 blobs, 0.2 MiB against 5 MiB).
+/// It indexes the list it was built from and is given that list again at each lookup.
+#[derive(Clone, Debug, Default)]
+pub struct DigestIndex(Vec<usize>);
+
+impl DigestIndex {
+    /// Indexes `items` by `key`.
+    pub fn new<T>(items: &[T], key: impl Fn(&T) -> &Digest) -> DigestIndex {
+        let mut at: Vec<usize> = (0..items.len()).collect();
+        // Stable: of equal digests, the first in the list comes first.
+        at.sort_by(|&a, &b| key(&items[a]).cmp(key(&items[b])));
+        DigestIndex(at)
+    }
+
+    /// The first position in `items` (the list this index was built from) holding `d`.
+    pub fn find<T>(&self, items: &[T], key: impl Fn(&T) -> &Digest, d: &Digest) -> Option<usize> {
+        let below = self
+            .0
+            .partition_point(|&i| items.get(i).is_some_and(|t| key(t) < d));
+        let &i = self.0.get(below)?;
+        items.get(i).filter(|t| key(t) == d).map(|_| i)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -296,5 +322,29 @@ mod tests {
         assert!(VerifyingReader::new(&b"hello!"[..], &d, 5)
             .read_to_end(&mut out)
             .is_err());
+    }
+
+    #[test]
+    fn an_index_finds_every_digest_and_only_those() {
+        let items: Vec<(Digest, &str)> = ["c", "a", "b", "a", "d"]
+            .iter()
+            .map(|s| (Digest::of(s.as_bytes()), *s))
+            .collect();
+        fn key<'a>(t: &'a (Digest, &str)) -> &'a Digest {
+            &t.0
+        }
+        let index = DigestIndex::new(&items, key);
+        for (i, (d, _)) in items.iter().enumerate() {
+            let found = index.find(&items, key, d).unwrap();
+            assert_eq!(items[found].0, *d);
+            // Of two equal digests, the first in the list.
+            assert_eq!(found, if i == 3 { 1 } else { i });
+        }
+        assert_eq!(index.find(&items, key, &Digest::of(b"e")), None);
+        let none: Vec<(Digest, &str)> = Vec::new();
+        assert_eq!(
+            DigestIndex::new(&none, key).find(&none, key, &items[0].0),
+            None
+        );
     }
 }

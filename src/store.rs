@@ -7,7 +7,7 @@
 
 use crate::bundle::Bundle;
 use crate::copy::Object;
-use crate::digest::Digest;
+use crate::digest::{Digest, DigestIndex};
 use crate::error::{Error, Result};
 use crate::progress::Reporter;
 use crate::registry::retry::Budget;
@@ -287,17 +287,13 @@ pub struct RegistryObjects {
     /// In the order given (export's bundle order).
     objects: Vec<Object>,
     /// Where each digest is in `objects`.
-    at: HashMap<Digest, usize>,
+    at: DigestIndex,
     clients: HashMap<String, Arc<Registry>>,
 }
 
 impl RegistryObjects {
     pub fn new(objects: Vec<Object>, clients: HashMap<String, Arc<Registry>>) -> Self {
-        let at = objects
-            .iter()
-            .enumerate()
-            .map(|(i, o)| (o.digest.clone(), i))
-            .collect();
+        let at = DigestIndex::new(&objects, |o| &o.digest);
         RegistryObjects {
             objects,
             at,
@@ -310,8 +306,13 @@ impl RegistryObjects {
         &self.objects
     }
 
+    /// Where an object is in [`objects`](Self::objects).
+    pub fn position(&self, d: &Digest) -> Option<usize> {
+        self.at.find(&self.objects, |o| &o.digest, d)
+    }
+
     fn get(&self, d: &Digest) -> Option<&Object> {
-        self.at.get(d).and_then(|&i| self.objects.get(i))
+        self.position(d).and_then(|i| self.objects.get(i))
     }
 }
 
