@@ -20,11 +20,10 @@ use crate::digest::{Digest, VerifyingReader};
 use crate::error::{Error, IoContext, Result};
 use crate::fetch;
 use crate::registry::{BlobSource, Manifest, MountResult, PartSource};
-use crate::store::Sink;
+use crate::store::{RegistryObjects, Sink};
 use bytes::{Bytes, BytesMut};
 use futures_util::future::BoxFuture;
 use futures_util::StreamExt;
-use std::collections::{HashMap, HashSet};
 use std::io::{self, BufReader, Read};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -69,13 +68,12 @@ pub enum Taken {
 pub struct BundleSink {
     name: String,
     cache: PathBuf,
-    /// Position in bundle order of every blob stored in the bundle (manifests excluded).
-    slot: HashMap<Digest, usize>,
+    /// The bundle's objects in bundle order (the engine's source holds them): a blob's slot
+    /// is its position there; manifests, carried inline, have none.
+    objects: Arc<RegistryObjects>,
     deliveries: Vec<Mutex<Option<oneshot::Sender<Delivery>>>>,
-    /// Manifests the bundle carries inline.
-    manifests: HashSet<Digest>,
-    /// Blobs handed over (a "mount" of one of them is a no-op).
-    delivered: Mutex<HashSet<Digest>>,
+    /// Which slots were handed over (a "mount" of one of their blobs is a no-op).
+    delivered: Vec<AtomicBool>,
     /// The slot the writer waits for; `usize::MAX` once it stopped.
     writer_at: AtomicUsize,
     closed: AtomicBool,
@@ -99,33 +97,31 @@ impl BundleSink {
     /// A sink for the bundle at `out` holding `objects` (in bundle order); `jobs` bounds the
     /// parallel parts of one large blob.
     pub fn new(
-        objects: &[Object],
+        objects: Arc<RegistryObjects>,
         out: &Path,
         cache: &Path,
         cache_all: bool,
         jobs: usize,
     ) -> (Arc<BundleSink>, Inbox) {
-        let mut slot = HashMap::new();
-        let mut deliveries = Vec::new();
-        let mut receivers = Vec::new();
-        let mut manifests = HashSet::new();
-        for o in objects {
+        let n = objects.objects().len();
+        let mut deliveries = Vec::with_capacity(n);
+        let mut receivers = Vec::with_capacity(n);
+        for o in objects.objects() {
             if o.inline.is_some() {
-                manifests.insert(o.digest.clone());
+                deliveries.push(Mutex::new(None));
+                receivers.push(None);
                 continue;
             }
             let (tx, rx) = oneshot::channel();
-            slot.insert(o.digest.clone(), deliveries.len());
             deliveries.push(Mutex::new(Some(tx)));
             receivers.push(Some(rx));
         }
         let sink = Arc::new(BundleSink {
             name: out.display().to_string(),
             cache: cache.to_path_buf(),
-            slot,
+            objects,
             deliveries,
-            manifests,
-            delivered: Mutex::default(),
+            delivered: (0..n).map(|_| AtomicBool::new(false)).collect(),
             writer_at: AtomicUsize::new(0),
             closed: AtomicBool::new(false),
             ahead: Arc::default(),
@@ -170,6 +166,12 @@ impl BundleSink {
 
     fn stopped_error(&self) -> Error {
         Error::Failed(format!("the writer of {} stopped", self.name))
+    }
+
+    /// The slot of a blob the bundle stores (none for a manifest or an object it lacks).
+    fn slot(&self, d: &Digest) -> Option<usize> {
+        let i = self.objects.position(d)?;
+        self.objects.objects().get(i)?.inline.is_none().then_some(i)
     }
 
     fn deliver(&self, i: usize, d: Delivery) {
@@ -366,7 +368,17 @@ impl Sink for BundleSink {
         _from: &'a str,
     ) -> BoxFuture<'a, Result<MountResult>> {
         // A bundle has one namespace: a blob put once is there for every image.
-        crate::store::mount_in_one_namespace(&self.delivered, d)
+        let there = self
+            .slot(d)
+            .and_then(|i| self.delivered.get(i))
+            .is_some_and(|x| x.load(Ordering::Acquire));
+        Box::pin(async move {
+            Ok(if there {
+                MountResult::Mounted
+            } else {
+                MountResult::NotMounted
+            })
+        })
     }
 
     fn put_blob<'a>(
@@ -378,7 +390,7 @@ impl Sink for BundleSink {
         _session: Option<reqwest::Url>,
     ) -> BoxFuture<'a, Result<()>> {
         Box::pin(async move {
-            let Some(&i) = self.slot.get(d) else {
+            let Some(i) = self.slot(d) else {
                 return Err(Error::Failed(format!(
                     "blob {d} is not one that {} holds",
                     self.name
@@ -386,8 +398,8 @@ impl Sink for BundleSink {
             };
             match self.put(i, d, size, src).await {
                 Ok(()) => {
-                    if let Ok(mut s) = self.delivered.lock() {
-                        s.insert(d.clone());
+                    if let Some(x) = self.delivered.get(i) {
+                        x.store(true, Ordering::Release);
                     }
                     Ok(())
                 }
@@ -407,8 +419,12 @@ impl Sink for BundleSink {
     ) -> BoxFuture<'a, Result<()>> {
         // Manifests (and the tags naming them, in bundle.json and index.json) were written
         // with the bundle's contents list; the writer stores their bytes in bundle order.
-        let held =
-            self.manifests.contains(&m.digest) && crate::digest::Digest::of(&m.bytes) == m.digest;
+        let held = self
+            .objects
+            .position(&m.digest)
+            .and_then(|i| self.objects.objects().get(i))
+            .is_some_and(|o| o.inline.is_some())
+            && crate::digest::Digest::of(&m.bytes) == m.digest;
         Box::pin(async move {
             if held {
                 Ok(())
@@ -426,7 +442,7 @@ impl Inbox {
     /// Blocks until blob `o` can be read (call from the writer's thread, in bundle order): a
     /// reader that yields exactly its bytes, checked against its digest.
     pub fn take(&mut self, o: &Object) -> Result<(Box<dyn Read + Send>, Taken)> {
-        let Some(&i) = self.sink.slot.get(&o.digest) else {
+        let Some(i) = self.sink.slot(&o.digest) else {
             return Err(Error::Failed(format!("blob {} has no slot", o.digest)));
         };
         self.sink.writer_at.store(i, Ordering::Release);

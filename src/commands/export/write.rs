@@ -287,7 +287,7 @@ pub(super) async fn write(
     // order; the writer thread takes each when its turn comes (see `bundle::sink`). The
     // objects are held once, by the source, and the writer walks them there.
     let source = Arc::new(RegistryObjects::new(objects, clients));
-    let (sink, mut inbox) = BundleSink::new(source.objects(), &out, &cache, cache_all, jobs);
+    let (sink, mut inbox) = BundleSink::new(source.clone(), &out, &cache, cache_all, jobs);
     // What the end of the export reports is kept; the images themselves become the engine's
     // targets (moved, not copied), and the blob list, written, is dropped.
     let BundleManifest {
