@@ -35,7 +35,10 @@ pub struct Object {
 /// An image resolved at its source.
 #[derive(Clone, Debug)]
 pub struct Resolved {
-    pub root: Manifest,
+    /// The root manifest (its bytes are those of the last object).
+    pub digest: Digest,
+    pub media_type: String,
+    pub size: u64,
     /// The digest at the source when platform filtering rewrote the index.
     pub source_digest: Option<Digest>,
     pub platforms: Vec<String>,
@@ -93,8 +96,27 @@ pub async fn resolve_manifest(
         repo: repo.into(),
     };
     walk(reg, &home, &root, &what, 0, &mut objects, &mut seen).await?;
+    // The root last; its bytes move into its object, held once.
+    let Manifest {
+        digest,
+        bytes,
+        media_type,
+    } = root;
+    let size = bytes.len() as u64;
+    if !seen.contains(&digest) {
+        objects.push(Object {
+            digest: digest.clone(),
+            size,
+            media_type: media_type.clone(),
+            inline: Some(Arc::new(bytes)),
+            registry: home.registry.clone(),
+            repo: home.repo.clone(),
+        });
+    }
     Ok(Resolved {
-        root,
+        digest,
+        media_type,
+        size,
         source_digest,
         platforms: kept_platforms,
         objects,
@@ -160,16 +182,6 @@ fn walk<'a>(
                     repo: home.repo.clone(),
                 });
             }
-        }
-        if depth == 0 && seen.insert(m.digest.clone()) {
-            out.push(Object {
-                digest: m.digest.clone(),
-                size: m.bytes.len() as u64,
-                media_type: m.media_type.clone(),
-                inline: Some(Arc::new(m.bytes.clone())),
-                registry: home.registry.clone(),
-                repo: home.repo.clone(),
-            });
         }
         Ok(())
     })
@@ -293,7 +305,7 @@ pub async fn push(
     // once, then its other tags one after the other. The registry stores a manifest
     // non-atomically, so the same manifest is never written into one repository twice at once.
     let written: ManifestsWritten = Arc::default();
-    let results: Vec<Vec<(String, Result<()>)>> = stream::iter(group_by_root(images))
+    let results: Vec<Vec<(String, Result<()>)>> = stream::iter(group_by_root(&images))
         .map(|group| {
             let source = source.clone();
             let target = target.clone();
@@ -311,7 +323,7 @@ pub async fn push(
                     .entry
                     .blobs
                     .iter()
-                    .find_map(|d| failed_blobs.get(&(d.clone(), group.repo.clone())))
+                    .find_map(|d| failed_blobs.get(&(d.clone(), group.repo.to_string())))
                 {
                     return names
                         .into_iter()
@@ -635,33 +647,33 @@ async fn place_in(
     Ok(())
 }
 
-/// One root manifest going into one repository, with every tag that points at it.
-struct RootGroup {
-    repo: String,
-    entry: ImageEntry,
+/// One root manifest going into one repository, with every tag that points at it (borrowed
+/// from the images: at 10,000 images a copy of each would be megabytes).
+struct RootGroup<'a> {
+    repo: &'a str,
+    entry: &'a ImageEntry,
     /// In the order the images were given; each once.
-    tags: Vec<String>,
+    tags: Vec<&'a str>,
 }
 
 /// Groups the images by (target repository, root digest), keeping the first-seen order.
-fn group_by_root(images: Vec<TargetImage>) -> Vec<RootGroup> {
-    // Sized once: at 10,000 images a doubling would hold the groups twice.
-    let mut groups: Vec<RootGroup> = Vec::with_capacity(images.len());
-    let mut at: HashMap<(String, Digest), usize> = HashMap::with_capacity(images.len());
+fn group_by_root(images: &[TargetImage]) -> Vec<RootGroup<'_>> {
+    let mut groups: Vec<RootGroup> = Vec::new();
+    let mut at: HashMap<(&str, &Digest), usize> = HashMap::with_capacity(images.len());
     for img in images {
-        let key = (img.repo.clone(), img.entry.digest.clone());
-        match at.get(&key) {
+        match at.get(&(img.repo.as_str(), &img.entry.digest)) {
             Some(&i) => {
-                if !groups[i].tags.contains(&img.tag) {
-                    groups[i].tags.push(img.tag);
+                let tags = &mut groups[i].tags;
+                if !tags.contains(&img.tag.as_str()) {
+                    tags.push(&img.tag);
                 }
             }
             None => {
-                at.insert(key, groups.len());
+                at.insert((&img.repo, &img.entry.digest), groups.len());
                 groups.push(RootGroup {
-                    repo: img.repo,
-                    entry: img.entry,
-                    tags: vec![img.tag],
+                    repo: &img.repo,
+                    entry: &img.entry,
+                    tags: vec![&img.tag],
                 });
             }
         }
@@ -720,7 +732,7 @@ async fn put_once(
 async fn push_group(
     source: &dyn Source,
     target: &dyn Sink,
-    group: &RootGroup,
+    group: &RootGroup<'_>,
     written: &ManifestsWritten,
     counters: &Counters,
     reporter: &Reporter,
@@ -759,7 +771,7 @@ async fn push_group(
             continue;
         }
         let reference = d.to_string();
-        if let Err(e) = put_once(target, written, &group.repo, &reference, &m, counters).await {
+        if let Err(e) = put_once(target, written, group.repo, &reference, &m, counters).await {
             return all_failed(e);
         }
     }
@@ -776,10 +788,10 @@ async fn push_group(
     };
     // The root: written once; when another root wrote it by digest (it is that root's child),
     // the first tag still needs writing.
-    match put_once(target, written, &group.repo, first, &root, counters).await {
+    match put_once(target, written, group.repo, first, &root, counters).await {
         Ok(true) => out.push((first_name.clone(), Ok(()))),
         Ok(false) => {
-            let r = target.put_manifest(&group.repo, first, &root).await;
+            let r = target.put_manifest(group.repo, first, &root).await;
             if r.is_ok() {
                 counters.manifests.fetch_add(1, Ordering::Relaxed);
             }
@@ -788,7 +800,7 @@ async fn push_group(
         Err(e) => return all_failed(e),
     }
     for (tag, name) in tags {
-        let r = target.put_manifest(&group.repo, tag, &root).await;
+        let r = target.put_manifest(group.repo, tag, &root).await;
         if r.is_ok() {
             counters.manifests.fetch_add(1, Ordering::Relaxed);
         }

@@ -74,10 +74,10 @@ fn assemble(resolved: &[(Requested, Resolved)], carried: &Carried) -> Contents {
             namespace: req.namespace.clone(),
             path: req.path.clone(),
             tag: req.reference.tag.clone().unwrap_or_default(),
-            digest: r.root.digest.clone(),
+            digest: r.digest.clone(),
             source_digest: r.source_digest.clone(),
             subject: req.subject.clone(),
-            media_type: r.root.media_type.clone(),
+            media_type: r.media_type.clone(),
             platforms: r.platforms.clone(),
             size: r.objects.iter().map(|o| o.size).sum(),
             blobs: r.objects.iter().map(|o| o.digest.clone()).collect(),
@@ -299,10 +299,7 @@ pub async fn run(args: ExportArgs) -> Result<()> {
     }
     // Before the first download: will it all fit?
     space::check(&contents, &out, &cache, args.cache_all)?;
-    let root_sizes: Vec<u64> = resolved
-        .iter()
-        .map(|(_, r)| r.root.bytes.len() as u64)
-        .collect();
+    let root_sizes: Vec<u64> = resolved.iter().map(|(_, r)| r.size).collect();
     // Everything the write needs is in `contents` now; at 10,000 images the resolved
     // images are tens of MiB.
     drop(resolved);

@@ -97,7 +97,10 @@ pub(super) async fn resolve_all(
     keep_going: bool,
     reporter: &Reporter,
 ) -> Result<(Vec<(Requested, Resolved)>, Vec<FailedImage>)> {
-    let results: Vec<(Requested, Result<Resolved>)> = stream::iter(requested)
+    // Taken in the order asked, as each is resolved: a list of every result besides the
+    // resolved images would hold them twice at its peak.
+    let n = requested.len();
+    let mut results = stream::iter(requested)
         .map(|req| {
             let reg = clients.get(&req.reference.registry).cloned();
             let platforms = if req.platforms.is_empty() && req.subject.is_none() {
@@ -144,7 +147,7 @@ pub(super) async fn resolve_all(
                     reporter.info(format!(
                         "resolved {} ({}, {} objects, {})",
                         req.reference,
-                        r.root.digest.short(),
+                        r.digest.short(),
                         r.objects.len(),
                         human(r.objects.iter().map(|o| o.size).sum())
                     ));
@@ -152,12 +155,10 @@ pub(super) async fn resolve_all(
                 (req, r)
             }
         })
-        .buffered(jobs)
-        .collect()
-        .await;
-    let mut ok = Vec::new();
+        .buffered(jobs);
+    let mut ok = Vec::with_capacity(n);
     let mut failed = Vec::new();
-    for (req, r) in results {
+    while let Some((req, r)) = results.next().await {
         match r {
             Ok(r) => ok.push((req, r)),
             Err(e) if keep_going && !matches!(e, Error::Usage(_)) => {
@@ -225,7 +226,7 @@ pub(super) async fn companions(
             req.reference.repository.clone(),
         );
         let tags = tags_of.get(&key).cloned().unwrap_or_default();
-        let roots: Vec<Digest> = std::iter::once(r.root.digest.clone())
+        let roots: Vec<Digest> = std::iter::once(r.digest.clone())
             .chain(r.source_digest.clone())
             .collect();
         // The root and every manifest under it, once each (the objects hold the root too).
