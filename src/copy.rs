@@ -204,7 +204,8 @@ pub fn dedup_order<'a>(images: impl IntoIterator<Item = &'a Resolved>) -> Vec<Ob
 /// An image to push and where it goes.
 #[derive(Clone, Debug)]
 pub struct TargetImage {
-    pub entry: ImageEntry,
+    /// Shared with the bundle's list of images (verify walks them without a copy).
+    pub entry: Arc<ImageEntry>,
     pub repo: String,
     pub tag: String,
 }
@@ -212,12 +213,12 @@ pub struct TargetImage {
 impl TargetImage {
     /// An image under the name its bundle gives it (its source repository and tag, or its
     /// digest when it has no tag): what export writes and verify walks.
-    pub fn as_named(entry: &ImageEntry) -> TargetImage {
+    pub fn as_named(entry: &Arc<ImageEntry>) -> TargetImage {
         TargetImage::named(entry.clone())
     }
 
     /// [`as_named`](Self::as_named), taking the entry.
-    pub fn named(entry: ImageEntry) -> TargetImage {
+    pub fn named(entry: Arc<ImageEntry>) -> TargetImage {
         TargetImage {
             repo: entry.source_repository(),
             tag: if entry.tag.is_empty() {

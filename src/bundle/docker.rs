@@ -9,6 +9,7 @@ use crate::error::{Error, Result};
 use crate::manifest::{self, Kind};
 use serde::{Deserialize, Serialize};
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 
 pub const MANIFEST_JSON: &str = "manifest.json";
 
@@ -56,7 +57,7 @@ pub struct Built {
 /// first of `platforms`, else of linux/amd64. Companions (signatures, SBOMs), artifacts and
 /// images with an object this bundle does not carry (`--since`) are left out.
 pub fn build<'a>(
-    images: &[ImageEntry],
+    images: &[Arc<ImageEntry>],
     platforms: &[String],
     stored: &HashMap<&Digest, Stored<'a>>,
 ) -> Built {
@@ -205,8 +206,8 @@ pub fn check(bytes: &[u8], images: &HashMap<String, HashSet<Vec<String>>>) -> Ve
 mod tests {
     use super::*;
 
-    fn image(source: &str, tag: &str, digest: &Digest, media_type: &str) -> ImageEntry {
-        ImageEntry {
+    fn image(source: &str, tag: &str, digest: &Digest, media_type: &str) -> Arc<ImageEntry> {
+        Arc::new(ImageEntry {
             source: source.into(),
             registry: "reg.test".into(),
             namespace: String::new(),
@@ -219,7 +220,7 @@ mod tests {
             platforms: Vec::new(),
             size: 0,
             blobs: vec![digest.clone()],
-        }
+        })
     }
 
     fn manifest_bytes(config: &Digest, config_mt: &str, layer: &Digest) -> Vec<u8> {

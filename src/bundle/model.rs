@@ -6,6 +6,7 @@ use crate::error::{Error, Result};
 use serde::{Deserialize, Serialize};
 use std::collections::HashSet;
 use std::path::Path;
+use std::sync::Arc;
 
 pub const FORMAT: &str = "airlock-bundle";
 pub const FORMAT_VERSION: u32 = 1;
@@ -25,7 +26,7 @@ pub struct BundleManifest {
     pub created: String,
     /// The `--platform` filter given at export; empty when every platform was kept.
     pub platforms: Vec<String>,
-    pub images: Vec<ImageEntry>,
+    pub images: Vec<Arc<ImageEntry>>,
     pub blobs: Vec<BlobEntry>,
     pub total_size: u64,
     pub layout: Layout,
@@ -159,7 +160,10 @@ pub fn glob_match(pattern: &str, text: &str) -> bool {
 /// bundle records it (`REPOSITORY:TAG`, the repository as import would push it without
 /// `--repository`) or the full source reference. Signatures and other companions follow
 /// their subjects. No patterns: every image.
-pub fn select_images<'a>(images: &'a [ImageEntry], patterns: &[String]) -> Vec<&'a ImageEntry> {
+pub fn select_images<'a>(
+    images: &'a [Arc<ImageEntry>],
+    patterns: &[String],
+) -> Vec<&'a Arc<ImageEntry>> {
     if patterns.is_empty() {
         return images.iter().collect();
     }

@@ -17,7 +17,7 @@ use std::sync::Arc;
 /// `sha256-<hex of the subject>[.suffix]` tag and follow their subject into its new
 /// repository. Two different images sent to one name is a usage error naming both.
 pub fn plan_targets(
-    images: Vec<ImageEntry>,
+    images: Vec<Arc<ImageEntry>>,
     repository: Option<&str>,
     tag: Option<&str>,
 ) -> Result<Vec<TargetImage>> {
@@ -165,7 +165,7 @@ pub async fn run(args: ImportArgs) -> Result<()> {
              pushed"
         ));
     }
-    let chosen: Vec<ImageEntry> = if args.image.is_empty() {
+    let chosen: Vec<Arc<ImageEntry>> = if args.image.is_empty() {
         images
     } else {
         crate::bundle::model::select_images(&images, &args.image)
@@ -245,19 +245,23 @@ mod tests {
         }
     }
 
+    fn arcs(images: Vec<ImageEntry>) -> Vec<Arc<ImageEntry>> {
+        images.into_iter().map(Arc::new).collect()
+    }
+
     #[test]
     fn maps_namespaces_and_tags() {
         let images = vec![
             img("arcdata", "arc-controller", "v1", b"a"),
             img("", "library/nginx", "1.27", b"b"),
         ];
-        let t = plan_targets(images.clone(), None, None).unwrap();
+        let t = plan_targets(arcs(images.clone()), None, None).unwrap();
         assert_eq!(
             (t[0].repo.as_str(), t[0].tag.as_str()),
             ("arcdata/arc-controller", "v1")
         );
         assert_eq!(t[1].repo, "library/nginx");
-        let t = plan_targets(images, Some("mirror"), Some("v2")).unwrap();
+        let t = plan_targets(arcs(images), Some("mirror"), Some("v2")).unwrap();
         assert_eq!(
             (t[0].repo.as_str(), t[0].tag.as_str()),
             ("mirror/arc-controller", "v2")
@@ -270,7 +274,7 @@ mod tests {
         let image = img("a", "x", "1", b"one");
         let mut sig = img("a", "x", "sha256-abc.sig", b"sig");
         sig.subject = Some(image.digest.clone());
-        let t = plan_targets(vec![image, sig], Some("m"), Some("v2")).unwrap();
+        let t = plan_targets(arcs(vec![image, sig]), Some("m"), Some("v2")).unwrap();
         assert_eq!((t[0].repo.as_str(), t[0].tag.as_str()), ("m/x", "v2"));
         assert_eq!(
             (t[1].repo.as_str(), t[1].tag.as_str()),
@@ -281,13 +285,18 @@ mod tests {
     #[test]
     fn refuses_two_images_on_one_name() {
         let images = vec![img("a", "x", "1", b"one"), img("a", "x", "2", b"two")];
-        let err = plan_targets(images, None, Some("same")).unwrap_err();
+        let err = plan_targets(arcs(images), None, Some("same")).unwrap_err();
         assert!(matches!(err, Error::Usage(_)));
         assert!(
             err.to_string().contains("reg.io/a/x:1") && err.to_string().contains("reg.io/a/x:2")
         );
         // The same image under two tags collapsing to one name is fine.
         let images = vec![img("a", "x", "1", b"one"), img("a", "x", "2", b"one")];
-        assert_eq!(plan_targets(images, None, Some("same")).unwrap().len(), 1);
+        assert_eq!(
+            plan_targets(arcs(images), None, Some("same"))
+                .unwrap()
+                .len(),
+            1
+        );
     }
 }

@@ -59,7 +59,11 @@ pub fn run(args: InspectArgs) -> Result<()> {
             args.image.join(", ")
         )));
     }
-    let width = write_image_table(&mut out, shown.iter().copied()).map_err(w)?;
+    let width = write_image_table(
+        &mut out,
+        shown.iter().map(|i| -> &crate::bundle::ImageEntry { i }),
+    )
+    .map_err(w)?;
     for f in &m.failed {
         writeln!(out, "{:width$}  NOT EXPORTED: {}", f.source, f.error).map_err(w)?;
     }

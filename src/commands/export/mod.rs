@@ -19,6 +19,7 @@ use crate::options::{ExportOptions, ProcessEnv, SourceSide, Terminal};
 use crate::progress::Reporter;
 use inputs::{cache_dir, expand_output, load_since, validate_platform, Carried};
 use sources::{companions, connect_image_set, connect_sources, resolve_all};
+use std::sync::Arc;
 
 /// What the bundle will hold.
 struct Contents {
@@ -27,13 +28,13 @@ struct Contents {
     /// Objects a base bundle carries.
     external: Vec<ExternalBlob>,
     bases: Vec<Base>,
-    images: Vec<ImageEntry>,
+    images: Vec<Arc<ImageEntry>>,
 }
 
 /// The images and every object they need, once each (what `copy` pushes).
 pub(crate) fn images_and_objects(
     resolved: &[(Requested, Resolved)],
-) -> (Vec<ImageEntry>, Vec<Object>) {
+) -> (Vec<Arc<ImageEntry>>, Vec<Object>) {
     let c = assemble(resolved, &Carried::default());
     (c.images, c.objects)
 }
@@ -68,19 +69,21 @@ fn assemble(resolved: &[(Requested, Resolved)], carried: &Carried) -> Contents {
     }
     let images = resolved
         .iter()
-        .map(|(req, r)| ImageEntry {
-            source: req.reference.to_string(),
-            registry: req.reference.registry.clone(),
-            namespace: req.namespace.clone(),
-            path: req.path.clone(),
-            tag: req.reference.tag.clone().unwrap_or_default(),
-            digest: r.digest.clone(),
-            source_digest: r.source_digest.clone(),
-            subject: req.subject.clone(),
-            media_type: r.media_type.clone(),
-            platforms: r.platforms.clone(),
-            size: r.objects.iter().map(|o| o.size).sum(),
-            blobs: r.objects.iter().map(|o| o.digest.clone()).collect(),
+        .map(|(req, r)| {
+            Arc::new(ImageEntry {
+                source: req.reference.to_string(),
+                registry: req.reference.registry.clone(),
+                namespace: req.namespace.clone(),
+                path: req.path.clone(),
+                tag: req.reference.tag.clone().unwrap_or_default(),
+                digest: r.digest.clone(),
+                source_digest: r.source_digest.clone(),
+                subject: req.subject.clone(),
+                media_type: r.media_type.clone(),
+                platforms: r.platforms.clone(),
+                size: r.objects.iter().map(|o| o.size).sum(),
+                blobs: r.objects.iter().map(|o| o.digest.clone()).collect(),
+            })
         })
         .collect();
     Contents {

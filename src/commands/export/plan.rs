@@ -7,6 +7,7 @@ use crate::fetch;
 use crate::progress::human;
 use std::io::Write;
 use std::path::Path;
+use std::sync::Arc;
 
 #[derive(serde::Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -34,13 +35,17 @@ struct Plan {
     cached_size: u64,
 }
 
-fn print_plan(plan: &Plan, images: &[ImageEntry], out: &Path, json: bool) -> Result<()> {
+fn print_plan(plan: &Plan, images: &[Arc<ImageEntry>], out: &Path, json: bool) -> Result<()> {
     if json {
         return crate::progress::print_json(plan);
     }
     let mut stdout = std::io::stdout().lock();
     let w = |e: std::io::Error| Error::io("writing to stdout", e);
-    let width = crate::progress::write_image_table(&mut stdout, images.iter()).map_err(w)?;
+    let width = crate::progress::write_image_table(
+        &mut stdout,
+        images.iter().map(|i| -> &ImageEntry { i }),
+    )
+    .map_err(w)?;
     for f in &plan.failed {
         writeln!(stdout, "{:width$}  FAILED: {}", f.source, f.error).map_err(w)?;
     }

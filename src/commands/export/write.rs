@@ -40,7 +40,7 @@ pub(super) struct Job {
 /// `index.json`: every image's root manifest, named by its full source reference. Written
 /// from borrowed fields (a value tree of 10,000 entries would be tens of MiB), in the order
 /// of its keys as earlier versions wrote them: sorted.
-fn build_index_json(images: &[ImageEntry], root_sizes: &[u64]) -> Result<Vec<u8>> {
+fn build_index_json(images: &[Arc<ImageEntry>], root_sizes: &[u64]) -> Result<Vec<u8>> {
     #[derive(serde::Serialize)]
     #[serde(rename_all = "camelCase")]
     struct Index<'a> {
@@ -86,7 +86,7 @@ fn build_index_json(images: &[ImageEntry], root_sizes: &[u64]) -> Result<Vec<u8>
 /// The docker-archive `manifest.json` (see [`crate::bundle::docker`]), or `None` when no image
 /// of the bundle can be loaded that way. Images left out are named with `-v`.
 fn build_docker_manifest(
-    images: &[ImageEntry],
+    images: &[Arc<ImageEntry>],
     platforms: &[String],
     objects: &[Object],
     reporter: &Reporter,

@@ -198,7 +198,7 @@ async fn check_pass(bundle: Arc<Bundle>, reporter: &Reporter) -> Result<Report> 
 /// value tree of a 30,000-image index would be tens of MiB.
 fn index_disagreements(
     index_json: &[u8],
-    images: &[crate::bundle::model::ImageEntry],
+    images: &[Arc<crate::bundle::model::ImageEntry>],
 ) -> Vec<String> {
     #[derive(serde::Deserialize)]
     struct Index {
@@ -347,7 +347,7 @@ mod tests {
     fn index_json_must_name_exactly_the_images_of_bundle_json() {
         let a = image("r.example/lib/app:1", "a");
         let b = image("r.example/lib/app:latest", "b");
-        let images = [a.clone(), b.clone()];
+        let images = [Arc::new(a.clone()), Arc::new(b.clone())];
         let good = index_of(&[(&a.digest, &a.source), (&b.digest, &b.source)]);
         assert!(index_disagreements(&good, &images).is_empty());
 
