@@ -606,8 +606,7 @@ fn broken_volume_sets_are_refused_naming_the_volume() {
             "no layer frame inside .002"
         );
         let member = b
-            .members
-            .iter()
+            .members()
             .find(|m| m.header == d_start)
             .expect("each frame starts a member");
         let blob = b
@@ -754,8 +753,7 @@ fn signed_bundles_verify_with_airlock_and_minisign_and_tampering_is_refused() {
         .find(|x| is_layer(&x.media_type))
         .expect("a layer");
     let m = b
-        .members
-        .iter()
+        .members()
         .find(|m| m.name == layer.digest.layout_path())
         .expect("layer member");
     let st = b.seek_table();
@@ -1072,8 +1070,7 @@ fn signed_import_checks_every_blob_as_it_streams() {
     fs::copy(&signed, &flipped).expect("copy");
     let b = open_bundle(&flipped);
     let m = b
-        .members
-        .iter()
+        .members()
         .find(|m| m.name == layer_name)
         .expect("layer member");
     let st = b.seek_table();

@@ -23,8 +23,7 @@ fn corrupt_blob(bundle: &Path, digest: &str) {
     let b = airlock::bundle::Bundle::open(bundle).expect("open bundle");
     let name = format!("blobs/sha256/{}", &digest[7..]);
     let m = b
-        .members
-        .iter()
+        .members()
         .find(|m| m.name == name)
         .expect("blob is in the bundle");
     let table = b.seek_table();

@@ -297,8 +297,7 @@ fn verify_names_a_damaged_manifest_json() {
     );
     let b = airlock::bundle::Bundle::open(&bundle).expect("open bundle");
     let m = b
-        .members
-        .iter()
+        .members()
         .find(|m| m.name == "manifest.json")
         .expect("a manifest.json member");
     let st = b.seek_table();

@@ -769,8 +769,7 @@ fn gzip_layers_are_stored_and_every_reader_reads_them() {
     let st = b.seek_table();
     let stored_size = |digest: &str| -> (u64, u32) {
         let m = b
-            .members
-            .iter()
+            .members()
             .find(|m| m.name == format!("blobs/sha256/{}", &digest[7..]))
             .expect("member");
         let first = st.frame_index_decomp(m.header);

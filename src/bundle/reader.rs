@@ -40,9 +40,13 @@ pub struct Bundle {
     /// The digest of the `bundle.json` bytes parsed into `manifest`; the bytes themselves
     /// (tens of MiB for 100,000 blobs) are read again when a signature is checked.
     bundle_json_digest: Digest,
-    /// Every member in archive order: the layout members, then `manifest.blobs` in order
-    /// (so a blob's member is found through the manifest's digest index).
-    pub members: Vec<Location>,
+    /// Where every member's header is, in archive order: `bundle.json` and the layout
+    /// members, then `manifest.blobs` in order (so a blob's member is found through the
+    /// manifest's digest index). Names and sizes are the manifest's, given by
+    /// [`member`](Self::member): at 100,000 blobs a name held for each would be 10 MiB.
+    headers: Vec<u64>,
+    /// The names and sizes of the members before the blobs.
+    lead: Vec<(&'static str, u64)>,
 }
 
 /// Checks a 512-byte ustar header and returns its name and size.
@@ -293,34 +297,29 @@ impl Bundle {
         let bundle_json_digest = Digest::of(&bytes);
         drop(bytes);
         // Where every other member must be.
-        let mut off = tar_span(size);
-        let mut members = vec![Location {
-            name: BUNDLE_JSON.into(),
-            header: 0,
-            size,
-        }];
         let layout = &manifest.layout;
-        for (name, m) in [
-            (OCI_LAYOUT, &layout.oci_layout),
-            (INDEX_JSON, &layout.index),
+        let lead: Vec<(&'static str, u64)> = [
+            (BUNDLE_JSON, size),
+            (OCI_LAYOUT, layout.oci_layout.size),
+            (INDEX_JSON, layout.index.size),
         ]
         .into_iter()
-        .chain(layout.docker_manifest.as_ref().map(|m| (MANIFEST_JSON, m)))
+        .chain(
+            layout
+                .docker_manifest
+                .as_ref()
+                .map(|m| (MANIFEST_JSON, m.size)),
+        )
+        .collect();
+        let mut headers = Vec::with_capacity(lead.len() + manifest.blobs.len());
+        let mut off = 0;
+        for size in lead
+            .iter()
+            .map(|l| l.1)
+            .chain(manifest.blobs.iter().map(|b| b.size))
         {
-            members.push(Location {
-                name: name.into(),
-                header: off,
-                size: m.size,
-            });
-            off += tar_span(m.size);
-        }
-        for blob in &manifest.blobs {
-            members.push(Location {
-                name: blob.digest.layout_path(),
-                header: off,
-                size: blob.size,
-            });
-            off += tar_span(blob.size);
+            headers.push(off);
+            off += tar_span(size);
         }
         let expected_end = off + 1024;
         let seek = &archive.seek;
@@ -334,13 +333,24 @@ impl Bundle {
                 ),
             ));
         }
-        for m in &members {
-            let idx = seek.frame_index_decomp(m.header);
-            let starts = seek.frame_start_decomp(idx).ok() == Some(m.header);
+        let bundle = Bundle {
+            path: base,
+            volumes,
+            archive,
+            manifest,
+            bundle_json_digest,
+            headers,
+            lead,
+        };
+        let seek = &bundle.archive.seek;
+        for (i, &header) in bundle.headers.iter().enumerate() {
+            let idx = seek.frame_index_decomp(header);
+            let starts = seek.frame_start_decomp(idx).ok() == Some(header);
             if !starts {
+                let name = bundle.member(i).map(|m| m.name).unwrap_or_default();
                 return Err(Error::bundle(
-                    &base,
-                    format!("member {} does not start a zstd frame: the seek table does not match bundle.json", m.name),
+                    &bundle.path,
+                    format!("member {name} does not start a zstd frame: the seek table does not match bundle.json"),
                 ));
             }
         }
@@ -348,24 +358,43 @@ impl Bundle {
         // bundle: names, types and sizes that differ are refused here, not halfway through
         // an import.
         if check_headers {
-            for m in members.iter().skip(1) {
-                archive.check_header(m)?;
+            for i in 1..bundle.member_count() {
+                if let Some(m) = bundle.member(i) {
+                    bundle.archive.check_header(&m)?;
+                }
             }
         }
-        Ok(Bundle {
-            path: base,
-            volumes,
-            archive,
-            manifest,
-            bundle_json_digest,
-            members,
-        })
+        Ok(bundle)
+    }
+
+    /// Every member in archive order (see [`member`](Self::member)).
+    pub fn members(&self) -> impl Iterator<Item = Location> + '_ {
+        (0..self.headers.len()).filter_map(|i| self.member(i))
+    }
+
+    /// How many members the archive holds.
+    pub fn member_count(&self) -> usize {
+        self.headers.len()
+    }
+
+    /// Member `i` in archive order: its name, where its header is, and its size.
+    pub fn member(&self, i: usize) -> Option<Location> {
+        let header = *self.headers.get(i)?;
+        let (name, size) = match self.lead.get(i) {
+            Some(&(name, size)) => (name.to_string(), size),
+            None => {
+                let b = self.manifest.blobs.get(i - self.lead.len())?;
+                (b.digest.layout_path(), b.size)
+            }
+        };
+        Some(Location { name, header, size })
     }
 
     /// The exact bytes of `bundle.json` (what a signature covers), read again from the
     /// archive and refused unless they are the bytes `manifest` was parsed from.
     pub fn bundle_json(&self) -> Result<Vec<u8>> {
-        let bytes = self.archive.read_bundle_json(self.members[0].size)?;
+        let size = self.lead.first().map_or(0, |l| l.1);
+        let bytes = self.archive.read_bundle_json(size)?;
         if Digest::of(&bytes) != self.bundle_json_digest {
             return Err(Error::bundle(
                 &self.path,
@@ -378,7 +407,7 @@ impl Bundle {
     /// The index in `members` of the first blob: the layout members (`bundle.json`,
     /// `oci-layout`, `index.json` and, when there is one, `manifest.json`) come before it.
     pub fn first_blob_member(&self) -> usize {
-        self.members.len() - self.manifest.blobs.len()
+        self.lead.len()
     }
 
     /// The digest bundle.json gives a layout member (none for `bundle.json` itself).
@@ -404,8 +433,10 @@ impl Bundle {
         let idx = self
             .member_index(d)
             .ok_or_else(|| Error::bundle(&self.path, format!("blob {d} is not in this bundle")))?;
-        let m = &self.members[idx];
-        let inner = self.open_member(m)?;
+        let m = self
+            .member(idx)
+            .ok_or_else(|| Error::bundle(&self.path, format!("blob {d} has no member")))?;
+        let inner = self.open_member(&m)?;
         let mut bundle = self.path.display().to_string();
         if self.volumes.len() > 1 {
             // Name the volumes the blob is stored in: that is what to replace if it is damaged.
@@ -437,7 +468,7 @@ impl Bundle {
 
     /// Where a blob's content sits in the uncompressed archive: (offset, size).
     pub fn content_of(&self, d: &Digest) -> Option<(u64, u64)> {
-        let m = &self.members[self.member_index(d)?];
+        let m = self.member(self.member_index(d)?)?;
         Some((m.header + 512, m.size))
     }
 

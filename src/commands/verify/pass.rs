@@ -252,12 +252,7 @@ impl Pass {
             .and_then(|b| self.bundle.manifest.blobs.get(b))
         {
             Some(b) => format!("blob {}", b.digest),
-            None => self
-                .bundle
-                .members
-                .get(i)
-                .map(|m| m.name.clone())
-                .unwrap_or_default(),
+            None => self.bundle.member(i).map(|m| m.name).unwrap_or_default(),
         }
     }
 
@@ -288,7 +283,7 @@ impl Pass {
         i: usize,
         mut forward: Option<&mut dyn FnMut(Bytes) -> bool>,
     ) -> Result<std::result::Result<(), String>> {
-        let Some(expected) = self.bundle.members.get(i).cloned() else {
+        let Some(expected) = self.bundle.member(i) else {
             return Err(self.fatal(st, format!("no member {}", i + 1)));
         };
         let mut block = [0u8; 512];
@@ -431,8 +426,8 @@ impl Pass {
     fn ends_early(&self, i: usize) -> String {
         format!(
             "the archive ends after {i} members; bundle.json lists {} (first missing: {})",
-            self.bundle.members.len(),
-            self.bundle.members[i].name
+            self.bundle.member_count(),
+            self.bundle.member(i).map(|m| m.name).unwrap_or_default()
         )
     }
 
@@ -464,7 +459,7 @@ impl Pass {
         if let Some(f) = &st.fatal {
             return Err(Error::bundle(&self.bundle.path, f.clone()));
         }
-        let total = self.bundle.members.len();
+        let total = self.bundle.member_count();
         while st.next < total {
             let i = st.next;
             let _verdict = self.read_member(&mut st, i, None)?;
@@ -636,7 +631,7 @@ impl BlobSource for PassBlob {
         }
         // A small member (a config, a small layer) is read here and now: a hop to a
         // blocking thread would cost more than the read, ten thousand times over.
-        let size = self.pass.bundle.members.get(idx).map_or(0, |m| m.size);
+        let size = self.pass.bundle.member(idx).map_or(0, |m| m.size);
         if size <= INLINE_READ {
             let mut bytes = Vec::with_capacity(size as usize);
             let mut keep = |b: Bytes| {
