@@ -282,7 +282,7 @@ pub async fn push(
             let reporter = reporter.clone();
             let found = found.clone();
             async move {
-                let known = found.get(&need.digest).copied();
+                let known = found.get(need.digest).copied();
                 let failures = place_blob(
                     source.as_ref(),
                     target.as_ref(),
@@ -368,7 +368,7 @@ pub async fn push(
 
 /// Which repositories need each blob (manifests are pushed later, by image); blobs that a
 /// base bundle carried (`external`) must be in the target already.
-fn needs_of(source: &dyn Source, images: &[TargetImage], target: &str) -> Vec<Need> {
+fn needs_of<'a>(source: &dyn Source, images: &'a [TargetImage], target: &str) -> Vec<Need<'a>> {
     let mut needs: Vec<Need> = Vec::new();
     let mut pos: HashMap<&Digest, usize> = HashMap::new();
     // (need, repository) pairs seen: a base layer is needed by thousands of repositories.
@@ -383,7 +383,7 @@ fn needs_of(source: &dyn Source, images: &[TargetImage], target: &str) -> Vec<Ne
             };
             let i = *pos.entry(d).or_insert_with(|| {
                 needs.push(Need {
-                    digest: d.clone(),
+                    digest: d,
                     size,
                     external,
                     repos: Vec::new(),
@@ -396,7 +396,7 @@ fn needs_of(source: &dyn Source, images: &[TargetImage], target: &str) -> Vec<Ne
                 needs.len() - 1
             });
             if placed.insert((i, img.repo.as_str())) {
-                needs[i].repos.push(img.repo.clone());
+                needs[i].repos.push(&img.repo);
             }
         }
     }
@@ -437,7 +437,7 @@ pub async fn plan(
         .map(|(i, n)| async move {
             let mut have = Vec::new();
             for repo in &n.repos {
-                have.push(target.has_blob(repo, &n.digest).await?);
+                have.push(target.has_blob(repo, n.digest).await?);
             }
             Ok((i, have))
         })
@@ -471,7 +471,7 @@ pub async fn plan(
                 "{} (needed by {}) is carried by {}",
                 n.digest,
                 n.first_image,
-                source.external_home(&n.digest)
+                source.external_home(n.digest)
             ));
         } else {
             plan.blobs_to_upload += 1;
@@ -483,13 +483,13 @@ pub async fn plan(
     Ok(plan)
 }
 
-/// A blob and where it must end up.
-struct Need {
-    digest: Digest,
+/// A blob and where it must end up (borrowed from the images: one per blob, 100,000 of them).
+struct Need<'a> {
+    digest: &'a Digest,
     size: u64,
     /// Carried by a base bundle, not this one.
     external: bool,
-    repos: Vec<String>,
+    repos: Vec<&'a str>,
     /// For an external blob, the first image that needs it (for messages); empty otherwise.
     first_image: String,
 }
@@ -502,18 +502,18 @@ struct Need {
 async fn check_external(
     source: &dyn Source,
     target: &dyn Sink,
-    needs: &[Need],
+    needs: &[Need<'_>],
     jobs: usize,
 ) -> Result<HashMap<Digest, usize>> {
     type Check = std::result::Result<(Digest, usize), String>;
     let checks: Vec<Result<Check>> = stream::iter(needs.iter().filter(|n| n.external))
         .map(|n| async move {
             for (i, repo) in n.repos.iter().enumerate() {
-                if target.has_blob(repo, &n.digest).await? {
+                if target.has_blob(repo, n.digest).await? {
                     return Ok(Ok((n.digest.clone(), i)));
                 }
             }
-            let base = source.external_home(&n.digest);
+            let base = source.external_home(n.digest);
             Ok(Err(format!(
                 "{} (needed by {}) is carried by {base}",
                 n.digest, n.first_image
@@ -545,15 +545,15 @@ async fn check_external(
 async fn place_blob(
     source: &dyn Source,
     target: &dyn Sink,
-    need: &Need,
+    need: &Need<'_>,
     known: Option<usize>,
     counters: &Counters,
     reporter: &Reporter,
 ) -> Vec<(String, Error)> {
-    let mut have: Option<String> = None;
+    let mut have: Option<&str> = None;
     if let Some(i) = known {
         // Start from the repository that has it (checked before anything was written).
-        have = need.repos.get(i).cloned();
+        have = need.repos.get(i).copied();
     }
     let mut failures = Vec::new();
     for (i, repo) in need.repos.iter().enumerate() {
@@ -563,29 +563,22 @@ async fn place_blob(
             _ => None,
         };
         match place_in(
-            source,
-            target,
-            need,
-            repo,
-            present,
-            have.as_deref(),
-            counters,
-            reporter,
+            source, target, need, repo, present, have, counters, reporter,
         )
         .await
         {
-            Ok(()) => have = Some(repo.clone()),
+            Ok(()) => have = Some(repo),
             // Bad content fails it everywhere; a refusal of one repository fails only that one.
             Err(e @ (Error::Integrity { .. } | Error::Bundle { .. })) => {
                 let why = e.to_string();
                 failures.extend(
                     need.repos[i..]
                         .iter()
-                        .map(|r| (r.clone(), Error::Failed(why.clone()))),
+                        .map(|r| (r.to_string(), Error::Failed(why.clone()))),
                 );
                 break;
             }
-            Err(e) => failures.push((repo.clone(), e)),
+            Err(e) => failures.push((repo.to_string(), e)),
         }
     }
     failures
@@ -597,14 +590,14 @@ async fn place_blob(
 async fn place_in(
     source: &dyn Source,
     target: &dyn Sink,
-    need: &Need,
+    need: &Need<'_>,
     repo: &str,
     present: Option<bool>,
     have: Option<&str>,
     counters: &Counters,
     reporter: &Reporter,
 ) -> Result<()> {
-    let (digest, size) = (&need.digest, need.size);
+    let (digest, size) = (need.digest, need.size);
     let present = match present {
         Some(p) => p,
         None => target.has_blob(repo, digest).await?,
