@@ -372,13 +372,7 @@ impl Sink for BundleSink {
             .slot(d)
             .and_then(|i| self.delivered.get(i))
             .is_some_and(|x| x.load(Ordering::Acquire));
-        Box::pin(async move {
-            Ok(if there {
-                MountResult::Mounted
-            } else {
-                MountResult::NotMounted
-            })
-        })
+        crate::store::mount_in_one_namespace(there)
     }
 
     fn put_blob<'a>(

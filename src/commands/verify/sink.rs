@@ -11,14 +11,16 @@ use crate::registry::{BlobSource, Manifest, MountResult};
 use crate::store::Sink;
 use futures_util::future::BoxFuture;
 use futures_util::StreamExt;
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 pub struct CheckSink {
     bundle: Arc<Bundle>,
     name: String,
-    /// Blobs read to their end with the right digest.
-    checked: Mutex<HashSet<Digest>>,
+    /// Which of the bundle's blobs (by position in `bundle.json`) were read to their end
+    /// with the right digest.
+    checked: Vec<AtomicBool>,
     /// The verdict on each manifest checked so far.
     manifests: Mutex<HashMap<Digest, std::result::Result<(), String>>>,
     /// What was found wrong, each once.
@@ -29,8 +31,10 @@ impl CheckSink {
     pub fn new(bundle: Arc<Bundle>) -> CheckSink {
         CheckSink {
             name: bundle.path.display().to_string(),
+            checked: (0..bundle.manifest.blobs.len())
+                .map(|_| AtomicBool::new(false))
+                .collect(),
             bundle,
-            checked: Mutex::default(),
             manifests: Mutex::default(),
             errors: Mutex::default(),
         }
@@ -114,7 +118,14 @@ impl Sink for CheckSink {
         d: &'a Digest,
         _from: &'a str,
     ) -> BoxFuture<'a, Result<MountResult>> {
-        crate::store::mount_in_one_namespace(&self.checked, d)
+        // A bundle has one namespace: a blob checked once is checked for every image.
+        let there = self
+            .bundle
+            .manifest
+            .blob_index(d)
+            .and_then(|i| self.checked.get(i))
+            .is_some_and(|c| c.load(Ordering::Acquire));
+        crate::store::mount_in_one_namespace(there)
     }
 
     fn put_blob<'a>(
@@ -137,8 +148,13 @@ impl Sink for CheckSink {
                     detail: format!("{seen} bytes read, {size} declared"),
                 });
             }
-            if let Ok(mut c) = self.checked.lock() {
-                c.insert(d.clone());
+            if let Some(c) = self
+                .bundle
+                .manifest
+                .blob_index(d)
+                .and_then(|i| self.checked.get(i))
+            {
+                c.store(true, Ordering::Release);
             }
             Ok(())
         })
