@@ -5,7 +5,6 @@
 
 use super::model::ImageEntry;
 use crate::digest::Digest;
-use crate::error::{Error, Result};
 use crate::manifest::{self, Kind};
 use serde::{Deserialize, Serialize};
 use std::collections::{HashMap, HashSet};
@@ -40,7 +39,34 @@ pub struct DockerEntry {
     pub layers: Vec<String>,
 }
 
+/// One image of `manifest.json` as export writes it: [`DockerEntry`]'s JSON, held as digests
+/// (a layout path each would be a string of 77 bytes, for every layer of 10,000 images).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LoadEntry {
+    pub config: Digest,
+    pub repo_tags: Vec<String>,
+    pub layers: Vec<Digest>,
+}
+
+impl Serialize for LoadEntry {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        struct Paths<'a>(&'a [Digest]);
+        impl Serialize for Paths<'_> {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.collect_seq(self.0.iter().map(Digest::layout_path))
+            }
+        }
+        let mut st = s.serialize_struct("DockerEntry", 3)?;
+        st.serialize_field("Config", &self.config.layout_path())?;
+        st.serialize_field("RepoTags", &self.repo_tags)?;
+        st.serialize_field("Layers", &Paths(&self.layers))?;
+        st.end()
+    }
+}
+
 /// What the bundle stores, by digest: the media type, and the bytes for manifests.
+#[derive(Clone, Copy)]
 pub struct Stored<'a> {
     pub media_type: &'a str,
     pub bytes: Option<&'a [u8]>,
@@ -48,7 +74,7 @@ pub struct Stored<'a> {
 
 /// The entries of `manifest.json` and, for messages, the images left out and why.
 pub struct Built {
-    pub entries: Vec<DockerEntry>,
+    pub entries: Vec<LoadEntry>,
     pub skipped: Vec<(String, String)>,
 }
 
@@ -59,13 +85,13 @@ pub struct Built {
 pub fn build<'a>(
     images: &[Arc<ImageEntry>],
     platforms: &[String],
-    stored: &HashMap<&Digest, Stored<'a>>,
+    stored: &dyn Fn(&Digest) -> Option<Stored<'a>>,
 ) -> Built {
     let wanted = platforms
         .first()
         .map(String::as_str)
         .unwrap_or(DEFAULT_PLATFORM);
-    let mut entries: Vec<DockerEntry> = Vec::new();
+    let mut entries: Vec<LoadEntry> = Vec::new();
     let mut by_manifest: HashMap<Digest, usize> = HashMap::new();
     let mut skipped = Vec::new();
     for img in images.iter().filter(|i| i.subject.is_none()) {
@@ -93,13 +119,13 @@ pub fn build<'a>(
 }
 
 /// The image manifest of `img` to load and its entry (without tags), or why there is none.
-fn loadable(
+fn loadable<'a>(
     img: &ImageEntry,
     wanted: &str,
-    stored: &HashMap<&Digest, Stored<'_>>,
-) -> std::result::Result<(Digest, DockerEntry), String> {
-    let bytes_of = |d: &Digest| -> std::result::Result<(&str, &[u8]), String> {
-        match stored.get(d) {
+    stored: &dyn Fn(&Digest) -> Option<Stored<'a>>,
+) -> std::result::Result<(Digest, LoadEntry), String> {
+    let bytes_of = |d: &Digest| -> std::result::Result<(&'a str, &'a [u8]), String> {
+        match stored(d) {
             Some(Stored {
                 media_type,
                 bytes: Some(b),
@@ -147,7 +173,7 @@ fn loadable(
             l.media_type
         ));
     }
-    if let Some(missing) = parts.iter().find(|c| !stored.contains_key(&c.digest)) {
+    if let Some(missing) = parts.iter().find(|c| stored(&c.digest).is_none()) {
         return Err(format!(
             "{what}: blob {} is not carried in this bundle (an earlier bundle has it)",
             missing.digest
@@ -155,22 +181,12 @@ fn loadable(
     }
     Ok((
         image_manifest,
-        DockerEntry {
-            config: config.digest.layout_path(),
+        LoadEntry {
+            config: config.digest.clone(),
             repo_tags: Vec::new(),
-            layers: layers.iter().map(|l| l.digest.layout_path()).collect(),
+            layers: layers.iter().map(|l| l.digest.clone()).collect(),
         },
     ))
-}
-
-/// The bytes of `manifest.json`, or `None` when no image can be loaded.
-pub fn to_bytes(entries: &[DockerEntry]) -> Result<Option<Vec<u8>>> {
-    if entries.is_empty() {
-        return Ok(None);
-    }
-    serde_json::to_vec_pretty(entries)
-        .map(Some)
-        .map_err(|e| Error::Failed(format!("{MANIFEST_JSON}: {e}")))
 }
 
 /// What `verify` finds wrong with a `manifest.json`: it must parse, and every entry must be the
@@ -289,7 +305,7 @@ mod tests {
             ),
         ];
         // The layer is external: nothing is loadable.
-        let built = build(&images, &[], &stored);
+        let built = build(&images, &[], &|d| stored.get(d).copied());
         assert!(built.entries.is_empty());
         assert_eq!(built.skipped.len(), 3);
 
@@ -300,32 +316,37 @@ mod tests {
                 bytes: None,
             },
         );
-        let built = build(&images, &[], &stored);
+        let built = build(&images, &[], &|d| stored.get(d).copied());
+        let expected = vec![DockerEntry {
+            config: cfg_amd.layout_path(),
+            repo_tags: vec![
+                "reg.test/lib/app:latest".into(),
+                "reg.test/lib/app:1.0".into(),
+            ],
+            layers: vec![layer.layout_path()],
+        }];
+        // Written as `docker save` writes it, byte for byte.
         assert_eq!(
-            built.entries,
-            vec![DockerEntry {
-                config: cfg_amd.layout_path(),
-                repo_tags: vec![
-                    "reg.test/lib/app:latest".into(),
-                    "reg.test/lib/app:1.0".into()
-                ],
-                layers: vec![layer.layout_path()],
-            }]
+            serde_json::to_string_pretty(&built.entries).unwrap(),
+            serde_json::to_string_pretty(&expected).unwrap()
         );
         assert_eq!(built.skipped.len(), 1, "the artifact");
 
-        let arm64 = build(&images, &["linux/arm64".into()], &stored);
-        assert_eq!(arm64.entries[0].config, cfg_arm.layout_path());
-        let none = build(&images, &["linux/s390x".into()], &stored);
+        let arm64 = build(&images, &["linux/arm64".into()], &|d| {
+            stored.get(d).copied()
+        });
+        assert_eq!(arm64.entries[0].config, cfg_arm);
+        let none = build(&images, &["linux/s390x".into()], &|d| {
+            stored.get(d).copied()
+        });
         assert!(none.entries.is_empty());
-        assert!(to_bytes(&none.entries).ok().flatten().is_none());
 
         let mut known = HashMap::new();
         known.insert(
             cfg_amd.layout_path(),
             HashSet::from([vec![layer.layout_path()]]),
         );
-        let bytes = to_bytes(&built.entries).ok().flatten().unwrap_or_default();
+        let bytes = serde_json::to_vec_pretty(&built.entries).unwrap();
         assert!(check(&bytes, &known).is_empty());
         known.clear();
         assert_eq!(check(&bytes, &known).len(), 1);

@@ -10,7 +10,7 @@ use crate::bundle::{
     BundleWriter, SideFile, BUNDLE_JSON, INDEX_JSON, OCI_LAYOUT, OCI_LAYOUT_CONTENT,
 };
 use crate::copy::{self, Object, TargetImage};
-use crate::digest::{Digest, VerifyingReader};
+use crate::digest::{Digest, DigestIndex, HashingWriter, VerifyingReader};
 use crate::error::{Error, IoContext, Result};
 use crate::progress::{human, Reporter};
 use crate::registry::Registry;
@@ -40,34 +40,37 @@ pub(super) struct Job {
 /// `index.json`: every image's root manifest, named by its full source reference. Written
 /// from borrowed fields (a value tree of 10,000 entries would be tens of MiB), in the order
 /// of its keys as earlier versions wrote them: sorted.
-fn build_index_json(images: &[Arc<ImageEntry>], root_sizes: &[u64]) -> Result<Vec<u8>> {
-    #[derive(serde::Serialize)]
-    #[serde(rename_all = "camelCase")]
-    struct Index<'a> {
-        manifests: Vec<Entry<'a>>,
-        media_type: &'a str,
-        schema_version: u32,
-    }
-    #[derive(serde::Serialize)]
-    #[serde(rename_all = "camelCase")]
-    struct Entry<'a> {
-        annotations: Names<'a>,
-        digest: &'a Digest,
-        media_type: &'a str,
-        size: u64,
-    }
-    #[derive(serde::Serialize)]
-    struct Names<'a> {
-        #[serde(rename = "io.containerd.image.name")]
-        containerd: &'a str,
-        #[serde(rename = "org.opencontainers.image.ref.name")]
-        oci: &'a str,
-    }
-    let index = Index {
+#[derive(serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Index<'a> {
+    manifests: Vec<IndexEntry<'a>>,
+    media_type: &'a str,
+    schema_version: u32,
+}
+
+#[derive(serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+struct IndexEntry<'a> {
+    annotations: Names<'a>,
+    digest: &'a Digest,
+    media_type: &'a str,
+    size: u64,
+}
+
+#[derive(serde::Serialize)]
+struct Names<'a> {
+    #[serde(rename = "io.containerd.image.name")]
+    containerd: &'a str,
+    #[serde(rename = "org.opencontainers.image.ref.name")]
+    oci: &'a str,
+}
+
+fn index_json<'a>(images: &'a [Arc<ImageEntry>], root_sizes: &[u64]) -> Index<'a> {
+    Index {
         manifests: images
             .iter()
             .zip(root_sizes)
-            .map(|(img, size)| Entry {
+            .map(|(img, size)| IndexEntry {
                 annotations: Names {
                     containerd: &img.source,
                     oci: &img.source,
@@ -79,35 +82,66 @@ fn build_index_json(images: &[Arc<ImageEntry>], root_sizes: &[u64]) -> Result<Ve
             .collect(),
         media_type: crate::manifest::OCI_INDEX,
         schema_version: 2,
-    };
-    pretty_json(&index).map_err(|e| Error::Failed(format!("index.json: {e}")))
+    }
 }
 
-/// The docker-archive `manifest.json` (see [`crate::bundle::docker`]), or `None` when no image
-/// of the bundle can be loaded that way. Images left out are named with `-v`.
-fn build_docker_manifest(
+/// The entries of the docker-archive `manifest.json` (see [`crate::bundle::docker`]); none
+/// when no image of the bundle can be loaded that way. Images left out are named with `-v`
+/// when a reporter is given.
+fn docker_entries(
     images: &[Arc<ImageEntry>],
     platforms: &[String],
     objects: &[Object],
-    reporter: &Reporter,
-) -> Result<Option<Vec<u8>>> {
-    let stored: HashMap<&Digest, docker::Stored<'_>> = objects
-        .iter()
-        .map(|o| {
-            (
-                &o.digest,
-                docker::Stored {
-                    media_type: &o.media_type,
-                    bytes: o.inline.as_deref().map(Vec::as_slice),
-                },
-            )
+    reporter: Option<&Reporter>,
+) -> Vec<docker::LoadEntry> {
+    let at = DigestIndex::new(objects, |o| &o.digest);
+    let stored = |d: &Digest| {
+        let o = objects.get(at.find(objects, |o| &o.digest, d)?)?;
+        Some(docker::Stored {
+            media_type: &o.media_type,
+            bytes: o.inline.as_deref().map(Vec::as_slice),
         })
-        .collect();
+    };
     let built = docker::build(images, platforms, &stored);
-    for (source, why) in &built.skipped {
-        reporter.detail(format!("{MANIFEST_JSON}: leaving out {source}: {why}"));
+    if let Some(r) = reporter {
+        for (source, why) in &built.skipped {
+            r.detail(format!("{MANIFEST_JSON}: leaving out {source}: {why}"));
+        }
     }
-    docker::to_bytes(&built.entries)
+    built.entries
+}
+
+/// The digest and size of `value` as pretty JSON, hashed as it is serialised, not buffered:
+/// `index.json` and `manifest.json` of 10,000 images are MiBs each. The writer serialises
+/// it again ([`append_json`]).
+fn json_member<T: serde::Serialize>(value: &T) -> serde_json::Result<Member> {
+    let mut h = HashingWriter::new(io::sink());
+    serde_json::to_writer_pretty(&mut h, value)?;
+    let size = h.written();
+    let (_, hex) = h.finish();
+    let digest = Digest::parse(&format!("sha256:{hex}")).map_err(serde::ser::Error::custom)?;
+    Ok(Member { digest, size })
+}
+
+/// Writes `value` as pretty JSON under `name`, serialised a second time: it must come out as
+/// [`json_member`] measured it (`member`), or the bundle fails.
+fn append_json<T: serde::Serialize>(
+    w: &mut BundleWriter,
+    name: &str,
+    member: &Member,
+    value: &T,
+) -> Result<()> {
+    w.append_written(name, member.size, &mut |out| {
+        let mut h = HashingWriter::new(out);
+        serde_json::to_writer_pretty(&mut h, value).map_err(io::Error::from)?;
+        let (_, hex) = h.finish();
+        if hex != member.digest.hex() {
+            return Err(io::Error::other(format!(
+                "{name} came out differently when written than when measured"
+            )));
+        }
+        Ok(())
+    })
 }
 
 #[derive(serde::Serialize)]
@@ -175,8 +209,17 @@ pub(super) async fn write(
         images,
     } = contents;
     let total_size: u64 = objects.iter().map(|o| o.size).sum();
-    let index_json = build_index_json(&images, root_sizes)?;
-    let docker_manifest = build_docker_manifest(&images, &platforms, &objects, &reporter)?;
+    let json_failed = |what: &str, e: serde_json::Error| Error::Failed(format!("{what}: {e}"));
+    let index =
+        json_member(&index_json(&images, root_sizes)).map_err(|e| json_failed(INDEX_JSON, e))?;
+    let docker_manifest = {
+        let entries = docker_entries(&images, &platforms, &objects, Some(&reporter));
+        if entries.is_empty() {
+            None
+        } else {
+            Some(json_member(&entries).map_err(|e| json_failed(MANIFEST_JSON, e))?)
+        }
+    };
     let blobs: Vec<BlobEntry> = objects
         .iter()
         .map(|o| BlobEntry {
@@ -199,14 +242,8 @@ pub(super) async fn write(
                 digest: Digest::of(OCI_LAYOUT_CONTENT),
                 size: OCI_LAYOUT_CONTENT.len() as u64,
             },
-            index: Member {
-                digest: Digest::of(&index_json),
-                size: index_json.len() as u64,
-            },
-            docker_manifest: docker_manifest.as_ref().map(|m| Member {
-                digest: Digest::of(m),
-                size: m.len() as u64,
-            }),
+            index,
+            docker_manifest,
         },
         external,
         bases,
@@ -248,7 +285,9 @@ pub(super) async fn write(
     // images these buffers and those structures are each tens of MiB, and need not be held
     // together.
     let out2 = out.clone();
-    let w = tokio::task::spawn_blocking(move || -> Result<(BundleWriter, BundleManifest)> {
+    let root_sizes = root_sizes.to_vec();
+    type Started = (BundleWriter, BundleManifest, Vec<Object>);
+    let w = tokio::task::spawn_blocking(move || -> Result<Started> {
         let mut w = BundleWriter::create(&out2, split, mtime)?;
         match signed_json {
             Some(bytes) => w.append(BUNDLE_JSON, bytes.len() as u64, &mut &bytes[..])?,
@@ -265,17 +304,20 @@ pub(super) async fn write(
             OCI_LAYOUT_CONTENT.len() as u64,
             &mut &OCI_LAYOUT_CONTENT[..],
         )?;
-        w.append(INDEX_JSON, index_json.len() as u64, &mut &index_json[..])?;
-        drop(index_json);
-        if let Some(m) = docker_manifest {
-            w.append(MANIFEST_JSON, m.len() as u64, &mut &m[..])?;
+        let layout = &manifest.layout;
+        let index = index_json(&manifest.images, &root_sizes);
+        append_json(&mut w, INDEX_JSON, &layout.index, &index)?;
+        drop(index);
+        if let Some(m) = &layout.docker_manifest {
+            let entries = docker_entries(&manifest.images, &manifest.platforms, &objects, None);
+            append_json(&mut w, MANIFEST_JSON, m, &entries)?;
         }
-        Ok((w, manifest))
+        Ok((w, manifest, objects))
     })
     .await
     .map_err(|e| Error::Failed(format!("bundle writer: {e}")))
     .and_then(|r| r);
-    let (mut w, manifest) = match w {
+    let (mut w, manifest, objects) = match w {
         Ok(w) => w,
         Err(e) => {
             crate::cleanup::remove(&sig_partial);
