@@ -305,14 +305,18 @@ pub async fn push(
     // Child manifests are written once per (repository, digest) for the whole run; the root
     // once, then its other tags one after the other. The registry stores a manifest
     // non-atomically, so the same manifest is never written into one repository twice at once.
-    let written: ManifestsWritten = Arc::default();
-    let results: Vec<Vec<(String, Result<()>)>> = stream::iter(group_by_root(&images))
+    let written: ManifestsWritten = Mutex::default();
+    // Each group's outcome goes into the report as it comes: a list of every outcome would
+    // hold 10,000 names and errors besides the report's own.
+    let mut images_pushed = Vec::new();
+    let mut images_failed = BTreeMap::new();
+    let mut outcomes = stream::iter(group_by_root(&images))
         .map(|group| {
             let source = source.clone();
             let target = target.clone();
             let counters = counters.clone();
             let failed_blobs = &failed_blobs;
-            let written = written.clone();
+            let written = &written;
             let reporter = reporter.clone();
             async move {
                 let names: Vec<String> = group
@@ -335,35 +339,34 @@ pub async fn push(
                     source.as_ref(),
                     target.as_ref(),
                     &group,
-                    &written,
+                    written,
                     &counters,
                     &reporter,
                 )
                 .await
             }
         })
-        .buffer_unordered(jobs)
-        .collect()
-        .await;
-    let results: Vec<(String, Result<()>)> = results.into_iter().flatten().collect();
-    let mut report = PushReport {
+        .buffer_unordered(jobs);
+    while let Some(outcome) = outcomes.next().await {
+        for (name, r) in outcome {
+            match r {
+                Ok(()) => images_pushed.push(name),
+                Err(e) => {
+                    images_failed.insert(name, e.to_string());
+                }
+            }
+        }
+    }
+    images_pushed.sort();
+    Ok(PushReport {
         blobs_uploaded: counters.uploaded.load(Ordering::Relaxed),
         bytes_uploaded: counters.bytes.load(Ordering::Relaxed),
         blobs_mounted: counters.mounted.load(Ordering::Relaxed),
         blobs_skipped: counters.skipped.load(Ordering::Relaxed),
         manifests_pushed: counters.manifests.load(Ordering::Relaxed),
-        ..Default::default()
-    };
-    for (name, r) in results {
-        match r {
-            Ok(()) => report.images_pushed.push(name),
-            Err(e) => {
-                report.images_failed.insert(name, e.to_string());
-            }
-        }
-    }
-    report.images_pushed.sort();
-    Ok(report)
+        images_pushed,
+        images_failed,
+    })
 }
 
 /// Which repositories need each blob (manifests are pushed later, by image); blobs that a
@@ -675,18 +678,20 @@ fn group_by_root(images: &[TargetImage]) -> Vec<RootGroup<'_>> {
     groups
 }
 
-/// Manifest writes of this run, one cell per (repository, digest): the first job that needs
-/// a manifest in a repository writes it, the others wait for that write and share its outcome.
-type ManifestsWritten = Arc<
-    Mutex<HashMap<(String, Digest), Arc<tokio::sync::OnceCell<std::result::Result<(), String>>>>>,
+/// Manifest writes of this run, one cell per (repository, digest), both borrowed from the
+/// images: the first job that needs a manifest in a repository writes it, the others wait for
+/// that write and share its outcome.
+type ManifestsWritten<'a> = Mutex<
+    HashMap<(&'a str, &'a Digest), Arc<tokio::sync::OnceCell<std::result::Result<(), String>>>>,
 >;
 
 /// Writes `m` into `repo` under `reference` unless this run already did (or is doing) it
 /// under any reference; waits for a write in progress. True when this call wrote it.
-async fn put_once(
+async fn put_once<'a>(
     target: &dyn Sink,
-    written: &ManifestsWritten,
-    repo: &str,
+    written: &ManifestsWritten<'a>,
+    repo: &'a str,
+    digest: &'a Digest,
     reference: &str,
     m: &Manifest,
     counters: &Counters,
@@ -695,9 +700,7 @@ async fn put_once(
         let mut w = written
             .lock()
             .map_err(|_| Error::Failed("manifest bookkeeping poisoned".into()))?;
-        w.entry((repo.to_string(), m.digest.clone()))
-            .or_default()
-            .clone()
+        w.entry((repo, digest)).or_default().clone()
     };
     let mut mine = false;
     let outcome = cell
@@ -723,11 +726,11 @@ async fn put_once(
 /// Pushes one root's manifests: children by digest first (each once per repository for the
 /// whole run), then the root once under its first tag, then each further tag in turn, after
 /// the root exists. A failure anywhere leaves every tag of the group unwritten.
-async fn push_group(
+async fn push_group<'a>(
     source: &dyn Source,
     target: &dyn Sink,
-    group: &RootGroup<'_>,
-    written: &ManifestsWritten,
+    group: &RootGroup<'a>,
+    written: &ManifestsWritten<'a>,
     counters: &Counters,
     reporter: &Reporter,
 ) -> Vec<(String, Result<()>)> {
@@ -765,7 +768,7 @@ async fn push_group(
             continue;
         }
         let reference = d.to_string();
-        if let Err(e) = put_once(target, written, group.repo, &reference, &m, counters).await {
+        if let Err(e) = put_once(target, written, group.repo, d, &reference, &m, counters).await {
             return all_failed(e);
         }
     }
@@ -782,7 +785,17 @@ async fn push_group(
     };
     // The root: written once; when another root wrote it by digest (it is that root's child),
     // the first tag still needs writing.
-    match put_once(target, written, group.repo, first, &root, counters).await {
+    match put_once(
+        target,
+        written,
+        group.repo,
+        root_digest,
+        first,
+        &root,
+        counters,
+    )
+    .await
+    {
         Ok(true) => out.push((first_name.clone(), Ok(()))),
         Ok(false) => {
             let r = target.put_manifest(group.repo, first, &root).await;
