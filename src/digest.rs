@@ -223,6 +223,48 @@ impl<W: Write> HashingWriter<W> {
     pub fn finish(self) -> (W, String) {
         (self.inner, hex::encode(self.hasher.finalize()))
     }
+
+    /// Returns the inner writer and the digest of what was written.
+    pub fn digest(self) -> (W, Digest) {
+        (self.inner, Digest::of_hash(&self.hasher.finalize()))
+    }
+}
+
+/// A reader that hashes everything read through it, for content whose digest is learnt, not
+/// checked (`bundle.json`, parsed as it is read).
+pub struct HashingReader<R> {
+    inner: R,
+    hasher: Sha256,
+    read: u64,
+}
+
+impl<R: Read> HashingReader<R> {
+    pub fn new(inner: R) -> Self {
+        HashingReader {
+            inner,
+            hasher: Sha256::new(),
+            read: 0,
+        }
+    }
+
+    /// How many bytes were read so far.
+    pub fn read_so_far(&self) -> u64 {
+        self.read
+    }
+
+    /// The digest of what was read.
+    pub fn digest(self) -> Digest {
+        Digest::of_hash(&self.hasher.finalize())
+    }
+}
+
+impl<R: Read> Read for HashingReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.read += n as u64;
+        Ok(n)
+    }
 }
 
 impl<W: Write> Write for HashingWriter<W> {

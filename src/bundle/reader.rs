@@ -8,7 +8,7 @@ use super::docker::MANIFEST_JSON;
 use super::model::{BundleManifest, MAX_BUNDLE_JSON};
 use super::volumes::{discover, MultiFile};
 use super::{tar_span, BUNDLE_JSON, INDEX_JSON, OCI_LAYOUT};
-use crate::digest::{Digest, VerifyingReader};
+use crate::digest::{Digest, HashingReader, VerifyingReader};
 use crate::error::{Error, Result};
 use std::io::{self, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
@@ -108,6 +108,31 @@ impl Archive {
     }
 
     /// The `size` bytes of `bundle.json`, the first member's content.
+    /// Parses `bundle.json` as it is read: its bytes (43 MB at 100,000 blobs) are never held
+    /// whole. Returns it, checked, with the digest of its bytes.
+    fn parse_bundle_json(&self, size: u64) -> Result<(BundleManifest, Digest)> {
+        // serde_json reads a byte at a time: the buffer is outside the hashing.
+        let mut r =
+            io::BufReader::with_capacity(1 << 16, HashingReader::new(self.range(512, size)?));
+        let parsed: serde_json::Result<BundleManifest> = serde_json::from_reader(&mut r);
+        if let Err(e) = &parsed {
+            if let Some(kind) = e.io_error_kind() {
+                return Err(self.read_error(512, io::Error::new(kind, e.to_string())));
+            }
+        }
+        // What the parser left (after a syntax error) is read too: a member that ends early
+        // is cut short, not invalid.
+        io::copy(&mut r, &mut io::sink()).map_err(|e| self.read_error(512, e))?;
+        let hashed = r.into_inner();
+        if hashed.read_so_far() != size {
+            return Err(Error::bundle(&self.path, "bundle.json is cut short"));
+        }
+        let m = parsed
+            .map_err(|e| Error::bundle(&self.path, format!("bundle.json is not valid: {e}")))?;
+        m.validate(&self.path)?;
+        Ok((m, hashed.digest()))
+    }
+
     fn read_bundle_json(&self, size: u64) -> Result<Vec<u8>> {
         let mut bytes = Vec::with_capacity(size as usize);
         self.range(512, size)?
@@ -292,10 +317,7 @@ impl Bundle {
                 format!("bundle.json declares {size} bytes (at most {MAX_BUNDLE_JSON})"),
             ));
         }
-        let bytes = archive.read_bundle_json(size)?;
-        let manifest = BundleManifest::parse(&bytes, &base)?;
-        let bundle_json_digest = Digest::of(&bytes);
-        drop(bytes);
+        let (manifest, bundle_json_digest) = archive.parse_bundle_json(size)?;
         // Where every other member must be.
         let layout = &manifest.layout;
         let lead: Vec<(&'static str, u64)> = [

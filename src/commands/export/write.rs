@@ -118,8 +118,7 @@ fn json_member<T: serde::Serialize>(value: &T) -> serde_json::Result<Member> {
     let mut h = HashingWriter::new(io::sink());
     serde_json::to_writer_pretty(&mut h, value)?;
     let size = h.written();
-    let (_, hex) = h.finish();
-    let digest = Digest::parse(&format!("sha256:{hex}")).map_err(serde::ser::Error::custom)?;
+    let (_, digest) = h.digest();
     Ok(Member { digest, size })
 }
 
@@ -134,8 +133,7 @@ fn append_json<T: serde::Serialize>(
     w.append_written(name, member.size, &mut |out| {
         let mut h = HashingWriter::new(out);
         serde_json::to_writer_pretty(&mut h, value).map_err(io::Error::from)?;
-        let (_, hex) = h.finish();
-        if hex != member.digest.hex() {
+        if h.digest().1 != member.digest {
             return Err(io::Error::other(format!(
                 "{name} came out differently when written than when measured"
             )));
@@ -497,4 +495,59 @@ fn json_size<T: serde::Serialize>(value: &T) -> serde_json::Result<u64> {
     let mut count = Count(0);
     serde_json::to_writer_pretty(&mut count, value)?;
     Ok(count.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::cell::Cell;
+
+    /// Serialises as a different digit each time: a value that does not come out the same
+    /// twice.
+    struct Drifting(Cell<u32>);
+
+    impl serde::Serialize for Drifting {
+        fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+            let n = self.0.get();
+            self.0.set(n + 1);
+            s.serialize_u32(n % 10)
+        }
+    }
+
+    #[test]
+    fn a_layout_member_is_measured_then_written_the_same() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("b.tar.zst");
+        let value = serde_json::json!({"manifests": [{"digest": "x", "size": 1}]});
+        let member = json_member(&value).unwrap();
+        let pretty = serde_json::to_vec_pretty(&value).unwrap();
+        assert_eq!(member.size, pretty.len() as u64);
+        assert_eq!(member.digest, Digest::of(&pretty));
+        let mut w = BundleWriter::create(&path, None, 0).unwrap();
+        append_json(&mut w, INDEX_JSON, &member, &value).unwrap();
+        w.finish().unwrap();
+        let mut tar = tar::Archive::new(
+            zstd::stream::read::Decoder::new(std::fs::File::open(&path).unwrap()).unwrap(),
+        );
+        let mut entries = tar.entries().unwrap();
+        let mut e = entries.next().unwrap().unwrap();
+        let mut bytes = Vec::new();
+        io::Read::read_to_end(&mut e, &mut bytes).unwrap();
+        assert_eq!(bytes, pretty);
+    }
+
+    #[test]
+    fn a_layout_member_that_comes_out_differently_fails_the_bundle() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("b.tar.zst");
+        let value = Drifting(Cell::new(0));
+        let member = json_member(&value).unwrap();
+        let mut w = BundleWriter::create(&path, None, 0).unwrap();
+        let e = append_json(&mut w, INDEX_JSON, &member, &value)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("index.json came out differently"), "{e}");
+        drop(w);
+        assert!(!path.exists(), "no bundle is left behind");
+    }
 }
