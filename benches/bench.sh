@@ -49,7 +49,8 @@
 #                         run); default a new directory under /var/tmp
 #   BENCH_KEEP=1          keep the work directory
 #   AIRLOCK               airlock binary, default target/release/airlock (built if missing)
-#   AIRLOCK_BEFORE        optional older airlock binary: an extra export row on each corpus
+#   AIRLOCK_BEFORE        optional older airlock binary: extra export, inspect and verify rows
+#                         on each corpus (it reads the bundle this airlock wrote)
 set -euo pipefail
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -117,10 +118,12 @@ cleanup() {
 }
 trap cleanup EXIT
 
+# free_port: a port nothing listens on, below the kernel's ephemeral range (32768 and up here),
+# where an outgoing connection could take it between this check and the bind.
 free_port() {
     local p _
     for _ in $(seq 1 100); do
-        p=$((20000 + RANDOM % 40000))
+        p=$((20000 + RANDOM % 12000))
         if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then
             echo "$p"
             return 0
@@ -151,10 +154,23 @@ registries_cpu() {
 }
 
 # start_registry NAME: docker-registry with filesystem storage under $WORK/registry-NAME; sets REG_PORT.
+# A port taken between the check and the bind is given up for another, up to five times.
 start_registry() {
-    local name=$1 dir=$WORK/registry-$1 pid _
-    REG_PORT=$(free_port) || die "no free port"
+    local name=$1 dir=$WORK/registry-$1 pid _ try
     mkdir -p "$dir/data"
+    for try in 1 2 3 4 5; do
+        REG_PORT=$(free_port) || die "no free port"
+        start_registry_on "$name" "$dir" && return 0
+        grep -q "address already in use" "$dir/registry.log" || break
+        say "registry $name: port $REG_PORT was taken (try $try), trying another"
+    done
+    cat "$dir/registry.log" >&2
+    die "registry $name did not start"
+}
+
+# start_registry_on NAME DIR: one attempt on $REG_PORT; fails if the registry exits.
+start_registry_on() {
+    local name=$1 dir=$2 pid _
     cat >"$dir/config.yml" <<EOF
 version: 0.1
 log:
@@ -174,7 +190,7 @@ EOF
     PIDS+=("$pid")
     REG_PIDS+=("$pid")
     for _ in $(seq 1 100); do
-        kill -0 "$pid" 2>/dev/null || { cat "$dir/registry.log" >&2; die "registry $name did not start"; }
+        kill -0 "$pid" 2>/dev/null || return 1
         if registry_up "$REG_PORT" 2>/dev/null; then return 0; fi
         sleep 0.1
     done
@@ -598,6 +614,11 @@ EOF
     if uses airlock && [[ -f $WORK/$c-airlock.tar.zst ]]; then
         measure "$c" inspect airlock "$AIRLOCK" inspect "$WORK/$c-airlock.tar.zst"
         measure "$c" verify airlock "$AIRLOCK" verify "$WORK/$c-airlock.tar.zst"
+        if [[ -n ${AIRLOCK_BEFORE:-} ]]; then
+            # The same bundle read by the older airlock (the format has not changed).
+            measure "$c" inspect before "$AIRLOCK_BEFORE" inspect "$WORK/$c-airlock.tar.zst"
+            measure "$c" verify before "$AIRLOCK_BEFORE" verify "$WORK/$c-airlock.tar.zst"
+        fi
         measure "$c" verify "zstd -d" bash -c "zstd -d <'$WORK/$c-airlock.tar.zst' >/dev/null"
         [[ $c == scale ]] || serve_vs_registry "$c"
     fi
