@@ -700,3 +700,31 @@ impl Read for BlobReader {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bundle::BundleWriter;
+
+    /// A bundle whose only member is a `bundle.json` holding `json`.
+    fn bundle_with(dir: &Path, json: &[u8]) -> PathBuf {
+        let path = dir.join("b.tar.zst");
+        let mut w = BundleWriter::create(&path, None, 0).unwrap();
+        w.append(BUNDLE_JSON, json.len() as u64, &mut &json[..])
+            .unwrap();
+        w.finish().unwrap();
+        path
+    }
+
+    #[test]
+    fn a_bundle_json_that_is_not_json_is_refused_by_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = bundle_with(
+            dir.path(),
+            b"{\"format\": \"airlock-bundle\", \"images\": [",
+        );
+        let e = Bundle::open(&path).err().expect("refused").to_string();
+        assert!(e.contains("bundle.json is not valid"), "{e}");
+        assert!(e.contains("b.tar.zst"), "{e}");
+    }
+}
