@@ -107,7 +107,6 @@ impl Archive {
         self.seek.frame_start_comp(idx).unwrap_or(0)
     }
 
-    /// The `size` bytes of `bundle.json`, the first member's content.
     /// Parses `bundle.json` as it is read: its bytes (43 MB at 100,000 blobs) are never held
     /// whole. Returns it, checked, with the digest of its bytes.
     fn parse_bundle_json(&self, size: u64) -> Result<(BundleManifest, Digest)> {
@@ -133,6 +132,7 @@ impl Archive {
         Ok((m, hashed.digest()))
     }
 
+    /// The `size` bytes of `bundle.json`, the first member's content.
     fn read_bundle_json(&self, size: u64) -> Result<Vec<u8>> {
         let mut bytes = Vec::with_capacity(size as usize);
         self.range(512, size)?
