@@ -81,50 +81,26 @@ impl BundleWriter {
         data: &mut dyn Read,
         how: Compression,
     ) -> Result<()> {
-        let h = self.header(name, size)?;
-        let path = self.path.display().to_string();
-        let Some(tar) = self.tar.as_mut() else {
-            return Err(Error::bundle(&self.path, "writer already closed"));
-        };
-        let result = tar
-            .get_mut()
-            .set_mode(how)
-            .map_err(|e| {
-                (
-                    e.kind(),
-                    Error::bundle(&self.path, format!("ending a zstd frame: {e}")),
-                )
-            })
-            .and_then(|_| {
-                tar.append(&h, data).map_err(|e| {
-                    (
-                        e.kind(),
-                        Error::io(format!("writing {name} into bundle {path}"), e),
-                    )
-                })
-            })
-            .and_then(|_| {
-                tar.get_mut().end_frame().map_err(|e| {
-                    (
-                        e.kind(),
-                        Error::bundle(&self.path, format!("ending a zstd frame: {e}")),
-                    )
-                })
-            });
-        match result {
-            Ok(_) => Ok(()),
-            Err((io::ErrorKind::BrokenPipe, e)) => Err(self.output_error(e)),
-            Err((_, e)) => Err(e),
-        }
+        self.member(name, size, how, &mut |out| io::copy(data, out).map(|_| ()))
     }
 
     /// Appends one member of `size` bytes that `write` produces as it goes (a serialiser
     /// writing straight into the bundle, so the member is never held whole), compressed.
-    /// Writing other than exactly `size` bytes fails.
     pub fn append_written(
         &mut self,
         name: &str,
         size: u64,
+        write: &mut dyn FnMut(&mut dyn Write) -> io::Result<()>,
+    ) -> Result<()> {
+        self.member(name, size, Compression::Compress, write)
+    }
+
+    /// Writes one member ([`tar_member`]) in frames of its own, written as `how` says.
+    fn member(
+        &mut self,
+        name: &str,
+        size: u64,
+        how: Compression,
         write: &mut dyn FnMut(&mut dyn Write) -> io::Result<()>,
     ) -> Result<()> {
         let h = self.header(name, size)?;
@@ -132,32 +108,27 @@ impl BundleWriter {
             return Err(Error::bundle(&self.path, "writer already closed"));
         };
         let enc = tar.get_mut();
-        // What `tar::Builder::append` writes: the header, the data, zeros to the next block.
-        let result = (|| -> io::Result<()> {
-            enc.set_mode(Compression::Compress)?;
-            enc.write_all(h.as_bytes())?;
-            let mut counted = Counted { inner: enc, n: 0 };
-            write(&mut counted)?;
-            if counted.n != size {
-                return Err(io::Error::other(format!(
-                    "{} bytes were written, {size} announced",
-                    counted.n
-                )));
-            }
-            let pad = (512 - size % 512) % 512;
-            enc.write_all(&[0u8; 512][..pad as usize])?;
-            enc.end_frame()
-        })();
+        let frame_error = |e: io::Error| {
+            let kind = e.kind();
+            (
+                kind,
+                Error::bundle(&self.path, format!("ending a zstd frame: {e}")),
+            )
+        };
+        let data_error = |e: io::Error| {
+            let kind = e.kind();
+            let what = format!("writing {name} into bundle {}", self.path.display());
+            (kind, Error::io(what, e))
+        };
+        let result = enc
+            .set_mode(how)
+            .map_err(frame_error)
+            .and_then(|()| tar_member(enc, &h, size, write).map_err(data_error))
+            .and_then(|()| enc.end_frame().map_err(frame_error));
         match result {
             Ok(()) => Ok(()),
-            Err(e) => {
-                let broken = e.kind() == io::ErrorKind::BrokenPipe;
-                let e = Error::io(
-                    format!("writing {name} into bundle {}", self.path.display()),
-                    e,
-                );
-                Err(if broken { self.output_error(e) } else { e })
-            }
+            Err((io::ErrorKind::BrokenPipe, e)) => Err(self.output_error(e)),
+            Err((_, e)) => Err(e),
         }
     }
 
@@ -215,6 +186,27 @@ impl BundleWriter {
         };
         volumes.finish(side)
     }
+}
+
+/// Writes a member as `tar::Builder::append` does: the header, the data `write` puts out,
+/// zeros to the next block. Anything other than exactly `size` bytes of data fails.
+fn tar_member(
+    out: &mut impl Write,
+    header: &tar::Header,
+    size: u64,
+    write: &mut dyn FnMut(&mut dyn Write) -> io::Result<()>,
+) -> io::Result<()> {
+    out.write_all(header.as_bytes())?;
+    let mut counted = Counted { inner: out, n: 0 };
+    write(&mut counted)?;
+    if counted.n != size {
+        return Err(io::Error::other(format!(
+            "{} bytes were written, {size} announced",
+            counted.n
+        )));
+    }
+    let pad = (512 - size % 512) % 512;
+    out.write_all(&[0u8; 512][..pad as usize])
 }
 
 /// Counts the bytes written through it.
