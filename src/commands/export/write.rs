@@ -112,8 +112,8 @@ fn docker_entries(
 }
 
 /// The digest and size of `value` as pretty JSON, hashed as it is serialised, not buffered:
-/// `index.json` and `manifest.json` of 10,000 images are MiBs each. The writer serialises
-/// it again ([`append_json`]).
+/// `bundle.json`, `index.json` and `manifest.json` of 10,000 images are MiBs each. The writer
+/// serialises it again ([`append_json`]).
 fn json_member<T: serde::Serialize>(value: &T) -> serde_json::Result<Member> {
     let mut h = HashingWriter::new(io::sink());
     serde_json::to_writer_pretty(&mut h, value)?;
@@ -290,11 +290,9 @@ pub(super) async fn write(
         match signed_json {
             Some(bytes) => w.append(BUNDLE_JSON, bytes.len() as u64, &mut &bytes[..])?,
             None => {
-                let failed = |e: serde_json::Error| Error::Failed(format!("bundle.json: {e}"));
-                let size = json_size(&manifest).map_err(failed)?;
-                w.append_written(BUNDLE_JSON, size, &mut |out| {
-                    serde_json::to_writer_pretty(out, &manifest).map_err(io::Error::from)
-                })?;
+                let member = json_member(&manifest)
+                    .map_err(|e| Error::Failed(format!("{BUNDLE_JSON}: {e}")))?;
+                append_json(&mut w, BUNDLE_JSON, &member, &manifest)?;
             }
         }
         w.append(
@@ -475,26 +473,9 @@ pub(super) struct Written {
 /// `value` as pretty JSON in a buffer of exactly its size (measured by a first pass), not one
 /// grown by doubling: `bundle.json` of 100,000 blobs is tens of MiB.
 fn pretty_json<T: serde::Serialize>(value: &T) -> serde_json::Result<Vec<u8>> {
-    let mut out = Vec::with_capacity(json_size(value)? as usize);
+    let mut out = Vec::with_capacity(json_member(value)?.size as usize);
     serde_json::to_writer_pretty(&mut out, value)?;
     Ok(out)
-}
-
-/// How many bytes `value` takes as pretty JSON (serialised into a counter, not a buffer).
-fn json_size<T: serde::Serialize>(value: &T) -> serde_json::Result<u64> {
-    struct Count(u64);
-    impl io::Write for Count {
-        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-            self.0 += buf.len() as u64;
-            Ok(buf.len())
-        }
-        fn flush(&mut self) -> io::Result<()> {
-            Ok(())
-        }
-    }
-    let mut count = Count(0);
-    serde_json::to_writer_pretty(&mut count, value)?;
-    Ok(count.0)
 }
 
 #[cfg(test)]
