@@ -307,7 +307,8 @@ impl RegistryObjects {
         self.at.find(&self.objects, |o| &o.digest, d)
     }
 
-    fn get(&self, d: &Digest) -> Option<&Object> {
+    /// The object with digest `d`.
+    pub fn get(&self, d: &Digest) -> Option<&Object> {
         self.position(d).and_then(|i| self.objects.get(i))
     }
 }

@@ -415,8 +415,7 @@ impl Sink for BundleSink {
         // with the bundle's contents list; the writer stores their bytes in bundle order.
         let held = self
             .objects
-            .position(&m.digest)
-            .and_then(|i| self.objects.objects().get(i))
+            .get(&m.digest)
             .is_some_and(|o| o.inline.is_some())
             && crate::digest::Digest::of(&m.bytes) == m.digest;
         Box::pin(async move {
