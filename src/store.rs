@@ -23,7 +23,7 @@ use std::sync::Arc;
 /// What a push reads.
 pub trait Source: Send + Sync {
     /// Size and media type of an object this source carries.
-    fn describe(&self, d: &Digest) -> Option<(u64, String)>;
+    fn describe(&self, d: &Digest) -> Option<(u64, Arc<str>)>;
     /// Size of an object the images need that this source does not carry (an incremental
     /// bundle's base carried it): it must be in the target already.
     fn external(&self, _d: &Digest) -> Option<u64> {
@@ -136,7 +136,7 @@ impl Sink for Registry {
 }
 
 impl Source for Arc<Bundle> {
-    fn describe(&self, d: &Digest) -> Option<(u64, String)> {
+    fn describe(&self, d: &Digest) -> Option<(u64, Arc<str>)> {
         self.manifest
             .blob(d)
             .map(|b| (b.size, b.media_type.clone()))
@@ -314,7 +314,7 @@ impl RegistryObjects {
 }
 
 impl Source for RegistryObjects {
-    fn describe(&self, d: &Digest) -> Option<(u64, String)> {
+    fn describe(&self, d: &Digest) -> Option<(u64, Arc<str>)> {
         self.get(d).map(|o| (o.size, o.media_type.clone()))
     }
 

@@ -112,7 +112,26 @@ pub struct ImageEntry {
 pub struct BlobEntry {
     pub digest: Digest,
     pub size: u64,
-    pub media_type: String,
+    /// Shared ([`crate::manifest::shared_media_type`]): a bundle of 100,000 blobs names a
+    /// handful of media types.
+    #[serde(deserialize_with = "shared_media_type")]
+    pub media_type: Arc<str>,
+}
+
+fn shared_media_type<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> std::result::Result<Arc<str>, D::Error> {
+    struct Text;
+    impl serde::de::Visitor<'_> for Text {
+        type Value = Arc<str>;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a media type")
+        }
+        fn visit_str<E: serde::de::Error>(self, s: &str) -> std::result::Result<Arc<str>, E> {
+            Ok(crate::manifest::shared_media_type(s))
+        }
+    }
+    d.deserialize_str(Text)
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]

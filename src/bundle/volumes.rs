@@ -80,7 +80,9 @@ impl VolumeWriter {
         let p = partial(&name);
         let f = crate::cleanup::create(&p).ctx(|| format!("creating {}", p.display()))?;
         self.partials.push(p);
-        self.current = Some(HashingWriter::new(BufWriter::with_capacity(1 << 20, f)));
+        // The encoder hands over whole chunks of a MiB, which pass the buffer straight to the
+        // file; the buffer only gathers what is written in smaller pieces.
+        self.current = Some(HashingWriter::new(BufWriter::with_capacity(64 << 10, f)));
         Ok(())
     }
 

@@ -232,12 +232,16 @@ pub async fn read_limited(
     limit: u64,
     idle: Duration,
 ) -> std::result::Result<Vec<u8>, String> {
-    if let Some(len) = resp.content_length() {
+    let announced = resp.content_length();
+    if let Some(len) = announced {
         if len > limit {
             return Err(format!("body of {len} bytes exceeds the limit of {limit}"));
         }
     }
-    let mut out = Vec::new();
+    // Sized once when announced: export keeps every manifest it reads until it is written,
+    // and a vector grown by doubling holds up to twice its bytes. (At most 1 MiB ahead of
+    // the bytes: a length is only a promise.)
+    let mut out = Vec::with_capacity(announced.unwrap_or(0).min(1 << 20) as usize);
     let mut stream = idle_body(resp, idle);
     while let Some(chunk) = stream.next().await {
         let chunk = chunk.map_err(|e| e.to_string())?;
@@ -246,6 +250,7 @@ pub async fn read_limited(
         }
         out.extend_from_slice(&chunk);
     }
+    out.shrink_to_fit();
     Ok(out)
 }
 

@@ -147,7 +147,7 @@ impl Namespace {
             list.push(Referrer {
                 digest: d.clone(),
                 size: entry.size,
-                media_type: entry.media_type.clone(),
+                media_type: entry.media_type.to_string(),
                 artifact_type,
             });
         }
@@ -187,7 +187,7 @@ impl Namespace {
             .blob(d)
             .ok_or_else(|| Error::Failed(format!("no bundle holds {d}")))?;
         let (mt, size) = (entry.media_type.clone(), entry.size);
-        Ok((b, mt, size))
+        Ok((b, mt.to_string(), size))
     }
 
     pub fn referrers(&self, repo: &str, subject: &Digest) -> &[Referrer] {

@@ -41,24 +41,29 @@ pub(crate) fn images_and_objects(
 
 /// Every object once, less what a base bundle already carried (manifests always travel).
 fn assemble(resolved: &[(Requested, Resolved)], carried: &Carried) -> Contents {
-    let all_objects = copy::dedup_order(resolved.iter().map(|(_, r)| r));
-    let mut objects = Vec::new();
+    // Sorted out in place: a second list of every object would double the largest list an
+    // export holds.
+    let mut objects = copy::dedup_order(resolved.iter().map(|(_, r)| r));
     let mut external = Vec::new();
-    for o in all_objects {
+    objects.retain(|o| {
         let carried_by = carried
             .by
             .get(&o.digest)
             .filter(|(_, size)| *size == o.size && !crate::manifest::is_manifest(&o.media_type));
         match carried_by {
-            Some((bundle, _)) => external.push(ExternalBlob {
-                digest: o.digest.clone(),
-                size: o.size,
-                media_type: o.media_type.clone(),
-                bundle: bundle.clone(),
-            }),
-            None => objects.push(o),
+            Some((bundle, _)) => {
+                external.push(ExternalBlob {
+                    digest: o.digest.clone(),
+                    size: o.size,
+                    media_type: o.media_type.to_string(),
+                    bundle: bundle.clone(),
+                });
+                false
+            }
+            None => true,
         }
-    }
+    });
+    objects.shrink_to_fit();
     let mut bases: Vec<Base> = Vec::new();
     for x in &external {
         if !bases.iter().any(|b| b.bundle_json == x.bundle) {
