@@ -20,5 +20,6 @@ pub mod reference;
 pub mod registry;
 pub mod serve;
 pub mod signing;
+pub mod spill;
 pub mod store;
 pub mod units;

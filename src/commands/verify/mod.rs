@@ -99,14 +99,21 @@ async fn check_pass(bundle: Arc<Bundle>, reporter: &Reporter) -> Result<Report> 
         .map_err(|e| Error::Failed(format!("verifying: {e}")))??;
     walked?;
     // Manifests no image reaches (or whose image failed first) are checked too.
-    let mut rest: Vec<(&Digest, &Arc<Vec<u8>>)> = found
-        .manifests
-        .iter()
-        .filter(|(d, _)| !checker.checked_manifest(d))
-        .collect();
-    rest.sort_by(|a, b| a.0.cmp(b.0));
-    for (d, bytes) in rest {
-        let _ = checker.check_manifest(d, bytes);
+    // (In digest order, as they are kept.)
+    let kept = |d: &Digest| {
+        found.manifests.get(d).map_err(|e| {
+            Error::bundle(
+                &bundle.path,
+                format!("reading back manifest {d} kept during the pass: {e}"),
+            )
+        })
+    };
+    for d in found.manifests.digests() {
+        if !checker.checked_manifest(d) {
+            if let Some(bytes) = kept(d)? {
+                let _ = checker.check_manifest(d, &bytes);
+            }
+        }
     }
     rep.errors = found.errors;
     rep.errors.extend(checker.errors());
@@ -118,14 +125,17 @@ async fn check_pass(bundle: Arc<Bundle>, reporter: &Reporter) -> Result<Report> 
     // the configs carried here, with the layer lists that go with them.
     if let Some(bytes) = &found.docker_manifest {
         let mut images: HashMap<String, HashSet<Vec<String>>> = HashMap::new();
-        for (d, bytes) in &found.manifests {
+        for d in found.manifests.digests() {
             let Some(b) = bundle.manifest.blob(d) else {
                 continue;
             };
             if manifest::kind(&b.media_type) != Some(manifest::Kind::Image) {
                 continue;
             }
-            let Ok(children) = manifest::children(bytes, &b.media_type, &format!("manifest {d}"))
+            let Some(bytes) = kept(d)? else {
+                continue;
+            };
+            let Ok(children) = manifest::children(&bytes, &b.media_type, &format!("manifest {d}"))
             else {
                 continue;
             };

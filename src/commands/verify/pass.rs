@@ -18,12 +18,12 @@ use crate::error::{Error, Result};
 use crate::manifest;
 use crate::progress::{human, Reporter};
 use crate::registry::{BlobSource, MAX_MANIFEST_SIZE};
+use crate::spill::Spill;
 use crate::store::Source;
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
 use futures_util::stream::{self, BoxStream, StreamExt};
 use sha2::{Digest as _, Sha256};
-use std::collections::HashMap;
 use std::io::{self, BufReader, Read};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -175,8 +175,8 @@ pub struct Findings {
     pub index_errors: Vec<String>,
     /// The bytes of the docker-archive `manifest.json`, when it has one and they are sound.
     pub docker_manifest: Option<Vec<u8>>,
-    /// Every manifest the bundle holds, by digest.
-    pub manifests: HashMap<Digest, Arc<Vec<u8>>>,
+    /// Every manifest the bundle holds, by digest (kept in a temporary file).
+    pub manifests: Spill,
 }
 
 struct State {
@@ -187,7 +187,7 @@ struct State {
     /// A structural failure: the pass cannot go on.
     fatal: Option<String>,
     errors: Vec<String>,
-    manifests: HashMap<Digest, Arc<Vec<u8>>>,
+    manifests: Spill,
     /// `None` until `index.json` is read.
     index_errors: Option<Vec<String>>,
     docker_manifest: Option<Vec<u8>>,
@@ -221,7 +221,7 @@ impl Pass {
                 next: 0,
                 fatal: None,
                 errors: Vec::new(),
-                manifests: HashMap::new(),
+                manifests: Spill::new(),
                 index_errors: None,
                 docker_manifest: None,
                 blobs_checked: 0,
@@ -327,8 +327,8 @@ impl Pass {
         }
         let (digest, keep) = self.expectation(i, &name);
         let mut verifier = digest.as_ref().map(|d| Verifier::new(d, size));
-        // Kept bytes are sized once: the pass holds every manifest of the bundle until its
-        // end. (index.json and manifest.json are not bounded; they grow past the cap.)
+        // Kept bytes are sized once. (index.json and manifest.json are not bounded; they grow
+        // past the cap.)
         let mut kept = Vec::with_capacity(if keep {
             size.min(MAX_MANIFEST_SIZE) as usize
         } else {
@@ -415,12 +415,24 @@ impl Pass {
                 // Damaged bytes are reported by the digest check; only sound ones are read.
                 (_, MANIFEST_JSON) => st.docker_manifest = verdict.is_ok().then_some(kept),
                 (Some(d), _) if verdict.is_ok() => {
-                    st.manifests.insert(d.clone(), Arc::new(kept));
+                    if let Err(e) = st.manifests.put(d, &kept) {
+                        return Err(self.fatal(st, format!("keeping manifest {d}: {e}")));
+                    }
                 }
                 _ => {}
             }
         }
         Ok(verdict)
+    }
+
+    /// A manifest kept on the way, read back.
+    fn kept(&self, st: &State, d: &Digest) -> Result<Option<Vec<u8>>> {
+        st.manifests.get(d).map_err(|e| {
+            Error::bundle(
+                &self.bundle.path,
+                format!("reading back manifest {d} kept during the pass: {e}"),
+            )
+        })
     }
 
     fn ends_early(&self, i: usize) -> String {
@@ -540,7 +552,7 @@ impl Pass {
 }
 
 impl Source for Arc<Pass> {
-    fn describe(&self, d: &Digest) -> Option<(u64, String)> {
+    fn describe(&self, d: &Digest) -> Option<(u64, Arc<str>)> {
         self.bundle.describe(d)
     }
 
@@ -558,23 +570,21 @@ impl Source for Arc<Pass> {
         Box::pin(async move {
             // Kept on the way already (the usual case): no hop to a blocking thread.
             if let Ok(st) = pass.state.try_lock() {
-                if let Some(m) = st.manifests.get(&d) {
-                    return Ok(m.to_vec());
+                if let Some(m) = pass.kept(&st, &d)? {
+                    return Ok(m);
                 }
             }
             tokio::task::spawn_blocking(move || {
                 let mut st = pass.lock()?;
-                if let Some(m) = st.manifests.get(&d) {
-                    return Ok(m.to_vec());
+                if let Some(m) = pass.kept(&st, &d)? {
+                    return Ok(m);
                 }
                 match pass.bundle.member_index(&d) {
                     Some(idx) if idx >= st.next => {
                         if let Err(e) = pass.read_to(&mut st, idx, None)? {
                             return Err(Error::bundle(&pass.bundle.path, e));
                         }
-                        st.manifests
-                            .get(&d)
-                            .map(|m| m.to_vec())
+                        pass.kept(&st, &d)?
                             .ok_or_else(|| Error::Failed(format!("manifest {d} is too large")))
                     }
                     // Passed and not kept (it failed its digest): read it again.
