@@ -12,6 +12,7 @@ use crate::error::{Error, Result};
 use crate::manifest::{self, Kind};
 use crate::progress::Reporter;
 use crate::registry::{Manifest, MountResult, Registry};
+use crate::spill::Kept;
 use crate::store::Sink;
 use crate::store::Source;
 use futures_util::stream::{self, StreamExt};
@@ -26,8 +27,9 @@ pub struct Object {
     pub size: u64,
     /// Shared ([`manifest::shared_media_type`]).
     pub media_type: Arc<str>,
-    /// Manifests carry their bytes; blobs are fetched from `repo` at the source.
-    pub inline: Option<Arc<Vec<u8>>>,
+    /// Manifests carry their bytes (set aside on disk until written); blobs are fetched from
+    /// `repo` at the source.
+    pub inline: Option<Kept>,
     /// Where the object lives at the source (shared by the objects of one image).
     pub registry: Arc<str>,
     pub repo: Arc<str>,
@@ -109,7 +111,7 @@ pub async fn resolve_manifest(
             digest: digest.clone(),
             size,
             media_type: manifest::shared_media_type(&media_type),
-            inline: Some(Arc::new(bytes)),
+            inline: Some(Kept::new(bytes)),
             registry: home.registry.clone(),
             repo: home.repo.clone(),
         });
@@ -168,7 +170,7 @@ fn walk<'a>(
                     digest: c.digest,
                     size: c.size,
                     media_type: manifest::shared_media_type(&child.media_type),
-                    inline: Some(Arc::new(child.bytes)),
+                    inline: Some(Kept::new(child.bytes)),
                     registry: home.registry.clone(),
                     repo: home.repo.clone(),
                 });

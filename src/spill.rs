@@ -1,123 +1,163 @@
-//! Bytes kept until the end of a command on disk rather than in memory: the manifests that
-//! `verify` keeps through its one pass (tens of MiB at 30,000 images), in a temporary file
-//! that no other process can open and that the system removes when airlock exits.
+//! Bytes kept until the end of a command on disk rather than in memory: the manifests an
+//! export resolves before it writes them, and those `verify` keeps through its one pass
+//! (5 MiB at 10,000 images, and growing with the corpus). They go to one temporary file per
+//! process, unlinked as soon as it is made (no other process can open it, and the system
+//! removes it when airlock exits). Where no such file can be made or written, they stay in
+//! memory: keeping them never fails.
 
 use crate::digest::Digest;
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::io;
 use std::os::unix::fs::FileExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 
-/// Byte strings by digest, appended once, read back as often as asked.
-pub struct Spill {
-    /// `None` when no temporary file could be made: the bytes stay in `memory`.
-    file: Option<File>,
-    memory: Vec<u8>,
-    len: u64,
-    /// Where each one sits (offset, length). 80 bytes an entry, not the bytes themselves.
-    at: BTreeMap<Digest, (u64, u32)>,
+/// An append-only temporary file.
+#[derive(Debug)]
+pub struct Stash {
+    file: File,
+    end: AtomicU64,
 }
 
 /// Where the temporary file goes: `$TMPDIR`, else `/var/tmp` (on disk by convention, where
 /// `/tmp` is often memory).
-fn spill_dir() -> PathBuf {
+fn stash_dir() -> PathBuf {
     match std::env::var_os("TMPDIR").filter(|d| !d.is_empty()) {
         Some(d) => PathBuf::from(d),
         None => PathBuf::from("/var/tmp"),
     }
 }
 
-/// A new file in `dir` that is unlinked at once: it lives as long as its handle.
-fn anonymous_file(dir: &std::path::Path) -> io::Result<File> {
-    static SEQ: AtomicU64 = AtomicU64::new(0);
-    let name = dir.join(format!(
-        ".airlock-spill-{}-{}",
-        std::process::id(),
-        SEQ.fetch_add(1, Ordering::Relaxed)
-    ));
-    let f = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create_new(true)
-        .open(&name)?;
-    std::fs::remove_file(&name)?;
-    Ok(f)
+/// The process's stash, made on first use; `None` when it cannot be.
+fn stash() -> Option<&'static Stash> {
+    static STASH: OnceLock<Option<Stash>> = OnceLock::new();
+    STASH
+        .get_or_init(|| Stash::in_dir(&stash_dir()).ok())
+        .as_ref()
+}
+
+impl Stash {
+    /// A new file in `dir`, unlinked at once: it lives as long as its handle.
+    fn in_dir(dir: &Path) -> io::Result<Stash> {
+        static SEQ: AtomicU64 = AtomicU64::new(0);
+        let name = dir.join(format!(
+            ".airlock-stash-{}-{}",
+            std::process::id(),
+            SEQ.fetch_add(1, Ordering::Relaxed)
+        ));
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&name)?;
+        std::fs::remove_file(&name)?;
+        Ok(Stash {
+            file,
+            end: AtomicU64::new(0),
+        })
+    }
+
+    /// Appends `bytes`; on a write error (a full disk) they stay in memory.
+    fn keep(&'static self, bytes: Vec<u8>) -> Kept {
+        let Ok(len) = u32::try_from(bytes.len()) else {
+            return Kept::Held(Arc::new(bytes));
+        };
+        let at = self.end.fetch_add(u64::from(len), Ordering::Relaxed);
+        match self.file.write_all_at(&bytes, at) {
+            Ok(()) => Kept::Stashed {
+                stash: self,
+                at,
+                len,
+            },
+            Err(_) => Kept::Held(Arc::new(bytes)),
+        }
+    }
+}
+
+/// Bytes set aside: in the stash, or in memory.
+#[derive(Clone, Debug)]
+pub enum Kept {
+    Held(Arc<Vec<u8>>),
+    Stashed {
+        stash: &'static Stash,
+        at: u64,
+        len: u32,
+    },
+}
+
+impl Kept {
+    /// Sets `bytes` aside in the process's stash (in memory when there is none).
+    pub fn new(bytes: Vec<u8>) -> Kept {
+        match stash() {
+            Some(s) => s.keep(bytes),
+            None => Kept::Held(Arc::new(bytes)),
+        }
+    }
+
+    pub fn len(&self) -> u64 {
+        match self {
+            Kept::Held(b) => b.len() as u64,
+            Kept::Stashed { len, .. } => u64::from(*len),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The bytes, read back.
+    pub fn bytes(&self) -> io::Result<Vec<u8>> {
+        match self {
+            Kept::Held(b) => Ok(b.to_vec()),
+            Kept::Stashed { stash, at, len } => {
+                let mut out = vec![0u8; *len as usize];
+                stash.file.read_exact_at(&mut out, *at)?;
+                Ok(out)
+            }
+        }
+    }
+}
+
+/// Byte strings by digest, kept once, read back as often as asked.
+#[derive(Default)]
+pub struct Spill {
+    kept: BTreeMap<Digest, Kept>,
 }
 
 impl Spill {
-    /// A spill in a temporary file, or in memory when none can be made (a read-only system).
     pub fn new() -> Spill {
-        Spill::in_dir(&spill_dir())
-    }
-
-    fn in_dir(dir: &std::path::Path) -> Spill {
-        Spill {
-            file: anonymous_file(dir).ok(),
-            memory: Vec::new(),
-            len: 0,
-            at: BTreeMap::new(),
-        }
+        Spill::default()
     }
 
     /// Keeps `bytes` under `d`; a digest already kept keeps its first bytes.
-    pub fn put(&mut self, d: &Digest, bytes: &[u8]) -> io::Result<()> {
-        if self.at.contains_key(d) {
-            return Ok(());
+    pub fn put(&mut self, d: &Digest, bytes: Vec<u8>) {
+        if !self.kept.contains_key(d) {
+            self.kept.insert(d.clone(), Kept::new(bytes));
         }
-        let len = u32::try_from(bytes.len())
-            .map_err(|_| io::Error::other(format!("{d}: too large to keep")))?;
-        match &self.file {
-            Some(f) => f.write_all_at(bytes, self.len)?,
-            None => self.memory.extend_from_slice(bytes),
-        }
-        self.at.insert(d.clone(), (self.len, len));
-        self.len += u64::from(len);
-        Ok(())
     }
 
     /// The bytes kept under `d`.
     pub fn get(&self, d: &Digest) -> io::Result<Option<Vec<u8>>> {
-        let Some(&(offset, len)) = self.at.get(d) else {
-            return Ok(None);
-        };
-        let mut out = vec![0u8; len as usize];
-        match &self.file {
-            Some(f) => f.read_exact_at(&mut out, offset)?,
-            None => {
-                let start = offset as usize;
-                let kept = self
-                    .memory
-                    .get(start..start + out.len())
-                    .ok_or_else(|| io::Error::other(format!("{d}: kept bytes out of range")))?;
-                out.copy_from_slice(kept);
-            }
-        }
-        Ok(Some(out))
+        self.kept.get(d).map(Kept::bytes).transpose()
     }
 
     pub fn contains(&self, d: &Digest) -> bool {
-        self.at.contains_key(d)
+        self.kept.contains_key(d)
     }
 
     /// Every digest kept, in order.
     pub fn digests(&self) -> impl Iterator<Item = &Digest> {
-        self.at.keys()
+        self.kept.keys()
     }
 
     pub fn len(&self) -> usize {
-        self.at.len()
+        self.kept.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.at.is_empty()
-    }
-}
-
-impl Default for Spill {
-    fn default() -> Spill {
-        Spill::new()
+        self.kept.is_empty()
     }
 }
 
@@ -125,46 +165,64 @@ impl Default for Spill {
 mod tests {
     use super::*;
 
-    fn both() -> Vec<Spill> {
-        let on_disk = Spill::in_dir(&std::env::temp_dir());
-        assert!(on_disk.file.is_some(), "no temporary file in the temp dir");
-        let in_memory = Spill::in_dir(std::path::Path::new("/nonexistent/airlock"));
-        assert!(in_memory.file.is_none());
-        vec![on_disk, in_memory]
-    }
-
     #[test]
-    fn kept_bytes_come_back_by_digest_on_disk_and_in_memory() {
-        for mut s in both() {
-            let items: Vec<Vec<u8>> = (0..50u8).map(|i| vec![i; 1 + i as usize * 37]).collect();
-            for b in &items {
-                s.put(&Digest::of(b), b).unwrap();
-            }
-            // Kept again: the first bytes stay.
-            s.put(&Digest::of(&items[3]), b"other").unwrap();
-            assert_eq!(s.len(), 50);
-            for b in &items {
-                assert_eq!(s.get(&Digest::of(b)).unwrap().as_deref(), Some(&b[..]));
-            }
-            assert_eq!(s.get(&Digest::of(b"never kept")).unwrap(), None);
-            let listed: Vec<&Digest> = s.digests().collect();
-            let mut sorted = listed.clone();
-            sorted.sort();
-            assert_eq!(listed, sorted);
-            assert!(s.contains(&Digest::of(&items[0])));
+    fn kept_bytes_come_back_from_the_stash() {
+        let dir = tempfile::tempdir().unwrap();
+        let stash: &'static Stash = Box::leak(Box::new(Stash::in_dir(dir.path()).unwrap()));
+        // The file has no name: nothing is left behind, whatever happens.
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+        let items: Vec<Vec<u8>> = (0..50u8).map(|i| vec![i; i as usize * 37]).collect();
+        let kept: Vec<Kept> = items.iter().map(|b| stash.keep(b.clone())).collect();
+        for (b, k) in items.iter().zip(&kept) {
+            assert!(matches!(k, Kept::Stashed { .. }));
+            assert_eq!(k.len(), b.len() as u64);
+            assert_eq!(&k.bytes().unwrap(), b);
+        }
+        // Kept from several threads at once, each gets its own bytes back.
+        let handles: Vec<_> = (0..4u8)
+            .map(|t| {
+                std::thread::spawn(move || {
+                    let mine: Vec<(Vec<u8>, Kept)> = (0..100u32)
+                        .map(|i| {
+                            let b = format!("{t}-{i}").repeat(i as usize % 7 + 1).into_bytes();
+                            (b.clone(), stash.keep(b))
+                        })
+                        .collect();
+                    mine.iter().all(|(b, k)| &k.bytes().unwrap() == b)
+                })
+            })
+            .collect();
+        for h in handles {
+            assert!(h.join().unwrap());
         }
     }
 
     #[test]
-    fn the_temporary_file_leaves_no_name_behind() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut s = Spill::in_dir(dir.path());
-        assert!(s.file.is_some());
-        s.put(&Digest::of(b"x"), b"x").unwrap();
-        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
-        assert_eq!(
-            s.get(&Digest::of(b"x")).unwrap().as_deref(),
-            Some(&b"x"[..])
-        );
+    fn a_stash_that_cannot_be_made_is_refused_and_bytes_stay_in_memory() {
+        assert!(Stash::in_dir(Path::new("/nonexistent/airlock")).is_err());
+        let k = Kept::Held(Arc::new(b"held".to_vec()));
+        assert_eq!(k.bytes().unwrap(), b"held");
+        assert_eq!(k.len(), 4);
+    }
+
+    #[test]
+    fn a_spill_gives_back_each_digest_once_in_order() {
+        let mut s = Spill::new();
+        let items: Vec<Vec<u8>> = (0..20u8).map(|i| vec![i; 1 + i as usize]).collect();
+        for b in &items {
+            s.put(&Digest::of(b), b.clone());
+        }
+        // Kept again: the first bytes stay.
+        s.put(&Digest::of(&items[3]), b"other".to_vec());
+        assert_eq!(s.len(), 20);
+        for b in &items {
+            assert_eq!(s.get(&Digest::of(b)).unwrap().as_ref(), Some(b));
+        }
+        assert_eq!(s.get(&Digest::of(b"never kept")).unwrap(), None);
+        let listed: Vec<&Digest> = s.digests().collect();
+        let mut sorted = listed.clone();
+        sorted.sort();
+        assert_eq!(listed, sorted);
+        assert!(s.contains(&Digest::of(&items[0])));
     }
 }

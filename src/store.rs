@@ -320,10 +320,12 @@ impl Source for RegistryObjects {
 
     fn manifest<'a>(&'a self, d: &'a Digest) -> BoxFuture<'a, Result<Vec<u8>>> {
         Box::pin(async move {
-            self.get(d)
+            let kept = self
+                .get(d)
                 .and_then(|o| o.inline.as_ref())
-                .map(|b| b.to_vec())
-                .ok_or_else(|| Error::Failed(format!("manifest {d} was not resolved")))
+                .ok_or_else(|| Error::Failed(format!("manifest {d} was not resolved")))?;
+            kept.bytes()
+                .map_err(|e| Error::io(format!("reading back manifest {d}"), e))
         })
     }
 

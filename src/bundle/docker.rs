@@ -7,6 +7,7 @@ use super::model::ImageEntry;
 use crate::digest::Digest;
 use crate::manifest::{self, Kind};
 use serde::{Deserialize, Serialize};
+use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
@@ -66,10 +67,10 @@ impl Serialize for LoadEntry {
 }
 
 /// What the bundle stores, by digest: the media type, and the bytes for manifests.
-#[derive(Clone, Copy)]
+#[derive(Clone)]
 pub struct Stored<'a> {
     pub media_type: &'a str,
-    pub bytes: Option<&'a [u8]>,
+    pub bytes: Option<Cow<'a, [u8]>>,
 }
 
 /// The entries of `manifest.json` and, for messages, the images left out and why.
@@ -124,7 +125,7 @@ fn loadable<'a>(
     wanted: &str,
     stored: &dyn Fn(&Digest) -> Option<Stored<'a>>,
 ) -> std::result::Result<(Digest, LoadEntry), String> {
-    let bytes_of = |d: &Digest| -> std::result::Result<(&'a str, &'a [u8]), String> {
+    let bytes_of = |d: &Digest| -> std::result::Result<(&'a str, Cow<'a, [u8]>), String> {
         match stored(d) {
             Some(Stored {
                 media_type,
@@ -138,7 +139,7 @@ fn loadable<'a>(
         Some(Kind::Image) => img.digest.clone(),
         Some(Kind::Index) => {
             let (mt, bytes) = bytes_of(&img.digest)?;
-            let children = manifest::children(bytes, mt, &what).map_err(|e| e.to_string())?;
+            let children = manifest::children(&bytes, mt, &what).map_err(|e| e.to_string())?;
             children
                 .into_iter()
                 .find(|c| {
@@ -154,7 +155,7 @@ fn loadable<'a>(
     };
     let (mt, bytes) = bytes_of(&image_manifest)?;
     let what = format!("manifest {image_manifest}");
-    let parts = manifest::children(bytes, mt, &what).map_err(|e| e.to_string())?;
+    let parts = manifest::children(&bytes, mt, &what).map_err(|e| e.to_string())?;
     let Some((config, layers)) = parts.split_first() else {
         return Err(format!("{what} has no config"));
     };
@@ -285,7 +286,7 @@ mod tests {
                 d,
                 Stored {
                     media_type: mt,
-                    bytes: b,
+                    bytes: b.map(Cow::Borrowed),
                 },
             );
         }
@@ -305,7 +306,7 @@ mod tests {
             ),
         ];
         // The layer is external: nothing is loadable.
-        let built = build(&images, &[], &|d| stored.get(d).copied());
+        let built = build(&images, &[], &|d| stored.get(d).cloned());
         assert!(built.entries.is_empty());
         assert_eq!(built.skipped.len(), 3);
 
@@ -316,7 +317,7 @@ mod tests {
                 bytes: None,
             },
         );
-        let built = build(&images, &[], &|d| stored.get(d).copied());
+        let built = build(&images, &[], &|d| stored.get(d).cloned());
         let expected = vec![DockerEntry {
             config: cfg_amd.layout_path(),
             repo_tags: vec![
@@ -333,11 +334,11 @@ mod tests {
         assert_eq!(built.skipped.len(), 1, "the artifact");
 
         let arm64 = build(&images, &["linux/arm64".into()], &|d| {
-            stored.get(d).copied()
+            stored.get(d).cloned()
         });
         assert_eq!(arm64.entries[0].config, cfg_arm);
         let none = build(&images, &["linux/s390x".into()], &|d| {
-            stored.get(d).copied()
+            stored.get(d).cloned()
         });
         assert!(none.entries.is_empty());
 

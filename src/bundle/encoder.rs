@@ -13,7 +13,7 @@ use zstd::zstd_safe::{self, CCtx, CParameter, InBuffer, OutBuffer};
 /// zstd level for content worth compressing: 3 is zstd's default, fast enough for a LAN.
 pub const LEVEL: i32 = 3;
 /// Output is handed on in chunks of about this size.
-pub const CHUNK: usize = 1 << 20;
+pub const CHUNK: usize = 256 << 10;
 /// The largest block of a stored frame (zstd's block size limit).
 const BLOCK: usize = 128 * 1024;
 /// A stored frame's header: the zstd magic number, a descriptor with only the content

@@ -93,22 +93,36 @@ fn docker_entries(
     platforms: &[String],
     objects: &[Object],
     reporter: Option<&Reporter>,
-) -> Vec<docker::LoadEntry> {
+) -> Result<Vec<docker::LoadEntry>> {
     let at = DigestIndex::new(objects, |o| &o.digest);
+    // A manifest that cannot be read back fails the export (the first such error is kept).
+    let unreadable = std::cell::RefCell::new(None);
     let stored = |d: &Digest| {
         let o = objects.get(at.find(objects, |o| &o.digest, d)?)?;
+        let bytes = match o.inline.as_ref().map(|k| k.bytes()).transpose() {
+            Ok(b) => b,
+            Err(e) => {
+                unreadable
+                    .borrow_mut()
+                    .get_or_insert_with(|| Error::io(format!("reading back manifest {d}"), e));
+                None
+            }
+        };
         Some(docker::Stored {
             media_type: &o.media_type,
-            bytes: o.inline.as_deref().map(Vec::as_slice),
+            bytes: bytes.map(std::borrow::Cow::Owned),
         })
     };
     let built = docker::build(images, platforms, &stored);
+    if let Some(e) = unreadable.into_inner() {
+        return Err(e);
+    }
     if let Some(r) = reporter {
         for (source, why) in &built.skipped {
             r.detail(format!("{MANIFEST_JSON}: leaving out {source}: {why}"));
         }
     }
-    built.entries
+    Ok(built.entries)
 }
 
 /// The digest and size of `value` as pretty JSON, hashed as it is serialised, not buffered:
@@ -211,7 +225,7 @@ pub(super) async fn write(
     let index =
         json_member(&index_json(&images, root_sizes)).map_err(|e| json_failed(INDEX_JSON, e))?;
     let docker_manifest = {
-        let entries = docker_entries(&images, &platforms, &objects, Some(&reporter));
+        let entries = docker_entries(&images, &platforms, &objects, Some(&reporter))?;
         if entries.is_empty() {
             None
         } else {
@@ -305,7 +319,7 @@ pub(super) async fn write(
         append_json(&mut w, INDEX_JSON, &layout.index, &index)?;
         drop(index);
         if let Some(m) = &layout.docker_manifest {
-            let entries = docker_entries(&manifest.images, &manifest.platforms, &objects, None);
+            let entries = docker_entries(&manifest.images, &manifest.platforms, &objects, None)?;
             append_json(&mut w, MANIFEST_JSON, m, &entries)?;
         }
         Ok((w, manifest, objects))
@@ -364,7 +378,10 @@ pub(super) async fn write(
     let writer = tokio::task::spawn_blocking(move || -> Result<Vec<PathBuf>> {
         for o in objects.objects() {
             let name = o.digest.layout_path();
-            if let Some(bytes) = &o.inline {
+            if let Some(kept) = &o.inline {
+                let bytes = kept
+                    .bytes()
+                    .map_err(|e| Error::io(format!("reading back manifest {}", o.digest), e))?;
                 let mut r = VerifyingReader::new(&bytes[..], &o.digest, o.size);
                 w.append(&name, o.size, &mut r)?;
                 bar.inc(o.size);

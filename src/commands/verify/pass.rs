@@ -414,11 +414,7 @@ impl Pass {
                 }
                 // Damaged bytes are reported by the digest check; only sound ones are read.
                 (_, MANIFEST_JSON) => st.docker_manifest = verdict.is_ok().then_some(kept),
-                (Some(d), _) if verdict.is_ok() => {
-                    if let Err(e) = st.manifests.put(d, &kept) {
-                        return Err(self.fatal(st, format!("keeping manifest {d}: {e}")));
-                    }
-                }
+                (Some(d), _) if verdict.is_ok() => st.manifests.put(d, kept),
                 _ => {}
             }
         }
