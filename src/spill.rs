@@ -107,6 +107,11 @@ impl Kept {
         self.len() == 0
     }
 
+    /// A reader of the bytes, for what parses them as a stream.
+    pub fn reader(&self) -> KeptReader<'_> {
+        KeptReader { kept: self, pos: 0 }
+    }
+
     /// The bytes, read back.
     pub fn bytes(&self) -> io::Result<Vec<u8>> {
         match self {
@@ -117,6 +122,93 @@ impl Kept {
                 Ok(out)
             }
         }
+    }
+}
+
+/// Bytes set aside as they stream by, their length known in advance (a member of a bundle
+/// being read): they never have to be held whole.
+pub struct KeptWriter {
+    /// The stash and where the bytes go in it, while writing to it works.
+    stash: Option<(&'static Stash, u64)>,
+    written: u64,
+    memory: Vec<u8>,
+    /// A failure to fall back to memory (the stash could not be read back).
+    failed: Option<io::Error>,
+}
+
+impl KeptWriter {
+    /// Room for `size` bytes in the process's stash (in memory when there is none).
+    pub fn new(size: u64) -> KeptWriter {
+        let stash = match (stash(), u32::try_from(size)) {
+            (Some(s), Ok(_)) => Some((s, s.end.fetch_add(size, Ordering::Relaxed))),
+            _ => None,
+        };
+        KeptWriter {
+            stash,
+            written: 0,
+            memory: Vec::new(),
+            failed: None,
+        }
+    }
+
+    pub fn write(&mut self, chunk: &[u8]) {
+        if self.failed.is_some() {
+            return;
+        }
+        if let Some((s, at)) = self.stash {
+            if s.file.write_all_at(chunk, at + self.written).is_ok() {
+                self.written += chunk.len() as u64;
+                return;
+            }
+            // The disk is full: what is written comes back into memory, the rest goes there.
+            self.stash = None;
+            let mut back = vec![0u8; self.written as usize];
+            if let Err(e) = s.file.read_exact_at(&mut back, at) {
+                self.failed = Some(e);
+                return;
+            }
+            self.memory = back;
+        }
+        self.memory.extend_from_slice(chunk);
+        self.written += chunk.len() as u64;
+    }
+
+    /// What was written, set aside.
+    pub fn finish(self) -> io::Result<Kept> {
+        if let Some(e) = self.failed {
+            return Err(e);
+        }
+        match (self.stash, u32::try_from(self.written)) {
+            (Some((stash, at)), Ok(len)) => Ok(Kept::Stashed { stash, at, len }),
+            _ => Ok(Kept::Held(Arc::new(self.memory))),
+        }
+    }
+}
+
+/// Reads kept bytes from the start.
+pub struct KeptReader<'a> {
+    kept: &'a Kept,
+    pos: u64,
+}
+
+impl io::Read for KeptReader<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let left = self.kept.len().saturating_sub(self.pos);
+        let n = (buf.len() as u64).min(left) as usize;
+        if n == 0 {
+            return Ok(0);
+        }
+        match self.kept {
+            Kept::Held(b) => {
+                let start = self.pos as usize;
+                buf[..n].copy_from_slice(&b[start..start + n]);
+            }
+            Kept::Stashed { stash, at, .. } => {
+                stash.file.read_exact_at(&mut buf[..n], at + self.pos)?;
+            }
+        }
+        self.pos += n as u64;
+        Ok(n)
     }
 }
 
@@ -195,6 +287,27 @@ mod tests {
         for h in handles {
             assert!(h.join().unwrap());
         }
+    }
+
+    #[test]
+    fn bytes_written_as_they_stream_come_back_whole_and_as_a_stream() {
+        use std::io::Read;
+        let data: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+        let mut w = KeptWriter::new(data.len() as u64);
+        for chunk in data.chunks(7_919) {
+            w.write(chunk);
+        }
+        let kept = w.finish().unwrap();
+        assert_eq!(kept.len(), data.len() as u64);
+        assert_eq!(kept.bytes().unwrap(), data);
+        let mut streamed = Vec::new();
+        let mut r = std::io::BufReader::with_capacity(1000, kept.reader());
+        r.read_to_end(&mut streamed).unwrap();
+        assert_eq!(streamed, data);
+        let held = Kept::Held(Arc::new(data.clone()));
+        let mut streamed = Vec::new();
+        held.reader().read_to_end(&mut streamed).unwrap();
+        assert_eq!(streamed, data);
     }
 
     #[test]

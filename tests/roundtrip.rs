@@ -647,3 +647,40 @@ fn inspect_shows_images_digests_platforms_and_sizes() {
         std::fs::metadata(&bundle).ok().map(|m| m.len())
     );
 }
+
+#[test]
+fn manifests_set_aside_on_disk_leave_nothing_behind_and_change_no_byte() {
+    // Export and verify set manifests aside in a temporary file in $TMPDIR, unlinked at once.
+    // Where none can be made they stay in memory: the bundle is the same, byte for byte.
+    let src = TestRegistry::start(RegistryOpts::plain());
+    let corpus = build_corpus(&src);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let list = write_images_file(dir.path(), &corpus.images_file(&src.host()));
+    let tmp = dir.path().join("tmp");
+    std::fs::create_dir(&tmp).expect("tmp dir");
+    let tmp_str = tmp.to_str().unwrap();
+    let mut bundles = Vec::new();
+    for (name, tmpdir) in [("disk", tmp_str), ("memory", "/nonexistent/airlock-tmp")] {
+        let bundle = dir.path().join(format!("{name}.tar.zst"));
+        let env = [("TMPDIR", tmpdir), ("SOURCE_DATE_EPOCH", "1700000000")];
+        export(
+            &[
+                "-f",
+                list.to_str().unwrap(),
+                "-o",
+                bundle.to_str().unwrap(),
+                "-q",
+            ],
+            &env,
+        );
+        let out = run_airlock(["verify", bundle.to_str().unwrap()], &env, None);
+        assert_success(&out, &format!("verify ({name})"));
+        bundles.push(std::fs::read(&bundle).expect("read bundle"));
+    }
+    let left: Vec<_> = std::fs::read_dir(&tmp).expect("read tmp").collect();
+    assert!(left.is_empty(), "left in $TMPDIR: {left:?}");
+    assert!(
+        bundles[0] == bundles[1],
+        "the bundle depends on where manifests were set aside"
+    );
+}

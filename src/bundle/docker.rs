@@ -193,30 +193,56 @@ fn loadable<'a>(
 /// What `verify` finds wrong with a `manifest.json`: it must parse, and every entry must be the
 /// config and layers of an image manifest of the bundle (`images`: config path → layer
 /// paths), each a member that is there.
-pub fn check(bytes: &[u8], images: &HashMap<String, HashSet<Vec<String>>>) -> Vec<String> {
-    let entries: Vec<DockerEntry> = match serde_json::from_slice(bytes) {
-        Ok(e) => e,
-        Err(e) => return vec![format!("{MANIFEST_JSON} is not valid: {e}")],
-    };
-    let mut errors = Vec::new();
-    for (n, e) in entries.iter().enumerate() {
-        let name = e
-            .repo_tags
-            .first()
-            .cloned()
-            .unwrap_or_else(|| format!("entry {}", n + 1));
-        match images.get(&e.config) {
-            Some(layer_sets) if layer_sets.contains(&e.layers) => {}
-            Some(_) => errors.push(format!(
-                "{MANIFEST_JSON}: {name}: its layers are not those of its config's image"
-            )),
-            None => errors.push(format!(
-                "{MANIFEST_JSON}: {name}: config {} is not an image config of this bundle",
-                e.config
-            )),
+pub fn check(
+    manifest_json: impl std::io::Read,
+    images: &HashMap<String, HashSet<Vec<String>>>,
+) -> Vec<String> {
+    // Each entry is checked as it is parsed: 10,000 of them are MiBs of strings.
+    struct Entries<'a> {
+        images: &'a HashMap<String, HashSet<Vec<String>>>,
+        errors: Vec<String>,
+    }
+    impl<'de> serde::de::Visitor<'de> for &mut Entries<'_> {
+        type Value = ();
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a list of images")
+        }
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(
+            self,
+            mut seq: A,
+        ) -> std::result::Result<(), A::Error> {
+            let mut n = 0;
+            while let Some(e) = seq.next_element::<DockerEntry>()? {
+                n += 1;
+                let name = e
+                    .repo_tags
+                    .first()
+                    .cloned()
+                    .unwrap_or_else(|| format!("entry {n}"));
+                match self.images.get(&e.config) {
+                    Some(layer_sets) if layer_sets.contains(&e.layers) => {}
+                    Some(_) => self.errors.push(format!(
+                        "{MANIFEST_JSON}: {name}: its layers are not those of its config's image"
+                    )),
+                    None => self.errors.push(format!(
+                        "{MANIFEST_JSON}: {name}: config {} is not an image config of this bundle",
+                        e.config
+                    )),
+                }
+            }
+            Ok(())
         }
     }
-    errors
+    use serde::Deserializer as _;
+    let mut entries = Entries {
+        images,
+        errors: Vec::new(),
+    };
+    let mut de = serde_json::Deserializer::from_reader(std::io::BufReader::new(manifest_json));
+    if let Err(e) = de.deserialize_seq(&mut entries).and_then(|()| de.end()) {
+        return vec![format!("{MANIFEST_JSON} is not valid: {e}")];
+    }
+    entries.errors
 }
 
 #[cfg(test)]
@@ -348,9 +374,9 @@ mod tests {
             HashSet::from([vec![layer.layout_path()]]),
         );
         let bytes = serde_json::to_vec_pretty(&built.entries).unwrap();
-        assert!(check(&bytes, &known).is_empty());
+        assert!(check(&bytes[..], &known).is_empty());
         known.clear();
-        assert_eq!(check(&bytes, &known).len(), 1);
-        assert_eq!(check(b"{", &known).len(), 1);
+        assert_eq!(check(&bytes[..], &known).len(), 1);
+        assert_eq!(check(&b"{"[..], &known).len(), 1);
     }
 }

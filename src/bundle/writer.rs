@@ -18,8 +18,8 @@ use std::thread::JoinHandle;
 /// Uncompressed size at which a member's data starts a new frame.
 pub const FRAME_SIZE: u32 = 16 * 1024 * 1024;
 /// How many chunks (of [`encoder::CHUNK`](super::encoder::CHUNK)) may wait for the output
-/// thread: 2 MiB.
-const QUEUE: usize = 8;
+/// thread: 1 MiB.
+const QUEUE: usize = 4;
 
 pub struct BundleWriter {
     tar: Option<tar::Builder<Encoder>>,

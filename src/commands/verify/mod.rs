@@ -123,7 +123,7 @@ async fn check_pass(bundle: Arc<Bundle>, reporter: &Reporter) -> Result<Report> 
 
     // manifest.json names only image configs and layers that are members of this bundle:
     // the configs carried here, with the layer lists that go with them.
-    if let Some(bytes) = &found.docker_manifest {
+    if let Some(docker_manifest) = &found.docker_manifest {
         let mut images: HashMap<String, HashSet<Vec<String>>> = HashMap::new();
         for d in found.manifests.digests() {
             let Some(b) = bundle.manifest.blob(d) else {
@@ -147,7 +147,8 @@ async fn check_pass(bundle: Arc<Bundle>, reporter: &Reporter) -> Result<Report> 
                     .insert(layers.iter().map(|l| l.digest.layout_path()).collect());
             }
         }
-        rep.errors.extend(docker::check(bytes, &images));
+        rep.errors
+            .extend(docker::check(docker_manifest.reader(), &images));
     }
 
     // Volume checksums against the .sha256 file.
@@ -207,7 +208,7 @@ async fn check_pass(bundle: Arc<Bundle>, reporter: &Reporter) -> Result<Report> 
 /// digests and `org.opencontainers.image.ref.name`). Only the fields compared are read: a
 /// value tree of a 30,000-image index would be tens of MiB.
 fn index_disagreements(
-    index_json: &[u8],
+    index_json: impl std::io::Read,
     images: &[Arc<crate::bundle::model::ImageEntry>],
 ) -> Vec<String> {
     #[derive(serde::Deserialize)]
@@ -226,7 +227,7 @@ fn index_disagreements(
         #[serde(rename = "org.opencontainers.image.ref.name")]
         name: Option<String>,
     }
-    let index: Index = match serde_json::from_slice(index_json) {
+    let index: Index = match serde_json::from_reader(std::io::BufReader::new(index_json)) {
         Ok(i) => i,
         Err(e) => return vec![format!("index.json is not a valid OCI index: {e}")],
     };
@@ -359,21 +360,21 @@ mod tests {
         let b = image("r.example/lib/app:latest", "b");
         let images = [Arc::new(a.clone()), Arc::new(b.clone())];
         let good = index_of(&[(&a.digest, &a.source), (&b.digest, &b.source)]);
-        assert!(index_disagreements(&good, &images).is_empty());
+        assert!(index_disagreements(&good[..], &images).is_empty());
 
         let swapped = index_of(&[(&a.digest, &b.source), (&b.digest, &a.source)]);
-        let errors = index_disagreements(&swapped, &images);
+        let errors = index_disagreements(&swapped[..], &images);
         assert_eq!(errors.len(), 2, "{errors:?}");
         assert!(errors[0].contains("disagrees") && errors[0].contains(&a.source));
 
         let short = index_of(&[(&a.digest, &a.source)]);
-        let errors = index_disagreements(&short, &images);
+        let errors = index_disagreements(&short[..], &images);
         assert_eq!(
             errors,
             ["index.json lists 1 manifests, bundle.json 2 images"]
         );
 
-        let errors = index_disagreements(b"{not json", &images);
+        let errors = index_disagreements(&b"{not json"[..], &images);
         assert!(errors[0].starts_with("index.json is not a valid OCI index"));
     }
 }

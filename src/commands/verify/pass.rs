@@ -18,7 +18,7 @@ use crate::error::{Error, Result};
 use crate::manifest;
 use crate::progress::{human, Reporter};
 use crate::registry::{BlobSource, MAX_MANIFEST_SIZE};
-use crate::spill::Spill;
+use crate::spill::{Kept, KeptWriter, Spill};
 use crate::store::Source;
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
@@ -173,8 +173,8 @@ pub struct Findings {
     /// Where `index.json` disagrees with `bundle.json` (checked as it was read, so that its
     /// bytes are not held through the pass).
     pub index_errors: Vec<String>,
-    /// The bytes of the docker-archive `manifest.json`, when it has one and they are sound.
-    pub docker_manifest: Option<Vec<u8>>,
+    /// The docker-archive `manifest.json` (set aside), when it has one and it is sound.
+    pub docker_manifest: Option<Kept>,
     /// Every manifest the bundle holds, by digest (kept in a temporary file).
     pub manifests: Spill,
 }
@@ -190,7 +190,7 @@ struct State {
     manifests: Spill,
     /// `None` until `index.json` is read.
     index_errors: Option<Vec<String>>,
-    docker_manifest: Option<Vec<u8>>,
+    docker_manifest: Option<Kept>,
     blobs_checked: usize,
     bytes_checked: u64,
     /// The read buffer, reused from member to member.
@@ -327,9 +327,11 @@ impl Pass {
         }
         let (digest, keep) = self.expectation(i, &name);
         let mut verifier = digest.as_ref().map(|d| Verifier::new(d, size));
-        // Kept bytes are sized once. (index.json and manifest.json are not bounded; they grow
-        // past the cap.)
-        let mut kept = Vec::with_capacity(if keep {
+        // index.json and manifest.json (MiBs at 10,000 images) are set aside as they stream
+        // by; a manifest's bytes are sized once.
+        let layout_json = keep && (name == INDEX_JSON || name == MANIFEST_JSON);
+        let mut streamed = layout_json.then(|| KeptWriter::new(size));
+        let mut kept = Vec::with_capacity(if keep && !layout_json {
             size.min(MAX_MANIFEST_SIZE) as usize
         } else {
             0
@@ -357,8 +359,10 @@ impl Pass {
                     return Err(self.fatal(st, e.to_string()));
                 }
             }
-            if keep {
-                kept.extend_from_slice(chunk);
+            match streamed.as_mut() {
+                Some(w) => w.write(chunk),
+                None if keep => kept.extend_from_slice(chunk),
+                None => {}
             }
             self.reporter.inc(n as u64);
             if let Some(f) = forward.as_mut() {
@@ -404,17 +408,21 @@ impl Pass {
             st.blobs_checked += 1;
             st.bytes_checked += size;
         }
+        let streamed = match streamed.map(KeptWriter::finish).transpose() {
+            Ok(s) => s,
+            Err(e) => return Err(self.fatal(st, format!("setting {name} aside: {e}"))),
+        };
         if keep {
-            match (&digest, name.as_str()) {
-                (_, INDEX_JSON) => {
+            match (&digest, name.as_str(), streamed) {
+                (_, INDEX_JSON, Some(index)) => {
                     st.index_errors = Some(super::index_disagreements(
-                        &kept,
+                        index.reader(),
                         &self.bundle.manifest.images,
                     ))
                 }
                 // Damaged bytes are reported by the digest check; only sound ones are read.
-                (_, MANIFEST_JSON) => st.docker_manifest = verdict.is_ok().then_some(kept),
-                (Some(d), _) if verdict.is_ok() => st.manifests.put(d, kept),
+                (_, MANIFEST_JSON, Some(m)) => st.docker_manifest = verdict.is_ok().then_some(m),
+                (Some(d), _, None) if verdict.is_ok() => st.manifests.put(d, kept),
                 _ => {}
             }
         }
@@ -537,10 +545,9 @@ impl Pass {
             blobs_checked: st.blobs_checked,
             bytes_checked: st.bytes_checked,
             volume_sums: hasher.sums,
-            index_errors: st
-                .index_errors
-                .take()
-                .unwrap_or_else(|| super::index_disagreements(&[], &self.bundle.manifest.images)),
+            index_errors: st.index_errors.take().unwrap_or_else(|| {
+                super::index_disagreements(&[][..], &self.bundle.manifest.images)
+            }),
             docker_manifest: st.docker_manifest.take(),
             manifests: std::mem::take(&mut st.manifests),
         })
