@@ -130,6 +130,8 @@ impl Kept {
 pub struct KeptWriter {
     /// The stash and where the bytes go in it, while writing to it works.
     stash: Option<(&'static Stash, u64)>,
+    /// The room reserved there.
+    size: u64,
     written: u64,
     memory: Vec<u8>,
     /// A failure to fall back to memory (the stash could not be read back).
@@ -145,6 +147,7 @@ impl KeptWriter {
         };
         KeptWriter {
             stash,
+            size,
             written: 0,
             memory: Vec::new(),
             failed: None,
@@ -156,11 +159,14 @@ impl KeptWriter {
             return;
         }
         if let Some((s, at)) = self.stash {
-            if s.file.write_all_at(chunk, at + self.written).is_ok() {
+            // Never past the room reserved (that is the next one's).
+            let fits = self.written + chunk.len() as u64 <= self.size;
+            if fits && s.file.write_all_at(chunk, at + self.written).is_ok() {
                 self.written += chunk.len() as u64;
                 return;
             }
-            // The disk is full: what is written comes back into memory, the rest goes there.
+            // The disk is full (or more came than announced): what is written comes back
+            // into memory, and the rest goes there.
             self.stash = None;
             let mut back = vec![0u8; self.written as usize];
             if let Err(e) = s.file.read_exact_at(&mut back, at) {
@@ -308,6 +314,17 @@ mod tests {
         let mut streamed = Vec::new();
         held.reader().read_to_end(&mut streamed).unwrap();
         assert_eq!(streamed, data);
+    }
+
+    #[test]
+    fn more_bytes_than_announced_go_to_memory_whole() {
+        let mut w = KeptWriter::new(10);
+        w.write(b"0123456");
+        w.write(b"789abc");
+        let next = Kept::new(b"the next one".to_vec());
+        let kept = w.finish().unwrap();
+        assert_eq!(kept.bytes().unwrap(), b"0123456789abc");
+        assert_eq!(next.bytes().unwrap(), b"the next one");
     }
 
     #[test]
