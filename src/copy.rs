@@ -25,7 +25,7 @@ use std::sync::{Arc, Mutex};
 pub struct Object {
     pub digest: Digest,
     pub size: u64,
-    /// Shared ([`manifest::shared_media_type`]).
+    /// Shared ([`crate::shared`]).
     pub media_type: Arc<str>,
     /// Manifests carry their bytes (set aside on disk until written); blobs are fetched from
     /// `repo` at the source.
@@ -110,7 +110,7 @@ pub async fn resolve_manifest(
         objects.push(Object {
             digest: digest.clone(),
             size,
-            media_type: manifest::shared_media_type(&media_type),
+            media_type: crate::shared::shared(&media_type),
             inline: Some(Kept::new(bytes)),
             registry: home.registry.clone(),
             repo: home.repo.clone(),
@@ -169,7 +169,7 @@ fn walk<'a>(
                 out.push(Object {
                     digest: c.digest,
                     size: c.size,
-                    media_type: manifest::shared_media_type(&child.media_type),
+                    media_type: crate::shared::shared(&child.media_type),
                     inline: Some(Kept::new(child.bytes)),
                     registry: home.registry.clone(),
                     repo: home.repo.clone(),
@@ -179,7 +179,7 @@ fn walk<'a>(
                 out.push(Object {
                     digest: c.digest,
                     size: c.size,
-                    media_type: manifest::shared_media_type(&c.media_type),
+                    media_type: crate::shared::shared(&c.media_type),
                     inline: None,
                     registry: home.registry.clone(),
                     repo: home.repo.clone(),

@@ -19,6 +19,7 @@ pub mod prompt;
 pub mod reference;
 pub mod registry;
 pub mod serve;
+pub mod shared;
 pub mod signing;
 pub mod spill;
 pub mod store;

@@ -4,7 +4,6 @@
 use crate::digest::Digest;
 use crate::error::{Error, Result};
 use oci_spec::image::{Descriptor, ImageIndex, ImageManifest};
-use std::sync::{Arc, Mutex};
 
 pub const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
 pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
@@ -28,23 +27,6 @@ pub fn kind(media_type: &str) -> Option<Kind> {
 
 pub fn is_manifest(media_type: &str) -> bool {
     kind(media_type).is_some()
-}
-
-/// One shared copy of each media type: 100,000 objects name a handful of them, and a copy
-/// each would be 5 MiB. (Past 256 distinct ones, each further one is its own copy.)
-pub fn shared_media_type(media_type: &str) -> Arc<str> {
-    static SEEN: Mutex<Vec<Arc<str>>> = Mutex::new(Vec::new());
-    let Ok(mut seen) = SEEN.lock() else {
-        return media_type.into();
-    };
-    if let Some(m) = seen.iter().find(|m| &***m == media_type) {
-        return m.clone();
-    }
-    let m: Arc<str> = media_type.into();
-    if seen.len() < 256 {
-        seen.push(m.clone());
-    }
-    m
 }
 
 /// The media type of a manifest: its own `mediaType` field, else the served Content-Type,

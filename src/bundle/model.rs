@@ -86,7 +86,9 @@ pub struct FailedImage {
 pub struct ImageEntry {
     /// The full source reference.
     pub source: String,
-    pub registry: String,
+    /// Shared ([`crate::shared`]), like `media_type`.
+    #[serde(deserialize_with = "crate::shared::deserialize")]
+    pub registry: Arc<str>,
     /// The `--repository` given at export for short names; empty for full references.
     pub namespace: String,
     /// The repository path below the namespace.
@@ -94,13 +96,15 @@ pub struct ImageEntry {
     pub tag: String,
     /// The root manifest stored in the bundle.
     pub digest: Digest,
-    /// The digest at the source, when platform filtering rewrote the index.
+    /// The digest at the source, when platform filtering rewrote the index. (Boxed, like
+    /// `subject`: 8 bytes when absent, as it nearly always is, not 72.)
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub source_digest: Option<Digest>,
+    pub source_digest: Option<Box<Digest>>,
     /// For a signature, attestation or SBOM carried along: the digest it is about.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub subject: Option<Digest>,
-    pub media_type: String,
+    pub subject: Option<Box<Digest>>,
+    #[serde(deserialize_with = "crate::shared::deserialize")]
+    pub media_type: Arc<str>,
     pub platforms: Vec<String>,
     pub size: u64,
     /// Every object of the image, children first, the root manifest last.
@@ -112,26 +116,9 @@ pub struct ImageEntry {
 pub struct BlobEntry {
     pub digest: Digest,
     pub size: u64,
-    /// Shared ([`crate::manifest::shared_media_type`]): a bundle of 100,000 blobs names a
-    /// handful of media types.
-    #[serde(deserialize_with = "shared_media_type")]
+    /// Shared ([`crate::shared`]): a bundle of 100,000 blobs names a handful of media types.
+    #[serde(deserialize_with = "crate::shared::deserialize")]
     pub media_type: Arc<str>,
-}
-
-fn shared_media_type<'de, D: serde::Deserializer<'de>>(
-    d: D,
-) -> std::result::Result<Arc<str>, D::Error> {
-    struct Text;
-    impl serde::de::Visitor<'_> for Text {
-        type Value = Arc<str>;
-        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-            f.write_str("a media type")
-        }
-        fn visit_str<E: serde::de::Error>(self, s: &str) -> std::result::Result<Arc<str>, E> {
-            Ok(crate::manifest::shared_media_type(s))
-        }
-    }
-    d.deserialize_str(Text)
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -200,7 +187,7 @@ pub fn select_images<'a>(
     images
         .iter()
         .filter(|i| match &i.subject {
-            Some(s) => chosen.contains(s) || hit(i),
+            Some(s) => chosen.contains(&**s) || hit(i),
             None => chosen.contains(&i.digest) && hit(i),
         })
         .collect()

@@ -267,7 +267,7 @@ mod tests {
     fn companions_keep_their_tags() {
         let image = img("a", "x", "1", b"one");
         let mut sig = img("a", "x", "sha256-abc.sig", b"sig");
-        sig.subject = Some(image.digest.clone());
+        sig.subject = Some(Box::new(image.digest.clone()));
         let t = plan_targets(arcs(vec![image, sig]), Some("m"), Some("v2")).unwrap();
         assert_eq!((t[0].repo.as_str(), t[0].tag.as_str()), ("m/x", "v2"));
         assert_eq!(

@@ -77,14 +77,14 @@ fn assemble(resolved: &[(Requested, Resolved)], carried: &Carried) -> Contents {
         .map(|(req, r)| {
             Arc::new(ImageEntry {
                 source: req.reference.to_string(),
-                registry: req.reference.registry.clone(),
+                registry: crate::shared::shared(&req.reference.registry),
                 namespace: req.namespace.clone(),
                 path: req.path.clone(),
                 tag: req.reference.tag.clone().unwrap_or_default(),
                 digest: r.digest.clone(),
-                source_digest: r.source_digest.clone(),
-                subject: req.subject.clone(),
-                media_type: r.media_type.clone(),
+                source_digest: r.source_digest.clone().map(Box::new),
+                subject: req.subject.clone().map(Box::new),
+                media_type: crate::shared::shared(&r.media_type),
                 platforms: r.platforms.clone(),
                 size: r.objects.iter().map(|o| o.size).sum(),
                 blobs: r.objects.iter().map(|o| o.digest.clone()).collect(),
