@@ -20,6 +20,8 @@
 //! | `AIRLOCK_CHUNK_SIZE`              | none                         | `64M` (at least 5M)              | import, copy        |
 //! | `AIRLOCK_STREAM_OVER`             | none                         | `256M`                           | export              |
 //! | `SOURCE_DATE_EPOCH`               | none                         | now                              | export              |
+//! | `TMPDIR` ([`crate::spill`])       | none                         | `/var/tmp`                       | export, copy, verify|
+//! | `MALLOC_ARENA_MAX` (glibc)        | none                         | `2`                              | all                 |
 //!
 //! (\*) The offline procedure's defaults apply only in its mode: a `SOURCE_DOCKER_REGISTRY`,
 //! `_REPOSITORY` or `_TAG` variable is set, or a terminal prompt offers them. With `--registry`
