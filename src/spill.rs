@@ -1,8 +1,9 @@
 //! Bytes kept until the end of a command on disk rather than in memory: the manifests an
 //! export resolves before it writes them, and those `verify` keeps through its one pass
-//! (5 MiB at 10,000 images, and growing with the corpus). They go to one temporary file per
-//! process, unlinked as soon as it is made (no other process can open it, and the system
-//! removes it when airlock exits). Where no such file can be made or written, they stay in
+//! (5 MiB at 10,000 images, and growing with the corpus), and the `index.json` and
+//! `manifest.json` it checks. They go to one temporary file per process in `$TMPDIR` (else
+//! `/var/tmp`) that has no name (no other process can open it, and the system removes it when
+//! airlock exits, however it exits). Where no such file can be made or written, they stay in
 //! memory: keeping them never fails.
 
 use crate::digest::Digest;
@@ -39,20 +40,40 @@ fn stash() -> Option<&'static Stash> {
 }
 
 impl Stash {
-    /// A new file in `dir`, unlinked at once: it lives as long as its handle.
+    /// A new file in `dir` that only this process can read: one that never has a name
+    /// (`O_TMPFILE`) where the file system allows it, else one unlinked as soon as it is made.
+    /// Either lives as long as its handle.
     fn in_dir(dir: &Path) -> io::Result<Stash> {
-        static SEQ: AtomicU64 = AtomicU64::new(0);
-        let name = dir.join(format!(
-            ".airlock-stash-{}-{}",
-            std::process::id(),
-            SEQ.fetch_add(1, Ordering::Relaxed)
-        ));
-        let file = std::fs::OpenOptions::new()
+        use std::os::unix::fs::OpenOptionsExt;
+        #[cfg(target_os = "linux")]
+        let nameless = std::fs::OpenOptions::new()
             .read(true)
             .write(true)
-            .create_new(true)
-            .open(&name)?;
-        std::fs::remove_file(&name)?;
+            .mode(0o600)
+            .custom_flags(libc::O_TMPFILE)
+            .open(dir);
+        #[cfg(not(target_os = "linux"))]
+        let nameless: io::Result<File> = Err(io::ErrorKind::Unsupported.into());
+        let file = match nameless {
+            Ok(f) => f,
+            Err(_) => {
+                static SEQ: AtomicU64 = AtomicU64::new(0);
+                let name = dir.join(format!(
+                    ".airlock-stash-{}-{}",
+                    std::process::id(),
+                    SEQ.fetch_add(1, Ordering::Relaxed)
+                ));
+                // create_new: never a file (or a link) that was there before.
+                let f = std::fs::OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .create_new(true)
+                    .mode(0o600)
+                    .open(&name)?;
+                std::fs::remove_file(&name)?;
+                f
+            }
+        };
         Ok(Stash {
             file,
             end: AtomicU64::new(0),
