@@ -393,7 +393,9 @@ fn needs_of<'a>(source: &dyn Source, images: &'a [TargetImage], target: &str) ->
                     digest: d,
                     size,
                     external,
-                    repos: Vec::new(),
+                    // Room for one: most blobs go to one repository, and a first push would
+                    // make room for four.
+                    repos: Vec::with_capacity(1),
                     first_image: if external {
                         img.name(target)
                     } else {
@@ -407,6 +409,8 @@ fn needs_of<'a>(source: &dyn Source, images: &'a [TargetImage], target: &str) ->
             }
         }
     }
+    // Held through the whole push: no room to spare (shrunk in place).
+    needs.shrink_to_fit();
     needs
 }
 
