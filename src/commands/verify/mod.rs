@@ -205,17 +205,15 @@ async fn check_pass(bundle: Arc<Bundle>, reporter: &Reporter) -> Result<Report> 
 }
 
 /// Where `index.json` does not name exactly the images of `bundle.json`, in order (their
-/// digests and `org.opencontainers.image.ref.name`). Only the fields compared are read: a
-/// value tree of a 30,000-image index would be tens of MiB.
+/// digests and `org.opencontainers.image.ref.name`). Each entry is compared as it is parsed,
+/// and only the fields compared are read: the entries of a 30,000-image index would be
+/// several MiB of strings.
 fn index_disagreements(
     index_json: impl std::io::Read,
     images: &[Arc<crate::bundle::model::ImageEntry>],
 ) -> Vec<String> {
-    #[derive(serde::Deserialize)]
-    struct Index {
-        #[serde(default)]
-        manifests: Vec<IndexEntry>,
-    }
+    use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor};
+    use serde::Deserializer as _;
     #[derive(serde::Deserialize)]
     struct IndexEntry {
         digest: Option<String>,
@@ -227,27 +225,71 @@ fn index_disagreements(
         #[serde(rename = "org.opencontainers.image.ref.name")]
         name: Option<String>,
     }
-    let index: Index = match serde_json::from_reader(std::io::BufReader::new(index_json)) {
-        Ok(i) => i,
-        Err(e) => return vec![format!("index.json is not a valid OCI index: {e}")],
+    /// The index's entries, compared with `images` one by one; counts them.
+    struct Compare<'a> {
+        images: &'a [Arc<crate::bundle::model::ImageEntry>],
+        errors: Vec<String>,
+        listed: usize,
+    }
+    impl<'de> Visitor<'de> for &mut Compare<'_> {
+        type Value = ();
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("an OCI index")
+        }
+        // The index: only `manifests` is read.
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> std::result::Result<(), A::Error> {
+            while let Some(key) = map.next_key::<String>()? {
+                if key == "manifests" {
+                    map.next_value_seed(&mut *self)?;
+                } else {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+            Ok(())
+        }
+        // Its `manifests`.
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> std::result::Result<(), A::Error> {
+            while let Some(e) = seq.next_element::<IndexEntry>()? {
+                if let Some(img) = self.images.get(self.listed) {
+                    let name = e.annotations.as_ref().and_then(|a| a.name.as_deref());
+                    if e.digest.as_deref() != Some(img.digest.as_str())
+                        || name != Some(img.source.as_str())
+                    {
+                        self.errors.push(format!(
+                            "index.json disagrees with bundle.json about {}",
+                            img.source
+                        ));
+                    }
+                }
+                self.listed += 1;
+            }
+            Ok(())
+        }
+    }
+    impl<'de> DeserializeSeed<'de> for &mut Compare<'_> {
+        type Value = ();
+        fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> std::result::Result<(), D::Error> {
+            d.deserialize_seq(self)
+        }
+    }
+    let mut compare = Compare {
+        images,
+        errors: Vec::new(),
+        listed: 0,
     };
+    let mut de = serde_json::Deserializer::from_reader(std::io::BufReader::new(index_json));
+    if let Err(e) = de.deserialize_map(&mut compare).and_then(|()| de.end()) {
+        return vec![format!("index.json is not a valid OCI index: {e}")];
+    }
     let mut errors = Vec::new();
-    if index.manifests.len() != images.len() {
+    if compare.listed != images.len() {
         errors.push(format!(
             "index.json lists {} manifests, bundle.json {} images",
-            index.manifests.len(),
+            compare.listed,
             images.len()
         ));
     }
-    for (e, img) in index.manifests.iter().zip(images) {
-        let name = e.annotations.as_ref().and_then(|a| a.name.as_deref());
-        if e.digest.as_deref() != Some(img.digest.as_str()) || name != Some(img.source.as_str()) {
-            errors.push(format!(
-                "index.json disagrees with bundle.json about {}",
-                img.source
-            ));
-        }
-    }
+    errors.extend(compare.errors);
     errors
 }
 
@@ -374,7 +416,28 @@ mod tests {
             ["index.json lists 1 manifests, bundle.json 2 images"]
         );
 
-        let errors = index_disagreements(&b"{not json"[..], &images);
-        assert!(errors[0].starts_with("index.json is not a valid OCI index"));
+        let long = index_of(&[
+            (&a.digest, &a.source),
+            (&b.digest, &b.source),
+            (&b.digest, "x"),
+        ]);
+        let errors = index_disagreements(&long[..], &images);
+        assert_eq!(
+            errors,
+            ["index.json lists 3 manifests, bundle.json 2 images"]
+        );
+        let errors = index_disagreements(&br#"{"schemaVersion": 2}"#[..], &images);
+        assert_eq!(
+            errors,
+            ["index.json lists 0 manifests, bundle.json 2 images"]
+        );
+
+        for bad in [&b"{not json"[..], b"[]", br#"{"manifests": {}}"#, b"{} {}"] {
+            let errors = index_disagreements(bad, &images);
+            assert!(
+                errors[0].starts_with("index.json is not a valid OCI index"),
+                "{errors:?}"
+            );
+        }
     }
 }
