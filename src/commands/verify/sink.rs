@@ -12,8 +12,13 @@ use crate::store::Sink;
 use futures_util::future::BoxFuture;
 use futures_util::StreamExt;
 use std::collections::{BTreeSet, HashMap};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
+
+/// A manifest's state in [`CheckSink`].
+const UNCHECKED: u8 = 0;
+const SOUND: u8 = 1;
+const FAULTY: u8 = 2;
 
 pub struct CheckSink {
     bundle: Arc<Bundle>,
@@ -21,8 +26,12 @@ pub struct CheckSink {
     /// Which of the bundle's blobs (by position in `bundle.json`) were read to their end
     /// with the right digest.
     checked: Vec<AtomicBool>,
-    /// The verdict on each manifest checked so far.
-    manifests: Mutex<HashMap<Digest, std::result::Result<(), String>>>,
+    /// Which of the bundle's blobs were checked as manifests (by position in `bundle.json`):
+    /// [`UNCHECKED`], [`SOUND`] or [`FAULTY`]. A byte a blob, not a map of digests.
+    manifests: Vec<AtomicU8>,
+    /// Why each faulty manifest is faulty, and the verdict on manifests the bundle does not
+    /// hold (both rare).
+    faults: Mutex<HashMap<Digest, String>>,
     /// What was found wrong, each once.
     errors: Mutex<BTreeSet<String>>,
 }
@@ -34,20 +43,44 @@ impl CheckSink {
             checked: (0..bundle.manifest.blobs.len())
                 .map(|_| AtomicBool::new(false))
                 .collect(),
+            manifests: (0..bundle.manifest.blobs.len())
+                .map(|_| AtomicU8::new(UNCHECKED))
+                .collect(),
             bundle,
-            manifests: Mutex::default(),
+            faults: Mutex::default(),
             errors: Mutex::default(),
+        }
+    }
+
+    /// The verdict on manifest `d`, when it was checked already.
+    fn verdict(&self, d: &Digest) -> Option<std::result::Result<(), String>> {
+        let state = self
+            .bundle
+            .manifest
+            .blob_index(d)
+            .and_then(|i| self.manifests.get(i))
+            .map(|s| s.load(Ordering::Acquire));
+        match state {
+            Some(SOUND) => Some(Ok(())),
+            Some(UNCHECKED) => None,
+            // Faulty, or not in the bundle: the reason is kept.
+            _ => self
+                .faults
+                .lock()
+                .ok()
+                .and_then(|f| f.get(d).cloned())
+                .map(Err),
         }
     }
 
     /// Whether manifest `d` was checked already.
     pub fn checked_manifest(&self, d: &Digest) -> bool {
-        self.manifests.lock().is_ok_and(|m| m.contains_key(d))
+        self.verdict(d).is_some()
     }
 
     /// Checks a manifest's children against the bundle (once per manifest).
     pub fn check_manifest(&self, d: &Digest, bytes: &[u8]) -> std::result::Result<(), String> {
-        if let Some(v) = self.manifests.lock().ok().and_then(|m| m.get(d).cloned()) {
+        if let Some(v) = self.verdict(d) {
             return v;
         }
         let m = &self.bundle.manifest;
@@ -86,8 +119,16 @@ impl CheckSink {
             }
             Err(problems.join("; "))
         };
-        if let Ok(mut ms) = self.manifests.lock() {
-            ms.insert(d.clone(), verdict.clone());
+        // The reason first, then the state that sends readers to it.
+        if let Err(why) = &verdict {
+            if let Ok(mut f) = self.faults.lock() {
+                f.insert(d.clone(), why.clone());
+            }
+        }
+        let slot = m.blob_index(d).and_then(|i| self.manifests.get(i));
+        if let Some(slot) = slot {
+            let state = if verdict.is_ok() { SOUND } else { FAULTY };
+            slot.store(state, Ordering::Release);
         }
         verdict
     }
