@@ -17,7 +17,7 @@ use crate::digest::Digest;
 use crate::error::{Error, Result};
 use crate::manifest;
 use crate::progress::{human, Reporter};
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::io::Write;
 use std::sync::Arc;
 
@@ -124,7 +124,7 @@ async fn check_pass(bundle: Arc<Bundle>, reporter: &Reporter) -> Result<Report> 
     // manifest.json names only image configs and layers that are members of this bundle:
     // the configs carried here, with the layer lists that go with them.
     if let Some(docker_manifest) = &found.docker_manifest {
-        let mut images: HashMap<String, HashSet<Vec<String>>> = HashMap::new();
+        let mut loadable = docker::Loadable::default();
         for d in found.manifests.digests() {
             let Some(b) = bundle.manifest.blob(d) else {
                 continue;
@@ -141,14 +141,12 @@ async fn check_pass(bundle: Arc<Bundle>, reporter: &Reporter) -> Result<Report> 
             };
             let carried = children.iter().all(|c| bundle.holds(&c.digest));
             if let (true, Some((config, layers))) = (carried, children.split_first()) {
-                images
-                    .entry(config.digest.layout_path())
-                    .or_default()
-                    .insert(layers.iter().map(|l| l.digest.layout_path()).collect());
+                let layers: Vec<Digest> = layers.iter().map(|l| l.digest.clone()).collect();
+                loadable.add(&config.digest, &layers);
             }
         }
         rep.errors
-            .extend(docker::check(docker_manifest.reader(), &images));
+            .extend(docker::check(docker_manifest.reader(), loadable));
     }
 
     // Volume checksums against the .sha256 file.
