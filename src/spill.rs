@@ -6,7 +6,6 @@
 //! airlock exits, however it exits). Where no such file can be made or written, they stay in
 //! memory: keeping them never fails.
 
-use crate::digest::Digest;
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::io;
@@ -239,10 +238,11 @@ impl io::Read for KeptReader<'_> {
     }
 }
 
-/// Byte strings by digest, kept once, read back as often as asked.
+/// Byte strings by their position in a list (`verify`: a bundle's blobs), kept once, read
+/// back as often as asked. About 50 bytes an entry, whatever the bytes.
 #[derive(Default)]
 pub struct Spill {
-    kept: BTreeMap<Digest, Kept>,
+    kept: BTreeMap<u32, Kept>,
 }
 
 impl Spill {
@@ -250,25 +250,29 @@ impl Spill {
         Spill::default()
     }
 
-    /// Keeps `bytes` under `d`; a digest already kept keeps its first bytes.
-    pub fn put(&mut self, d: &Digest, bytes: Vec<u8>) {
-        if !self.kept.contains_key(d) {
-            self.kept.insert(d.clone(), Kept::new(bytes));
-        }
+    /// Keeps `bytes` at `at`; a position already kept keeps its first bytes.
+    pub fn put(&mut self, at: usize, bytes: Vec<u8>) {
+        let Ok(at) = u32::try_from(at) else {
+            return;
+        };
+        self.kept.entry(at).or_insert_with(|| Kept::new(bytes));
     }
 
-    /// The bytes kept under `d`.
-    pub fn get(&self, d: &Digest) -> io::Result<Option<Vec<u8>>> {
-        self.kept.get(d).map(Kept::bytes).transpose()
+    /// The bytes kept at `at`.
+    pub fn get(&self, at: usize) -> io::Result<Option<Vec<u8>>> {
+        let Ok(at) = u32::try_from(at) else {
+            return Ok(None);
+        };
+        self.kept.get(&at).map(Kept::bytes).transpose()
     }
 
-    pub fn contains(&self, d: &Digest) -> bool {
-        self.kept.contains_key(d)
+    pub fn contains(&self, at: usize) -> bool {
+        u32::try_from(at).is_ok_and(|at| self.kept.contains_key(&at))
     }
 
-    /// Every digest kept, in order.
-    pub fn digests(&self) -> impl Iterator<Item = &Digest> {
-        self.kept.keys()
+    /// Every position kept, in order.
+    pub fn positions(&self) -> impl Iterator<Item = usize> + '_ {
+        self.kept.keys().map(|&at| at as usize)
     }
 
     pub fn len(&self) -> usize {
@@ -357,23 +361,22 @@ mod tests {
     }
 
     #[test]
-    fn a_spill_gives_back_each_digest_once_in_order() {
+    fn a_spill_gives_back_each_position_once_in_order() {
         let mut s = Spill::new();
         let items: Vec<Vec<u8>> = (0..20u8).map(|i| vec![i; 1 + i as usize]).collect();
-        for b in &items {
-            s.put(&Digest::of(b), b.clone());
+        // Kept out of order, as manifests come among a bundle's blobs.
+        for (at, b) in items.iter().enumerate().rev() {
+            s.put(at * 3, b.clone());
         }
         // Kept again: the first bytes stay.
-        s.put(&Digest::of(&items[3]), b"other".to_vec());
+        s.put(9, b"other".to_vec());
         assert_eq!(s.len(), 20);
-        for b in &items {
-            assert_eq!(s.get(&Digest::of(b)).unwrap().as_ref(), Some(b));
+        for (at, b) in items.iter().enumerate() {
+            assert_eq!(s.get(at * 3).unwrap().as_ref(), Some(b));
         }
-        assert_eq!(s.get(&Digest::of(b"never kept")).unwrap(), None);
-        let listed: Vec<&Digest> = s.digests().collect();
-        let mut sorted = listed.clone();
-        sorted.sort();
-        assert_eq!(listed, sorted);
-        assert!(s.contains(&Digest::of(&items[0])));
+        assert_eq!(s.get(1).unwrap(), None);
+        assert!(s.contains(0) && !s.contains(2));
+        let listed: Vec<usize> = s.positions().collect();
+        assert_eq!(listed, (0..20).map(|i| i * 3).collect::<Vec<_>>());
     }
 }

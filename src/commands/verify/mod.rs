@@ -98,19 +98,31 @@ async fn check_pass(bundle: Arc<Bundle>, reporter: &Reporter) -> Result<Report> 
         .await
         .map_err(|e| Error::Failed(format!("verifying: {e}")))??;
     walked?;
-    // Manifests no image reaches (or whose image failed first) are checked too.
-    // (In digest order, as they are kept.)
-    let kept = |d: &Digest| {
-        found.manifests.get(d).map_err(|e| {
+    // Manifests no image reaches (or whose image failed first) are checked too, in bundle
+    // order. `kept` gives each kept manifest's digest and bytes.
+    let kept = |blob: usize| -> Result<Option<(&Digest, Vec<u8>)>> {
+        let Some(b) = bundle.manifest.blobs.get(blob) else {
+            return Ok(None);
+        };
+        let bytes = found.manifests.get(blob).map_err(|e| {
             Error::bundle(
                 &bundle.path,
-                format!("reading back manifest {d} kept during the pass: {e}"),
+                format!(
+                    "reading back manifest {} kept during the pass: {e}",
+                    b.digest
+                ),
             )
-        })
+        })?;
+        Ok(bytes.map(|bytes| (&b.digest, bytes)))
     };
-    for d in found.manifests.digests() {
-        if !checker.checked_manifest(d) {
-            if let Some(bytes) = kept(d)? {
+    for blob in found.manifests.positions() {
+        let unchecked = bundle
+            .manifest
+            .blobs
+            .get(blob)
+            .is_some_and(|b| !checker.checked_manifest(&b.digest));
+        if unchecked {
+            if let Some((d, bytes)) = kept(blob)? {
                 let _ = checker.check_manifest(d, &bytes);
             }
         }
@@ -125,14 +137,14 @@ async fn check_pass(bundle: Arc<Bundle>, reporter: &Reporter) -> Result<Report> 
     // the configs carried here, with the layer lists that go with them.
     if let Some(docker_manifest) = &found.docker_manifest {
         let mut loadable = docker::Loadable::default();
-        for d in found.manifests.digests() {
-            let Some(b) = bundle.manifest.blob(d) else {
+        for blob in found.manifests.positions() {
+            let Some(b) = bundle.manifest.blobs.get(blob) else {
                 continue;
             };
             if manifest::kind(&b.media_type) != Some(manifest::Kind::Image) {
                 continue;
             }
-            let Some(bytes) = kept(d)? else {
+            let Some((d, bytes)) = kept(blob)? else {
                 continue;
             };
             let Ok(children) = manifest::children(&bytes, &b.media_type, &format!("manifest {d}"))

@@ -175,7 +175,7 @@ pub struct Findings {
     pub index_errors: Vec<String>,
     /// The docker-archive `manifest.json` (set aside), when it has one and it is sound.
     pub docker_manifest: Option<Kept>,
-    /// Every manifest the bundle holds, by digest (kept in a temporary file).
+    /// Every sound manifest the bundle holds, by position in its blobs (set aside on disk).
     pub manifests: Spill,
 }
 
@@ -422,7 +422,11 @@ impl Pass {
                 }
                 // Damaged bytes are reported by the digest check; only sound ones are read.
                 (_, MANIFEST_JSON, Some(m)) => st.docker_manifest = verdict.is_ok().then_some(m),
-                (Some(d), _, None) if verdict.is_ok() => st.manifests.put(d, kept),
+                (Some(_), _, None) if verdict.is_ok() => {
+                    if let Some(blob) = i.checked_sub(self.lead) {
+                        st.manifests.put(blob, kept)
+                    }
+                }
                 _ => {}
             }
         }
@@ -431,7 +435,10 @@ impl Pass {
 
     /// A manifest kept on the way, read back.
     fn kept(&self, st: &State, d: &Digest) -> Result<Option<Vec<u8>>> {
-        st.manifests.get(d).map_err(|e| {
+        let Some(blob) = self.bundle.manifest.blob_index(d) else {
+            return Ok(None);
+        };
+        st.manifests.get(blob).map_err(|e| {
             Error::bundle(
                 &self.bundle.path,
                 format!("reading back manifest {d} kept during the pass: {e}"),
