@@ -52,13 +52,18 @@ impl CheckSink {
         }
     }
 
+    /// Blob `d`'s entry in a list kept per bundle blob (`checked`, `manifests`).
+    fn slot<'a, T>(&self, per_blob: &'a [T], d: &Digest) -> Option<&'a T> {
+        self.bundle
+            .manifest
+            .blob_index(d)
+            .and_then(|i| per_blob.get(i))
+    }
+
     /// The verdict on manifest `d`, when it was checked already.
     fn verdict(&self, d: &Digest) -> Option<std::result::Result<(), String>> {
         let state = self
-            .bundle
-            .manifest
-            .blob_index(d)
-            .and_then(|i| self.manifests.get(i))
+            .slot(&self.manifests, d)
             .map(|s| s.load(Ordering::Acquire));
         match state {
             Some(SOUND) => Some(Ok(())),
@@ -125,8 +130,7 @@ impl CheckSink {
                 f.insert(d.clone(), why.clone());
             }
         }
-        let slot = m.blob_index(d).and_then(|i| self.manifests.get(i));
-        if let Some(slot) = slot {
+        if let Some(slot) = self.slot(&self.manifests, d) {
             let state = if verdict.is_ok() { SOUND } else { FAULTY };
             slot.store(state, Ordering::Release);
         }
@@ -161,10 +165,7 @@ impl Sink for CheckSink {
     ) -> BoxFuture<'a, Result<MountResult>> {
         // A bundle has one namespace: a blob checked once is checked for every image.
         let there = self
-            .bundle
-            .manifest
-            .blob_index(d)
-            .and_then(|i| self.checked.get(i))
+            .slot(&self.checked, d)
             .is_some_and(|c| c.load(Ordering::Acquire));
         crate::store::mount_in_one_namespace(there)
     }
@@ -189,12 +190,7 @@ impl Sink for CheckSink {
                     detail: format!("{seen} bytes read, {size} declared"),
                 });
             }
-            if let Some(c) = self
-                .bundle
-                .manifest
-                .blob_index(d)
-                .and_then(|i| self.checked.get(i))
-            {
+            if let Some(c) = self.slot(&self.checked, d) {
                 c.store(true, Ordering::Release);
             }
             Ok(())
