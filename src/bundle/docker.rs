@@ -219,12 +219,13 @@ impl Loadable {
 }
 
 /// The digest of a `manifest.json` entry's config and layers, as their paths are written
-/// (one line each).
+/// (each after its length: no two lists of paths give the same text).
 fn image_key(config: &str, layers: &[String]) -> Digest {
-    let mut text = String::with_capacity(78 * (layers.len() + 1));
+    let mut text = String::with_capacity(82 * (layers.len() + 1));
     for p in std::iter::once(config).chain(layers.iter().map(String::as_str)) {
+        text.push_str(&p.len().to_string());
+        text.push(':');
         text.push_str(p);
-        text.push('\n');
     }
     Digest::of(text.as_bytes())
 }
@@ -432,5 +433,25 @@ mod tests {
         assert!(errors[0].contains("its layers are not those"), "{errors:?}");
         assert_eq!(check(&b"{"[..], known()).len(), 1);
         assert_eq!(check(&b"[] []"[..], known()).len(), 1);
+    }
+    #[test]
+    fn no_two_lists_of_paths_give_one_image_key() {
+        let k = |c: &str, l: &[&str]| {
+            image_key(c, &l.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+        };
+        let keys = [
+            k("c", &["a", "b"]),
+            k("c", &["ab"]),
+            k("c", &["a\nb"]),
+            k("ca", &["b"]),
+            k("c", &["a", "b", ""]),
+            k("c", &[]),
+        ];
+        for (i, a) in keys.iter().enumerate() {
+            for b in &keys[i + 1..] {
+                assert_ne!(a, b);
+            }
+        }
+        assert_eq!(k("c", &["a", "b"]), keys[0]);
     }
 }
