@@ -2,9 +2,10 @@
 //! export resolves before it writes them, and those `verify` keeps through its one pass
 //! (5 MiB at 10,000 images, and growing with the corpus), and the `index.json` and
 //! `manifest.json` it checks. They go to one temporary file per process in `$TMPDIR` (else
-//! `/var/tmp`) that has no name (no other process can open it, and the system removes it when
-//! airlock exits, however it exits). Where no such file can be made or written, they stay in
-//! memory: keeping them never fails.
+//! `/var/tmp`) that has no name (`O_TMPFILE`: no other process can open it, and the system
+//! removes it when airlock exits, however it exits; where the file system does not allow that,
+//! a file of mode 0600 unlinked the moment it is made). Where no such file can be made or
+//! written, they stay in memory: keeping them never fails.
 
 use std::collections::BTreeMap;
 use std::fs::File;
