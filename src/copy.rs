@@ -35,6 +35,19 @@ pub struct Object {
     pub repo: Arc<str>,
 }
 
+impl Object {
+    /// A manifest's bytes, read back from where they were set aside; `None` for a blob.
+    pub fn manifest_bytes(&self) -> Result<Option<Vec<u8>>> {
+        self.inline
+            .as_ref()
+            .map(|k| {
+                k.bytes()
+                    .map_err(|e| Error::io(format!("reading back manifest {}", self.digest), e))
+            })
+            .transpose()
+    }
+}
+
 /// An image resolved at its source.
 #[derive(Clone, Debug)]
 pub struct Resolved {

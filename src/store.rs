@@ -320,12 +320,11 @@ impl Source for RegistryObjects {
 
     fn manifest<'a>(&'a self, d: &'a Digest) -> BoxFuture<'a, Result<Vec<u8>>> {
         Box::pin(async move {
-            let kept = self
-                .get(d)
-                .and_then(|o| o.inline.as_ref())
-                .ok_or_else(|| Error::Failed(format!("manifest {d} was not resolved")))?;
-            kept.bytes()
-                .map_err(|e| Error::io(format!("reading back manifest {d}"), e))
+            self.get(d)
+                .map(Object::manifest_bytes)
+                .transpose()?
+                .flatten()
+                .ok_or_else(|| Error::Failed(format!("manifest {d} was not resolved")))
         })
     }
 

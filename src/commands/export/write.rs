@@ -99,12 +99,10 @@ fn docker_entries(
     let unreadable = std::cell::RefCell::new(None);
     let stored = |d: &Digest| {
         let o = objects.get(at.find(objects, |o| &o.digest, d)?)?;
-        let bytes = match o.inline.as_ref().map(|k| k.bytes()).transpose() {
+        let bytes = match o.manifest_bytes() {
             Ok(b) => b,
             Err(e) => {
-                unreadable
-                    .borrow_mut()
-                    .get_or_insert_with(|| Error::io(format!("reading back manifest {d}"), e));
+                unreadable.borrow_mut().get_or_insert(e);
                 None
             }
         };
@@ -378,10 +376,7 @@ pub(super) async fn write(
     let writer = tokio::task::spawn_blocking(move || -> Result<Vec<PathBuf>> {
         for o in objects.objects() {
             let name = o.digest.layout_path();
-            if let Some(kept) = &o.inline {
-                let bytes = kept
-                    .bytes()
-                    .map_err(|e| Error::io(format!("reading back manifest {}", o.digest), e))?;
+            if let Some(bytes) = o.manifest_bytes()? {
                 let mut r = VerifyingReader::new(&bytes[..], &o.digest, o.size);
                 w.append(&name, o.size, &mut r)?;
                 bar.inc(o.size);
