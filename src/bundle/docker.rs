@@ -202,8 +202,8 @@ pub struct Loadable {
 
 impl Loadable {
     /// A config and its layers, as an image manifest of the bundle names them.
-    pub fn add(&mut self, config: &Digest, layers: &[Digest]) {
-        let paths: Vec<String> = layers.iter().map(Digest::layout_path).collect();
+    pub fn add<'d>(&mut self, config: &Digest, layers: impl IntoIterator<Item = &'d Digest>) {
+        let paths: Vec<String> = layers.into_iter().map(Digest::layout_path).collect();
         self.images.push(image_key(&config.layout_path(), &paths));
         self.configs.push(config.clone());
     }
@@ -416,8 +416,8 @@ mod tests {
 
         let known = || {
             let mut l = Loadable::default();
-            l.add(&cfg_amd, std::slice::from_ref(&layer));
-            l.add(&cfg_arm, &[]);
+            l.add(&cfg_amd, [&layer]);
+            l.add(&cfg_arm, []);
             l
         };
         let bytes = serde_json::to_vec_pretty(&built.entries).unwrap();
@@ -427,7 +427,7 @@ mod tests {
         assert!(errors[0].contains("is not an image config of this bundle"));
         // The right config with other layers.
         let mut other = Loadable::default();
-        other.add(&cfg_amd, std::slice::from_ref(&cfg_arm));
+        other.add(&cfg_amd, [&cfg_arm]);
         let errors = check(&bytes[..], other);
         assert_eq!(errors.len(), 1);
         assert!(errors[0].contains("its layers are not those"), "{errors:?}");

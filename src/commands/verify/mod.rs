@@ -104,15 +104,7 @@ async fn check_pass(bundle: Arc<Bundle>, reporter: &Reporter) -> Result<Report> 
         let Some(b) = bundle.manifest.blobs.get(blob) else {
             return Ok(None);
         };
-        let bytes = found.manifests.get(blob).map_err(|e| {
-            Error::bundle(
-                &bundle.path,
-                format!(
-                    "reading back manifest {} kept during the pass: {e}",
-                    b.digest
-                ),
-            )
-        })?;
+        let bytes = pass::read_back(&bundle, &found.manifests, blob)?;
         Ok(bytes.map(|bytes| (&b.digest, bytes)))
     };
     for blob in found.manifests.positions() {
@@ -153,8 +145,7 @@ async fn check_pass(bundle: Arc<Bundle>, reporter: &Reporter) -> Result<Report> 
             };
             let carried = children.iter().all(|c| bundle.holds(&c.digest));
             if let (true, Some((config, layers))) = (carried, children.split_first()) {
-                let layers: Vec<Digest> = layers.iter().map(|l| l.digest.clone()).collect();
-                loadable.add(&config.digest, &layers);
+                loadable.add(&config.digest, layers.iter().map(|l| &l.digest));
             }
         }
         rep.errors

@@ -197,6 +197,18 @@ struct State {
     buf: Vec<u8>,
 }
 
+/// The manifest kept at blob `blob` during the pass, read back.
+pub fn read_back(bundle: &Bundle, kept: &Spill, blob: usize) -> Result<Option<Vec<u8>>> {
+    kept.get(blob).map_err(|e| {
+        let d = bundle.manifest.blobs.get(blob).map(|b| &b.digest);
+        let what = d.map(|d| format!(" {d}")).unwrap_or_default();
+        Error::bundle(
+            &bundle.path,
+            format!("reading back manifest{what} kept during the pass: {e}"),
+        )
+    })
+}
+
 /// The sequential pass (see the module documentation).
 pub struct Pass {
     pub bundle: Arc<Bundle>,
@@ -435,15 +447,10 @@ impl Pass {
 
     /// A manifest kept on the way, read back.
     fn kept(&self, st: &State, d: &Digest) -> Result<Option<Vec<u8>>> {
-        let Some(blob) = self.bundle.manifest.blob_index(d) else {
-            return Ok(None);
-        };
-        st.manifests.get(blob).map_err(|e| {
-            Error::bundle(
-                &self.bundle.path,
-                format!("reading back manifest {d} kept during the pass: {e}"),
-            )
-        })
+        match self.bundle.manifest.blob_index(d) {
+            Some(blob) => read_back(&self.bundle, &st.manifests, blob),
+            None => Ok(None),
+        }
     }
 
     fn ends_early(&self, i: usize) -> String {
