@@ -1,7 +1,8 @@
 //! The bundle being written, as the copy engine's sink (`export` = registries → bundle).
 //!
 //! The engine puts blobs concurrently, `--jobs` at a time, in bundle order; the writer thread
-//! takes them strictly in bundle order, each through a delivery slot of its own:
+//! takes them strictly in bundle order from one mailbox, where each blob's delivery waits
+//! until its turn (a byte of state per blob, an entry only while a delivery waits):
 //! - blobs up to the stream threshold are downloaded into the content-addressed cache (a
 //!   re-run finds them there and checks them again) and handed over as files; those of
 //!   64 MiB and more in parallel `Range` parts, checked once complete;
@@ -24,13 +25,21 @@ use crate::store::{RegistryObjects, Sink};
 use bytes::{Bytes, BytesMut};
 use futures_util::future::BoxFuture;
 use futures_util::StreamExt;
+use std::collections::BTreeMap;
 use std::io::{self, BufReader, Read};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot, Notify};
+
+/// A blob's slot was handed a delivery (the first one counts; later ones are dropped).
+const SENT: u8 = 1;
+/// The blob was put whole (a "mount" of it is a no-op).
+const PUT: u8 = 2;
+/// The writer took the slot's delivery.
+const TAKEN: u8 = 4;
 
 /// Parallel `Range` parts of one large blob at most.
 const MAX_PARTS: u64 = 4;
@@ -71,9 +80,12 @@ pub struct BundleSink {
     /// The bundle's objects in bundle order (the engine's source holds them): a blob's slot
     /// is its position there; manifests, carried inline, have none.
     objects: Arc<RegistryObjects>,
-    deliveries: Vec<Mutex<Option<oneshot::Sender<Delivery>>>>,
-    /// Which slots were handed over (a "mount" of one of their blobs is a no-op).
-    delivered: Vec<AtomicBool>,
+    /// Per object: `SENT`, `PUT` and `TAKEN` bits.
+    slots: Vec<AtomicU8>,
+    /// Deliveries waiting for the writer.
+    mailbox: Mutex<Mailbox>,
+    /// Rung when a delivery arrives or the engine is done.
+    arrived: Condvar,
     /// The slot the writer waits for; `usize::MAX` once it stopped.
     writer_at: AtomicUsize,
     closed: AtomicBool,
@@ -87,10 +99,19 @@ pub struct BundleSink {
     cached: AtomicU64,
 }
 
-/// The writer's end: one receiver per blob, taken in bundle order.
+/// Deliveries not yet taken by the writer, by slot.
+#[derive(Default)]
+struct Mailbox {
+    ready: BTreeMap<usize, Delivery>,
+    /// The engine is done: a slot with no delivery by now will never get one.
+    engine_done: bool,
+    /// The writer is gone: deliveries are dropped (a stream's download stops with it).
+    writer_gone: bool,
+}
+
+/// The writer's end: takes the blobs in bundle order.
 pub struct Inbox {
     sink: Arc<BundleSink>,
-    receivers: Vec<Option<oneshot::Receiver<Delivery>>>,
 }
 
 impl BundleSink {
@@ -104,24 +125,13 @@ impl BundleSink {
         jobs: usize,
     ) -> (Arc<BundleSink>, Inbox) {
         let n = objects.objects().len();
-        let mut deliveries = Vec::with_capacity(n);
-        let mut receivers = Vec::with_capacity(n);
-        for o in objects.objects() {
-            if o.inline.is_some() {
-                deliveries.push(Mutex::new(None));
-                receivers.push(None);
-                continue;
-            }
-            let (tx, rx) = oneshot::channel();
-            deliveries.push(Mutex::new(Some(tx)));
-            receivers.push(Some(rx));
-        }
         let sink = Arc::new(BundleSink {
             name: out.display().to_string(),
             cache: cache.to_path_buf(),
             objects,
-            deliveries,
-            delivered: (0..n).map(|_| AtomicBool::new(false)).collect(),
+            slots: (0..n).map(|_| AtomicU8::new(0)).collect(),
+            mailbox: Mutex::default(),
+            arrived: Condvar::new(),
             writer_at: AtomicUsize::new(0),
             closed: AtomicBool::new(false),
             ahead: Arc::default(),
@@ -135,10 +145,7 @@ impl BundleSink {
             downloaded: AtomicU64::new(0),
             cached: AtomicU64::new(0),
         });
-        let inbox = Inbox {
-            sink: sink.clone(),
-            receivers,
-        };
+        let inbox = Inbox { sink: sink.clone() };
         (sink, inbox)
     }
 
@@ -153,11 +160,22 @@ impl BundleSink {
     /// The engine is done: a blob it never delivered fails the writer instead of leaving it
     /// waiting.
     pub fn close(&self) {
-        for d in &self.deliveries {
-            if let Ok(mut d) = d.lock() {
-                d.take();
-            }
+        self.mail().engine_done = true;
+        self.arrived.notify_all();
+    }
+
+    fn mail(&self) -> std::sync::MutexGuard<'_, Mailbox> {
+        match self.mailbox.lock() {
+            Ok(g) => g,
+            Err(poisoned) => poisoned.into_inner(),
         }
+    }
+
+    /// Sets `bit` in slot `i`'s state; true if it was set already.
+    fn mark(&self, i: usize, bit: u8) -> bool {
+        self.slots
+            .get(i)
+            .is_some_and(|s| s.fetch_or(bit, Ordering::AcqRel) & bit != 0)
     }
 
     fn stopped(&self) -> bool {
@@ -174,11 +192,21 @@ impl BundleSink {
         self.objects.objects().get(i)?.inline.is_none().then_some(i)
     }
 
+    /// Hands blob `i`'s delivery to the writer: the first for a slot counts, and none is kept
+    /// once the writer is gone (dropped outside the lock: a stream's download ends with it).
     fn deliver(&self, i: usize, d: Delivery) {
-        let tx = self.deliveries.get(i).and_then(|m| m.lock().ok()?.take());
-        if let Some(tx) = tx {
-            let _ = tx.send(d);
+        if i >= self.slots.len() || self.mark(i, SENT) {
+            return;
         }
+        let mut mail = self.mail();
+        if mail.writer_gone {
+            drop(mail);
+            drop(d);
+            return;
+        }
+        mail.ready.insert(i, d);
+        drop(mail);
+        self.arrived.notify_all();
     }
 
     /// Waits until `ready` holds (looked at again whenever the writer moves on or spool space
@@ -370,8 +398,8 @@ impl Sink for BundleSink {
         // A bundle has one namespace: a blob put once is there for every image.
         let there = self
             .slot(d)
-            .and_then(|i| self.delivered.get(i))
-            .is_some_and(|x| x.load(Ordering::Acquire));
+            .and_then(|i| self.slots.get(i))
+            .is_some_and(|x| x.load(Ordering::Acquire) & PUT != 0);
         crate::store::mount_in_one_namespace(there)
     }
 
@@ -392,9 +420,7 @@ impl Sink for BundleSink {
             };
             match self.put(i, d, size, src).await {
                 Ok(()) => {
-                    if let Some(x) = self.delivered.get(i) {
-                        x.store(true, Ordering::Release);
-                    }
+                    self.mark(i, PUT);
                     Ok(())
                 }
                 Err(e) => {
@@ -440,17 +466,27 @@ impl Inbox {
         };
         self.sink.writer_at.store(i, Ordering::Release);
         self.sink.changed.notify_waiters();
-        let rx = self
-            .receivers
-            .get_mut(i)
-            .and_then(Option::take)
-            .ok_or_else(|| Error::Failed(format!("blob {} taken twice", o.digest)))?;
-        let delivery = rx.blocking_recv().map_err(|_| {
-            Error::Failed(format!(
-                "blob {} of {}/{} was never fetched",
-                o.digest, o.registry, o.repo
-            ))
-        })?;
+        if self.sink.mark(i, TAKEN) {
+            return Err(Error::Failed(format!("blob {} taken twice", o.digest)));
+        }
+        let delivery = {
+            let mut mail = self.sink.mail();
+            loop {
+                if let Some(d) = mail.ready.remove(&i) {
+                    break d;
+                }
+                if mail.engine_done {
+                    return Err(Error::Failed(format!(
+                        "blob {} of {}/{} was never fetched",
+                        o.digest, o.registry, o.repo
+                    )));
+                }
+                mail = match self.sink.arrived.wait(mail) {
+                    Ok(g) => g,
+                    Err(poisoned) => poisoned.into_inner(),
+                };
+            }
+        };
         Ok(match delivery {
             Delivery::Cached { path, hit } => {
                 let f = std::fs::File::open(&path).ctx(|| format!("opening {}", path.display()))?;
@@ -482,6 +518,13 @@ impl Drop for Inbox {
         self.sink.closed.store(true, Ordering::Release);
         self.sink.writer_at.store(usize::MAX, Ordering::Release);
         self.sink.changed.notify_waiters();
+        // Deliveries nobody will take: a stream's download stops when its reader goes.
+        let left = {
+            let mut mail = self.sink.mail();
+            mail.writer_gone = true;
+            std::mem::take(&mut mail.ready)
+        };
+        drop(left);
     }
 }
 
