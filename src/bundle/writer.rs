@@ -15,8 +15,11 @@ use std::path::{Path, PathBuf};
 use std::sync::mpsc::sync_channel;
 use std::thread::JoinHandle;
 
-/// Uncompressed size at which a member's data starts a new frame.
-pub const FRAME_SIZE: u32 = 16 * 1024 * 1024;
+/// Uncompressed size at which a member's data starts a new frame. `serve` decodes and checks
+/// a whole frame before it sends a byte of it, so this is what one response holds: 4 MiB
+/// (16 MiB until this version; readers take frames of any size). A 1 GiB layer gets 256
+/// seek-table entries of 12 bytes.
+pub const FRAME_SIZE: u32 = 4 * 1024 * 1024;
 /// How many chunks (of [`encoder::CHUNK`](super::encoder::CHUNK)) may wait for the output
 /// thread: 1 MiB.
 const QUEUE: usize = 4;

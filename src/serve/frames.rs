@@ -29,7 +29,8 @@ struct Decoding {
     done: Condvar,
 }
 
-/// Frames held by responses at once, beyond the cache (each at most 16 MiB).
+/// Frames held by responses at once, beyond the cache (each one frame of the writer's:
+/// 4 MiB, or 16 MiB in bundles of earlier versions).
 pub const LOANS: usize = 4;
 
 /// A piece of a frame that keeps its loan until the connection is done with it.
