@@ -166,7 +166,9 @@ fn walk<'a>(
                 continue;
             }
             if manifest::is_manifest(&c.media_type) {
-                let child = reg.get_manifest(&home.repo, c.digest.as_str()).await?;
+                let child = reg
+                    .get_manifest(&home.repo, c.digest.text().as_str())
+                    .await?;
                 if child.bytes.len() as u64 != c.size {
                     return Err(Error::Integrity {
                         what: format!("{what}: manifest {}", c.digest),
@@ -205,7 +207,7 @@ fn walk<'a>(
 
 /// Every object of every image, each once, in the order first met.
 pub fn dedup_order<'a>(images: impl IntoIterator<Item = &'a Resolved>) -> Vec<Object> {
-    // The digests are borrowed: 8 bytes an object, not 71.
+    // The digests are borrowed: 8 bytes an object, not 32.
     let mut seen: HashSet<&Digest> = HashSet::new();
     let mut out = Vec::new();
     for img in images {

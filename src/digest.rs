@@ -9,14 +9,15 @@ use std::io::{self, Read, Write};
 /// A validated `sha256:<64 lowercase hex>` digest. Only sha256 is accepted: it is what every
 /// registry uses, and a digest that is not exactly this shape never becomes a file path.
 ///
-/// The text is held inline, not on the heap: a bundle of 100,000 blobs holds hundreds of
-/// thousands of digests (its index, the engine's maps), and each would otherwise be an
-/// allocation of its own.
+/// The 32 bytes of the hash are held inline, not their 71 bytes of text: a bundle of 100,000
+/// blobs holds hundreds of thousands of digests (its index, the engine's plan). The text is
+/// made on the stack when asked for ([`text`](Self::text)). Digests order as their text does
+/// (lowercase hex keeps byte order).
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Digest([u8; DIGEST_LEN]);
+pub struct Digest([u8; 32]);
 
 /// `sha256:` and 64 hex digits.
-const DIGEST_LEN: usize = 71;
+const TEXT_LEN: usize = 71;
 
 impl Digest {
     /// Parses and validates a digest string.
@@ -25,38 +26,61 @@ impl Digest {
             what: format!("digest {s:?}"),
             detail: "only sha256 digests are supported".into(),
         })?;
-        let text: Option<[u8; DIGEST_LEN]> = s.as_bytes().try_into().ok();
-        match text {
-            Some(text)
-                if hex
-                    .bytes()
-                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) =>
-            {
-                Ok(Digest(text))
-            }
-            _ => Err(Error::Integrity {
-                what: format!("digest {s:?}"),
-                detail: "not sha256 followed by 64 lowercase hex digits".into(),
-            }),
+        let mut hash = [0u8; 32];
+        let lower = hex
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+        if lower && hex.len() == 64 && hex::decode_to_slice(hex, &mut hash).is_ok() {
+            return Ok(Digest(hash));
         }
+        Err(Error::Integrity {
+            what: format!("digest {s:?}"),
+            detail: "not sha256 followed by 64 lowercase hex digits".into(),
+        })
     }
 
     /// The digest of a byte slice.
     pub fn of(bytes: &[u8]) -> Digest {
-        Digest::of_hash(&Sha256::digest(bytes))
+        Digest::of_hash(&Sha256::digest(bytes).into())
     }
 
-    /// The digest whose hash is `hash` (32 bytes of SHA-256).
-    fn of_hash(hash: &[u8]) -> Digest {
-        let mut text = [0u8; DIGEST_LEN];
+    /// The digest whose hash is `hash` (what SHA-256 gives).
+    fn of_hash(hash: &[u8; 32]) -> Digest {
+        Digest(*hash)
+    }
+
+    /// `sha256:<64 hex>`.
+    pub fn text(&self) -> DigestText {
+        let mut text = [0u8; TEXT_LEN];
         text[..7].copy_from_slice(b"sha256:");
-        // Both are exactly 64 bytes long: this cannot fail.
-        let _ = hex::encode_to_slice(hash, &mut text[7..]);
-        Digest(text)
+        // Exactly 64 bytes for 32: this cannot fail.
+        let _ = hex::encode_to_slice(self.0, &mut text[7..]);
+        DigestText(text)
     }
 
+    /// The 64 hex digits.
+    pub fn hex(&self) -> String {
+        self.text().hex().to_string()
+    }
+
+    /// Path of this blob inside an OCI image layout.
+    pub fn layout_path(&self) -> String {
+        format!("blobs/sha256/{}", self.text().hex())
+    }
+
+    /// A short form for messages: `sha256:0123456789ab`.
+    pub fn short(&self) -> String {
+        self.text().short().to_string()
+    }
+}
+
+/// A digest's text, `sha256:<64 lowercase hex>`, held on the stack.
+#[derive(Clone, Copy)]
+pub struct DigestText([u8; TEXT_LEN]);
+
+impl DigestText {
     pub fn as_str(&self) -> &str {
-        // Only `parse` and `of_hash` make one, and both hold ASCII: this cannot fail.
+        // Only `Digest::text` makes one, and it writes ASCII: this cannot fail.
         std::str::from_utf8(&self.0)
             .unwrap_or("sha256:0000000000000000000000000000000000000000000000000000000000000000")
     }
@@ -66,32 +90,40 @@ impl Digest {
         &self.as_str()[7..]
     }
 
-    /// Path of this blob inside an OCI image layout.
-    pub fn layout_path(&self) -> String {
-        format!("blobs/sha256/{}", self.hex())
-    }
-
-    /// A short form for messages: `sha256:0123456789ab`.
+    /// `sha256:` and the first 12 hex digits.
     pub fn short(&self) -> &str {
         &self.as_str()[..19]
     }
 }
 
-impl fmt::Display for Digest {
+impl std::ops::Deref for DigestText {
+    type Target = str;
+    fn deref(&self) -> &str {
+        self.as_str()
+    }
+}
+
+impl fmt::Display for DigestText {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
+    }
+}
+
+impl fmt::Display for Digest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.text())
     }
 }
 
 impl fmt::Debug for Digest {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
+        f.write_str(&self.text())
     }
 }
 
 impl serde::Serialize for Digest {
     fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
-        s.serialize_str(self.as_str())
+        s.serialize_str(&self.text())
     }
 }
 
@@ -158,8 +190,8 @@ impl Verifier {
                 detail: format!("expected {} bytes, got {}", self.size, self.seen),
             });
         }
-        let actual = format!("sha256:{}", hex::encode(self.hasher.finalize()));
-        if actual != self.expected.as_str() {
+        let actual = Digest::of_hash(&self.hasher.finalize().into());
+        if actual != self.expected {
             return Err(Error::Integrity {
                 what,
                 detail: format!("the content hashes to {actual}"),
@@ -226,7 +258,7 @@ impl<W: Write> HashingWriter<W> {
 
     /// Returns the inner writer and the digest of what was written.
     pub fn digest(self) -> (W, Digest) {
-        (self.inner, Digest::of_hash(&self.hasher.finalize()))
+        (self.inner, Digest::of_hash(&self.hasher.finalize().into()))
     }
 }
 
@@ -254,7 +286,7 @@ impl<R: Read> HashingReader<R> {
 
     /// The digest of what was read.
     pub fn digest(self) -> Digest {
-        Digest::of_hash(&self.hasher.finalize())
+        Digest::of_hash(&self.hasher.finalize().into())
     }
 }
 
@@ -313,21 +345,31 @@ mod tests {
     #[test]
     fn parses_only_well_formed_sha256() {
         let d = Digest::of(b"hello");
-        assert_eq!(Digest::parse(d.as_str()).unwrap(), d);
+        assert_eq!(Digest::parse(&d.text()).unwrap(), d);
         assert!(Digest::parse("sha256:../../etc/passwd").is_err());
-        assert!(Digest::parse(&d.as_str().to_uppercase()).is_err());
+        assert!(Digest::parse(&d.text().to_uppercase()).is_err());
         assert!(Digest::parse("sha512:00").is_err());
         assert!(Digest::parse(&format!("{}0", d)).is_err());
-        assert!(Digest::parse(&d.as_str()[..70]).is_err());
+        assert!(Digest::parse(&d.text()[..70]).is_err());
         // Multi-byte text of the right length in bytes is still not a digest.
         assert!(Digest::parse(&format!("sha256:{}é", &d.hex()[..62])).is_err());
+    }
+
+    #[test]
+    fn digests_order_as_their_text() {
+        let mut ds: Vec<Digest> = (0..200u32).map(|i| Digest::of(&i.to_le_bytes())).collect();
+        let mut texts: Vec<String> = ds.iter().map(|d| d.to_string()).collect();
+        ds.sort();
+        texts.sort();
+        let sorted: Vec<String> = ds.iter().map(|d| d.to_string()).collect();
+        assert_eq!(sorted, texts);
     }
 
     #[test]
     fn reads_and_writes_the_same_text() {
         // The SHA-256 of no bytes, as every registry writes it.
         let empty = "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
-        assert_eq!(Digest::of(b"").as_str(), empty);
+        assert_eq!(&*Digest::of(b"").text(), empty);
         assert_eq!(Digest::of(b"").hex(), &empty[7..]);
         assert_eq!(Digest::of(b"").short(), &empty[..19]);
         assert_eq!(

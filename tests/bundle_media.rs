@@ -791,10 +791,15 @@ fn signed_bundles_verify_with_airlock_and_minisign_and_tampering_is_refused() {
                 &["--trusted-key", &pubkey.display().to_string()],
             ),
         );
-        assert_refused(&format!("{what}: import"), &o, t, &[layer.digest.as_str()]);
+        assert_refused(
+            &format!("{what}: import"),
+            &o,
+            t,
+            &[layer.digest.text().as_str()],
+        );
         for repo in dst.catalog() {
             assert!(
-                !dst.blob_exists(&repo, layer.digest.as_str()),
+                !dst.blob_exists(&repo, layer.digest.text().as_str()),
                 "{what}: the damaged layer was committed in {repo}"
             );
         }
@@ -819,7 +824,7 @@ fn signed_bundles_verify_with_airlock_and_minisign_and_tampering_is_refused() {
     target.data[mid] ^= 1;
     write_bundle(&altered, &members);
     fs::copy(&sig, beside(&altered, "minisig")).expect("copy");
-    layer_refused("altered layer", &altered, &[layer.digest.as_str()]);
+    layer_refused("altered layer", &altered, &[layer.digest.text().as_str()]);
 
     // A frame spliced in after the first blob and hidden from the seek table (merged into that
     // blob's entry): random access never sees it, a sequential reader does. It is a GNU

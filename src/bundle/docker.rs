@@ -316,8 +316,8 @@ mod tests {
         serde_json::to_vec(&serde_json::json!({
             "schemaVersion": 2,
             "mediaType": manifest::OCI_MANIFEST,
-            "config": {"mediaType": config_mt, "digest": config.as_str(), "size": 2},
-            "layers": [{"mediaType": IMAGE_LAYERS[1], "digest": layer.as_str(), "size": 3}],
+            "config": {"mediaType": config_mt, "digest": config.text().as_str(), "size": 2},
+            "layers": [{"mediaType": IMAGE_LAYERS[1], "digest": layer.text().as_str(), "size": 3}],
         }))
         .unwrap_or_default()
     }
@@ -331,11 +331,11 @@ mod tests {
         let index = serde_json::to_vec(&serde_json::json!({
             "schemaVersion": 2,
             "manifests": [
-                {"mediaType": manifest::OCI_MANIFEST, "digest": arm_d.as_str(), "size": arm.len(),
+                {"mediaType": manifest::OCI_MANIFEST, "digest": arm_d.text().as_str(), "size": arm.len(),
                  "platform": {"os": "linux", "architecture": "arm64", "variant": "v8"}},
-                {"mediaType": manifest::OCI_MANIFEST, "digest": amd_d.as_str(), "size": amd.len(),
+                {"mediaType": manifest::OCI_MANIFEST, "digest": amd_d.text().as_str(), "size": amd.len(),
                  "platform": {"os": "linux", "architecture": "amd64"}},
-                {"mediaType": manifest::OCI_MANIFEST, "digest": amd_d.as_str(), "size": amd.len(),
+                {"mediaType": manifest::OCI_MANIFEST, "digest": amd_d.text().as_str(), "size": amd.len(),
                  "platform": {"os": "unknown", "architecture": "unknown"}},
             ],
         }))

@@ -46,7 +46,7 @@ impl Registry {
             header_digest.filter(|d| d.starts_with("sha256:"))
         };
         if let Some(exp) = expected {
-            if exp != digest.as_str() {
+            if exp != digest.text().as_str() {
                 return Err(Error::Integrity {
                     what,
                     detail: format!("expected {exp}, the bytes served hash to {digest}"),
@@ -92,7 +92,7 @@ impl Registry {
             .get("docker-content-digest")
             .and_then(|v| v.to_str().ok())
         {
-            if d != m.digest.as_str() {
+            if d != m.digest.text().as_str() {
                 return Err(Error::Integrity {
                     what,
                     detail: format!("the registry stored it as {d}"),

@@ -281,7 +281,7 @@ impl Registry {
     pub async fn mount_blob(&self, repo: &str, digest: &Digest, from: &str) -> Result<MountResult> {
         let mut url = self.url(&format!("v2/{repo}/blobs/uploads/"))?;
         url.query_pairs_mut()
-            .append_pair("mount", digest.as_str())
+            .append_pair("mount", digest.text().as_str())
             .append_pair("from", from);
         let resp = self
             .send_in(
@@ -477,7 +477,8 @@ impl Registry {
         }
         // Commit: a PUT without a body, replayable.
         let mut put = s.url.clone();
-        put.query_pairs_mut().append_pair("digest", digest.as_str());
+        put.query_pairs_mut()
+            .append_pair("digest", digest.text().as_str());
         let resp = self
             .send_in(
                 &Scope::push(repo),
@@ -619,7 +620,8 @@ impl Registry {
             leftover: Bytes::new(),
         }));
         let mut put = s.url.clone();
-        put.query_pairs_mut().append_pair("digest", digest.as_str());
+        put.query_pairs_mut()
+            .append_pair("digest", digest.text().as_str());
         let auth = self.authorization(&scope, None).await?;
         let activity = Activity::new();
         let mut req = self

@@ -343,7 +343,7 @@ impl Server {
         };
         let mut r = with_len(Response::new(full(bytes)), size);
         header(&mut r, "content-type", &media_type);
-        header(&mut r, "docker-content-digest", d.as_str());
+        header(&mut r, "docker-content-digest", d.text().as_str());
         header(&mut r, "etag", &format!("\"{d}\""));
         r
     }
@@ -426,7 +426,7 @@ impl Server {
             );
         }
         header(&mut r, "content-type", "application/octet-stream");
-        header(&mut r, "docker-content-digest", d.as_str());
+        header(&mut r, "docker-content-digest", d.text().as_str());
         header(&mut r, "accept-ranges", "bytes");
         header(&mut r, "etag", &format!("\"{d}\""));
         r
@@ -447,7 +447,7 @@ impl Server {
             .map(|r| {
                 let mut m = serde_json::json!({
                     "mediaType": r.media_type,
-                    "digest": r.digest.as_str(),
+                    "digest": r.digest.text().as_str(),
                     "size": r.size,
                 });
                 if let Some(a) = &r.artifact_type {

@@ -253,7 +253,7 @@ fn index_disagreements(
             while let Some(e) = seq.next_element::<IndexEntry>()? {
                 if let Some(img) = self.images.get(self.listed) {
                     let name = e.annotations.as_ref().and_then(|a| a.name.as_deref());
-                    if e.digest.as_deref() != Some(img.digest.as_str())
+                    if e.digest.as_deref() != Some(img.digest.text().as_str())
                         || name != Some(img.source.as_str())
                     {
                         self.errors.push(format!(
@@ -387,7 +387,7 @@ mod tests {
             .map(|(d, name)| {
                 serde_json::json!({
                     "mediaType": crate::manifest::OCI_INDEX,
-                    "digest": d.as_str(),
+                    "digest": d.text().as_str(),
                     "size": 2,
                     "annotations": {"org.opencontainers.image.ref.name": name},
                 })
