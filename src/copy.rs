@@ -287,7 +287,7 @@ pub async fn push(
     reporter: Reporter,
 ) -> Result<PushReport> {
     let counters = Arc::new(Counters::default());
-    let needs = needs_of(source.as_ref(), &images, target.name());
+    let needs = needs_of(source.as_ref(), &images);
     let found = Arc::new(check_external(source.as_ref(), target.as_ref(), &needs, jobs).await?);
     // Failures per (blob, repository): a repository the registry refuses (a missing project)
     // fails its own images, not every image that shares a layer with it.
@@ -390,7 +390,7 @@ pub async fn push(
 
 /// Which repositories need each blob (manifests are pushed later, by image); blobs that a
 /// base bundle carried (`external`) must be in the target already.
-fn needs_of<'a>(source: &dyn Source, images: &'a [TargetImage], target: &str) -> Vec<Need<'a>> {
+fn needs_of<'a>(source: &dyn Source, images: &'a [TargetImage]) -> Vec<Need<'a>> {
     let mut needs: Vec<Need> = Vec::new();
     let mut pos: HashMap<&Digest, usize> = HashMap::new();
     // (need, repository) pairs seen: a base layer is needed by thousands of repositories.
@@ -407,15 +407,10 @@ fn needs_of<'a>(source: &dyn Source, images: &'a [TargetImage], target: &str) ->
                 needs.push(Need {
                     digest: d,
                     size,
-                    external,
                     // Room for one: most blobs go to one repository, and a first push would
                     // make room for four.
                     repos: Vec::with_capacity(1),
-                    first_image: if external {
-                        img.name(target)
-                    } else {
-                        String::new()
-                    },
+                    external: external.then_some(img),
                 });
                 needs.len() - 1
             });
@@ -458,7 +453,7 @@ pub async fn plan(
     images: &[TargetImage],
     jobs: usize,
 ) -> Result<PushPlan> {
-    let needs = needs_of(source, images, target.name());
+    let needs = needs_of(source, images);
     let heads: Vec<Result<(usize, Vec<bool>)>> = stream::iter(needs.iter().enumerate())
         .map(|(i, n)| async move {
             let mut have = Vec::new();
@@ -492,11 +487,11 @@ pub async fn plan(
         }
         if present > 0 {
             plan.blobs_to_mount += absent;
-        } else if n.external {
+        } else if let Some(first) = n.external {
             plan.missing.push(format!(
                 "{} (needed by {}) is carried by {}",
                 n.digest,
-                n.first_image,
+                first.name(target.name()),
                 source.external_home(n.digest)
             ));
         } else {
@@ -513,11 +508,10 @@ pub async fn plan(
 struct Need<'a> {
     digest: &'a Digest,
     size: u64,
-    /// Carried by a base bundle, not this one.
-    external: bool,
     repos: Vec<&'a str>,
-    /// For an external blob, the first image that needs it (for messages); empty otherwise.
-    first_image: String,
+    /// Carried by a base bundle, not this one: the first image that needs it (for messages).
+    /// An image's name is made only for a message: 8 bytes a blob, not a string.
+    external: Option<&'a TargetImage>,
 }
 
 /// Before anything is written: every external blob must already be in the target (in one of
@@ -532,22 +526,24 @@ async fn check_external(
     jobs: usize,
 ) -> Result<HashMap<Digest, usize>> {
     type Check = std::result::Result<(Digest, usize), String>;
-    let checks: Vec<Result<Check>> = stream::iter(needs.iter().filter(|n| n.external))
-        .map(|n| async move {
-            for (i, repo) in n.repos.iter().enumerate() {
-                if target.has_blob(repo, n.digest).await? {
-                    return Ok(Ok((n.digest.clone(), i)));
+    let checks: Vec<Result<Check>> =
+        stream::iter(needs.iter().filter_map(|n| Some((n, n.external?))))
+            .map(|(n, first)| async move {
+                for (i, repo) in n.repos.iter().enumerate() {
+                    if target.has_blob(repo, n.digest).await? {
+                        return Ok(Ok((n.digest.clone(), i)));
+                    }
                 }
-            }
-            let base = source.external_home(n.digest);
-            Ok(Err(format!(
-                "{} (needed by {}) is carried by {base}",
-                n.digest, n.first_image
-            )))
-        })
-        .buffer_unordered(jobs)
-        .collect()
-        .await;
+                let base = source.external_home(n.digest);
+                Ok(Err(format!(
+                    "{} (needed by {}) is carried by {base}",
+                    n.digest,
+                    first.name(target.name())
+                )))
+            })
+            .buffer_unordered(jobs)
+            .collect()
+            .await;
     let mut missing = Vec::new();
     let mut found = HashMap::new();
     for c in checks {
@@ -648,7 +644,7 @@ async fn place_in(
             MountResult::NotMounted => {}
         }
     }
-    if need.external {
+    if need.external.is_some() {
         return Err(Error::Failed(format!(
             "blob {digest} is not in the source (a base bundle carries it) and could not be \
              mounted into {repo}"

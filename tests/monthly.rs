@@ -113,6 +113,12 @@ fn incremental_bundles_carry_only_new_blobs_and_import_needs_the_base_first() {
         "{}",
         stderr_text(&out)
     );
+    // Each missing blob names an image that needs it, as it would be pushed.
+    assert!(
+        stderr_text(&out).contains(&format!("(needed by {}/", dst.host())),
+        "{}",
+        stderr_text(&out)
+    );
     assert!(
         dst.catalog().is_empty(),
         "nothing may be written: {:?}",
