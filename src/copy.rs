@@ -393,8 +393,6 @@ pub async fn push(
 fn needs_of<'a>(source: &dyn Source, images: &'a [TargetImage]) -> Vec<Need<'a>> {
     let mut needs: Vec<Need> = Vec::new();
     let mut pos: HashMap<&Digest, usize> = HashMap::new();
-    // (need, repository) pairs seen: a base layer is needed by thousands of repositories.
-    let mut placed: HashSet<(usize, &str)> = HashSet::new();
     for img in images {
         for d in &img.entry.blobs {
             let (size, external) = match (source.describe(d), source.external(d)) {
@@ -414,10 +412,22 @@ fn needs_of<'a>(source: &dyn Source, images: &'a [TargetImage]) -> Vec<Need<'a>>
                 });
                 needs.len() - 1
             });
-            if placed.insert((i, img.repo.as_str())) {
-                needs[i].repos.push(&img.repo);
+            // The images of a repository mostly come one after the other: a repeat of the
+            // last one is skipped here, the others below.
+            let repos = &mut needs[i].repos;
+            if repos.last() != Some(&img.repo.as_str()) {
+                repos.push(&img.repo);
             }
         }
+    }
+    drop(pos);
+    // Each repository once, in the order first met. A set per blob, not one of every
+    // (blob, repository) pair: a base layer is needed by thousands of repositories.
+    let mut seen: HashSet<&str> = HashSet::new();
+    for n in needs.iter_mut().filter(|n| n.repos.len() > 1) {
+        seen.clear();
+        n.repos.retain(|r| seen.insert(r));
+        n.repos.shrink_to_fit();
     }
     // Held through the whole push: no room to spare (shrunk in place).
     needs.shrink_to_fit();
@@ -838,4 +848,78 @@ async fn push_group<'a>(
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::registry::BlobSource;
+    use futures_util::future::BoxFuture;
+
+    /// Carries every digest it is asked about, as a layer of 7 bytes.
+    struct Layers;
+
+    impl Source for Layers {
+        fn describe(&self, _d: &Digest) -> Option<(u64, Arc<str>)> {
+            Some((7, Arc::from("application/vnd.oci.image.layer.v1.tar+gzip")))
+        }
+        fn manifest<'a>(&'a self, d: &'a Digest) -> BoxFuture<'a, Result<Vec<u8>>> {
+            Box::pin(async move { Err(Error::Failed(format!("no manifest {d}"))) })
+        }
+        fn blob(&self, _d: &Digest, _reporter: &Reporter) -> Box<dyn BlobSource> {
+            unreachable!("the plan reads no blob")
+        }
+    }
+
+    fn image(repo: &str, tag: &str, blobs: &[&Digest]) -> TargetImage {
+        let root = Digest::of(format!("{repo}:{tag}").as_bytes());
+        TargetImage {
+            entry: Arc::new(ImageEntry {
+                source: format!("src.example/{repo}:{tag}"),
+                registry: Arc::from("src.example"),
+                namespace: String::new(),
+                path: repo.to_string(),
+                tag: tag.to_string(),
+                digest: root,
+                source_digest: None,
+                subject: None,
+                media_type: Arc::from(manifest::OCI_MANIFEST),
+                platforms: Vec::new(),
+                size: 0,
+                blobs: blobs.iter().map(|d| (*d).clone()).collect(),
+            }),
+            repo: repo.to_string(),
+            tag: tag.to_string(),
+        }
+    }
+
+    /// A base layer shared by images listed tag by tag across repositories (each repository
+    /// met again after others): every blob once, in the order first met, and each repository
+    /// that needs it once, in the order first met.
+    #[test]
+    fn each_blob_once_with_each_repository_once_in_first_met_order() {
+        let base = Digest::of(b"base");
+        let (a, b, c) = (Digest::of(b"a"), Digest::of(b"b"), Digest::of(b"c"));
+        let images = vec![
+            image("r/one", "1", &[&base, &a]),
+            image("r/two", "1", &[&base, &b]),
+            image("r/one", "2", &[&base, &a]),
+            image("r/three", "1", &[&base, &c]),
+            image("r/two", "2", &[&base, &b]),
+            image("r/two", "3", &[&base, &b]),
+        ];
+        let needs = needs_of(&Layers, &images);
+        let got: Vec<(&Digest, Vec<&str>)> =
+            needs.iter().map(|n| (n.digest, n.repos.clone())).collect();
+        assert_eq!(
+            got,
+            vec![
+                (&base, vec!["r/one", "r/two", "r/three"]),
+                (&a, vec!["r/one"]),
+                (&b, vec!["r/two"]),
+                (&c, vec!["r/three"]),
+            ]
+        );
+        assert!(needs.iter().all(|n| n.size == 7 && n.external.is_none()));
+    }
 }

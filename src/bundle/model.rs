@@ -99,7 +99,7 @@ pub struct ImageEntry {
     /// The root manifest stored in the bundle.
     pub digest: Digest,
     /// The digest at the source, when platform filtering rewrote the index. (Boxed, like
-    /// `subject`: 8 bytes when absent, as it nearly always is, not 72.)
+    /// `subject`: 8 bytes when absent, as it nearly always is, not 33.)
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source_digest: Option<Box<Digest>>,
     /// For a signature, attestation or SBOM carried along: the digest it is about.
