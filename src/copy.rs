@@ -324,7 +324,7 @@ pub async fn push(
     // Child manifests are written once per (repository, digest) for the whole run; the root
     // once, then its other tags one after the other. The registry stores a manifest
     // non-atomically, so the same manifest is never written into one repository twice at once.
-    let written: ManifestsWritten = Mutex::default();
+    let written = ManifestsWritten::new();
     // Each group's outcome goes into the report as it comes: a list of every outcome would
     // hold 10,000 names and errors besides the report's own.
     let mut images_pushed = Vec::new();
@@ -704,15 +704,31 @@ fn group_by_root(images: &[TargetImage]) -> Vec<RootGroup<'_>> {
             }
         }
     }
+    // Held through the whole push: no room to spare.
+    groups.shrink_to_fit();
     groups
 }
 
+/// The outcome of one manifest write, shared by every job that needs it.
+type WriteCell = Arc<tokio::sync::OnceCell<std::result::Result<(), String>>>;
+
 /// Manifest writes of this run, one cell per (repository, digest), both borrowed from the
 /// images: the first job that needs a manifest in a repository writes it, the others wait for
-/// that write and share its outcome.
-type ManifestsWritten<'a> = Mutex<
-    HashMap<(&'a str, &'a Digest), Arc<tokio::sync::OnceCell<std::result::Result<(), String>>>>,
->;
+/// that write and share its outcome. A write that succeeded leaves the one shared `done` cell
+/// in its place, not a cell of its own (tens of thousands of manifests at scale).
+struct ManifestsWritten<'a> {
+    cells: Mutex<HashMap<(&'a str, &'a Digest), WriteCell>>,
+    done: WriteCell,
+}
+
+impl ManifestsWritten<'_> {
+    fn new() -> Self {
+        ManifestsWritten {
+            cells: Mutex::default(),
+            done: Arc::new(tokio::sync::OnceCell::new_with(Some(Ok(())))),
+        }
+    }
+}
 
 /// Writes `m` into `repo` under `reference` unless this run already did (or is doing) it
 /// under any reference; waits for a write in progress. True when this call wrote it.
@@ -727,6 +743,7 @@ async fn put_once<'a>(
 ) -> Result<bool> {
     let cell = {
         let mut w = written
+            .cells
             .lock()
             .map_err(|_| Error::Failed("manifest bookkeeping poisoned".into()))?;
         w.entry((repo, digest)).or_default().clone()
@@ -743,7 +760,15 @@ async fn put_once<'a>(
         })
         .await;
     match outcome {
-        Ok(()) => Ok(mine),
+        Ok(()) => {
+            if mine {
+                // Jobs waiting on this cell hold it; later ones find `done`.
+                if let Ok(mut w) = written.cells.lock() {
+                    w.insert((repo, digest), written.done.clone());
+                }
+            }
+            Ok(mine)
+        }
         Err(e) if mine => Err(Error::Failed(e.clone())),
         Err(e) => Err(Error::Failed(format!(
             "manifest {} could not be written into {repo}: {e}",
