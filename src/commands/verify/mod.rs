@@ -13,7 +13,6 @@ use crate::bundle::volumes::{checksum_name, explain_damage};
 use crate::bundle::Bundle;
 use crate::cli::VerifyArgs;
 use crate::copy::{self, TargetImage};
-use crate::digest::Digest;
 use crate::error::{Error, Result};
 use crate::manifest;
 use crate::progress::{human, Reporter};
@@ -99,24 +98,16 @@ async fn check_pass(bundle: Arc<Bundle>, reporter: &Reporter) -> Result<Report> 
         .map_err(|e| Error::Failed(format!("verifying: {e}")))??;
     walked?;
     // Manifests no image reaches (or whose image failed first) are checked too, in bundle
-    // order. `kept` gives each kept manifest's digest and bytes.
-    let kept = |blob: usize| -> Result<Option<(&Digest, Vec<u8>)>> {
-        let Some(b) = bundle.manifest.blobs.get(blob) else {
-            return Ok(None);
-        };
-        let bytes = pass::read_back(&bundle, &found.manifests, blob)?;
-        Ok(bytes.map(|bytes| (&b.digest, bytes)))
-    };
+    // order.
     for blob in found.manifests.positions() {
-        let unchecked = bundle
-            .manifest
-            .blobs
-            .get(blob)
-            .is_some_and(|b| !checker.checked_manifest(&b.digest));
-        if unchecked {
-            if let Some((d, bytes)) = kept(blob)? {
-                let _ = checker.check_manifest(d, &bytes);
-            }
+        let Some(b) = bundle.manifest.blobs.get(blob) else {
+            continue;
+        };
+        if checker.checked_manifest(&b.digest) {
+            continue;
+        }
+        if let Some(bytes) = pass::read_back(&bundle, &found.manifests, blob)? {
+            let _ = checker.check_manifest(&b.digest, &bytes);
         }
     }
     rep.errors = found.errors;
@@ -136,11 +127,11 @@ async fn check_pass(bundle: Arc<Bundle>, reporter: &Reporter) -> Result<Report> 
             if manifest::kind(&b.media_type) != Some(manifest::Kind::Image) {
                 continue;
             }
-            let Some((d, bytes)) = kept(blob)? else {
+            let Some(bytes) = pass::read_back(&bundle, &found.manifests, blob)? else {
                 continue;
             };
-            let Ok(children) = manifest::children(&bytes, &b.media_type, &format!("manifest {d}"))
-            else {
+            let what = format!("manifest {}", b.digest);
+            let Ok(children) = manifest::children(&bytes, &b.media_type, &what) else {
                 continue;
             };
             let carried = children.iter().all(|c| bundle.holds(&c.digest));
@@ -363,6 +354,7 @@ pub async fn run(args: VerifyArgs) -> Result<()> {
 mod tests {
     use super::*;
     use crate::bundle::model::ImageEntry;
+    use crate::digest::Digest;
 
     fn image(source: &str, content: &str) -> ImageEntry {
         ImageEntry {
