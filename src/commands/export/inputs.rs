@@ -24,7 +24,7 @@ pub struct Requested {
     pub subject: Option<Digest>,
     /// The root manifest when it was already fetched (a referrers index from the OCI 1.1
     /// referrers API, carried under the referrers tag schema's `sha256-<hex>` tag).
-    pub prefetched: Option<crate::registry::Manifest>,
+    pub prefetched: Option<Box<crate::registry::Manifest>>,
 }
 
 /// Reads the image list: arguments, then the file's lines (`#` comments, blanks ignored);

@@ -118,7 +118,7 @@ pub(super) async fn resolve_all(
                                 &reg,
                                 &req.reference.repository,
                                 &req.reference.reference(),
-                                root.clone(),
+                                (**root).clone(),
                                 &platforms,
                             )
                             .await
@@ -215,17 +215,29 @@ pub(super) async fn companions(
         .collect()
         .await;
     let mut out = Vec::new();
+    // Companions are named by `sha256-` tags: only an image asked for under such a tag can
+    // be one of them already.
     let mut seen: HashSet<String> = resolved
         .iter()
+        .filter(|(r, _)| {
+            r.reference
+                .tag
+                .as_deref()
+                .is_some_and(|t| t.starts_with("sha256-"))
+        })
         .map(|(r, _)| r.reference.to_string())
         .collect();
-    let mut ask_api: Vec<(Requested, Digest)> = Vec::new();
-    for (req, r) in resolved {
+    // The roots to ask the referrers API about, as (image, subject): the companion's request
+    // is made only for an answer (a request for every image would be most of export's
+    // memory at its peak).
+    let mut ask_api: Vec<(usize, Digest)> = Vec::new();
+    let no_tags = Vec::new();
+    for (at, (req, r)) in resolved.iter().enumerate() {
         let key = (
             req.reference.registry.clone(),
             req.reference.repository.clone(),
         );
-        let tags = tags_of.get(&key).cloned().unwrap_or_default();
+        let tags = tags_of.get(&key).unwrap_or(&no_tags);
         let roots: Vec<Digest> = std::iter::once(r.digest.clone())
             .chain(r.source_digest.clone())
             .collect();
@@ -238,38 +250,27 @@ pub(super) async fn companions(
         }
         for subject in subjects {
             let prefix = format!("sha256-{}", subject.hex());
-            let companion = |suffix: &str| {
-                let mut reference = req.reference.clone();
-                reference.tag = Some(format!("{prefix}{suffix}"));
-                reference.digest = None;
-                Requested {
-                    reference,
-                    namespace: req.namespace.clone(),
-                    path: req.path.clone(),
-                    platforms: Vec::new(),
-                    subject: Some(subject.clone()),
-                    prefetched: None,
-                }
-            };
             for suffix in ["", ".sig", ".att", ".sbom"] {
                 if tags.iter().any(|t| *t == format!("{prefix}{suffix}")) {
-                    let c = companion(suffix);
+                    let c = companion(req, &subject, suffix);
                     if seen.insert(c.reference.to_string()) {
                         out.push(c);
                     }
                 }
             }
             if roots.contains(&subject) && !tags.contains(&prefix) {
-                ask_api.push((companion(""), subject.clone()));
+                ask_api.push((at, subject));
             }
         }
     }
     let from_api: Vec<Requested> = stream::iter(ask_api)
-        .map(|(mut c, subject)| async move {
-            let reg = clients.get(&c.reference.registry)?;
-            match reg.referrers(&c.reference.repository, &subject).await {
+        .map(|(at, subject)| async move {
+            let req = &resolved.get(at)?.0;
+            let reg = clients.get(&req.reference.registry)?;
+            match reg.referrers(&req.reference.repository, &subject).await {
                 Ok(Some(index)) => {
-                    c.prefetched = Some(index);
+                    let mut c = companion(req, &subject, "");
+                    c.prefetched = Some(Box::new(index));
                     Some(c)
                 }
                 _ => None,
@@ -285,4 +286,20 @@ pub(super) async fn companions(
         }
     }
     Ok(out)
+}
+
+/// The request for `req`'s companion about `subject`: the same repository under the tag
+/// `sha256-<hex><suffix>`.
+fn companion(req: &Requested, subject: &Digest, suffix: &str) -> Requested {
+    let mut reference = req.reference.clone();
+    reference.tag = Some(format!("sha256-{}{suffix}", subject.hex()));
+    reference.digest = None;
+    Requested {
+        reference,
+        namespace: req.namespace.clone(),
+        path: req.path.clone(),
+        platforms: Vec::new(),
+        subject: Some(subject.clone()),
+        prefetched: None,
+    }
 }
