@@ -205,19 +205,16 @@ fn walk<'a>(
     })
 }
 
-/// Every object of every image, each once, in the order first met.
-pub fn dedup_order<'a>(images: impl IntoIterator<Item = &'a Resolved>) -> Vec<Object> {
+/// For every object of every image in turn, whether it is the first with its digest: what
+/// keeps each object once, in the order first met.
+pub fn first_met<'a>(images: impl IntoIterator<Item = &'a Resolved>) -> Vec<bool> {
     // The digests are borrowed: 8 bytes an object, not 32.
     let mut seen: HashSet<&Digest> = HashSet::new();
-    let mut out = Vec::new();
-    for img in images {
-        for o in &img.objects {
-            if seen.insert(&o.digest) {
-                out.push(o.clone());
-            }
-        }
-    }
-    out
+    images
+        .into_iter()
+        .flat_map(|img| &img.objects)
+        .map(|o| seen.insert(&o.digest))
+        .collect()
 }
 
 /// An image to push and where it goes.

@@ -13,6 +13,7 @@ pub mod error;
 pub mod fetch;
 pub mod imageset;
 pub mod manifest;
+pub mod memory;
 pub mod options;
 pub mod progress;
 pub mod prompt;

@@ -52,7 +52,7 @@ pub async fn run(args: CopyArgs) -> Result<()> {
     let src = source_args(&args);
     let (image_set, cli_requested) = inputs(&src, &opts.source)?;
     let mut reporter = Reporter::new(args.out.quiet || args.out.json, args.out.verbose);
-    let sel = select(
+    let mut sel = select(
         &src,
         &opts.source,
         image_set.as_ref(),
@@ -60,7 +60,7 @@ pub async fn run(args: CopyArgs) -> Result<()> {
         &reporter,
     )
     .await?;
-    let (images, objects) = images_and_objects(&sel.resolved);
+    let (images, objects) = images_and_objects(std::mem::take(&mut sel.resolved));
     let targets = plan_targets(images, repository.as_deref(), tag.as_deref())?;
     let total: u64 = objects.iter().map(|o| o.size).sum();
     if args.plan {

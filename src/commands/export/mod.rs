@@ -33,37 +33,82 @@ struct Contents {
 
 /// The images and every object they need, once each (what `copy` pushes).
 pub(crate) fn images_and_objects(
-    resolved: &[(Requested, Resolved)],
+    resolved: Vec<(Requested, Resolved)>,
 ) -> (Vec<Arc<ImageEntry>>, Vec<Object>) {
     let c = assemble(resolved, &Carried::default());
     (c.images, c.objects)
 }
 
 /// Every object once, less what a base bundle already carried (manifests always travel).
-fn assemble(resolved: &[(Requested, Resolved)], carried: &Carried) -> Contents {
-    // Sorted out in place: a second list of every object would double the largest list an
-    // export holds.
-    let mut objects = copy::dedup_order(resolved.iter().map(|(_, r)| r));
-    let mut external = Vec::new();
-    objects.retain(|o| {
-        let carried_by = carried
+///
+/// The resolved images are taken apart as the bundle's lists are built, so that the largest
+/// lists an export holds are never held twice: a first pass marks which objects are met
+/// first (borrowing their digests), the second moves those into the list of objects and
+/// frees each image's own list as it goes.
+fn assemble(resolved: Vec<(Requested, Resolved)>, carried: &Carried) -> Contents {
+    let first_met = copy::first_met(resolved.iter().map(|(_, r)| r));
+    let carried_by = |o: &Object| {
+        carried
             .by
             .get(&o.digest)
-            .filter(|(_, size)| *size == o.size && !crate::manifest::is_manifest(&o.media_type));
-        match carried_by {
-            Some((bundle, _)) => {
-                external.push(ExternalBlob {
+            .filter(|(_, size)| *size == o.size && !crate::manifest::is_manifest(&o.media_type))
+            .map(|(bundle, _)| bundle)
+    };
+    let stored = resolved
+        .iter()
+        .flat_map(|(_, r)| &r.objects)
+        .zip(&first_met)
+        .filter(|(o, first)| **first && carried_by(o).is_none())
+        .count();
+    let mut objects = Vec::with_capacity(stored);
+    let mut external = Vec::new();
+    let mut images = Vec::with_capacity(resolved.len());
+    let mut first = first_met.into_iter();
+    for (req, r) in resolved {
+        let Requested {
+            reference,
+            namespace,
+            path,
+            subject,
+            ..
+        } = req;
+        let Resolved {
+            digest,
+            media_type,
+            source_digest,
+            platforms,
+            objects: own,
+            ..
+        } = r;
+        images.push(Arc::new(ImageEntry {
+            source: reference.to_string(),
+            registry: crate::shared::shared(&reference.registry),
+            namespace,
+            path,
+            tag: reference.tag.unwrap_or_default(),
+            digest,
+            source_digest: source_digest.map(Box::new),
+            subject: subject.map(Box::new),
+            media_type: crate::shared::shared(&media_type),
+            platforms,
+            size: own.iter().map(|o| o.size).sum(),
+            blobs: own.iter().map(|o| o.digest.clone()).collect(),
+        }));
+        for o in own {
+            if first.next() != Some(true) {
+                continue;
+            }
+            match carried_by(&o) {
+                Some(bundle) => external.push(ExternalBlob {
                     digest: o.digest.clone(),
                     size: o.size,
                     media_type: o.media_type.to_string(),
                     bundle: bundle.clone(),
-                });
-                false
+                }),
+                None => objects.push(o),
             }
-            None => true,
         }
-    });
-    objects.shrink_to_fit();
+    }
     let mut bases: Vec<Base> = Vec::new();
     for x in &external {
         if !bases.iter().any(|b| b.bundle_json == x.bundle) {
@@ -72,25 +117,6 @@ fn assemble(resolved: &[(Requested, Resolved)], carried: &Carried) -> Contents {
             }
         }
     }
-    let images = resolved
-        .iter()
-        .map(|(req, r)| {
-            Arc::new(ImageEntry {
-                source: req.reference.to_string(),
-                registry: crate::shared::shared(&req.reference.registry),
-                namespace: req.namespace.clone(),
-                path: req.path.clone(),
-                tag: req.reference.tag.clone().unwrap_or_default(),
-                digest: r.digest.clone(),
-                source_digest: r.source_digest.clone().map(Box::new),
-                subject: req.subject.clone().map(Box::new),
-                media_type: crate::shared::shared(&r.media_type),
-                platforms: r.platforms.clone(),
-                size: r.objects.iter().map(|o| o.size).sum(),
-                blobs: r.objects.iter().map(|o| o.digest.clone()).collect(),
-            })
-        })
-        .collect();
     Contents {
         objects,
         external,
@@ -297,7 +323,10 @@ pub async fn run(args: ExportArgs) -> Result<()> {
             )));
         }
     }
-    let contents = assemble(&resolved, &carried);
+    let root_sizes: Vec<u64> = resolved.iter().map(|(_, r)| r.size).collect();
+    let contents = assemble(resolved, &carried);
+    drop(carried);
+    crate::memory::give_back();
     if args.plan {
         plan::show(&contents, &failed, &cache, &out, args.out.json)?;
         return partial(
@@ -307,11 +336,6 @@ pub async fn run(args: ExportArgs) -> Result<()> {
     }
     // Before the first download: will it all fit?
     space::check(&contents, &out, &cache, args.cache_all)?;
-    let root_sizes: Vec<u64> = resolved.iter().map(|(_, r)| r.size).collect();
-    // Everything the write needs is in `contents` now; at 10,000 images the resolved
-    // images are tens of MiB.
-    drop(resolved);
-    drop(carried);
     let job = write::Job {
         out: out.clone(),
         split,

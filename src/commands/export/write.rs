@@ -333,6 +333,7 @@ pub(super) async fn write(
         }
     };
 
+    crate::memory::give_back();
     // The engine (registries → this bundle) fetches blobs `--jobs` at a time, in bundle
     // order; the writer thread takes each when its turn comes (see `bundle::sink`). The
     // objects are held once, by the source, and the writer walks them there.
