@@ -92,7 +92,9 @@ pub fn build<'a>(
         .first()
         .map(String::as_str)
         .unwrap_or(DEFAULT_PLATFORM);
-    let mut entries: Vec<LoadEntry> = Vec::new();
+    // At most an entry per image: room for that, never grown by doubling (tens of thousands
+    // of entries), and the spare room given back at the end.
+    let mut entries: Vec<LoadEntry> = Vec::with_capacity(images.len());
     let mut by_manifest: HashMap<Digest, usize> = HashMap::new();
     let mut skipped = Vec::new();
     for img in images.iter().filter(|i| i.subject.is_none()) {
@@ -116,6 +118,7 @@ pub fn build<'a>(
             }
         }
     }
+    entries.shrink_to_fit();
     Built { entries, skipped }
 }
 

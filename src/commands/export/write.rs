@@ -297,7 +297,9 @@ pub(super) async fn write(
     let out2 = out.clone();
     let root_sizes = root_sizes.to_vec();
     type Started = (BundleWriter, BundleManifest, Vec<Object>);
+    let blob_count = objects.len();
     let w = tokio::task::spawn_blocking(move || -> Result<Started> {
+        let mut manifest = manifest;
         let mut w = BundleWriter::create(&out2, split, mtime)?;
         match signed_json {
             Some(bytes) => w.append(BUNDLE_JSON, bytes.len() as u64, &mut &bytes[..])?,
@@ -307,6 +309,9 @@ pub(super) async fn write(
                 append_json(&mut w, BUNDLE_JSON, &member, &manifest)?;
             }
         }
+        // Written: the list of blobs (the objects' digests, sizes and media types again) is
+        // not needed while the other members are built.
+        drop(std::mem::take(&mut manifest.blobs));
         w.append(
             OCI_LAYOUT,
             OCI_LAYOUT_CONTENT.len() as u64,
@@ -340,22 +345,21 @@ pub(super) async fn write(
     let source = Arc::new(RegistryObjects::new(objects, clients));
     let (sink, mut inbox) = BundleSink::new(source.clone(), &out, &cache, cache_all, jobs);
     // What the end of the export reports is kept; the images themselves become the engine's
-    // targets (moved, not copied), and the blob list, written, is dropped.
+    // targets (moved, not copied).
     let BundleManifest {
         images,
-        blobs,
         external,
         failed,
         ..
     } = manifest;
     let counts = Written {
         images: images.len(),
-        blobs: blobs.len(),
+        blobs: blob_count,
         external_blobs: external.len(),
         external_size: external.iter().map(|x| x.size).sum(),
         failed,
     };
-    drop((blobs, external));
+    drop(external);
     let summary_images: Vec<SummaryImage> = if json {
         images
             .iter()
