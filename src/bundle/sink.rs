@@ -48,6 +48,10 @@ const MIN_PART: u64 = 32 * 1024 * 1024;
 /// Bytes of large blobs that may be spooled ahead of the writer (the blob the writer waits
 /// for is always fetched, whatever its size).
 pub const AHEAD_BUDGET: u64 = 4 * 1024 * 1024 * 1024;
+/// How many slots past the writer's a blob may be put into: what waits for the writer (a
+/// path, a stream) is held in memory, and from a warm cache the engine would otherwise hand
+/// over every blob of the bundle (100,000 paths, 15 MiB) before the writer took the first.
+const AHEAD_SLOTS: usize = 1024;
 /// Spool writes are gathered into pieces of this size.
 const PIECE: usize = 1024 * 1024;
 /// Cuts a part may suffer in a row (with no byte arriving in between) before it gives up.
@@ -228,9 +232,15 @@ impl BundleSink {
 
     /// Puts blob `i`: from the cache, into the cache, through a spool or as a stream.
     async fn put(&self, i: usize, d: &Digest, size: u64, src: &dyn BlobSource) -> Result<()> {
-        if self.stopped() {
-            return Err(self.stopped_error());
-        }
+        // The engine puts blobs in bundle order, so the one the writer waits for is never
+        // held back here.
+        self.wait_until(|s| {
+            s.writer_at
+                .load(Ordering::Acquire)
+                .saturating_add(AHEAD_SLOTS)
+                >= i
+        })
+        .await?;
         let path = fetch::cache_path(&self.cache, d);
         let in_cache = tokio::fs::metadata(&path)
             .await
@@ -492,7 +502,10 @@ impl Inbox {
                 let f = std::fs::File::open(&path).ctx(|| format!("opening {}", path.display()))?;
                 // Checked when it was downloaded or found: read once, its size enforced.
                 let what = format!("{} (blob {})", path.display(), o.digest);
-                let r = Exact::new(BufReader::with_capacity(1 << 20, f), o.size, what);
+                // A buffer no bigger than the blob: most are a few KiB, and a MiB taken and
+                // given back for each of 100,000 of them leaves the heap in pieces.
+                let room = o.size.clamp(8 << 10, 1 << 20) as usize;
+                let r = Exact::new(BufReader::with_capacity(room, f), o.size, what);
                 (Box::new(r), Taken::Cached { path, hit })
             }
             Delivery::Spool(spool) => {
