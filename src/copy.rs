@@ -388,7 +388,12 @@ pub async fn push(
 /// Which repositories need each blob (manifests are pushed later, by image); blobs that a
 /// base bundle carried (`external`) must be in the target already.
 fn needs_of<'a>(source: &dyn Source, images: &'a [TargetImage]) -> Vec<Need<'a>> {
-    let mut needs: Vec<Need> = Vec::new();
+    // Room for every object of the source at once: grown by doubling, the list would be
+    // held twice over while it moves (100,000 blobs). Each object the source numbers is
+    // marked with its need's place in a list (8 bytes an object); a map, for the others.
+    let room = source.objects_hint();
+    let mut needs: Vec<Need> = Vec::with_capacity(room);
+    let mut marked: Vec<usize> = vec![usize::MAX; room];
     let mut pos: HashMap<&Digest, usize> = HashMap::new();
     for img in images {
         for d in &img.entry.blobs {
@@ -398,17 +403,32 @@ fn needs_of<'a>(source: &dyn Source, images: &'a [TargetImage]) -> Vec<Need<'a>>
                 (None, Some(size)) => (size, true),
                 (None, None) => continue,
             };
-            let i = *pos.entry(d).or_insert_with(|| {
-                needs.push(Need {
-                    digest: d,
-                    size,
-                    // Room for one: most blobs go to one repository, and a first push would
-                    // make room for four.
-                    repos: Vec::with_capacity(1),
-                    external: external.then_some(img),
-                });
-                needs.len() - 1
-            });
+            let mark = source.position(d).filter(|&p| p < room);
+            let known = match mark {
+                Some(p) => marked.get(p).copied().filter(|&n| n != usize::MAX),
+                None => pos.get(d).copied(),
+            };
+            let i = match known {
+                Some(i) => i,
+                None => {
+                    needs.push(Need {
+                        digest: d,
+                        size,
+                        // Room for one: most blobs go to one repository, and a first push
+                        // would make room for four.
+                        repos: Vec::with_capacity(1),
+                        external: external.then_some(img),
+                    });
+                    let i = needs.len() - 1;
+                    match mark.and_then(|p| marked.get_mut(p)) {
+                        Some(slot) => *slot = i,
+                        None => {
+                            pos.insert(d, i);
+                        }
+                    }
+                    i
+                }
+            };
             // The images of a repository mostly come one after the other: a repeat of the
             // last one is skipped here, the others below.
             let repos = &mut needs[i].repos;
@@ -417,7 +437,7 @@ fn needs_of<'a>(source: &dyn Source, images: &'a [TargetImage]) -> Vec<Need<'a>>
             }
         }
     }
-    drop(pos);
+    drop((marked, pos));
     // Each repository once, in the order first met. A set per blob, not one of every
     // (blob, repository) pair: a base layer is needed by thousands of repositories.
     let mut seen: HashSet<&str> = HashSet::new();
@@ -878,12 +898,19 @@ mod tests {
     use crate::registry::BlobSource;
     use futures_util::future::BoxFuture;
 
-    /// Carries every digest it is asked about, as a layer of 7 bytes.
-    struct Layers;
+    /// Carries every digest it is asked about, as a layer of 7 bytes; numbers those listed
+    /// (a bundle or export numbers each object it carries).
+    struct Layers(Vec<Digest>);
 
     impl Source for Layers {
         fn describe(&self, _d: &Digest) -> Option<(u64, Arc<str>)> {
             Some((7, Arc::from("application/vnd.oci.image.layer.v1.tar+gzip")))
+        }
+        fn objects_hint(&self) -> usize {
+            self.0.len()
+        }
+        fn position(&self, d: &Digest) -> Option<usize> {
+            self.0.iter().position(|x| x == d)
         }
         fn manifest<'a>(&'a self, d: &'a Digest) -> BoxFuture<'a, Result<Vec<u8>>> {
             Box::pin(async move { Err(Error::Failed(format!("no manifest {d}"))) })
@@ -930,18 +957,28 @@ mod tests {
             image("r/two", "2", &[&base, &b]),
             image("r/two", "3", &[&base, &b]),
         ];
-        let needs = needs_of(&Layers, &images);
-        let got: Vec<(&Digest, Vec<&str>)> =
-            needs.iter().map(|n| (n.digest, n.repos.clone())).collect();
-        assert_eq!(
-            got,
-            vec![
-                (&base, vec!["r/one", "r/two", "r/three"]),
-                (&a, vec!["r/one"]),
-                (&b, vec!["r/two"]),
-                (&c, vec!["r/three"]),
-            ]
-        );
-        assert!(needs.iter().all(|n| n.size == 7 && n.external.is_none()));
+        // Unnumbered (found through a map), numbered in another order than the images',
+        // and numbered in part: the same plan.
+        for numbered in [
+            vec![],
+            vec![c.clone(), base.clone(), b.clone(), a.clone()],
+            vec![b.clone(), base.clone()],
+        ] {
+            let source = Layers(numbered.clone());
+            let needs = needs_of(&source, &images);
+            let got: Vec<(&Digest, Vec<&str>)> =
+                needs.iter().map(|n| (n.digest, n.repos.clone())).collect();
+            assert_eq!(
+                got,
+                vec![
+                    (&base, vec!["r/one", "r/two", "r/three"]),
+                    (&a, vec!["r/one"]),
+                    (&b, vec!["r/two"]),
+                    (&c, vec!["r/three"]),
+                ],
+                "numbered {numbered:?}"
+            );
+            assert!(needs.iter().all(|n| n.size == 7 && n.external.is_none()));
+        }
     }
 }

@@ -41,6 +41,17 @@ pub trait Source: Send + Sync {
             missing.join("\n  ")
         ))
     }
+    /// How many objects this source knows, carried or external: room for a push's plan, so
+    /// that its list of 100,000 blobs is not grown by doubling. Zero when unknown.
+    fn objects_hint(&self) -> usize {
+        0
+    }
+    /// Where an object sits among those [`objects_hint`](Self::objects_hint) counts (below
+    /// it), carried or external: a push's plan marks each in a list instead of a map of
+    /// 100,000 digests. `None` for an object this source does not number.
+    fn position(&self, _d: &Digest) -> Option<usize> {
+        None
+    }
     /// A manifest's exact bytes.
     fn manifest<'a>(&'a self, d: &'a Digest) -> BoxFuture<'a, Result<Vec<u8>>>;
     /// A blob as an upload source; `reporter`'s bar moves with its bytes.
@@ -144,6 +155,16 @@ impl Source for Arc<Bundle> {
 
     fn external(&self, d: &Digest) -> Option<u64> {
         self.manifest.external_blob(d).map(|x| x.size)
+    }
+
+    fn objects_hint(&self) -> usize {
+        self.manifest.blobs.len() + self.manifest.external.len()
+    }
+
+    fn position(&self, d: &Digest) -> Option<usize> {
+        let m = &self.manifest;
+        m.blob_index(d)
+            .or_else(|| m.external_index(d).map(|x| m.blobs.len() + x))
     }
 
     fn external_home(&self, d: &Digest) -> String {
@@ -316,6 +337,14 @@ impl RegistryObjects {
 impl Source for RegistryObjects {
     fn describe(&self, d: &Digest) -> Option<(u64, Arc<str>)> {
         self.get(d).map(|o| (o.size, o.media_type.clone()))
+    }
+
+    fn objects_hint(&self) -> usize {
+        self.objects.len()
+    }
+
+    fn position(&self, d: &Digest) -> Option<usize> {
+        RegistryObjects::position(self, d)
     }
 
     fn manifest<'a>(&'a self, d: &'a Digest) -> BoxFuture<'a, Result<Vec<u8>>> {

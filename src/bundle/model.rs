@@ -350,11 +350,14 @@ impl BundleManifest {
     }
 
     pub fn external_blob(&self, d: &Digest) -> Option<&ExternalBlob> {
-        let i = self
-            .lookup()
+        self.external_index(d).and_then(|i| self.external.get(i))
+    }
+
+    /// Where an external blob sits in `external`.
+    pub fn external_index(&self, d: &Digest) -> Option<usize> {
+        self.lookup()
             .external
-            .find(&self.external, |x| &x.digest, d)?;
-        self.external.get(i)
+            .find(&self.external, |x| &x.digest, d)
     }
 
     /// The base bundle that carries an external blob, for messages.

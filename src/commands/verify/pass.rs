@@ -581,6 +581,14 @@ impl Source for Arc<Pass> {
         self.bundle.external_home(d)
     }
 
+    fn objects_hint(&self) -> usize {
+        self.bundle.objects_hint()
+    }
+
+    fn position(&self, d: &Digest) -> Option<usize> {
+        self.bundle.position(d)
+    }
+
     fn manifest<'a>(&'a self, d: &'a Digest) -> BoxFuture<'a, Result<Vec<u8>>> {
         let pass = self.clone();
         let d = d.clone();
