@@ -122,6 +122,7 @@ pub async fn run(args: CopyArgs) -> Result<()> {
         Arc::new(target),
         targets,
         args.out.jobs as usize,
+        args.out.json,
         reporter.clone(),
     )
     .await;

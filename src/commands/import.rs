@@ -66,7 +66,7 @@ pub(crate) fn finish(
 ) -> Result<()> {
     reporter.info(format!(
         "{} images pushed, {} failed; blobs: {} uploaded ({}), {} mounted, {} already there",
-        report.images_pushed.len(),
+        report.images_pushed_count,
         report.images_failed.len(),
         report.blobs_uploaded,
         human(report.bytes_uploaded),
@@ -87,7 +87,7 @@ pub(crate) fn finish(
     Err(Error::Failed(format!(
         "{} of {} images were not {done} (their tags were not written):\n{}",
         report.images_failed.len(),
-        report.images_failed.len() + report.images_pushed.len(),
+        report.images_failed.len() + report.images_pushed_count,
         lines.join("\n")
     )))
 }
@@ -202,6 +202,7 @@ pub async fn run(args: ImportArgs) -> Result<()> {
         target,
         targets,
         args.out.jobs as usize,
+        args.out.json,
         reporter.clone(),
     )
     .await;

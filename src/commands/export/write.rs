@@ -407,6 +407,7 @@ pub(super) async fn write(
         sink.clone(),
         targets,
         jobs,
+        false,
         Reporter::new(true, false),
     )
     .await;

@@ -89,6 +89,7 @@ async fn check_pass(bundle: Arc<Bundle>, reporter: &Reporter) -> Result<Report> 
         checker.clone(),
         targets,
         1,
+        false,
         Reporter::new(true, false),
     )
     .await;
