@@ -222,21 +222,18 @@ pub fn first_met<'a>(images: impl IntoIterator<Item = &'a Resolved>) -> Vec<bool
 pub struct TargetImage {
     /// Shared with the bundle's list of images (verify walks them without a copy).
     pub entry: Arc<ImageEntry>,
-    pub repo: String,
+    /// Shared by the images of one repository that come one after the other
+    /// ([`all_named`](Self::all_named)): 33,340 images are 3,334 repositories.
+    pub repo: Arc<str>,
     pub tag: String,
 }
 
 impl TargetImage {
     /// An image under the name its bundle gives it (its source repository and tag, or its
     /// digest when it has no tag): what export writes and verify walks.
-    pub fn as_named(entry: &Arc<ImageEntry>) -> TargetImage {
-        TargetImage::named(entry.clone())
-    }
-
-    /// [`as_named`](Self::as_named), taking the entry.
     pub fn named(entry: Arc<ImageEntry>) -> TargetImage {
         TargetImage {
-            repo: entry.source_repository(),
+            repo: entry.source_repository().into(),
             tag: if entry.tag.is_empty() {
                 entry.digest.to_string()
             } else {
@@ -244,6 +241,20 @@ impl TargetImage {
             },
             entry,
         }
+    }
+
+    /// [`named`](Self::named) for each entry, the images of a repository that come one after
+    /// the other sharing its name.
+    pub fn all_named(entries: impl ExactSizeIterator<Item = Arc<ImageEntry>>) -> Vec<TargetImage> {
+        let mut out: Vec<TargetImage> = Vec::with_capacity(entries.len());
+        for entry in entries {
+            let mut t = TargetImage::named(entry);
+            if let Some(last) = out.last().filter(|l| l.repo == t.repo) {
+                t.repo = last.repo.clone();
+            }
+            out.push(t);
+        }
+        out
     }
 
     pub fn name(&self, registry: &str) -> String {
@@ -445,7 +456,7 @@ fn needs_of<'a>(source: &dyn Source, images: &'a [TargetImage]) -> Vec<Need<'a>>
             // The images of a repository mostly come one after the other: a repeat of the
             // last one is skipped here, the others below.
             let repos = &mut needs[i].repos;
-            if repos.last() != Some(&img.repo.as_str()) {
+            if repos.last() != Some(&&*img.repo) {
                 repos.push(&img.repo);
             }
         }
@@ -717,7 +728,7 @@ fn group_by_root(images: &[TargetImage]) -> Vec<RootGroup<'_>> {
     let mut groups: Vec<RootGroup> = Vec::new();
     let mut at: HashMap<(&str, &Digest), usize> = HashMap::with_capacity(images.len());
     for img in images {
-        match at.get(&(img.repo.as_str(), &img.entry.digest)) {
+        match at.get(&(&*img.repo, &img.entry.digest)) {
             Some(&i) => {
                 let tags = &mut groups[i].tags;
                 if !tags.contains(&img.tag.as_str()) {
@@ -950,9 +961,38 @@ mod tests {
                 size: 0,
                 blobs: blobs.iter().map(|d| (*d).clone()).collect(),
             }),
-            repo: repo.to_string(),
+            repo: Arc::from(repo),
             tag: tag.to_string(),
         }
+    }
+
+    /// Every image under its bundle name; the images of a repository that come one after the
+    /// other share one copy of its name, and an image without a tag goes by its digest.
+    #[test]
+    fn all_named_names_each_image_and_shares_a_repository_met_in_a_row() {
+        let l = Digest::of(b"l");
+        let mut untagged = (*image("r/two", "x", &[&l]).entry).clone();
+        untagged.tag = String::new();
+        let entries = vec![
+            image("r/one", "1", &[&l]).entry,
+            image("r/one", "2", &[&l]).entry,
+            Arc::new(untagged),
+            image("r/one", "3", &[&l]).entry,
+        ];
+        let root_of_untagged = entries[2].digest.to_string();
+        let t = TargetImage::all_named(entries.into_iter());
+        let names: Vec<(&str, &str)> = t.iter().map(|t| (&*t.repo, t.tag.as_str())).collect();
+        assert_eq!(
+            names,
+            vec![
+                ("r/one", "1"),
+                ("r/one", "2"),
+                ("r/two", root_of_untagged.as_str()),
+                ("r/one", "3"),
+            ]
+        );
+        assert!(Arc::ptr_eq(&t[0].repo, &t[1].repo));
+        assert!(!Arc::ptr_eq(&t[1].repo, &t[3].repo));
     }
 
     /// A base layer shared by images listed tag by tag across repositories (each repository

@@ -47,6 +47,11 @@ pub fn plan_targets(
             continue;
         }
         names.insert(key, out.len());
+        // The images of a repository mostly come one after the other: they share its name.
+        let repo = match out.last().filter(|l| *l.repo == *repo) {
+            Some(last) => last.repo.clone(),
+            None => repo.into(),
+        };
         out.push(TargetImage {
             entry: img,
             repo,
@@ -252,16 +257,16 @@ mod tests {
         ];
         let t = plan_targets(arcs(images.clone()), None, None).unwrap();
         assert_eq!(
-            (t[0].repo.as_str(), t[0].tag.as_str()),
+            (&*t[0].repo, t[0].tag.as_str()),
             ("arcdata/arc-controller", "v1")
         );
-        assert_eq!(t[1].repo, "library/nginx");
+        assert_eq!(&*t[1].repo, "library/nginx");
         let t = plan_targets(arcs(images), Some("mirror"), Some("v2")).unwrap();
         assert_eq!(
-            (t[0].repo.as_str(), t[0].tag.as_str()),
+            (&*t[0].repo, t[0].tag.as_str()),
             ("mirror/arc-controller", "v2")
         );
-        assert_eq!(t[1].repo, "mirror/library/nginx");
+        assert_eq!(&*t[1].repo, "mirror/library/nginx");
     }
 
     #[test]
@@ -270,11 +275,8 @@ mod tests {
         let mut sig = img("a", "x", "sha256-abc.sig", b"sig");
         sig.subject = Some(Box::new(image.digest.clone()));
         let t = plan_targets(arcs(vec![image, sig]), Some("m"), Some("v2")).unwrap();
-        assert_eq!((t[0].repo.as_str(), t[0].tag.as_str()), ("m/x", "v2"));
-        assert_eq!(
-            (t[1].repo.as_str(), t[1].tag.as_str()),
-            ("m/x", "sha256-abc.sig")
-        );
+        assert_eq!((&*t[0].repo, t[0].tag.as_str()), ("m/x", "v2"));
+        assert_eq!((&*t[1].repo, t[1].tag.as_str()), ("m/x", "sha256-abc.sig"));
     }
 
     #[test]

@@ -67,11 +67,11 @@ impl Namespace {
             )?;
             for t in targets {
                 ns.tags
-                    .entry(t.repo.clone())
+                    .entry(t.repo.to_string())
                     .or_default()
                     .insert(t.tag.clone(), t.entry.digest.clone());
                 ns.objects
-                    .entry(t.repo.clone())
+                    .entry(t.repo.to_string())
                     .or_default()
                     .extend(t.entry.blobs.iter().cloned());
                 if let Some(subject) = &t.entry.subject {

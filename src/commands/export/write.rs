@@ -373,7 +373,7 @@ pub(super) async fn write(
     } else {
         Vec::new()
     };
-    let targets: Vec<TargetImage> = images.into_iter().map(TargetImage::named).collect();
+    let targets = TargetImage::all_named(images.into_iter());
 
     reporter.start_bar(total_size, "writing bundle");
     let bar = reporter.clone();

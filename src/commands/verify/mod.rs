@@ -76,12 +76,7 @@ async fn check_pass(bundle: Arc<Bundle>, reporter: &Reporter) -> Result<Report> 
     };
     let pass = Arc::new(pass::Pass::start(bundle.clone(), reporter.clone())?);
     let checker = Arc::new(sink::CheckSink::new(bundle.clone()));
-    let targets: Vec<TargetImage> = bundle
-        .manifest
-        .images
-        .iter()
-        .map(TargetImage::as_named)
-        .collect();
+    let targets = TargetImage::all_named(bundle.manifest.images.iter().cloned());
     // One job: the engine asks for blobs in bundle order, so the pass reads the file once.
     // Its per-image account is not needed: the pass and the sink name each problem.
     let walked = copy::push(
