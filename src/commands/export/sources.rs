@@ -228,8 +228,8 @@ pub(super) async fn companions(
         .map(|(r, _)| r.reference.to_string())
         .collect();
     // The roots to ask the referrers API about, as (image, subject): the companion's request
-    // is made only for an answer (a request for every image would be most of export's
-    // memory at its peak).
+    // is made only for an answer (a request made ready for every image was 22 MiB of the
+    // 70 MiB that export's heap peaked at with 33,340 images).
     let mut ask_api: Vec<(usize, Digest)> = Vec::new();
     let no_tags = Vec::new();
     for (at, (req, r)) in resolved.iter().enumerate() {
