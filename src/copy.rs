@@ -229,32 +229,31 @@ pub struct TargetImage {
 }
 
 impl TargetImage {
-    /// An image under the name its bundle gives it (its source repository and tag, or its
-    /// digest when it has no tag): what export writes and verify walks.
-    pub fn named(entry: Arc<ImageEntry>) -> TargetImage {
-        TargetImage {
-            repo: entry.source_repository().into(),
-            tag: if entry.tag.is_empty() {
-                entry.digest.to_string()
-            } else {
-                entry.tag.clone()
-            },
-            entry,
-        }
-    }
-
-    /// [`named`](Self::named) for each entry, the images of a repository that come one after
-    /// the other sharing its name.
+    /// Every entry under the name its bundle gives it (its source repository and tag, or its
+    /// digest when it has no tag): what export writes and verify walks. The images of a
+    /// repository that come one after the other share its name.
     pub fn all_named(entries: impl ExactSizeIterator<Item = Arc<ImageEntry>>) -> Vec<TargetImage> {
         let mut out: Vec<TargetImage> = Vec::with_capacity(entries.len());
         for entry in entries {
-            let mut t = TargetImage::named(entry);
-            if let Some(last) = out.last().filter(|l| l.repo == t.repo) {
-                t.repo = last.repo.clone();
-            }
-            out.push(t);
+            let repo = TargetImage::repo_after(out.last(), entry.source_repository());
+            let tag = if entry.tag.is_empty() {
+                entry.digest.to_string()
+            } else {
+                entry.tag.clone()
+            };
+            out.push(TargetImage { entry, repo, tag });
         }
         out
+    }
+
+    /// `repo` as the repository of the image after `prev`: `prev`'s own copy of the name when
+    /// it is the same repository (the images of a repository mostly come one after the
+    /// other).
+    pub fn repo_after(prev: Option<&TargetImage>, repo: String) -> Arc<str> {
+        match prev.filter(|p| *p.repo == *repo) {
+            Some(p) => p.repo.clone(),
+            None => repo.into(),
+        }
     }
 
     pub fn name(&self, registry: &str) -> String {

@@ -47,11 +47,7 @@ pub fn plan_targets(
             continue;
         }
         names.insert(key, out.len());
-        // The images of a repository mostly come one after the other: they share its name.
-        let repo = match out.last().filter(|l| *l.repo == *repo) {
-            Some(last) => last.repo.clone(),
-            None => repo.into(),
-        };
+        let repo = TargetImage::repo_after(out.last(), repo);
         out.push(TargetImage {
             entry: img,
             repo,
