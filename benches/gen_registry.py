@@ -7,6 +7,10 @@ linux/amd64 OCI manifest with a shared base layer and a small unique layer.
 
 ROOTDIRECTORY is the registry's `storage.filesystem.rootdirectory` (start the registry after
 this ran). Writes `scale/rNNNN:tNN` paths, one per line, to LIST_FILE. Used by bench.sh.
+
+With a fifth argument LAYERS, each image has LAYERS unique layers (16 KiB between them)
+instead of one: `gen_registry.py DIR 1000 10 LIST 9` writes 10,000 images of 100,001 blobs
+(manifests and configs counted), the shape of real images with many layers.
 """
 import gzip
 import hashlib
@@ -17,6 +21,7 @@ import sys
 import tarfile
 
 root, repos, tags, list_file = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+unique_layers = int(sys.argv[5]) if len(sys.argv) > 5 else 1
 v2 = os.path.join(root, "docker", "registry", "v2")
 
 
@@ -54,12 +59,14 @@ with open(list_file, "w") as out:
         repo = f"scale/r{r:04d}"
         rdir = os.path.join(v2, "repositories", repo)
         for t in range(1, tags + 1):
-            uniq, uniq_diff = layer("unique.bin", os.urandom(16384))
-            uniq_d = put_blob(uniq)
+            uniques = []
+            for _ in range(unique_layers):
+                uniq, uniq_diff = layer("unique.bin", os.urandom(16384 // unique_layers))
+                uniques.append((put_blob(uniq), len(uniq), uniq_diff))
             config = json.dumps({
                 "architecture": "amd64", "os": "linux",
                 "config": {"Labels": {"image": f"{repo}:t{t:02d}"}},
-                "rootfs": {"type": "layers", "diff_ids": [base_diff, uniq_diff]},
+                "rootfs": {"type": "layers", "diff_ids": [base_diff] + [u[2] for u in uniques]},
             }).encode()
             config_d = put_blob(config)
             manifest = json.dumps({
@@ -69,13 +76,12 @@ with open(list_file, "w") as out:
                            "digest": config_d, "size": len(config)},
                 "layers": [
                     {"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
-                     "digest": base_d, "size": len(base)},
-                    {"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
-                     "digest": uniq_d, "size": len(uniq)},
+                     "digest": d, "size": size}
+                    for d, size in [(base_d, len(base))] + [(u[0], u[1]) for u in uniques]
                 ],
             }).encode()
             man_d = put_blob(manifest)
-            for d in (base_d, uniq_d, config_d):
+            for d in [base_d, config_d] + [u[0] for u in uniques]:
                 link(os.path.join(rdir, "_layers", "sha256", d[7:]), d)
             link(os.path.join(rdir, "_manifests", "revisions", "sha256", man_d[7:]), man_d)
             tag = f"t{t:02d}"
