@@ -30,12 +30,41 @@ pub struct Object {
     /// Manifests carry their bytes (set aside on disk until written); blobs are fetched from
     /// `repo` at the source.
     pub inline: Option<Kept>,
-    /// Where the object lives at the source (shared by the objects of one image).
-    pub registry: Arc<str>,
-    pub repo: Arc<str>,
+    /// Where the object lives at the source: shared by the objects of every image of one
+    /// repository ([`Home`]).
+    pub home: Arc<Home>,
+}
+
+/// The registry and repository objects are read from. Made once per repository before the
+/// images are resolved, and shared by all their objects. Made per image as each resolved, these
+/// two small names stayed alive among everything resolving it freed, and glibc could not give
+/// those pages back: an export of 10,000 images with 100,000 blobs peaked 6 MiB higher.
+#[derive(Debug)]
+pub struct Home {
+    pub registry: Box<str>,
+    pub repo: Box<str>,
+}
+
+impl Home {
+    pub fn new(registry: &str, repo: &str) -> Arc<Home> {
+        Arc::new(Home {
+            registry: registry.into(),
+            repo: repo.into(),
+        })
+    }
 }
 
 impl Object {
+    /// The source registry's name.
+    pub fn registry(&self) -> &str {
+        &self.home.registry
+    }
+
+    /// The repository at the source.
+    pub fn repo(&self) -> &str {
+        &self.home.repo
+    }
+
     /// A manifest's bytes, read back from where they were set aside; `None` for a blob.
     pub fn manifest_bytes(&self) -> Result<Option<Vec<u8>>> {
         self.inline
@@ -64,27 +93,28 @@ pub struct Resolved {
 
 const MAX_DEPTH: usize = 4;
 
-/// Resolves `reference` in `repo`: fetches the manifest and, for an index, each child manifest
-/// (filtered to `platforms` when given), and lists every blob beneath.
+/// Resolves `reference` in `home`'s repository (of `reg`): fetches the manifest and, for an
+/// index, each child manifest (filtered to `platforms` when given), and lists every blob
+/// beneath.
 pub async fn resolve(
     reg: &Registry,
-    repo: &str,
+    home: &Arc<Home>,
     reference: &str,
     platforms: &[String],
 ) -> Result<Resolved> {
-    let root = reg.get_manifest(repo, reference).await?;
-    resolve_manifest(reg, repo, reference, root, platforms).await
+    let root = reg.get_manifest(&home.repo, reference).await?;
+    resolve_manifest(reg, home, reference, root, platforms).await
 }
 
 /// Like [`resolve`], from a root manifest already fetched (`reference` names it in messages).
 pub async fn resolve_manifest(
     reg: &Registry,
-    repo: &str,
+    home: &Arc<Home>,
     reference: &str,
     root: Manifest,
     platforms: &[String],
 ) -> Result<Resolved> {
-    let what = format!("{}/{repo}:{reference}", reg.name());
+    let what = format!("{}/{}:{reference}", reg.name(), home.repo);
     let mut objects = Vec::new();
     let mut seen = HashSet::new();
     let mut kept_platforms = Vec::new();
@@ -107,11 +137,7 @@ pub async fn resolve_manifest(
             }
         }
     }
-    let home = Home {
-        registry: reg.name().into(),
-        repo: repo.into(),
-    };
-    walk(reg, &home, &root, &what, 0, &mut objects, &mut seen).await?;
+    walk(reg, home, &root, &what, 0, &mut objects, &mut seen).await?;
     // The root last; its bytes move into its object, held once.
     let Manifest {
         digest,
@@ -125,8 +151,7 @@ pub async fn resolve_manifest(
             size,
             media_type: crate::shared::shared(&media_type),
             inline: Some(Kept::new(bytes)),
-            registry: home.registry.clone(),
-            repo: home.repo.clone(),
+            home: home.clone(),
         });
     }
     Ok(Resolved {
@@ -139,15 +164,9 @@ pub async fn resolve_manifest(
     })
 }
 
-/// The registry and repository an image's objects are read from.
-struct Home {
-    registry: Arc<str>,
-    repo: Arc<str>,
-}
-
 fn walk<'a>(
     reg: &'a Registry,
-    home: &'a Home,
+    home: &'a Arc<Home>,
     m: &'a Manifest,
     what: &'a str,
     depth: usize,
@@ -186,8 +205,7 @@ fn walk<'a>(
                     size: c.size,
                     media_type: crate::shared::shared(&child.media_type),
                     inline: Some(Kept::new(child.bytes)),
-                    registry: home.registry.clone(),
-                    repo: home.repo.clone(),
+                    home: home.clone(),
                 });
             } else {
                 seen.insert(c.digest.clone());
@@ -196,8 +214,7 @@ fn walk<'a>(
                     size: c.size,
                     media_type: crate::shared::shared(&c.media_type),
                     inline: None,
-                    registry: home.registry.clone(),
-                    repo: home.repo.clone(),
+                    home: home.clone(),
                 });
             }
         }

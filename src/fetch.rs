@@ -125,7 +125,7 @@ impl<'a> Download<'a> {
         Download {
             reg,
             o,
-            what: format!("blob {} of {}/{}", o.digest, reg.name(), o.repo),
+            what: format!("blob {} of {}/{}", o.digest, reg.name(), o.repo()),
             verifier: Some(Verifier::new(&o.digest, o.size)),
             budget: Budget::new(reg.retry_policy()),
             body: None,
@@ -141,7 +141,7 @@ impl<'a> Download<'a> {
                 let seen = verifier.seen();
                 let dl = self
                     .reg
-                    .get_blob(&self.o.repo, &self.o.digest, seen, &mut self.budget)
+                    .get_blob(self.o.repo(), &self.o.digest, seen, &mut self.budget)
                     .await
                     .map_err(|e| e.about(&self.what))?;
                 let start = dl.start;

@@ -384,9 +384,9 @@ impl BlobSource for RegistryBlob {
             .ok_or_else(|| Error::Failed(format!("blob {} was not resolved", self.digest)))?;
         let reg = self
             .clients
-            .get(&*o.registry)
+            .get(o.registry())
             .cloned()
-            .ok_or_else(|| Error::Failed(format!("no client for registry {}", o.registry)))?;
+            .ok_or_else(|| Error::Failed(format!("no client for registry {}", o.registry())))?;
         self.progress.restart(offset);
         let progress = self.progress.share();
         // The whole blob is downloaded and checked; the bytes before `offset` are only hashed.
@@ -403,7 +403,7 @@ impl BlobSource for RegistryBlob {
 
     fn parts(&self) -> Option<Arc<dyn PartSource>> {
         let o = self.object.clone()?;
-        let reg = self.clients.get(&*o.registry).cloned()?;
+        let reg = self.clients.get(o.registry()).cloned()?;
         Some(Arc::new(RegistryParts { reg, object: o }))
     }
 }
@@ -425,9 +425,16 @@ impl PartSource for RegistryParts {
         Box::pin(async move {
             let mut budget = Budget::new(reg.retry_policy());
             let dl = reg
-                .get_blob_part(&o.repo, &o.digest, start, end, &mut budget)
+                .get_blob_part(o.repo(), &o.digest, start, end, &mut budget)
                 .await
-                .map_err(|e| e.about(&format!("blob {} of {}/{}", o.digest, o.registry, o.repo)))?;
+                .map_err(|e| {
+                    e.about(&format!(
+                        "blob {} of {}/{}",
+                        o.digest,
+                        o.registry(),
+                        o.repo()
+                    ))
+                })?;
             Ok(dl.map(|d| d.body))
         })
     }

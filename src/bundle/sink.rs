@@ -488,7 +488,9 @@ impl Inbox {
                 if mail.engine_done {
                     return Err(Error::Failed(format!(
                         "blob {} of {}/{} was never fetched",
-                        o.digest, o.registry, o.repo
+                        o.digest,
+                        o.registry(),
+                        o.repo()
                     )));
                 }
                 mail = match self.sink.arrived.wait(mail) {
@@ -517,7 +519,7 @@ impl Inbox {
                 )
             }
             Delivery::Stream(s) => {
-                let what = format!("blob {} from {}/{}", o.digest, o.registry, o.repo);
+                let what = format!("blob {} from {}/{}", o.digest, o.registry(), o.repo());
                 (Box::new(Exact::new(s, o.size, what)), Taken::Downloaded)
             }
             Delivery::Failed(e) => return Err(Error::Failed(e)),

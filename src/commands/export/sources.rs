@@ -5,7 +5,7 @@
 use super::Requested;
 use crate::bundle::model::FailedImage;
 use crate::cli::ExportArgs;
-use crate::copy::{self, Resolved};
+use crate::copy::{self, Home, Resolved};
 use crate::digest::Digest;
 use crate::error::{Error, Result};
 use crate::options::{ProcessEnv, SourceSide, Terminal};
@@ -100,8 +100,25 @@ pub(super) async fn resolve_all(
     // Taken in the order asked, as each is resolved: a list of every result besides the
     // resolved images would hold them twice at its peak.
     let n = requested.len();
-    let mut results = stream::iter(requested)
-        .map(|req| {
+    // Each repository's name for its objects is made now, once, not as each image resolves
+    // (see `copy::Home`). The registry is named as its client names itself.
+    let homes: Vec<Arc<Home>> = {
+        let mut made: HashMap<(&str, &str), Arc<Home>> = HashMap::new();
+        requested
+            .iter()
+            .map(|r| {
+                let registry = clients
+                    .get(&r.reference.registry)
+                    .map_or(&*r.reference.registry, |reg| reg.name());
+                let repo = &*r.reference.repository;
+                made.entry((registry, repo))
+                    .or_insert_with(|| Home::new(registry, repo))
+                    .clone()
+            })
+            .collect()
+    };
+    let mut results = stream::iter(requested.into_iter().zip(homes))
+        .map(|(req, home)| {
             let reg = clients.get(&req.reference.registry).cloned();
             let platforms = if req.platforms.is_empty() && req.subject.is_none() {
                 global_platforms.to_vec()
@@ -116,7 +133,7 @@ pub(super) async fn resolve_all(
                         Some(root) => {
                             copy::resolve_manifest(
                                 &reg,
-                                &req.reference.repository,
+                                &home,
                                 &req.reference.reference(),
                                 (**root).clone(),
                                 &platforms,
@@ -124,13 +141,7 @@ pub(super) async fn resolve_all(
                             .await
                         }
                         None => {
-                            copy::resolve(
-                                &reg,
-                                &req.reference.repository,
-                                &req.reference.reference(),
-                                &platforms,
-                            )
-                            .await
+                            copy::resolve(&reg, &home, &req.reference.reference(), &platforms).await
                         }
                     }
                     .map_err(|e| match e {
