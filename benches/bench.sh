@@ -42,6 +42,8 @@
 #   BENCH_SMALL=1         shrink the corpora (see above)
 #   BENCH_CORPORA         corpora to run, default "big many" (also: scale)
 #   BENCH_SCALE_REPOS     repositories of the scale corpus (x 10 tags), default 1000
+#   BENCH_SCALE_LAYERS    unique layers of each scale image, default 1 (9 makes 10,000
+#                         images of 100,001 blobs)
 #   BENCH_TOOLS           tools to run, default "airlock skopeo" (e.g. BENCH_TOOLS=skopeo)
 #   BENCH_JOBS            airlock -j, default 8
 #   BENCH_LINK_MIB        per-connection rate of the throttled link, default 20
@@ -57,6 +59,7 @@ REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 CORPORA=${BENCH_CORPORA:-big many}
 TOOLS=${BENCH_TOOLS:-airlock skopeo}
 JOBS=${BENCH_JOBS:-8}
+SCALE_LAYERS=${BENCH_SCALE_LAYERS:-1}
 if [[ ${BENCH_SMALL:-0} == 1 ]]; then
     BIG_MIB=10 MANY_REPOS=5 MANY_TAGS=4 COMPRESSED_MIB=30 SCALE_REPOS=${BENCH_SCALE_REPOS:-20}
 else
@@ -331,12 +334,12 @@ build_many() {
     layout_end
 }
 
-# The scale corpus (SCALE_REPOS repositories x 10 tags, a shared 2 MiB base layer and a 16 KiB
-# unique layer each) is written straight into the source registry's storage by
+# The scale corpus (SCALE_REPOS repositories x 10 tags, a shared 2 MiB base layer and 16 KiB
+# of unique layers each, in SCALE_LAYERS layers) is written straight into the source registry's storage by
 # benches/gen_registry.py: pushing 10,000 images one by one would take longer than the bench.
 build_scale() {
-    say "scale: writing $SCALE_REPOS x 10 images into the source registry's storage"
-    python3 "$REPO/benches/gen_registry.py" "$WORK/registry-source/data" "$SCALE_REPOS" 10 "$WORK/scale.list"
+    say "scale: writing $SCALE_REPOS x 10 images ($SCALE_LAYERS unique layers each) into the source registry's storage"
+    python3 "$REPO/benches/gen_registry.py" "$WORK/registry-source/data" "$SCALE_REPOS" 10 "$WORK/scale.list" "$SCALE_LAYERS"
     head -n 1 "$WORK/scale.list" >"$WORK/scale.next.list"
 }
 
