@@ -65,6 +65,16 @@ impl Object {
         &self.home.repo
     }
 
+    /// `blob <digest> of <registry>/<repository>`: the object named in messages.
+    pub fn at_source(&self) -> String {
+        format!(
+            "blob {} of {}/{}",
+            self.digest,
+            self.registry(),
+            self.repo()
+        )
+    }
+
     /// A manifest's bytes, read back from where they were set aside; `None` for a blob.
     pub fn manifest_bytes(&self) -> Result<Option<Vec<u8>>> {
         self.inline

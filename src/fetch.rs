@@ -125,7 +125,7 @@ impl<'a> Download<'a> {
         Download {
             reg,
             o,
-            what: format!("blob {} of {}/{}", o.digest, reg.name(), o.repo()),
+            what: o.at_source(),
             verifier: Some(Verifier::new(&o.digest, o.size)),
             budget: Budget::new(reg.retry_policy()),
             body: None,

@@ -427,14 +427,7 @@ impl PartSource for RegistryParts {
             let dl = reg
                 .get_blob_part(o.repo(), &o.digest, start, end, &mut budget)
                 .await
-                .map_err(|e| {
-                    e.about(&format!(
-                        "blob {} of {}/{}",
-                        o.digest,
-                        o.registry(),
-                        o.repo()
-                    ))
-                })?;
+                .map_err(|e| e.about(&o.at_source()))?;
             Ok(dl.map(|d| d.body))
         })
     }

@@ -487,10 +487,8 @@ impl Inbox {
                 }
                 if mail.engine_done {
                     return Err(Error::Failed(format!(
-                        "blob {} of {}/{} was never fetched",
-                        o.digest,
-                        o.registry(),
-                        o.repo()
+                        "{} was never fetched",
+                        o.at_source()
                     )));
                 }
                 mail = match self.sink.arrived.wait(mail) {
