@@ -92,7 +92,8 @@ impl Object {
 pub struct Resolved {
     /// The root manifest (its bytes are those of the last object).
     pub digest: Digest,
-    pub media_type: String,
+    /// Shared ([`crate::shared`]).
+    pub media_type: Arc<str>,
     pub size: u64,
     /// The digest at the source when platform filtering rewrote the index.
     pub source_digest: Option<Digest>,
@@ -155,15 +156,18 @@ pub async fn resolve_manifest(
         media_type,
     } = root;
     let size = bytes.len() as u64;
+    let media_type = crate::shared::shared(&media_type);
     if !seen.contains(&digest) {
         objects.push(Object {
             digest: digest.clone(),
             size,
-            media_type: crate::shared::shared(&media_type),
+            media_type: media_type.clone(),
             inline: Some(Kept::new(bytes)),
             home: home.clone(),
         });
     }
+    // Held until the export is written, for every image: no room to spare.
+    objects.shrink_to_fit();
     Ok(Resolved {
         digest,
         media_type,

@@ -190,8 +190,29 @@ pub(super) fn validate_platform(p: &str) -> Result<()> {
     }
 }
 
+/// The tags asked for, as `{tag}` in `-o` needs them: how many different ones, and the tag
+/// when there is only one. Not the list: 33,340 names held through the whole export.
+#[derive(Clone, Debug, Default)]
+pub struct TagsAsked {
+    pub distinct: usize,
+    pub only: Option<String>,
+}
+
+impl TagsAsked {
+    pub fn of<'a>(tags: impl Iterator<Item = &'a str>) -> TagsAsked {
+        let distinct: HashSet<&str> = tags.collect();
+        TagsAsked {
+            distinct: distinct.len(),
+            only: match distinct.len() {
+                1 => distinct.into_iter().next().map(str::to_string),
+                _ => None,
+            },
+        }
+    }
+}
+
 /// Fills `{date}` (YYYY-MM-DD), `{month}` (YYYY-MM) and `{tag}` in the output name.
-pub(super) fn expand_output(template: &Path, mtime: u64, tags: &[String]) -> Result<PathBuf> {
+pub(super) fn expand_output(template: &Path, mtime: u64, tags: &TagsAsked) -> Result<PathBuf> {
     let t = template.to_string_lossy();
     if !t.contains('{') {
         return Ok(template.to_path_buf());
@@ -201,15 +222,13 @@ pub(super) fn expand_output(template: &Path, mtime: u64, tags: &[String]) -> Res
         .replace("{date}", &date[..10])
         .replace("{month}", &date[..7]);
     if s.contains("{tag}") {
-        let distinct: HashSet<&String> = tags.iter().collect();
-        if distinct.len() != 1 {
+        let Some(tag) = tags.only.as_deref() else {
             return Err(Error::Usage(format!(
                 "-o {t}: {{tag}} needs every image to have the same tag (they have {})",
-                distinct.len()
+                tags.distinct
             )));
-        }
-        let tag = tags.first().cloned().unwrap_or_default();
-        s = s.replace("{tag}", &tag);
+        };
+        s = s.replace("{tag}", tag);
     }
     if s.contains('{') || s.contains('}') {
         return Err(Error::Usage(format!(

@@ -17,7 +17,7 @@ use crate::copy::{self, Object, Resolved};
 use crate::error::{Error, IoContext, Result};
 use crate::options::{ExportOptions, ProcessEnv, SourceSide, Terminal};
 use crate::progress::Reporter;
-use inputs::{cache_dir, expand_output, load_since, validate_platform, Carried};
+use inputs::{cache_dir, expand_output, load_since, validate_platform, Carried, TagsAsked};
 use sources::{companions, connect_image_set, connect_sources, resolve_all};
 use std::sync::Arc;
 
@@ -89,7 +89,7 @@ fn assemble(resolved: Vec<(Requested, Resolved)>, carried: &Carried) -> Contents
             digest,
             source_digest: source_digest.map(Box::new),
             subject: subject.map(Box::new),
-            media_type: crate::shared::shared(&media_type),
+            media_type,
             platforms,
             size: own.iter().map(|o| o.size).sum(),
             blobs: own.iter().map(|o| o.digest.clone()).collect(),
@@ -147,7 +147,7 @@ pub(crate) struct Selection {
     /// The platform filter in force (`--platform`, or the image-set file's).
     pub platforms: Vec<String>,
     /// The tags asked for (for `{tag}` in `-o`).
-    pub tags: Vec<String>,
+    pub tags: TagsAsked,
 }
 
 /// Connects to the source registries and resolves every image before anything is written:
@@ -187,10 +187,7 @@ pub(crate) async fn select(
     for p in requested.iter().flat_map(|r| &r.platforms) {
         validate_platform(p)?;
     }
-    let tags: Vec<String> = requested
-        .iter()
-        .filter_map(|r| r.reference.tag.clone())
-        .collect();
+    let tags = TagsAsked::of(requested.iter().filter_map(|r| r.reference.tag.as_deref()));
     let global_platforms = if args.platform.is_empty() {
         set_platforms
     } else {
