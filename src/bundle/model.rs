@@ -231,6 +231,17 @@ impl BundleManifest {
     /// Internal consistency: known format, bounded counts and sizes, every image object
     /// listed once in `blobs`, totals that add up, names that are valid.
     pub fn validate(&self, file: &Path) -> Result<()> {
+        self.validate_with(self.blobs.iter().map(|b| (&b.digest, b.size)), file)
+    }
+
+    /// [`validate`](Self::validate), with the list of blobs given as each one's digest and
+    /// size instead of from `blobs`: export writes that list from its own list of objects
+    /// rather than hold a second one (100,000 blobs are 5.6 MiB).
+    pub fn validate_with<'a>(
+        &'a self,
+        blobs: impl ExactSizeIterator<Item = (&'a Digest, u64)>,
+        file: &Path,
+    ) -> Result<()> {
         let bad = |d: String| Err(Error::bundle(file, format!("bundle.json: {d}")));
         if self.format != FORMAT {
             return bad(format!("format is {:?}, not {FORMAT:?}", self.format));
@@ -247,22 +258,19 @@ impl BundleManifest {
                 self.images.len()
             ));
         }
-        if self.blobs.len() > MAX_BLOBS {
-            return bad(format!("{} blobs (at most {MAX_BLOBS})", self.blobs.len()));
+        if blobs.len() > MAX_BLOBS {
+            return bad(format!("{} blobs (at most {MAX_BLOBS})", blobs.len()));
         }
-        let mut seen = HashSet::new();
+        let mut seen = HashSet::with_capacity(blobs.len());
         let mut total: u64 = 0;
-        for b in &self.blobs {
-            if !seen.insert(&b.digest) {
-                return bad(format!("blob {} is listed twice", b.digest));
+        for (digest, size) in blobs {
+            if !seen.insert(digest) {
+                return bad(format!("blob {digest} is listed twice"));
             }
-            if b.size > MAX_BLOB_SIZE {
-                return bad(format!(
-                    "blob {} declares an absurd size {}",
-                    b.digest, b.size
-                ));
+            if size > MAX_BLOB_SIZE {
+                return bad(format!("blob {digest} declares an absurd size {size}"));
             }
-            total = total.saturating_add(b.size);
+            total = total.saturating_add(size);
         }
         if total != self.total_size {
             return bad(format!(
