@@ -5,11 +5,11 @@
 
 use super::model::ImageEntry;
 use crate::digest::Digest;
+use crate::error::Result;
 use crate::manifest::{self, Kind};
 use serde::{Deserialize, Serialize};
-use std::borrow::Cow;
+use std::borrow::{Borrow, Cow};
 use std::collections::HashMap;
-use std::sync::Arc;
 
 pub const MANIFEST_JSON: &str = "manifest.json";
 
@@ -91,11 +91,11 @@ pub struct Built {
 /// of `images`: several tags of one manifest share its entry. For an index, the child of the
 /// first of `platforms`, else of linux/amd64. Companions (signatures, SBOMs), artifacts and
 /// images with an object this bundle does not carry (`--since`) are left out.
-pub fn build<'a>(
-    images: &[Arc<ImageEntry>],
+pub fn build<'a, I: Borrow<ImageEntry>>(
+    images: impl IntoIterator<Item = Result<I>>,
     platforms: &[String],
     stored: &dyn Fn(&Digest) -> Option<Stored<'a>>,
-) -> Built {
+) -> Result<Built> {
     let wanted = platforms
         .first()
         .map(String::as_str)
@@ -105,7 +105,9 @@ pub fn build<'a>(
     // (entry, image) for every tagged image, in the order of the images.
     let mut tags: Vec<(u32, u32)> = Vec::new();
     let mut skipped = Vec::new();
-    for (i, img) in images.iter().enumerate() {
+    for (i, img) in images.into_iter().enumerate() {
+        let img = img?;
+        let img: &ImageEntry = img.borrow();
         if img.subject.is_some() {
             continue;
         }
@@ -137,12 +139,17 @@ pub fn build<'a>(
         }
     }
     starts.push(next);
-    Built {
+    Ok(Built {
         manifests,
         tagged: tags.into_iter().map(|(_, image)| image).collect(),
         starts,
         skipped,
-    }
+    })
+}
+
+/// How `manifest.json` names a tagged image: `REGISTRY/REPOSITORY:TAG`.
+pub fn repo_tag(img: &ImageEntry) -> String {
+    format!("{}/{}:{}", img.registry, img.source_repository(), img.tag)
 }
 
 impl Built {
@@ -156,15 +163,16 @@ impl Built {
     }
 
     /// The entries as `manifest.json` holds them, made one at a time as they are written:
-    /// `images` must be the list given to [`build`], and `stored` what it was given.
+    /// `tag_of` names image `n` of those given to [`build`] ([`repo_tag`]), and `stored` is
+    /// what `build` was given.
     pub fn entries<'b>(
         &'b self,
-        images: &'b [Arc<ImageEntry>],
+        tag_of: &'b dyn Fn(usize) -> Result<String>,
         stored: &'b dyn Fn(&Digest) -> Option<Stored<'b>>,
     ) -> Entries<'b> {
         Entries {
             built: self,
-            images,
+            tag_of,
             stored,
         }
     }
@@ -174,7 +182,7 @@ impl Built {
 /// manifest as it is serialised.
 pub struct Entries<'b> {
     built: &'b Built,
-    images: &'b [Arc<ImageEntry>],
+    tag_of: &'b dyn Fn(usize) -> Result<String>,
     stored: &'b dyn Fn(&Digest) -> Option<Stored<'b>>,
 }
 
@@ -192,8 +200,8 @@ impl Entries<'_> {
             .tagged
             .get(run(n)..run(n + 1))
             .unwrap_or_default();
-        for img in tagged.iter().filter_map(|&i| self.images.get(i as usize)) {
-            let tag = format!("{}/{}:{}", img.registry, img.source_repository(), img.tag);
+        for &i in tagged {
+            let tag = (self.tag_of)(i as usize).map_err(|e| e.to_string())?;
             if !entry.repo_tags.contains(&tag) {
                 entry.repo_tags.push(tag);
             }
@@ -405,6 +413,7 @@ pub fn check(manifest_json: impl std::io::Read, loadable: Loadable) -> Vec<Strin
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::Arc;
 
     fn image(source: &str, tag: &str, digest: &Digest, media_type: &str) -> Arc<ImageEntry> {
         Arc::new(ImageEntry {
@@ -473,7 +482,7 @@ mod tests {
                 },
             );
         }
-        let images = vec![
+        let images = [
             image(
                 "reg.test/lib/app:latest",
                 "latest",
@@ -490,7 +499,8 @@ mod tests {
         ];
         // The layer is external: nothing is loadable.
         let get = |d: &Digest| stored.get(d).cloned();
-        let built = build(&images, &[], &get);
+        let tag_of = |n: usize| Ok(repo_tag(&images[n]));
+        let built = build(images.iter().map(|i| Ok(&**i)), &[], &get).unwrap();
         assert!(built.is_empty());
         assert_eq!(built.skipped.len(), 3);
 
@@ -502,7 +512,7 @@ mod tests {
             },
         );
         let get = |d: &Digest| stored.get(d).cloned();
-        let built = build(&images, &[], &get);
+        let built = build(images.iter().map(|i| Ok(&**i)), &[], &get).unwrap();
         let expected = vec![DockerEntry {
             config: cfg_amd.layout_path(),
             repo_tags: vec![
@@ -512,17 +522,27 @@ mod tests {
             layers: vec![layer.layout_path()],
         }];
         // Written as `docker save` writes it, byte for byte.
-        let entries = built.entries(&images, &get);
+        let entries = built.entries(&tag_of, &get);
         assert_eq!(
             serde_json::to_string_pretty(&entries).unwrap(),
             serde_json::to_string_pretty(&expected).unwrap()
         );
         assert_eq!(built.skipped.len(), 1, "the artifact");
 
-        let arm64 = build(&images, &["linux/arm64".into()], &get);
+        let arm64 = build(
+            images.iter().map(|i| Ok(&**i)),
+            &["linux/arm64".into()],
+            &get,
+        )
+        .unwrap();
         assert_eq!(arm64.len(), 1);
-        assert_eq!(arm64.entries(&images, &get).get(0).unwrap().config, cfg_arm);
-        let none = build(&images, &["linux/s390x".into()], &get);
+        assert_eq!(arm64.entries(&tag_of, &get).get(0).unwrap().config, cfg_arm);
+        let none = build(
+            images.iter().map(|i| Ok(&**i)),
+            &["linux/s390x".into()],
+            &get,
+        )
+        .unwrap();
         assert!(none.is_empty());
 
         let known = || {

@@ -60,7 +60,7 @@ pub async fn run(args: CopyArgs) -> Result<()> {
         &reporter,
     )
     .await?;
-    let (images, objects) = images_and_objects(std::mem::take(&mut sel.resolved));
+    let (images, objects) = images_and_objects(std::mem::take(&mut sel.resolved))?;
     let targets = plan_targets(images, repository.as_deref(), tag.as_deref())?;
     let total: u64 = objects.iter().map(|o| o.size).sum();
     if args.plan {

@@ -3,6 +3,7 @@
 //! images file, an image-set file, `--since`), `sources` connects and resolves, `plan` shows
 //! `--plan`, `write` streams the bundle out.
 
+mod images;
 mod inputs;
 mod plan;
 mod sources;
@@ -17,26 +18,28 @@ use crate::copy::{self, Object, Resolved};
 use crate::error::{Error, IoContext, Result};
 use crate::options::{ExportOptions, ProcessEnv, SourceSide, Terminal};
 use crate::progress::Reporter;
+use images::{Collect, Images};
 use inputs::{cache_dir, expand_output, load_since, validate_platform, Carried, TagsAsked};
 use sources::{companions, connect_image_set, connect_sources, resolve_all};
 use std::sync::Arc;
 
 /// What the bundle will hold.
-struct Contents {
+struct Contents<I = Images> {
     /// Stored objects, in archive order.
     objects: Vec<Object>,
     /// Objects a base bundle carries.
     external: Vec<ExternalBlob>,
     bases: Vec<Base>,
-    images: Vec<Arc<ImageEntry>>,
+    images: I,
 }
 
 /// The images and every object they need, once each (what `copy` pushes).
 pub(crate) fn images_and_objects(
     resolved: Vec<(Requested, Resolved)>,
-) -> (Vec<Arc<ImageEntry>>, Vec<Object>) {
-    let c = assemble(resolved, &Carried::default());
-    (c.images, c.objects)
+) -> Result<(Vec<Arc<ImageEntry>>, Vec<Object>)> {
+    let n = resolved.len();
+    let c = assemble(resolved, &Carried::default(), Vec::with_capacity(n))?;
+    Ok((c.images, c.objects))
 }
 
 /// Every object once, less what a base bundle already carried (manifests always travel).
@@ -45,7 +48,11 @@ pub(crate) fn images_and_objects(
 /// lists an export holds are never held twice: a first pass marks which objects are met
 /// first (borrowing their digests), the second moves those into the list of objects and
 /// frees each image's own list as it goes.
-fn assemble(resolved: Vec<(Requested, Resolved)>, carried: &Carried) -> Contents {
+fn assemble<I: Collect>(
+    resolved: Vec<(Requested, Resolved)>,
+    carried: &Carried,
+    mut images: I,
+) -> Result<Contents<I>> {
     let first_met = copy::first_met(resolved.iter().map(|(_, r)| r));
     let carried_by = |o: &Object| {
         carried
@@ -62,9 +69,8 @@ fn assemble(resolved: Vec<(Requested, Resolved)>, carried: &Carried) -> Contents
         .count();
     let mut objects = Vec::with_capacity(stored);
     let mut external = Vec::new();
-    let mut images = Vec::with_capacity(resolved.len());
     let mut first = first_met.into_iter();
-    for (req, r) in resolved {
+    for (req, r) in crate::memory::Dwindling::new(resolved) {
         let Requested {
             reference,
             namespace,
@@ -80,7 +86,9 @@ fn assemble(resolved: Vec<(Requested, Resolved)>, carried: &Carried) -> Contents
             objects: own,
             ..
         } = r;
-        images.push(Arc::new(ImageEntry {
+        let size = own.iter().map(|o| o.size).sum();
+        let blobs = own.iter().map(|o| o.digest.clone()).collect();
+        images.add(ImageEntry {
             source: reference.to_string(),
             registry: crate::shared::shared(&reference.registry),
             namespace,
@@ -91,9 +99,9 @@ fn assemble(resolved: Vec<(Requested, Resolved)>, carried: &Carried) -> Contents
             subject: subject.map(Box::new),
             media_type,
             platforms,
-            size: own.iter().map(|o| o.size).sum(),
-            blobs: own.iter().map(|o| o.digest.clone()).collect(),
-        }));
+            size,
+            blobs,
+        })?;
         for o in own {
             if first.next() != Some(true) {
                 continue;
@@ -117,12 +125,12 @@ fn assemble(resolved: Vec<(Requested, Resolved)>, carried: &Carried) -> Contents
             }
         }
     }
-    Contents {
+    Ok(Contents {
         objects,
         external,
         bases,
         images,
-    }
+    })
 }
 
 /// The exit for work done in part: the images that could not be exported, named.
@@ -321,7 +329,8 @@ pub async fn run(args: ExportArgs) -> Result<()> {
         }
     }
     let root_sizes: Vec<u64> = resolved.iter().map(|(_, r)| r.size).collect();
-    let contents = assemble(resolved, &carried);
+    let n = resolved.len();
+    let contents = assemble(resolved, &carried, Images::with_capacity(n))?;
     drop(carried);
     crate::memory::give_back();
     if args.plan {

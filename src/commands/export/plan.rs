@@ -92,9 +92,10 @@ pub(super) fn show(
         })
         .map(|o| o.size)
         .sum();
+    // A preview, written once: the images are read back and held.
+    let images = contents.images.held()?;
     let plan = Plan {
-        images: contents
-            .images
+        images: images
             .iter()
             .map(|i| PlanImage {
                 source: i.source.clone(),
@@ -111,5 +112,5 @@ pub(super) fn show(
         external_blobs: contents.external.len(),
         cached_size,
     };
-    print_plan(&plan, &contents.images, out, json)
+    print_plan(&plan, &images, out, json)
 }

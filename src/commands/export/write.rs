@@ -1,10 +1,11 @@
 //! Writing the bundle: `bundle.json` (and its signature), the layout (with the docker-archive
 //! `manifest.json`), then every object in bundle order, taken from the cache or streamed from the registry.
 
+use super::images::Images;
 use super::inputs::rfc3339;
 use super::Contents;
 use crate::bundle::docker::{self, MANIFEST_JSON};
-use crate::bundle::model::{BundleManifest, FailedImage, ImageEntry, Layout, Member};
+use crate::bundle::model::{BundleManifest, FailedImage, Layout, Member};
 use crate::bundle::sink::{BundleSink, Taken};
 use crate::bundle::{
     BundleWriter, SideFile, BUNDLE_JSON, INDEX_JSON, OCI_LAYOUT, OCI_LAYOUT_CONTENT,
@@ -38,15 +39,12 @@ pub(super) struct Job {
     pub cache_all: bool,
 }
 
-/// `index.json`: every image's root manifest, named by its full source reference. Written
-/// from borrowed fields (a value tree of 10,000 entries would be tens of MiB), in the order
-/// of its keys as earlier versions wrote them: sorted.
-#[derive(serde::Serialize)]
-#[serde(rename_all = "camelCase")]
+/// `index.json`: every image's root manifest, named by its full source reference. Each
+/// image is read back as its entry is written ([`Images`]), in the order of the keys as
+/// earlier versions wrote them: sorted.
 struct Index<'a> {
-    manifests: Vec<IndexEntry<'a>>,
-    media_type: &'a str,
-    schema_version: u32,
+    images: &'a Images,
+    root_sizes: &'a [u64],
 }
 
 #[derive(serde::Serialize)]
@@ -66,23 +64,51 @@ struct Names<'a> {
     oci: &'a str,
 }
 
-fn index_json<'a>(images: &'a [Arc<ImageEntry>], root_sizes: &[u64]) -> Index<'a> {
-    Index {
-        manifests: images
-            .iter()
-            .zip(root_sizes)
-            .map(|(img, size)| IndexEntry {
-                annotations: Names {
-                    containerd: &img.source,
-                    oci: &img.source,
-                },
-                digest: &img.digest,
-                media_type: &img.media_type,
-                size: *size,
-            })
-            .collect(),
-        media_type: crate::manifest::OCI_INDEX,
-        schema_version: 2,
+impl serde::Serialize for Index<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        use serde::ser::{Error as _, SerializeSeq, SerializeStruct};
+        struct Manifests<'a>(&'a Index<'a>);
+        impl serde::Serialize for Manifests<'_> {
+            fn serialize<S: serde::Serializer>(
+                &self,
+                s: S,
+            ) -> std::result::Result<S::Ok, S::Error> {
+                let Index { images, root_sizes } = self.0;
+                let mut seq = s.serialize_seq(Some(images.len().min(root_sizes.len())))?;
+                for (img, size) in images.iter().zip(root_sizes.iter()) {
+                    let img = img.map_err(S::Error::custom)?;
+                    seq.serialize_element(&IndexEntry {
+                        annotations: Names {
+                            containerd: &img.source,
+                            oci: &img.source,
+                        },
+                        digest: &img.digest,
+                        media_type: &img.media_type,
+                        size: *size,
+                    })?;
+                }
+                seq.end()
+            }
+        }
+        let mut st = s.serialize_struct("Index", 3)?;
+        st.serialize_field("manifests", &Manifests(self))?;
+        st.serialize_field("mediaType", crate::manifest::OCI_INDEX)?;
+        st.serialize_field("schemaVersion", &2u32)?;
+        st.end()
+    }
+}
+
+/// The images as a JSON list, each read back as it is written.
+struct ImageList<'a>(&'a Images);
+
+impl serde::Serialize for ImageList<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        use serde::ser::{Error as _, SerializeSeq};
+        let mut seq = s.serialize_seq(Some(self.0.len()))?;
+        for img in self.0.iter() {
+            seq.serialize_element(&img.map_err(S::Error::custom)?)?;
+        }
+        seq.end()
     }
 }
 
@@ -133,14 +159,14 @@ impl<'o> StoredObjects<'o> {
 /// none when no image of the bundle can be loaded that way. Images left out are named with
 /// `-v` when a reporter is given.
 fn docker_plan(
-    images: &[Arc<ImageEntry>],
+    images: &Images,
     platforms: &[String],
     objects: &[Object],
     reporter: Option<&Reporter>,
 ) -> Result<docker::Built> {
     let stored = StoredObjects::new(objects);
-    let built = docker::build(images, platforms, &|d| stored.get(d));
-    let built = stored.checked(Ok(built))?;
+    let built = docker::build(images.iter(), platforms, &|d| stored.get(d));
+    let built = stored.checked(built)?;
     if let Some(r) = reporter {
         for (source, why) in &built.skipped {
             r.detail(format!("{MANIFEST_JSON}: leaving out {source}: {why}"));
@@ -152,27 +178,35 @@ fn docker_plan(
 /// `f` given `manifest.json`'s entries, each read again from its manifest as `f` serialises it.
 fn with_docker_entries<T>(
     built: &docker::Built,
-    images: &[Arc<ImageEntry>],
+    images: &Images,
     objects: &[Object],
     f: impl FnOnce(&docker::Entries) -> Result<T>,
 ) -> Result<T> {
     let stored = StoredObjects::new(objects);
     let get = |d: &Digest| stored.get(d);
-    let r = f(&built.entries(images, &get));
+    let tag_of = |n: usize| images.get(n).map(|img| docker::repo_tag(&img));
+    let r = f(&built.entries(&tag_of, &get));
     stored.checked(r)
 }
 
-/// `bundle.json` as export writes it: `manifest`, its list of blobs made from the objects as
-/// it is serialised (`manifest.blobs` is left empty) instead of held as a second list (100,000
-/// blobs are 5.6 MiB), field for field as [`BundleManifest`] serialises itself.
+/// `bundle.json` as export writes it: `manifest` with its lists of images and blobs made as
+/// it is serialised, the images read back ([`Images`]) and the blobs from the objects
+/// (`manifest.images` and `manifest.blobs` are left empty), instead of held as second lists
+/// (the images of 33,340 images are 15 MiB, 100,000 blobs 5.6 MiB); field for field as
+/// [`BundleManifest`] serialises itself.
 struct BundleJson<'a> {
     manifest: &'a BundleManifest,
+    images: &'a Images,
     objects: &'a [Object],
 }
 
 impl<'a> BundleJson<'a> {
-    fn new(manifest: &'a BundleManifest, objects: &'a [Object]) -> Self {
-        BundleJson { manifest, objects }
+    fn new(manifest: &'a BundleManifest, images: &'a Images, objects: &'a [Object]) -> Self {
+        BundleJson {
+            manifest,
+            images,
+            objects,
+        }
     }
 }
 
@@ -208,7 +242,7 @@ impl serde::Serialize for BundleJson<'_> {
         st.serialize_field("tool", &m.tool)?;
         st.serialize_field("created", &m.created)?;
         st.serialize_field("platforms", &m.platforms)?;
-        st.serialize_field("images", &m.images)?;
+        st.serialize_field("images", &ImageList(self.images))?;
         st.serialize_field("blobs", &Blobs(self.objects))?;
         st.serialize_field("totalSize", &m.total_size)?;
         st.serialize_field("layout", &m.layout)?;
@@ -323,8 +357,11 @@ pub(super) async fn write(
     } = contents;
     let total_size: u64 = objects.iter().map(|o| o.size).sum();
     let json_failed = |what: &str, e: serde_json::Error| Error::Failed(format!("{what}: {e}"));
-    let index =
-        json_member(&index_json(&images, root_sizes)).map_err(|e| json_failed(INDEX_JSON, e))?;
+    let index = json_member(&Index {
+        images: &images,
+        root_sizes,
+    })
+    .map_err(|e| json_failed(INDEX_JSON, e))?;
     let docker = docker_plan(&images, &platforms, &objects, Some(&reporter))?;
     let docker_manifest = if docker.is_empty() {
         None
@@ -342,8 +379,8 @@ pub(super) async fn write(
         tool: format!("airlock {}", env!("CARGO_PKG_VERSION")),
         created: rfc3339(mtime),
         platforms,
-        images,
-        // Written from the objects ([`BundleJson`]).
+        // Written from `images` and the objects ([`BundleJson`]).
+        images: Vec::new(),
         blobs: Vec::new(),
         total_size,
         layout: Layout {
@@ -359,7 +396,16 @@ pub(super) async fn write(
         failed,
         lookup: Default::default(),
     };
-    manifest.validate_with(objects.iter().map(|o| (&o.digest, o.size)), &out)?;
+    {
+        let check = manifest.check_lists(
+            images.len(),
+            objects.iter().map(|o| (&o.digest, o.size)),
+            &out,
+        )?;
+        for img in images.iter() {
+            check.image(&img?)?;
+        }
+    }
     // The signature is written beside the bundle and renamed into place with it; an unsigned
     // export removes a stale one, but only once the new bundle is in place, so that a failed
     // export leaves the previous bundle, its checksums and its signature as they were.
@@ -369,7 +415,7 @@ pub(super) async fn write(
     // text); a signed export holds its bytes, which the signature covers, until written.
     let (side, signed_json) = match &signer {
         Some(s) => {
-            let bundle_json = pretty_json(&BundleJson::new(&manifest, &objects))
+            let bundle_json = pretty_json(&BundleJson::new(&manifest, &images, &objects))
                 .map_err(|e| Error::Failed(format!("bundle.json: {e}")))?;
             let name = out
                 .file_name()
@@ -395,14 +441,14 @@ pub(super) async fn write(
     // together.
     let out2 = out.clone();
     let root_sizes = root_sizes.to_vec();
-    type Started = (BundleWriter, BundleManifest, Vec<Object>);
+    type Started = (BundleWriter, BundleManifest, Images, Vec<Object>);
     let blob_count = objects.len();
     let w = tokio::task::spawn_blocking(move || -> Result<Started> {
         let mut w = BundleWriter::create(&out2, split, mtime)?;
         match signed_json {
             Some(bytes) => w.append(BUNDLE_JSON, bytes.len() as u64, &mut &bytes[..])?,
             None => {
-                let json = BundleJson::new(&manifest, &objects);
+                let json = BundleJson::new(&manifest, &images, &objects);
                 let member =
                     json_member(&json).map_err(|e| Error::Failed(format!("{BUNDLE_JSON}: {e}")))?;
                 append_json(&mut w, BUNDLE_JSON, &member, &json)?;
@@ -414,21 +460,23 @@ pub(super) async fn write(
             &mut &OCI_LAYOUT_CONTENT[..],
         )?;
         let layout = &manifest.layout;
-        let index = index_json(&manifest.images, &root_sizes);
+        let index = Index {
+            images: &images,
+            root_sizes: &root_sizes,
+        };
         append_json(&mut w, INDEX_JSON, &layout.index, &index)?;
-        drop(index);
         if let Some(m) = &layout.docker_manifest {
-            with_docker_entries(&docker, &manifest.images, &objects, |entries| {
+            with_docker_entries(&docker, &images, &objects, |entries| {
                 append_json(&mut w, MANIFEST_JSON, m, entries)
             })?;
         }
         drop(docker);
-        Ok((w, manifest, objects))
+        Ok((w, manifest, images, objects))
     })
     .await
     .map_err(|e| Error::Failed(format!("bundle writer: {e}")))
     .and_then(|r| r);
-    let (mut w, manifest, objects) = match w {
+    let (mut w, manifest, images, objects) = match w {
         Ok(w) => w,
         Err(e) => {
             crate::cleanup::remove(&sig_partial);
@@ -440,10 +488,7 @@ pub(super) async fn write(
     // `index.json` and `manifest.json` are written, and the engine puts the blobs in bundle
     // order without them.
     let BundleManifest {
-        images,
-        external,
-        failed,
-        ..
+        external, failed, ..
     } = manifest;
     let counts = Written {
         images: images.len(),
@@ -456,13 +501,15 @@ pub(super) async fn write(
     let summary_images: Vec<SummaryImage> = if json {
         images
             .iter()
-            .map(|i| SummaryImage {
-                source: i.source.clone(),
-                digest: i.digest.to_string(),
-                platforms: i.platforms.clone(),
-                size: i.size,
+            .map(|i| {
+                i.map(|i| SummaryImage {
+                    source: i.source,
+                    digest: i.digest.to_string(),
+                    platforms: i.platforms,
+                    size: i.size,
+                })
             })
-            .collect()
+            .collect::<Result<_>>()?
     } else {
         Vec::new()
     };
@@ -606,11 +653,13 @@ mod tests {
         }
     }
 
-    /// `bundle.json` written from the objects is what `BundleManifest` writes with the same
-    /// blobs listed, with and without the fields left out when empty.
+    /// `bundle.json` written from the images set aside and the objects is what
+    /// `BundleManifest` writes with the same images and blobs listed, with and without the
+    /// fields left out when empty.
     #[test]
-    fn bundle_json_from_the_objects_is_the_manifest_with_its_blobs() {
-        use crate::bundle::model::{Base, BlobEntry, ExternalBlob};
+    fn bundle_json_from_the_images_and_objects_is_the_manifest_with_its_lists() {
+        use crate::bundle::model::{Base, BlobEntry, ExternalBlob, ImageEntry};
+        use crate::commands::export::images::Collect;
         let home = copy::Home::new("reg.test", "lib/app");
         let objects: Vec<Object> = [&b"config"[..], b"layer"]
             .iter()
@@ -622,7 +671,7 @@ mod tests {
                 home: home.clone(),
             })
             .collect();
-        let image = Arc::new(ImageEntry {
+        let image = ImageEntry {
             source: "reg.test/lib/app:1.0".into(),
             registry: "reg.test".into(),
             namespace: String::new(),
@@ -635,7 +684,9 @@ mod tests {
             platforms: vec!["linux/amd64".into()],
             size: 11,
             blobs: objects.iter().map(|o| o.digest.clone()).collect(),
-        });
+        };
+        let mut images = Images::default();
+        images.add(image.clone()).unwrap();
         let member = Member {
             digest: Digest::of(b"m"),
             size: 1,
@@ -646,7 +697,7 @@ mod tests {
             tool: "airlock test".into(),
             created: rfc3339(0),
             platforms: vec!["linux/amd64".into()],
-            images: vec![image],
+            images: Vec::new(),
             blobs: Vec::new(),
             total_size: 11,
             layout: Layout {
@@ -661,6 +712,7 @@ mod tests {
         };
         let listed = |m: &BundleManifest| {
             let mut m = m.clone();
+            m.images = vec![Arc::new(image.clone())];
             m.blobs = objects
                 .iter()
                 .map(|o| BlobEntry {
@@ -672,7 +724,7 @@ mod tests {
             serde_json::to_string_pretty(&m).unwrap()
         };
         let from_objects = |m: &BundleManifest| {
-            serde_json::to_string_pretty(&BundleJson::new(m, &objects)).unwrap()
+            serde_json::to_string_pretty(&BundleJson::new(m, &images, &objects)).unwrap()
         };
         assert_eq!(from_objects(&manifest), listed(&manifest));
         manifest.external.push(ExternalBlob {
@@ -692,7 +744,13 @@ mod tests {
         });
         let full = from_objects(&manifest);
         assert_eq!(full, listed(&manifest));
-        for field in ["\"external\"", "\"bases\"", "\"failed\"", "\"blobs\""] {
+        for field in [
+            "\"external\"",
+            "\"bases\"",
+            "\"failed\"",
+            "\"blobs\"",
+            "reg.test/lib/app:1.0",
+        ] {
             assert!(full.contains(field), "{field} in {full}");
         }
     }
