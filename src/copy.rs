@@ -95,8 +95,9 @@ pub struct Resolved {
     /// Shared ([`crate::shared`]).
     pub media_type: Arc<str>,
     pub size: u64,
-    /// The digest at the source when platform filtering rewrote the index.
-    pub source_digest: Option<Digest>,
+    /// The digest at the source when platform filtering rewrote the index (boxed: 8 bytes when
+    /// absent, not 33).
+    pub source_digest: Option<Box<Digest>>,
     pub platforms: Vec<String>,
     /// Children first, root manifest last, each once.
     pub objects: Vec<Object>,
@@ -133,7 +134,7 @@ pub async fn resolve_manifest(
     let mut source_digest = None;
     if manifest::kind(&root.media_type) == Some(Kind::Index) && !platforms.is_empty() {
         if let Some(bytes) = manifest::filter_index(&root.bytes, platforms, &what)? {
-            source_digest = Some(root.digest.clone());
+            source_digest = Some(Box::new(root.digest.clone()));
             root = Manifest {
                 digest: Digest::of(&bytes),
                 bytes,

@@ -20,8 +20,9 @@ pub struct Requested {
     pub path: String,
     /// Platforms to keep for this image (empty: the global `--platform` list).
     pub platforms: Vec<String>,
-    /// For a signature or attestation carried along: the image digest it is about.
-    pub subject: Option<Digest>,
+    /// For a signature or attestation carried along: the image digest it is about (boxed, like
+    /// `ImageEntry`'s: 8 bytes when absent, as it nearly always is, not 33).
+    pub subject: Option<Box<Digest>>,
     /// The root manifest when it was already fetched (a referrers index from the OCI 1.1
     /// referrers API, carried under the referrers tag schema's `sha256-<hex>` tag).
     pub prefetched: Option<Box<crate::registry::Manifest>>,

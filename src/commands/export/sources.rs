@@ -251,7 +251,7 @@ pub(super) async fn companions(
         );
         let tags = tags_of.get(&key).unwrap_or(&no_tags);
         let roots: Vec<Digest> = std::iter::once(r.digest.clone())
-            .chain(r.source_digest.clone())
+            .chain(r.source_digest.as_deref().cloned())
             .collect();
         // The root and every manifest under it, once each (the objects hold the root too).
         let mut subjects = roots.clone();
@@ -311,7 +311,7 @@ fn companion(req: &Requested, subject: &Digest, suffix: &str) -> Requested {
         namespace: req.namespace.clone(),
         path: req.path.clone(),
         platforms: Vec::new(),
-        subject: Some(subject.clone()),
+        subject: Some(Box::new(subject.clone())),
         prefetched: None,
     }
 }
