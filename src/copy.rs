@@ -4,7 +4,9 @@
 //! bundle → a sink that only checks (`verify`). It skips what the sink has, mounts across
 //! repositories, puts every blob once (each byte checked against its digest as it streams),
 //! writes manifests children-first, each once per repository per run, and the tags last, one
-//! after the other, and only when everything under them is there.
+//! after the other, and only when everything under them is there. A bundle being written
+//! (`export`), which has one namespace and lists its manifests and tags itself, takes the
+//! blobs alone ([`push_objects`]).
 
 use crate::bundle::ImageEntry;
 use crate::digest::Digest;
@@ -445,7 +447,8 @@ pub async fn push(
 /// time, in the order given, through the same steps as [`push`]'s; the manifests among them
 /// are the sink's to write. No image is walked: at 33,340 images the images and the plan of
 /// which repositories need which blob were 15 MiB that such a sink never reads, held while
-/// every blob was written. The first blob that could not be put fails the push, named.
+/// every blob was written. The first blob that could not be put fails the push (its error
+/// names it, as the download or the sink made it).
 pub async fn push_objects(
     source: &dyn Source,
     target: &dyn Sink,

@@ -1,8 +1,7 @@
 //! Handing freed memory back to the system between the phases of a long command, and as a
-//! phase consumes a large list ([`Dwindling`]). glibc's
-//! malloc keeps the pages of freed memory inside its heaps; the next phase, allocating
-//! differently, touches new pages, and the peak resident size becomes the sum of the phases
-//! rather than the largest of them.
+//! phase consumes a large list ([`Dwindling`]). glibc's malloc keeps the pages of freed memory
+//! inside its heaps; the next phase, allocating differently, touches new pages, and the peak
+//! resident size becomes the sum of the phases rather than the largest of them.
 
 /// Returns every whole free page of the allocator's heaps to the system (`malloc_trim`).
 /// A no-op where the C library is not glibc.

@@ -1,7 +1,8 @@
 //! `airlock export`: resolve the requested images at their source registries and write them,
 //! deduplicated and verified, into one bundle. `inputs` reads what was asked (arguments, an
-//! images file, an image-set file, `--since`), `sources` connects and resolves, `plan` shows
-//! `--plan`, `write` streams the bundle out.
+//! images file, an image-set file, `--since`), `sources` connects and resolves, `images`
+//! sets the images aside until they are written out, `plan` shows `--plan`, `write` streams
+//! the bundle out.
 
 mod images;
 mod inputs;
