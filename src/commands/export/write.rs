@@ -499,7 +499,7 @@ pub(super) async fn write(
     };
     drop(external);
     let summary_images: Vec<SummaryImage> = if json {
-        images
+        let read: Result<Vec<SummaryImage>> = images
             .iter()
             .map(|i| {
                 i.map(|i| SummaryImage {
@@ -509,7 +509,15 @@ pub(super) async fn write(
                     size: i.size,
                 })
             })
-            .collect::<Result<_>>()?
+            .collect();
+        match read {
+            Ok(s) => s,
+            Err(e) => {
+                // The writer goes with its partial volumes; the signature's goes too.
+                crate::cleanup::remove(&sig_partial);
+                return Err(e);
+            }
+        }
     } else {
         Vec::new()
     };
