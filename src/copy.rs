@@ -448,14 +448,14 @@ pub async fn push(
 /// are the sink's to write. No image is walked: at 33,340 images the images and the plan of
 /// which repositories need which blob were 15 MiB that such a sink never reads, held while
 /// every blob was written. The first blob that could not be put fails the push (its error
-/// names it, as the download or the sink made it).
+/// names it, as the download or the sink made it); what was put, the sink counts.
 pub async fn push_objects(
     source: &dyn Source,
     target: &dyn Sink,
     objects: &[Object],
     jobs: usize,
     reporter: &Reporter,
-) -> Result<PushReport> {
+) -> Result<()> {
     let counters = Counters::default();
     let first_failure: Mutex<Option<Error>> = Mutex::new(None);
     stream::iter(objects.iter().filter(|o| o.inline.is_none()))
@@ -477,19 +477,13 @@ pub async fn push_objects(
             }
         })
         .await;
-    let failure = first_failure
+    match first_failure
         .into_inner()
-        .unwrap_or_else(|poisoned| poisoned.into_inner());
-    if let Some(e) = failure {
-        return Err(e);
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+    {
+        Some(e) => Err(e),
+        None => Ok(()),
     }
-    Ok(PushReport {
-        blobs_uploaded: counters.uploaded.load(Ordering::Relaxed),
-        bytes_uploaded: counters.bytes.load(Ordering::Relaxed),
-        blobs_mounted: counters.mounted.load(Ordering::Relaxed),
-        blobs_skipped: counters.skipped.load(Ordering::Relaxed),
-        ..PushReport::default()
-    })
 }
 
 /// Which repositories need each blob (manifests are pushed later, by image); blobs that a

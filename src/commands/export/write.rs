@@ -571,7 +571,7 @@ pub(super) async fn write(
         .and_then(|r| r)
         .and_then(|files| {
             // The writer finished, so every blob arrived; the engine's account must agree.
-            pushed.map(|_| files)
+            pushed.map(|()| files)
         });
     let (downloaded, cached) = sink.counters();
     let written = written.map(|files| (files, downloaded, cached));
