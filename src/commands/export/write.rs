@@ -11,7 +11,7 @@ use crate::bundle::{
     BundleWriter, SideFile, BUNDLE_JSON, INDEX_JSON, OCI_LAYOUT, OCI_LAYOUT_CONTENT,
 };
 use crate::copy::{self, Object};
-use crate::digest::{Digest, DigestIndex, HashingWriter, VerifyingReader};
+use crate::digest::{Digest, HashingWriter, VerifyingReader};
 use crate::error::{Error, IoContext, Result};
 use crate::progress::{human, Reporter};
 use crate::registry::Registry;
@@ -112,27 +112,23 @@ impl serde::Serialize for ImageList<'_> {
     }
 }
 
-/// The manifests of `objects`, for `manifest.json` ([`docker::Stored`]). The first that
-/// cannot be read back is kept, and fails the export.
+/// The manifests of the objects, for `manifest.json` ([`docker::Stored`]), found through the
+/// source's own index. The first that cannot be read back is kept, and fails the export.
 struct StoredObjects<'o> {
-    objects: &'o [Object],
-    at: DigestIndex,
+    objects: &'o RegistryObjects,
     unreadable: RefCell<Option<Error>>,
 }
 
 impl<'o> StoredObjects<'o> {
-    fn new(objects: &'o [Object]) -> Self {
+    fn new(objects: &'o RegistryObjects) -> Self {
         StoredObjects {
             objects,
-            at: DigestIndex::new(objects, |o| &o.digest),
             unreadable: RefCell::new(None),
         }
     }
 
     fn get(&self, d: &Digest) -> Option<docker::Stored<'o>> {
-        let o = self
-            .objects
-            .get(self.at.find(self.objects, |o| &o.digest, d)?)?;
+        let o = self.objects.get(d)?;
         let bytes = match o.manifest_bytes() {
             Ok(b) => b,
             Err(e) => {
@@ -161,7 +157,7 @@ impl<'o> StoredObjects<'o> {
 fn docker_plan(
     images: &Images,
     platforms: &[String],
-    objects: &[Object],
+    objects: &RegistryObjects,
     reporter: Option<&Reporter>,
 ) -> Result<docker::Built> {
     let stored = StoredObjects::new(objects);
@@ -179,7 +175,7 @@ fn docker_plan(
 fn with_docker_entries<T>(
     built: &docker::Built,
     images: &Images,
-    objects: &[Object],
+    objects: &RegistryObjects,
     f: impl FnOnce(&docker::Entries) -> Result<T>,
 ) -> Result<T> {
     let stored = StoredObjects::new(objects);
@@ -355,6 +351,10 @@ pub(super) async fn write(
         bases,
         images,
     } = contents;
+    // The objects are held once, by the source the engine reads from: the layout members are
+    // written from them (found through its index) and the writer walks them there.
+    let source = Arc::new(RegistryObjects::new(objects, clients));
+    let objects = source.objects();
     let total_size: u64 = objects.iter().map(|o| o.size).sum();
     let json_failed = |what: &str, e: serde_json::Error| Error::Failed(format!("{what}: {e}"));
     let index = json_member(&Index {
@@ -362,16 +362,13 @@ pub(super) async fn write(
         root_sizes,
     })
     .map_err(|e| json_failed(INDEX_JSON, e))?;
-    let docker = docker_plan(&images, &platforms, &objects, Some(&reporter))?;
+    let docker = docker_plan(&images, &platforms, &source, Some(&reporter))?;
     let docker_manifest = if docker.is_empty() {
         None
     } else {
-        Some(with_docker_entries(
-            &docker,
-            &images,
-            &objects,
-            |entries| json_member(entries).map_err(|e| json_failed(MANIFEST_JSON, e)),
-        )?)
+        Some(with_docker_entries(&docker, &images, &source, |entries| {
+            json_member(entries).map_err(|e| json_failed(MANIFEST_JSON, e))
+        })?)
     };
     let manifest = BundleManifest {
         format: crate::bundle::model::FORMAT.into(),
@@ -415,7 +412,7 @@ pub(super) async fn write(
     // text); a signed export holds its bytes, which the signature covers, until written.
     let (side, signed_json) = match &signer {
         Some(s) => {
-            let bundle_json = pretty_json(&BundleJson::new(&manifest, &images, &objects))
+            let bundle_json = pretty_json(&BundleJson::new(&manifest, &images, objects))
                 .map_err(|e| Error::Failed(format!("bundle.json: {e}")))?;
             let name = out
                 .file_name()
@@ -441,14 +438,15 @@ pub(super) async fn write(
     // together.
     let out2 = out.clone();
     let root_sizes = root_sizes.to_vec();
-    type Started = (BundleWriter, BundleManifest, Images, Vec<Object>);
+    type Started = (BundleWriter, BundleManifest, Images);
     let blob_count = objects.len();
+    let objects = source.clone();
     let w = tokio::task::spawn_blocking(move || -> Result<Started> {
         let mut w = BundleWriter::create(&out2, split, mtime)?;
         match signed_json {
             Some(bytes) => w.append(BUNDLE_JSON, bytes.len() as u64, &mut &bytes[..])?,
             None => {
-                let json = BundleJson::new(&manifest, &images, &objects);
+                let json = BundleJson::new(&manifest, &images, objects.objects());
                 let member =
                     json_member(&json).map_err(|e| Error::Failed(format!("{BUNDLE_JSON}: {e}")))?;
                 append_json(&mut w, BUNDLE_JSON, &member, &json)?;
@@ -471,12 +469,12 @@ pub(super) async fn write(
             })?;
         }
         drop(docker);
-        Ok((w, manifest, images, objects))
+        Ok((w, manifest, images))
     })
     .await
     .map_err(|e| Error::Failed(format!("bundle writer: {e}")))
     .and_then(|r| r);
-    let (mut w, manifest, images, objects) = match w {
+    let (mut w, manifest, images) = match w {
         Ok(w) => w,
         Err(e) => {
             crate::cleanup::remove(&sig_partial);
@@ -524,9 +522,7 @@ pub(super) async fn write(
     drop(images);
     crate::memory::give_back();
     // The engine (registries → this bundle) fetches blobs `--jobs` at a time, in bundle
-    // order; the writer thread takes each when its turn comes (see `bundle::sink`). The
-    // objects are held once, by the source, and the writer walks them there.
-    let source = Arc::new(RegistryObjects::new(objects, clients));
+    // order; the writer thread takes each when its turn comes (see `bundle::sink`).
     let (sink, mut inbox) = BundleSink::new(source.clone(), &out, &cache, cache_all, jobs);
     reporter.start_bar(total_size, "writing bundle");
     let bar = reporter.clone();
