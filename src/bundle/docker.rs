@@ -227,20 +227,11 @@ fn loadable<'a>(
     wanted: &str,
     stored: &dyn Fn(&Digest) -> Option<Stored<'a>>,
 ) -> std::result::Result<Digest, String> {
-    let bytes_of = |d: &Digest| -> std::result::Result<(&'a str, Cow<'a, [u8]>), String> {
-        match stored(d) {
-            Some(Stored {
-                media_type,
-                bytes: Some(b),
-            }) => Ok((media_type, b)),
-            _ => Err(format!("manifest {d} is not carried in this bundle")),
-        }
-    };
     let what = format!("manifest {}", img.digest);
     let image_manifest = match manifest::kind(&img.media_type) {
         Some(Kind::Image) => img.digest.clone(),
         Some(Kind::Index) => {
-            let (mt, bytes) = bytes_of(&img.digest)?;
+            let (mt, bytes) = manifest_of(&img.digest, stored)?;
             let children = manifest::children(&bytes, mt, &what).map_err(|e| e.to_string())?;
             children
                 .into_iter()
@@ -259,23 +250,27 @@ fn loadable<'a>(
     Ok(image_manifest)
 }
 
+/// The media type and bytes of manifest `d`, or why they are not there.
+fn manifest_of<'a>(
+    d: &Digest,
+    stored: &dyn Fn(&Digest) -> Option<Stored<'a>>,
+) -> std::result::Result<(&'a str, Cow<'a, [u8]>), String> {
+    match stored(d) {
+        Some(Stored {
+            media_type,
+            bytes: Some(b),
+        }) => Ok((media_type, b)),
+        _ => Err(format!("manifest {d} is not carried in this bundle")),
+    }
+}
+
 /// What an entry of `manifest.json` loads from `image_manifest` (without tags): its config
 /// and layers, or why it cannot be loaded.
 fn load_parts<'a>(
     image_manifest: &Digest,
     stored: &dyn Fn(&Digest) -> Option<Stored<'a>>,
 ) -> std::result::Result<LoadEntry, String> {
-    let (mt, bytes) = match stored(image_manifest) {
-        Some(Stored {
-            media_type,
-            bytes: Some(b),
-        }) => (media_type, b),
-        _ => {
-            return Err(format!(
-                "manifest {image_manifest} is not carried in this bundle"
-            ))
-        }
-    };
+    let (mt, bytes) = manifest_of(image_manifest, stored)?;
     let what = format!("manifest {image_manifest}");
     let parts = manifest::children(&bytes, mt, &what).map_err(|e| e.to_string())?;
     let Some((config, layers)) = parts.split_first() else {
