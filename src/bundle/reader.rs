@@ -215,7 +215,12 @@ impl Archive {
 
     /// Checks that the tar header at a member's place says what bundle.json says.
     fn check_header(&self, m: &Location) -> Result<()> {
-        let (name, size) = self.read_header(m)?;
+        self.check_header_with(m, &mut HeaderReader::default())
+    }
+
+    /// [`check_header`](Self::check_header) through `reader` (one for many members).
+    fn check_header_with(&self, m: &Location, reader: &mut HeaderReader) -> Result<()> {
+        let (name, size) = self.read_header_with(m, reader)?;
         if name != m.name || size != m.size {
             return Err(Error::bundle(
                 &self.path,
@@ -230,10 +235,12 @@ impl Archive {
 
     /// Reads and checks the tar header of a member.
     fn read_header(&self, m: &Location) -> Result<(String, u64)> {
-        let mut block = [0u8; 512];
-        self.range(m.header, 512)?
-            .read_exact(&mut block)
-            .map_err(|e| self.read_error(m.header, e))?;
+        self.read_header_with(m, &mut HeaderReader::default())
+    }
+
+    /// [`read_header`](Self::read_header) through `reader`.
+    fn read_header_with(&self, m: &Location, reader: &mut HeaderReader) -> Result<(String, u64)> {
+        let block = reader.block(self, m.header)?;
         let (name, size, kind) = parse_header(&block).map_err(|e| {
             Error::bundle(&self.path, format!("member at offset {}: {e}", m.header))
         })?;
@@ -380,9 +387,10 @@ impl Bundle {
         // bundle: names, types and sizes that differ are refused here, not halfway through
         // an import.
         if check_headers {
+            let mut reader = HeaderReader::default();
             for i in 1..bundle.member_count() {
                 if let Some(m) = bundle.member(i) {
-                    bundle.archive.check_header(&m)?;
+                    bundle.archive.check_header_with(&m, &mut reader)?;
                 }
             }
         }
@@ -636,6 +644,75 @@ fn check_seek_table_footer(files: &MultiFile) -> Result<()> {
 
 /// A window `[start, start + len)` of the bundle's bytes, for the frames one read needs.
 /// Reading past its end is an error: the seek table promised more than the frames hold.
+/// Reads the tar header at the start of a member's frame, decoding no more of the frame than
+/// it takes. One reader serves many members with one decoder context and a small input
+/// buffer and one open file: a decoder made per member (a context, 256 KiB of buffers and the
+/// file opened again each) took 2 of the 2.7 seconds of opening a bundle of 100,000 blobs for
+/// `import --plan`.
+#[derive(Default)]
+struct HeaderReader {
+    dctx: Option<zstd::zstd_safe::DCtx<'static>>,
+    input: Vec<u8>,
+    /// Moved from frame to frame: its volume stays open (a window made per member opened
+    /// the file again each time).
+    window: Option<Window>,
+}
+
+impl HeaderReader {
+    /// The 512 bytes at archive offset `at`, where a frame must start; read through the
+    /// general path (`Archive::range`) if none does or the frame is shorter than a block.
+    fn block(&mut self, a: &Archive, at: u64) -> Result<[u8; 512]> {
+        let mut block = [0u8; 512];
+        let i = a.seek.frame_index_decomp(at);
+        let frame = a.frame_sizes(i).ok().zip(a.seek.frame_start_comp(i).ok());
+        let Some(((c, _), start)) =
+            frame.filter(|((_, d), _)| *d >= 512 && a.seek.frame_start_decomp(i).ok() == Some(at))
+        else {
+            a.range(at, 512)?
+                .read_exact(&mut block)
+                .map_err(|e| a.read_error(at, e))?;
+            return Ok(block);
+        };
+        let zstd_error = |code: usize| {
+            a.read_error(
+                at,
+                io::Error::other(format!("zstd: {}", zstd::zstd_safe::get_error_name(code))),
+            )
+        };
+        let dctx = self.dctx.get_or_insert_with(zstd::zstd_safe::DCtx::create);
+        dctx.reset(zstd::zstd_safe::ResetDirective::SessionOnly)
+            .map_err(zstd_error)?;
+        self.input.resize(4096, 0);
+        let window = self.window.get_or_insert_with(|| Window {
+            inner: a.files.clone(),
+            start: 0,
+            len: 0,
+            pos: 0,
+        });
+        (window.start, window.len, window.pos) = (start, u64::from(c), 0);
+        let mut filled = 0;
+        while filled < block.len() {
+            let n = window
+                .read(&mut self.input)
+                .map_err(|e| a.read_error(at, e))?;
+            let mut input = zstd::zstd_safe::InBuffer::around(&self.input[..n]);
+            // The decoder takes all the input it is given while it has room to write.
+            while input.pos() < n && filled < block.len() {
+                let mut out = zstd::zstd_safe::OutBuffer::around_pos(&mut block[..], filled);
+                let before = input.pos();
+                dctx.decompress_stream(&mut out, &mut input)
+                    .map_err(zstd_error)?;
+                let progress = out.pos() > filled || input.pos() > before;
+                filled = out.pos();
+                if !progress {
+                    break;
+                }
+            }
+        }
+        Ok(block)
+    }
+}
+
 struct Window {
     inner: MultiFile,
     start: u64,
