@@ -336,6 +336,7 @@ pub async fn push(
     let counters = Arc::new(Counters::default());
     let needs = needs_of(source.as_ref(), &images);
     let found = Arc::new(check_external(source.as_ref(), target.as_ref(), &needs, jobs).await?);
+    let fresh = Arc::new(fresh_repos(target.as_ref(), &needs, &reporter).await);
     // Failures per (blob, repository): a repository the registry refuses (a missing project)
     // fails its own images, not every image that shares a layer with it.
     let failed_blobs: Arc<Mutex<HashMap<(Digest, String), String>>> = Arc::default();
@@ -347,8 +348,12 @@ pub async fn push(
             let failed = failed_blobs.clone();
             let reporter = reporter.clone();
             let found = found.clone();
+            let fresh = fresh.clone();
             async move {
-                let known = found.get(need.digest).copied();
+                let known = Known {
+                    first_having: found.get(need.digest).copied(),
+                    fresh: &fresh,
+                };
                 let failures = place_blob(
                     source.as_ref(),
                     target.as_ref(),
@@ -458,9 +463,14 @@ pub async fn push_objects(
 ) -> Result<()> {
     let counters = Counters::default();
     let first_failure: Mutex<Option<Error>> = Mutex::new(None);
+    let nothing_known = HashSet::new();
     stream::iter(objects.iter().filter(|o| o.inline.is_none()))
         .for_each_concurrent(jobs, |o| {
             let (counters, first_failure) = (&counters, &first_failure);
+            let known = Known {
+                first_having: None,
+                fresh: &nothing_known,
+            };
             async move {
                 let need = Need {
                     digest: &o.digest,
@@ -468,7 +478,7 @@ pub async fn push_objects(
                     repos: vec![o.repo()],
                     external: None,
                 };
-                let failures = place_blob(source, target, &need, None, counters, reporter).await;
+                let failures = place_blob(source, target, &need, known, counters, reporter).await;
                 if let Some((_, e)) = failures.into_iter().next() {
                     if let Ok(mut first) = first_failure.lock() {
                         first.get_or_insert(e);
@@ -582,11 +592,14 @@ pub async fn plan(
     jobs: usize,
 ) -> Result<PushPlan> {
     let needs = needs_of(source, images);
+    let fresh = &fresh_repos(target, &needs, &Reporter::new(true, false)).await;
     let heads: Vec<Result<(usize, Vec<bool>)>> = stream::iter(needs.iter().enumerate())
         .map(|(i, n)| async move {
             let mut have = Vec::new();
             for repo in &n.repos {
-                have.push(target.has_blob(repo, n.digest).await?);
+                // An external blob is asked about wherever it may be (as `push` does).
+                let absent = n.external.is_none() && fresh.contains(repo);
+                have.push(!absent && target.has_blob(repo, n.digest).await?);
             }
             Ok((i, have))
         })
@@ -689,27 +702,68 @@ async fn check_external(
     Err(source.missing_externals(target.name(), missing))
 }
 
-/// Makes one blob present in every repository in `repos`. `known`: the index of the first
-/// repository found to have it by `check_external` (those before it do not); they are not
-/// asked again.
+/// The repositories of `needs` that the target has nothing in (`Sink::lacking`: a
+/// registry's catalog does not list them). A blob is not asked about there: it is mounted or
+/// uploaded at once, a request less per blob and repository (a third of a first import's
+/// requests). When the target cannot tell, none: every blob is asked about.
+async fn fresh_repos<'a>(
+    target: &dyn Sink,
+    needs: &[Need<'a>],
+    reporter: &Reporter,
+) -> HashSet<&'a str> {
+    let repos: HashSet<&'a str> = needs.iter().flat_map(|n| n.repos.iter().copied()).collect();
+    if repos.is_empty() {
+        return repos;
+    }
+    match target.lacking(repos).await {
+        Ok(fresh) => {
+            reporter.detail(format!(
+                "{}: {} of the target repositories are new (not in its catalog)",
+                target.name(),
+                fresh.len()
+            ));
+            fresh
+        }
+        Err(e) => {
+            reporter.detail(format!(
+                "{}: no catalog to read ({e}); every blob is asked about",
+                target.name()
+            ));
+            HashSet::new()
+        }
+    }
+}
+
+/// What is known of a blob's place in the target before it is placed.
+#[derive(Clone, Copy)]
+struct Known<'k, 'a> {
+    /// The index of the first repository of its need found to have it by `check_external`
+    /// (those before it do not): none of them is asked again.
+    first_having: Option<usize>,
+    /// Repositories the target has nothing in ([`fresh_repos`]): not asked.
+    fresh: &'k HashSet<&'a str>,
+}
+
+/// Makes one blob present in every repository in `repos`, without asking what `known` says.
 async fn place_blob(
     source: &dyn Source,
     target: &dyn Sink,
     need: &Need<'_>,
-    known: Option<usize>,
+    known: Known<'_, '_>,
     counters: &Counters,
     reporter: &Reporter,
 ) -> Vec<(String, Error)> {
     let mut have: Option<&str> = None;
-    if let Some(i) = known {
+    if let Some(i) = known.first_having {
         // Start from the repository that has it (checked before anything was written).
         have = need.repos.get(i).copied();
     }
     let mut failures = Vec::new();
     for (i, repo) in need.repos.iter().enumerate() {
-        let present = match known {
+        let present = match known.first_having {
             Some(k) if i < k => Some(false),
             Some(k) if i == k => Some(true),
+            _ if known.fresh.contains(repo) => Some(false),
             _ => None,
         };
         match place_in(

@@ -15,7 +15,7 @@ use crate::registry::{BlobSource, Manifest, MountResult, PartSource, Registry, M
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
 use futures_util::stream::{self, BoxStream, StreamExt};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::io::Read;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -65,6 +65,16 @@ pub trait Sink: Send + Sync {
     fn name(&self) -> &str;
     /// Whether `repo` has the blob already.
     fn has_blob<'a>(&'a self, repo: &'a str, d: &'a Digest) -> BoxFuture<'a, Result<bool>>;
+    /// Of `repos`, those the target has nothing in at all: their blobs are put without asking
+    /// `has_blob` first. An error when the target cannot tell (then every blob is asked about);
+    /// by default it tells nothing.
+    fn lacking<'a, 'r: 'a>(
+        &'a self,
+        repos: HashSet<&'r str>,
+    ) -> BoxFuture<'a, Result<HashSet<&'r str>>> {
+        drop(repos);
+        Box::pin(async { Ok(HashSet::new()) })
+    }
     /// Makes a blob that `from` has present in `repo` without sending it.
     fn mount_blob<'a>(
         &'a self,
@@ -113,6 +123,24 @@ impl Sink for Registry {
         Box::pin(async move {
             let scope = crate::registry::Scope::push(repo);
             Ok(self.blob_exists(repo, d, &scope).await?.is_some())
+        })
+    }
+
+    /// The repositories its catalog (`GET /v2/_catalog`, every page) does not list. A
+    /// repository that holds a blob is listed (distribution lists one as soon as a blob is
+    /// uploaded into it, before any manifest). A catalog that wrongly leaves one out costs
+    /// uploads of blobs it had, never a wrong image: the registry takes a blob it has again.
+    fn lacking<'a, 'r: 'a>(
+        &'a self,
+        repos: HashSet<&'r str>,
+    ) -> BoxFuture<'a, Result<HashSet<&'r str>>> {
+        Box::pin(async move {
+            let mut lacking = repos;
+            self.catalog_each(|listed| {
+                lacking.remove(listed);
+            })
+            .await?;
+            Ok(lacking)
         })
     }
 

@@ -805,3 +805,149 @@ fn header_of(head: &str, name: &str) -> Option<String> {
             .map(|(_, v)| v.trim().to_string())
     })
 }
+
+// ---------------------------------------------------------------------------------------------
+// The target's catalog: a first import asks nothing of repositories the target lacks
+// ---------------------------------------------------------------------------------------------
+
+/// A target that already holds one image of the corpus (`alpha:1.0`, imported alone), and the
+/// repository that image is in.
+fn seeded_target(bundle: &Path, s: &Source) -> (TestRegistry, String) {
+    let target = TestRegistry::start(RegistryOpts::plain());
+    let out = import(bundle, &target.host(), &["--image", "*alpha:1.0"], &[]);
+    assert_success(&out, "import of alpha:1.0 alone");
+    let seeded = target.catalog();
+    assert_eq!(seeded.len(), 1, "one repository seeded: {seeded:?}");
+    assert!(s.images.iter().any(|i| i.0 == seeded[0]));
+    (target, seeded[0].clone())
+}
+
+/// The repositories asked about a blob (`HEAD /v2/<repo>/blobs/…`), each once.
+fn repos_asked(proxy: &QuirkProxy) -> Vec<String> {
+    let mut v: Vec<String> = proxy
+        .records_of("HEAD")
+        .iter()
+        .filter(|r| r.path.contains("/blobs/"))
+        .filter_map(|r| r.repo())
+        .collect();
+    v.sort();
+    v.dedup();
+    v
+}
+
+/// The JSON an `import --plan --json` prints; panics unless it succeeds.
+fn plan_json(bundle: &Path, host: &str) -> serde_json::Value {
+    let out = import(bundle, host, &["--plan", "--json"], &[]);
+    assert_success(&out, "import --plan --json");
+    serde_json::from_slice(&out.stdout).expect("the plan is JSON")
+}
+
+/// Into a target that has one repository of the corpus: the catalog is read once, and blobs
+/// are asked about (`HEAD`) only in that repository; every other repository gets its blobs
+/// without a question. The plan says the same as one made blob by blob (a registry without
+/// a catalog), and the import ends with every digest the source's (skopeo reads them), the
+/// seeded image's blobs found there, not sent again.
+#[test]
+fn a_first_import_asks_nothing_of_repositories_the_catalog_lacks() {
+    let (src, s) = corpus_source();
+    let (_dir, bundle) = plain_bundle(&src, &s);
+    let (target, seeded) = seeded_target(&bundle, &s);
+
+    let asked_by_blob = QuirkProxy::start(&target, Quirk::NoCatalog);
+    let by_blob = plan_json(&bundle, &asked_by_blob.host());
+    let by_catalog_proxy = QuirkProxy::start_with(&target, vec![]);
+    let by_catalog = plan_json(&bundle, &by_catalog_proxy.host());
+    // The same counts (the images' targets name each proxy).
+    for key in [
+        "blobsToUpload",
+        "bytesToUpload",
+        "blobsToMount",
+        "blobsAlreadyThere",
+        "missing",
+    ] {
+        assert_eq!(by_catalog[key], by_blob[key], "{key}: {by_catalog}");
+    }
+    assert!(by_catalog["blobsToUpload"].as_u64().unwrap_or(0) > 0);
+    assert!(by_catalog["blobsAlreadyThere"].as_u64().unwrap_or(0) >= 3);
+    assert_eq!(
+        repos_asked(&by_catalog_proxy),
+        vec![seeded.clone()],
+        "--plan asked about blobs of repositories the catalog lacks:\n{}",
+        by_catalog_proxy.describe()
+    );
+    assert!(repos_asked(&asked_by_blob).len() > 1);
+
+    let proxy = QuirkProxy::start_with(&target, vec![]);
+    let out = import(&bundle, &proxy.host(), &["-j", "8", "--json"], &[]);
+    let log = proxy.describe();
+    assert!(
+        out.status.success(),
+        "import: {}\nproxy log:\n{log}",
+        describe_output(&out)
+    );
+    let catalogs = proxy
+        .records_of("GET")
+        .iter()
+        .filter(|r| r.path == "/v2/_catalog")
+        .count();
+    assert_eq!(catalogs, 1, "the catalog read {catalogs} times:\n{log}");
+    assert_eq!(repos_asked(&proxy), vec![seeded.clone()], "{log}");
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("report JSON");
+    assert!(
+        report["blobsSkipped"].as_u64().unwrap_or(0) >= 3,
+        "the seeded image's config and layers were not found there: {report}"
+    );
+    assert_target_has(&target, &s, &log);
+    for (repo, tag, digest, _) in &s.images {
+        assert_eq!(&skopeo_digest(&target, &format!("{repo}:{tag}")), digest);
+    }
+}
+
+/// A registry that offers no catalog (404 `UNSUPPORTED`): every blob is asked about, as
+/// before, and the import completes.
+#[test]
+fn without_a_catalog_every_blob_is_asked_about() {
+    let (src, s) = corpus_source();
+    let (_dir, bundle) = plain_bundle(&src, &s);
+    let (target, proxy) = import_through(Quirk::NoCatalog, &s, &bundle, &["-j", "8"], &[]);
+    let log = proxy.describe();
+    assert!(
+        proxy.records().iter().any(|r| r.action == "no-catalog"),
+        "the catalog was never asked for:\n{log}"
+    );
+    let mut repos: Vec<String> = s.images.iter().map(|i| i.0.clone()).collect();
+    repos.sort();
+    repos.dedup();
+    assert_eq!(repos_asked(&proxy), repos, "{log}");
+    for (repo, tag, digest, _) in &s.images {
+        assert_eq!(&skopeo_digest(&target, &format!("{repo}:{tag}")), digest);
+    }
+}
+
+/// A catalog that lists nothing while the registry holds every image already: the blobs are
+/// sent again (the registry takes a blob it has), never a wrong image: every digest the same.
+#[test]
+fn a_catalog_that_lists_nothing_costs_uploads_not_images() {
+    let (src, s) = corpus_source();
+    let (_dir, bundle) = plain_bundle(&src, &s);
+    let target = TestRegistry::start(RegistryOpts::plain());
+    assert_success(&import(&bundle, &target.host(), &[], &[]), "first import");
+    let proxy = QuirkProxy::start(&target, Quirk::EmptyCatalog);
+    let out = import(&bundle, &proxy.host(), &["-j", "8", "--json"], &[]);
+    let log = proxy.describe();
+    assert!(
+        out.status.success(),
+        "import: {}\nproxy log:\n{log}",
+        describe_output(&out)
+    );
+    assert!(repos_asked(&proxy).is_empty(), "{log}");
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("report JSON");
+    assert!(
+        report["blobsUploaded"].as_u64().unwrap_or(0) > 0,
+        "{report}"
+    );
+    assert_target_has(&target, &s, &log);
+    for (repo, tag, digest, _) in &s.images {
+        assert_eq!(&skopeo_digest(&target, &format!("{repo}:{tag}")), digest);
+    }
+}

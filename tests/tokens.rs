@@ -16,8 +16,9 @@ use tempfile::TempDir;
 const USER: &str = "robot";
 const PASS: &str = "t0ken-Pass";
 const LIFETIME: Duration = Duration::from_secs(2);
-/// Per-request delay in the proxy: makes the jobs last several token lifetimes.
-const DELAY_MS: u64 = 100;
+/// Per-request delay in the proxy: makes the jobs last several token lifetimes (the import
+/// into a fresh registry asks nothing of its blobs before sending them, so it needs more).
+const DELAY_MS: u64 = 170;
 /// The export makes fewer requests: one job at a time and a longer delay.
 const EXPORT_DELAY_MS: u64 = 120;
 

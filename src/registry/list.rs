@@ -16,16 +16,19 @@ fn next_link(header: &str, base: &Url) -> Option<Url> {
 }
 
 impl Registry {
-    /// Follows `Link: <…>; rel="next"` paging of a list endpoint, collecting `key`'s strings.
-    async fn list_paged(
+    /// Follows `Link: <…>; rel="next"` paging of a list endpoint, handing each of `key`'s
+    /// strings to `each` as its page comes (no page is kept once read). A page whose `key` is
+    /// not a list (or `null`, distribution's "none") fails; so does one without `key` when it
+    /// is `required`.
+    async fn each_paged(
         &self,
         first: Url,
         scope: &Scope,
-        key: &str,
+        (key, required): (&str, bool),
         what: &str,
-    ) -> Result<Vec<String>> {
+        mut each: impl FnMut(&str),
+    ) -> Result<()> {
         const MAX_PAGES: usize = 10_000;
-        let mut out = Vec::new();
         let mut next = Some(first);
         let mut pages = 0;
         while let Some(url) = next.take() {
@@ -50,10 +53,36 @@ impl Registry {
                 .map_err(|e| Error::transient(&self.name, format!("{what}: {e}"), None))?;
             let v: serde_json::Value = serde_json::from_slice(&body)
                 .map_err(|e| Error::registry(&self.name, format!("{what}: {e}")))?;
-            if let Some(items) = v.get(key).and_then(|t| t.as_array()) {
-                out.extend(items.iter().filter_map(|t| t.as_str().map(str::to_string)));
+            match v.get(key) {
+                Some(serde_json::Value::Array(items)) => {
+                    items.iter().filter_map(|t| t.as_str()).for_each(&mut each)
+                }
+                Some(serde_json::Value::Null) => {}
+                None if !required => {}
+                _ => {
+                    return Err(Error::registry(
+                        &self.name,
+                        format!("{what}: the answer has no list `{key}`"),
+                    ))
+                }
             }
         }
+        Ok(())
+    }
+
+    /// [`each_paged`](Self::each_paged), collected.
+    async fn list_paged(
+        &self,
+        first: Url,
+        scope: &Scope,
+        key: &str,
+        what: &str,
+    ) -> Result<Vec<String>> {
+        let mut out = Vec::new();
+        self.each_paged(first, scope, (key, false), what, |s| {
+            out.push(s.to_string())
+        })
+        .await?;
         Ok(out)
     }
 
@@ -67,9 +96,17 @@ impl Registry {
     /// Every repository the registry lists (`GET /v2/_catalog`, paged); not all registries
     /// offer it.
     pub async fn catalog(&self) -> Result<Vec<String>> {
+        let mut out = Vec::new();
+        self.catalog_each(|r| out.push(r.to_string())).await?;
+        Ok(out)
+    }
+
+    /// [`catalog`](Self::catalog), each repository handed to `each` as its page comes.
+    pub async fn catalog_each(&self, each: impl FnMut(&str)) -> Result<()> {
         let mut url = self.url("v2/_catalog")?;
         url.query_pairs_mut().append_pair("n", "1000");
-        self.list_paged(url, &Scope::catalog(), "repositories", "the catalog")
+        let key = ("repositories", true);
+        self.each_paged(url, &Scope::catalog(), key, "the catalog", each)
             .await
     }
 }

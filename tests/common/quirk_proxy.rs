@@ -63,6 +63,12 @@ pub enum Quirk {
     CutPatchDelivered { nth: usize, after_bytes: u64 },
     /// Every request waits this many milliseconds before it is handled.
     Delay(u64),
+    /// `GET /v2/_catalog` answered `404` with an `UNSUPPORTED` error (GitLab, a registry with
+    /// its catalog turned off).
+    NoCatalog,
+    /// `GET /v2/_catalog` answered `200 {"repositories":[]}` whatever the registry holds (a
+    /// registry whose catalog lists nothing it should).
+    EmptyCatalog,
 }
 
 /// One request as the proxy saw it.
@@ -93,7 +99,7 @@ pub struct QuirkRecord {
     pub content_digest: bool,
     /// What the proxy did: `forwarded`, `mount-stripped`, `refused-405`, `refused-400`,
     /// `refused-416`, `refused-401-mount`, `name-unknown`, `redirected`, `expired-token`,
-    /// `cut`, `upstream-error`.
+    /// `no-catalog`, `empty-catalog`, `cut`, `upstream-error`.
     pub action: String,
 }
 
@@ -947,6 +953,22 @@ fn handle_request(client: &mut TcpStream, _id: u64, sh: &Shared) -> io::Result<(
                         vec![("Content-Type", "application/json".into())],
                         error_body("NAME_UNKNOWN", "repository name not known to registry"),
                         "name-unknown",
+                    );
+                }
+                Quirk::NoCatalog if path == "/v2/_catalog" => {
+                    action = Action::Answer(
+                        "404 Not Found".into(),
+                        vec![("Content-Type", "application/json".into())],
+                        error_body("UNSUPPORTED", "the catalog is not available"),
+                        "no-catalog",
+                    );
+                }
+                Quirk::EmptyCatalog if path == "/v2/_catalog" => {
+                    action = Action::Answer(
+                        "200 OK".into(),
+                        vec![("Content-Type", "application/json".into())],
+                        r#"{"repositories":[]}"#.into(),
+                        "empty-catalog",
                     );
                 }
                 Quirk::RedirectBlobs
