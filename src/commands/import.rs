@@ -98,32 +98,40 @@ fn show_plan(plan: &copy::PushPlan, registry: &str, json: bool) -> Result<()> {
     if json {
         crate::progress::print_json(plan)?;
     } else {
+        use std::io::Write;
         let width = plan
             .images
             .iter()
             .map(|i| i.source.len())
             .max()
             .unwrap_or(0);
-        for i in &plan.images {
-            println!(
-                "{:width$}  ->  {}  {}",
-                i.source,
-                i.target,
-                i.digest.short()
-            );
-        }
-        println!(
-            "\n{} images into {registry}: {} blobs to upload ({}), {} to mount, {} already \
-             there. Nothing was written.",
-            plan.images.len(),
-            plan.blobs_to_upload,
-            human(plan.bytes_to_upload),
-            plan.blobs_to_mount,
-            plan.blobs_already_there
-        );
-        for m in &plan.missing {
-            println!("missing: {m}");
-        }
+        let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+        let mut lines = || -> std::io::Result<()> {
+            for i in plan.images.iter() {
+                writeln!(
+                    out,
+                    "{:width$}  ->  {}  {}",
+                    i.source,
+                    i.target,
+                    i.digest.short()
+                )?;
+            }
+            writeln!(
+                out,
+                "\n{} images into {registry}: {} blobs to upload ({}), {} to mount, {} already \
+                 there. Nothing was written.",
+                plan.images.len(),
+                plan.blobs_to_upload,
+                human(plan.bytes_to_upload),
+                plan.blobs_to_mount,
+                plan.blobs_already_there
+            )?;
+            for m in &plan.missing {
+                writeln!(out, "missing: {m}")?;
+            }
+            out.flush()
+        };
+        lines().map_err(|e| Error::io("writing the plan to stdout", e))?;
     }
     if plan.missing.is_empty() {
         Ok(())
