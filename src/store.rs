@@ -299,9 +299,14 @@ impl BlobSource for BundleBlob {
                 Ok(r) => r,
                 Err(e) => return fail(e),
             };
+            // Chunks of 256 KiB at most and no bigger than what is left (at least a byte, for
+            // the read that ends the blob and checks it): a small blob's chunk is its size,
+            // not 256 KiB held until it is sent.
+            let size = bundle.manifest.blob(&digest).map_or(0, |b| b.size);
             let mut pos = 0u64;
             loop {
-                let mut buf = vec![0u8; 256 * 1024];
+                let left = size.saturating_sub(pos).clamp(1, 256 * 1024);
+                let mut buf = vec![0u8; left as usize];
                 match r.read(&mut buf) {
                     Ok(0) => return,
                     Ok(n) => {
