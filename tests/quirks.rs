@@ -842,6 +842,27 @@ fn plan_json(bundle: &Path, host: &str) -> serde_json::Value {
     serde_json::from_slice(&out.stdout).expect("the plan is JSON")
 }
 
+/// `import -j 8 --json` through `proxy`; panics unless it succeeds. The report, and the
+/// proxy's log.
+fn import_json(bundle: &Path, proxy: &QuirkProxy) -> (serde_json::Value, String) {
+    let out = import(bundle, &proxy.host(), &["-j", "8", "--json"], &[]);
+    let log = proxy.describe();
+    assert!(
+        out.status.success(),
+        "import: {}\nproxy log:\n{log}",
+        describe_output(&out)
+    );
+    let report = serde_json::from_slice(&out.stdout).expect("report JSON");
+    (report, log)
+}
+
+/// skopeo reads every image of `s` at `target` with the source's digest.
+fn assert_skopeo_reads(target: &TestRegistry, s: &Source) {
+    for (repo, tag, digest, _) in &s.images {
+        assert_eq!(&skopeo_digest(target, &format!("{repo}:{tag}")), digest);
+    }
+}
+
 /// Into a target that has one repository of the corpus: the catalog is read once, and blobs
 /// are asked about (`HEAD`) only in that repository; every other repository gets its blobs
 /// without a question. The plan says the same as one made blob by blob (a registry without
@@ -878,13 +899,7 @@ fn a_first_import_asks_nothing_of_repositories_the_catalog_lacks() {
     assert!(repos_asked(&asked_by_blob).len() > 1);
 
     let proxy = QuirkProxy::start_with(&target, vec![]);
-    let out = import(&bundle, &proxy.host(), &["-j", "8", "--json"], &[]);
-    let log = proxy.describe();
-    assert!(
-        out.status.success(),
-        "import: {}\nproxy log:\n{log}",
-        describe_output(&out)
-    );
+    let (report, log) = import_json(&bundle, &proxy);
     let catalogs = proxy
         .records_of("GET")
         .iter()
@@ -892,15 +907,12 @@ fn a_first_import_asks_nothing_of_repositories_the_catalog_lacks() {
         .count();
     assert_eq!(catalogs, 1, "the catalog read {catalogs} times:\n{log}");
     assert_eq!(repos_asked(&proxy), vec![seeded.clone()], "{log}");
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("report JSON");
     assert!(
         report["blobsSkipped"].as_u64().unwrap_or(0) >= 3,
         "the seeded image's config and layers were not found there: {report}"
     );
     assert_target_has(&target, &s, &log);
-    for (repo, tag, digest, _) in &s.images {
-        assert_eq!(&skopeo_digest(&target, &format!("{repo}:{tag}")), digest);
-    }
+    assert_skopeo_reads(&target, &s);
 }
 
 /// A registry that offers no catalog (404 `UNSUPPORTED`): every blob is asked about, as
@@ -919,9 +931,7 @@ fn without_a_catalog_every_blob_is_asked_about() {
     repos.sort();
     repos.dedup();
     assert_eq!(repos_asked(&proxy), repos, "{log}");
-    for (repo, tag, digest, _) in &s.images {
-        assert_eq!(&skopeo_digest(&target, &format!("{repo}:{tag}")), digest);
-    }
+    assert_skopeo_reads(&target, &s);
 }
 
 /// A catalog that lists nothing while the registry holds every image already: the blobs are
@@ -933,21 +943,12 @@ fn a_catalog_that_lists_nothing_costs_uploads_not_images() {
     let target = TestRegistry::start(RegistryOpts::plain());
     assert_success(&import(&bundle, &target.host(), &[], &[]), "first import");
     let proxy = QuirkProxy::start(&target, Quirk::EmptyCatalog);
-    let out = import(&bundle, &proxy.host(), &["-j", "8", "--json"], &[]);
-    let log = proxy.describe();
-    assert!(
-        out.status.success(),
-        "import: {}\nproxy log:\n{log}",
-        describe_output(&out)
-    );
+    let (report, log) = import_json(&bundle, &proxy);
     assert!(repos_asked(&proxy).is_empty(), "{log}");
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("report JSON");
     assert!(
         report["blobsUploaded"].as_u64().unwrap_or(0) > 0,
         "{report}"
     );
     assert_target_has(&target, &s, &log);
-    for (repo, tag, digest, _) in &s.images {
-        assert_eq!(&skopeo_digest(&target, &format!("{repo}:{tag}")), digest);
-    }
+    assert_skopeo_reads(&target, &s);
 }
