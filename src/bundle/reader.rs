@@ -642,8 +642,6 @@ fn check_seek_table_footer(files: &MultiFile) -> Result<()> {
     Ok(())
 }
 
-/// A window `[start, start + len)` of the bundle's bytes, for the frames one read needs.
-/// Reading past its end is an error: the seek table promised more than the frames hold.
 /// Reads the tar header at the start of a member's frame, decoding no more of the frame than
 /// it takes. One reader serves many members with one decoder context and a small input
 /// buffer and one open file: a decoder made per member (a context, 256 KiB of buffers and the
@@ -713,6 +711,8 @@ impl HeaderReader {
     }
 }
 
+/// A window `[start, start + len)` of the bundle's bytes, for the frames one read needs.
+/// Reading past its end is an error: the seek table promised more than the frames hold.
 struct Window {
     inner: MultiFile,
     start: u64,
