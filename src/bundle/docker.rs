@@ -114,7 +114,7 @@ pub fn build<'a, I: Borrow<ImageEntry>>(
         let digest = match loadable(img, wanted, stored) {
             Ok(d) => d,
             Err(why) => {
-                skipped.push((img.source.clone(), why));
+                skipped.push((img.source.to_string(), why));
                 continue;
             }
         };
@@ -414,16 +414,16 @@ mod tests {
         Arc::new(ImageEntry {
             source: source.into(),
             registry: "reg.test".into(),
-            namespace: String::new(),
+            namespace: "".into(),
             path: "lib/app".into(),
             tag: tag.into(),
             digest: digest.clone(),
             source_digest: None,
             subject: None,
             media_type: media_type.into(),
-            platforms: Vec::new(),
+            platforms: Box::default(),
             size: 0,
-            blobs: vec![digest.clone()],
+            blobs: vec![digest.clone()].into(),
         })
     }
 

@@ -85,17 +85,20 @@ pub struct FailedImage {
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
+///
+/// Its strings and lists are boxed (16 bytes each, not 24: no room to grow, which a bundle's
+/// entries never do): 1.5 MiB less at 33,340 images.
 pub struct ImageEntry {
     /// The full source reference.
-    pub source: String,
+    pub source: Box<str>,
     /// Shared ([`crate::shared`]), like `media_type`.
     #[serde(deserialize_with = "crate::shared::deserialize")]
     pub registry: Arc<str>,
     /// The `--repository` given at export for short names; empty for full references.
-    pub namespace: String,
+    pub namespace: Box<str>,
     /// The repository path below the namespace.
-    pub path: String,
-    pub tag: String,
+    pub path: Box<str>,
+    pub tag: Box<str>,
     /// The root manifest stored in the bundle.
     pub digest: Digest,
     /// The digest at the source, when platform filtering rewrote the index. (Boxed, like
@@ -107,12 +110,10 @@ pub struct ImageEntry {
     pub subject: Option<Box<Digest>>,
     #[serde(deserialize_with = "crate::shared::deserialize")]
     pub media_type: Arc<str>,
-    #[serde(deserialize_with = "compact")]
-    pub platforms: Vec<String>,
+    pub platforms: Box<[String]>,
     pub size: u64,
     /// Every object of the image, children first, the root manifest last.
-    #[serde(deserialize_with = "compact")]
-    pub blobs: Vec<Digest>,
+    pub blobs: Box<[Digest]>,
 }
 
 /// A list read without room to spare. A JSON list does not say its length, so it is read into
@@ -212,7 +213,7 @@ impl ImageEntry {
     /// The repository at the source: `namespace/path`, or `path` when there is no namespace.
     pub fn source_repository(&self) -> String {
         if self.namespace.is_empty() {
-            self.path.clone()
+            self.path.to_string()
         } else {
             format!("{}/{}", self.namespace, self.path)
         }

@@ -67,7 +67,7 @@ pub async fn run(args: CopyArgs) -> Result<()> {
         let lines: Vec<PlanLine> = targets
             .iter()
             .map(|t| PlanLine {
-                source: t.entry.source.clone(),
+                source: t.entry.source.to_string(),
                 target: t.name(&registry),
                 digest: t.entry.digest.to_string(),
                 size: t.entry.size,

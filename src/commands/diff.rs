@@ -35,7 +35,7 @@ pub struct Diff {
 fn images(m: &BundleManifest) -> BTreeMap<String, Digest> {
     m.images
         .iter()
-        .map(|i| (i.source.clone(), i.digest.clone()))
+        .map(|i| (i.source.to_string(), i.digest.clone()))
         .collect()
 }
 

@@ -69,13 +69,13 @@ impl Namespace {
                 ns.tags
                     .entry(t.repo.to_string())
                     .or_default()
-                    .insert(t.tag.clone(), t.entry.digest.clone());
+                    .insert(t.tag().to_string(), t.entry.digest.clone());
                 ns.objects
                     .entry(t.repo.to_string())
                     .or_default()
                     .extend(t.entry.blobs.iter().cloned());
                 if let Some(subject) = &t.entry.subject {
-                    ns.add_referrers(i, &t.repo, subject, &t.entry.digest, &t.tag);
+                    ns.add_referrers(i, &t.repo, subject, &t.entry.digest, t.tag());
                 }
             }
         }

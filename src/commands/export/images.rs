@@ -80,7 +80,7 @@ mod tests {
     #[test]
     fn images_come_back_as_they_were_set_aside() {
         let image = |tag: &str, subject: Option<Digest>| ImageEntry {
-            source: format!("reg.test/lib/app:{tag}"),
+            source: format!("reg.test/lib/app:{tag}").into(),
             registry: "reg.test".into(),
             namespace: "lib".into(),
             path: "app".into(),
@@ -89,9 +89,9 @@ mod tests {
             source_digest: Some(Box::new(Digest::of(b"source"))),
             subject: subject.map(Box::new),
             media_type: crate::manifest::OCI_INDEX.into(),
-            platforms: vec!["linux/amd64".into(), "linux/arm64/v8".into()],
+            platforms: vec!["linux/amd64".into(), "linux/arm64/v8".into()].into(),
             size: 42,
-            blobs: vec![Digest::of(b"layer"), Digest::of(tag.as_bytes())],
+            blobs: vec![Digest::of(b"layer"), Digest::of(tag.as_bytes())].into(),
         };
         let given = [image("1.0", None), image("latest", Some(Digest::of(b"s")))];
         let mut images = Images::with_capacity(2);

@@ -90,16 +90,16 @@ fn assemble<I: Collect>(
         let size = own.iter().map(|o| o.size).sum();
         let blobs = own.iter().map(|o| o.digest.clone()).collect();
         images.add(ImageEntry {
-            source: reference.to_string(),
+            source: reference.to_string().into(),
             registry: crate::shared::shared(&reference.registry),
-            namespace,
-            path,
-            tag: reference.tag.unwrap_or_default(),
+            namespace: namespace.into(),
+            path: path.into(),
+            tag: reference.tag.unwrap_or_default().into(),
             digest,
             source_digest,
             subject,
             media_type,
-            platforms,
+            platforms: platforms.into(),
             size,
             blobs,
         })?;

@@ -98,9 +98,9 @@ pub(super) fn show(
         images: images
             .iter()
             .map(|i| PlanImage {
-                source: i.source.clone(),
+                source: i.source.to_string(),
                 digest: i.digest.to_string(),
-                platforms: i.platforms.clone(),
+                platforms: i.platforms.to_vec(),
                 size: i.size,
                 subject: i.subject.as_ref().map(|d| d.to_string()),
             })

@@ -501,9 +501,9 @@ pub(super) async fn write(
             .iter()
             .map(|i| {
                 i.map(|i| SummaryImage {
-                    source: i.source,
+                    source: i.source.into(),
                     digest: i.digest.to_string(),
-                    platforms: i.platforms,
+                    platforms: i.platforms.into(),
                     size: i.size,
                 })
             })
@@ -678,14 +678,14 @@ mod tests {
         let image = ImageEntry {
             source: "reg.test/lib/app:1.0".into(),
             registry: "reg.test".into(),
-            namespace: String::new(),
+            namespace: "".into(),
             path: "lib/app".into(),
             tag: "1.0".into(),
             digest: objects[1].digest.clone(),
             source_digest: None,
             subject: None,
             media_type: crate::manifest::OCI_MANIFEST.into(),
-            platforms: vec!["linux/amd64".into()],
+            platforms: vec!["linux/amd64".into()].into(),
             size: 11,
             blobs: objects.iter().map(|o| o.digest.clone()).collect(),
         };

@@ -241,7 +241,7 @@ fn index_disagreements(
                 if let Some(img) = self.images.get(self.listed) {
                     let name = e.annotations.as_ref().and_then(|a| a.name.as_deref());
                     if e.digest.as_deref() != Some(img.digest.text().as_str())
-                        || name != Some(img.source.as_str())
+                        || name != Some(&*img.source)
                     {
                         self.errors.push(format!(
                             "index.json disagrees with bundle.json about {}",
@@ -356,16 +356,16 @@ mod tests {
         ImageEntry {
             source: source.into(),
             registry: "r.example".into(),
-            namespace: String::new(),
+            namespace: "".into(),
             path: "lib/app".into(),
             tag: "1".into(),
             digest: Digest::of(content.as_bytes()),
             source_digest: None,
             subject: None,
             media_type: crate::manifest::OCI_INDEX.into(),
-            platforms: Vec::new(),
+            platforms: Box::default(),
             size: 0,
-            blobs: Vec::new(),
+            blobs: Box::default(),
         }
     }
 
@@ -396,7 +396,7 @@ mod tests {
         let swapped = index_of(&[(&a.digest, &b.source), (&b.digest, &a.source)]);
         let errors = index_disagreements(&swapped[..], &images);
         assert_eq!(errors.len(), 2, "{errors:?}");
-        assert!(errors[0].contains("disagrees") && errors[0].contains(&a.source));
+        assert!(errors[0].contains("disagrees") && errors[0].contains(&*a.source));
 
         let short = index_of(&[(&a.digest, &a.source)]);
         let errors = index_disagreements(&short[..], &images);
