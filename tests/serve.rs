@@ -640,12 +640,35 @@ fn podman_pulls_every_image_from_serve() {
 
 /// A blob larger than one zstd frame (the writer starts a new frame every 4 MiB of a member,
 /// its 512-byte tar header included): served whole, and ranges that cross frame boundaries
-/// come back exact.
+/// come back exact; with the default cache, and with none (`--frame-cache 0`: every request
+/// decodes the frames it sends). A cache size out of range is refused before anything is
+/// served.
 #[test]
 fn blobs_spanning_several_frames_are_served_whole_and_by_range() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (bundle, layer_digest) = one_layer_bundle(dir.path(), "big/frames", 11, 40 * 1024 * 1024);
-    let served = Served::start(&[&bundle], &["-q"]);
+    for extra in [&["-q"][..], &["-q", "--frame-cache", "0"]] {
+        let served = Served::start(&[&bundle], extra);
+        serves_whole_and_by_range(&served, &layer_digest);
+    }
+    let home = tempfile::tempdir().expect("home");
+    let out = airlock_command(home.path())
+        .arg("serve")
+        .arg(&bundle)
+        .args(["--listen", &format!("127.0.0.1:{}", free_port())])
+        .args(["--frame-cache", "70000"])
+        .stdin(Stdio::null())
+        .output()
+        .expect("run airlock serve");
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--frame-cache") && err.contains("0..=65536"),
+        "{err}"
+    );
+}
+
+fn serves_whole_and_by_range(served: &Served, layer_digest: &str) {
     let raw = served.raw();
     let path = format!("/v2/big/frames/blobs/{layer_digest}");
     let whole = raw.request("GET", &path, &[], None);
@@ -680,7 +703,7 @@ fn blobs_spanning_several_frames_are_served_whole_and_by_range() {
         })
         .collect();
     for c in clients {
-        assert_eq!(c.join().expect("client"), (200, layer_digest.clone()));
+        assert_eq!(c.join().expect("client"), (200, layer_digest.to_string()));
     }
 }
 

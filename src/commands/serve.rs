@@ -5,8 +5,10 @@ use crate::bundle::Bundle;
 use crate::cli::ServeArgs;
 use crate::error::{Error, Result};
 use crate::serve::namespace::Namespace;
-use crate::serve::{frames::FrameCache, Htpasswd, Server, FRAME_CACHE};
+use crate::serve::{frames::FrameCache, Htpasswd, Server};
 use std::sync::Arc;
+
+const MIB: usize = 1024 * 1024;
 
 pub async fn run(args: ServeArgs) -> Result<()> {
     let addr: std::net::SocketAddr = args
@@ -45,7 +47,7 @@ pub async fn run(args: ServeArgs) -> Result<()> {
     }
     let server = Arc::new(Server {
         ns,
-        cache: Arc::new(FrameCache::new(FRAME_CACHE)),
+        cache: Arc::new(FrameCache::new(args.frame_cache as usize * MIB)),
         users,
         quiet: args.quiet,
     });
