@@ -292,6 +292,45 @@ fn serve_answers_skopeo_with_every_source_digest_ranges_paging_and_errors() {
         None,
     );
     assert_eq!((r.status, error_code(&r).as_str()), (404, "BLOB_UNKNOWN"));
+    // A blob and a manifest the bundle holds, but for another repository's images only: not
+    // there in this one, as in a registry.
+    let plain_blobs = plain.blob_digests();
+    let (other, foreign) = corpus
+        .images
+        .iter()
+        .filter(|i| i.repo != plain.repo)
+        .find_map(|i| {
+            let b = i
+                .blob_digests()
+                .into_iter()
+                .find(|b| !plain_blobs.contains(b))?;
+            Some((i, b))
+        })
+        .expect("another repository with a blob of its own");
+    let r = raw.request(
+        "GET",
+        &format!("/v2/{}/blobs/{foreign}", plain.repo),
+        &[],
+        None,
+    );
+    assert_eq!((r.status, error_code(&r).as_str()), (404, "BLOB_UNKNOWN"));
+    let r = raw.request(
+        "GET",
+        &format!("/v2/{}/blobs/{foreign}", other.repo),
+        &[],
+        None,
+    );
+    assert_eq!((r.status, sha(&r.body)), (200, foreign.clone()));
+    let r = raw.request(
+        "GET",
+        &format!("/v2/{}/manifests/{}", plain.repo, other.digest),
+        &[("accept", OCI_MANIFEST)],
+        None,
+    );
+    assert_eq!(
+        (r.status, error_code(&r).as_str()),
+        (404, "MANIFEST_UNKNOWN")
+    );
     let r = raw.request(
         "PUT",
         &format!("/v2/{}/manifests/new", plain.repo),
