@@ -83,11 +83,10 @@ pub struct FailedImage {
     pub error: String,
 }
 
+/// One image of a bundle. Its strings and lists are boxed (16 bytes each, not 24: no room to
+/// grow, which a bundle's entries never do): 1.5 MiB less at 33,340 images.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-///
-/// Its strings and lists are boxed (16 bytes each, not 24: no room to grow, which a bundle's
-/// entries never do): 1.5 MiB less at 33,340 images.
 pub struct ImageEntry {
     /// The full source reference.
     pub source: Box<str>,
