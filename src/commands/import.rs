@@ -46,36 +46,16 @@ pub fn plan_targets(
 }
 
 /// `targets` without the images that repeat an earlier one's name with the same root (the
-/// first is kept); an error naming both when two different images share a name. The names
-/// are compared in place through a list of positions sorted by name (4 bytes an image): a
-/// map of every name was 5 MiB at 33,340 images.
+/// first is kept); an error naming both when two different images share a name (the clash
+/// met first in the order given).
 fn drop_repeated_names(mut targets: Vec<TargetImage>) -> Result<Vec<TargetImage>> {
-    let name = |i: u32| {
-        let t = &targets[i as usize];
-        (&*t.repo, t.tag())
-    };
-    let mut order: Vec<u32> = (0..targets.len() as u32).collect();
-    // Stable: within a name, the images stay in the order given, the first one first.
-    order.sort_by(|&a, &b| name(a).cmp(&name(b)));
-    let mut repeated = vec![false; targets.len()];
-    // The clash met first in the order given: (the image holding the name, the later one).
-    let mut clash: Option<(usize, usize)> = None;
-    let mut first = order.first().map_or(0, |&i| i as usize);
-    for w in order.windows(2) {
-        let (prev, next) = (w[0], w[1]);
-        if name(prev) != name(next) {
-            first = next as usize;
-            continue;
-        }
-        let later = next as usize;
-        if targets[first].entry.digest == targets[later].entry.digest {
-            repeated[later] = true;
-        } else if clash.is_none_or(|(_, l)| later < l) {
-            clash = Some((first, later));
-        }
-    }
-    if let Some((held, later)) = clash {
-        let (held, later) = (&targets[held], &targets[later]);
+    let first = copy::first_of_each_key(targets.len(), |i| (&*targets[i].repo, targets[i].tag()));
+    let clash = (0..targets.len()).find(|&i| {
+        let f = first[i] as usize;
+        f != i && targets[f].entry.digest != targets[i].entry.digest
+    });
+    if let Some(later) = clash {
+        let (held, later) = (&targets[first[later] as usize], &targets[later]);
         return Err(Error::Usage(format!(
             "{} and {} would both be pushed to {}:{}; nothing was pushed \
              (choose another --tag or --repository)",
@@ -85,11 +65,11 @@ fn drop_repeated_names(mut targets: Vec<TargetImage>) -> Result<Vec<TargetImage>
             later.tag()
         )));
     }
-    drop(order);
+    // Every image not first of its name repeats it with the same root.
     let mut at = 0;
     targets.retain(|_| {
         at += 1;
-        !repeated[at - 1]
+        first[at - 1] as usize == at - 1
     });
     targets.shrink_to_fit();
     Ok(targets)
