@@ -301,7 +301,7 @@ impl BlobSource for BundleBlob {
             // Chunks of 256 KiB at most and no bigger than what is left (at least a byte, for
             // the read that ends the blob and checks it): a small blob's chunk is its size,
             // not 256 KiB held until it is sent.
-            let size = bundle.manifest.blob(&digest).map_or(u64::MAX, |b| b.size);
+            let size = r.size();
             let mut pos = 0u64;
             loop {
                 let left = size.saturating_sub(pos).clamp(1, 256 * 1024);

@@ -492,6 +492,7 @@ impl Bundle {
         Ok(BlobReader {
             inner: Box::new(VerifyingReader::new(inner, d, m.size)),
             digest: d.clone(),
+            size: m.size,
             bundle,
         })
     }
@@ -763,8 +764,17 @@ impl Seek for Window {
 pub struct BlobReader {
     inner: Box<dyn Read + Send>,
     digest: Digest,
+    /// The blob's size, as its member says.
+    size: u64,
     /// The bundle (and the volumes holding the blob), for messages.
     bundle: String,
+}
+
+impl BlobReader {
+    /// The blob's size in bytes.
+    pub fn size(&self) -> u64 {
+        self.size
+    }
 }
 
 impl Read for BlobReader {
