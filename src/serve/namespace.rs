@@ -3,7 +3,7 @@
 //! from the newest; an object is read from whichever bundle holds it.
 
 use crate::bundle::Bundle;
-use crate::bundle::ImageEntry;
+use crate::bundle::{BlobEntry, ImageEntry};
 use crate::digest::Digest;
 use crate::error::{Error, Result};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -168,25 +168,21 @@ impl Namespace {
             && self.holder(d).is_some()
     }
 
-    /// The newest bundle holding `d` (each bundle's lookup is logarithmic).
-    fn holder(&self, d: &Digest) -> Option<&Arc<Bundle>> {
+    /// The newest bundle holding `d`, with its entry there (each bundle's lookup is
+    /// logarithmic).
+    fn holder(&self, d: &Digest) -> Option<(&Arc<Bundle>, &BlobEntry)> {
         self.bundles
             .iter()
             .rev()
-            .find(|b| b.manifest.blob(d).is_some())
+            .find_map(|b| Some((b, b.manifest.blob(d)?)))
     }
 
     /// The bundle holding `d`, with its media type and size.
     pub fn object(&self, d: &Digest) -> Result<(Arc<Bundle>, String, u64)> {
-        let b = self
+        let (b, entry) = self
             .holder(d)
             .ok_or_else(|| Error::Failed(format!("no bundle holds {d}")))?;
-        let entry = b
-            .manifest
-            .blob(d)
-            .ok_or_else(|| Error::Failed(format!("no bundle holds {d}")))?;
-        let (mt, size) = (entry.media_type.clone(), entry.size);
-        Ok((b.clone(), mt.to_string(), size))
+        Ok((b.clone(), entry.media_type.to_string(), entry.size))
     }
 
     pub fn referrers(&self, repo: &str, subject: &Digest) -> &[Referrer] {
