@@ -31,6 +31,9 @@
 #   fetch limit    4 parallel `curl -o FILE` of every unique blob of the corpus, then `sync`
 #   upload limit   4 parallel monolithic uploads (`curl -T`, POST then PUT ?digest=) of those files
 #                  into a fresh registry
+#   push limit     benches/raw_push.py: BENCH_JOBS threads push the unpacked bundle into a fresh
+#                  registry with the requests airlock's import makes there (each blob once per
+#                  repository, mounts across repositories, manifests, tags), nothing more
 # and after the imports every manifest digest at each target is compared with the source.
 # A third corpus, *compressed* (BENCH_CORPORA=compressed; not in the default run): four gzip -6
 # layers of real files (tar streams of /usr/lib and /usr/share, cut to size; ~300 MiB of gzip,
@@ -211,6 +214,8 @@ start_registry signed
 DST_SIGNED=127.0.0.1:$REG_PORT
 start_registry raw
 DST_RAW=127.0.0.1:$REG_PORT
+start_registry push
+DST_PUSH=127.0.0.1:$REG_PORT
 echo "source $SRC, airlock target $DST_AIRLOCK, skopeo target $DST_SKOPEO" >&2
 
 # --- OCI image layout generator ------------------------------------------------------------------
@@ -531,8 +536,9 @@ for img in b["images"]:
 }
 
 # raw_limits CORPUS: what the disk and the registry allow, in the same run: 4 parallel
-# `curl -o FILE` of every unique blob then `sync` (export's floor), and 4 parallel monolithic
-# `curl -T` uploads of those files into a fresh registry (import's floor).
+# `curl -o FILE` of every unique blob then `sync` (export's floor), 4 parallel monolithic
+# `curl -T` uploads of those files into a fresh registry (import's floor for large blobs), and
+# the raw pusher's import of the whole bundle (import's floor for many small images).
 raw_limits() {
     local c=$1 dir=$WORK/raw-$1
     mkdir -p "$dir"
@@ -541,6 +547,11 @@ raw_limits() {
     # shellcheck disable=SC2016
     measure "$c" "upload limit" "curl x4" bash -c "xargs -P 4 -L 1 bash -c 'loc=\$(curl -sSf -o /dev/null -D - -X POST \"http://$DST_RAW/v2/\$0/blobs/uploads/\" | tr -d \"\\r\" | sed -n \"s/^[Ll]ocation: //p\"); case \$loc in http*) ;; *) loc=http://$DST_RAW\$loc ;; esac; case \$loc in *\\?*) sep=\"&\" ;; *) sep=\"?\" ;; esac; curl -sSf -o /dev/null -T \"$dir/\${1#sha256:}\" -H \"Content-Type: application/octet-stream\" \"\$loc\${sep}digest=\$1\"' <'$WORK/$c.unique'"
     rm -rf "$dir"
+    # The raw pusher: the same requests as airlock's import into an empty registry, $JOBS threads.
+    mkdir -p "$WORK/layout-$c"
+    zstd -dc "$WORK/$c-airlock.tar.zst" | tar -x -C "$WORK/layout-$c"
+    measure "$c" "push limit" "raw x$JOBS" python3 "$REPO/benches/raw_push.py" "$WORK/layout-$c" "$DST_PUSH" "$JOBS"
+    rm -rf "$WORK/layout-$c"
 }
 
 run_corpus() {
@@ -687,6 +698,14 @@ printf '%s\n' "${CPU_ROWS[@]}"
 echo
 echo "CPU of each step: the tool's, and the registries' (every docker-registry of this run) over the same time"
 printf '%s\n' "${SPLIT_ROWS[@]}"
+# wall CORPUS STEP TOOL: the wall seconds of that row.
+wall() { printf '%s\n' "${ROWS[@]}" | awk -F'|' -v c="$1" -v s="$2" -v t="$3" '$1 == c && $2 == s && $3 == t {print $4}'; }
+for c in $CORPORA; do
+    a=$(wall "$c" import airlock) p=$(wall "$c" "push limit" "raw x$JOBS") u=$(wall "$c" "upload limit" "curl x4")
+    if [[ $a =~ ^[0-9.]+$ && $p =~ ^[0-9.]+$ && $u =~ ^[0-9.]+$ ]]; then
+        awk -v c="$c" -v a="$a" -v p="$p" -v u="$u" 'BEGIN { if (p > 0 && u > 0) printf "%-6s import / push limit = %.2f, import / upload limit = %.2f\n", c, a / p, a / u }'
+    fi
+done
 for c in $CORPORA; do
     a=$(printf '%s\n' "${ROWS[@]}" | awk -F'|' -v c="$c" '$1 == c && $2 == "verify" && $3 == "airlock" {print $4}')
     z=$(printf '%s\n' "${ROWS[@]}" | awk -F'|' -v c="$c" '$1 == c && $2 == "verify" && $3 == "zstd -d" {print $4}')
