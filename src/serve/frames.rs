@@ -1,7 +1,7 @@
 //! Reading ranges of blobs straight from the compressed bundles: only the zstd frames a range
 //! needs are decoded, each whole and checked against its own checksum before a byte of it is
 //! served, and kept in one small cache shared by every client (bounded in bytes, least
-//! recently used out first). No blob is ever held whole, and memory does not grow with the
+//! recently used out first; a frame larger than the whole budget is kept alone). No blob is ever held whole, and memory does not grow with the
 //! number of clients: a response holds a frame only with one of a few loans, given back when
 //! the connection has sent those bytes.
 
@@ -71,6 +71,17 @@ impl FrameCache {
 
     /// Frame `i` of bundle `b` (number `bi`), decoded and verified; blocking.
     pub fn frame(&self, bi: usize, b: &Bundle, i: u32) -> Result<Bytes> {
+        self.get_or_decode((bi, i), &b.path, || b.decode_frame(i))
+    }
+
+    /// The frame under `key`: from the cache, from a decode under way, or decoded here.
+    fn get_or_decode(
+        &self,
+        key: (usize, u32),
+        path: &std::path::Path,
+        decode: impl FnOnce() -> Result<Vec<u8>>,
+    ) -> Result<Bytes> {
+        let (bi, i) = key;
         {
             let mut l = self.lock();
             l.clock += 1;
@@ -108,8 +119,8 @@ impl FrameCache {
             }
             return match outcome.as_ref() {
                 Some(Ok(bytes)) => Ok(bytes.clone()),
-                Some(Err(e)) => Err(Error::bundle(&b.path, e.clone())),
-                None => Err(Error::bundle(&b.path, "a frame decode was lost")),
+                Some(Err(e)) => Err(Error::bundle(path, e.clone())),
+                None => Err(Error::bundle(path, "a frame decode was lost")),
             };
         }
         // Whatever happens, the waiters get an outcome and the job is gone.
@@ -142,15 +153,17 @@ impl FrameCache {
             job,
             outcome: None,
         };
-        let decoded = b.decode_frame(i).map(Bytes::from);
+        let decoded = decode().map(Bytes::from);
         finish.outcome = Some(match &decoded {
             Ok(bytes) => Ok(bytes.clone()),
             Err(e) => Err(e.to_string()),
         });
         let bytes = decoded?;
+        // A frame larger than the whole budget (16 MiB frames of earlier versions' bundles
+        // against a small cache) is kept alone rather than not at all.
         let mut l = self.lock();
-        if bytes.len() <= self.budget {
-            while l.bytes + bytes.len() > self.budget {
+        if self.budget > 0 {
+            while l.bytes + bytes.len() > self.budget && !l.frames.is_empty() {
                 let Some((&oldest, _)) = l.frames.iter().min_by_key(|(_, (_, used))| *used) else {
                     break;
                 };
@@ -229,4 +242,69 @@ pub fn range_stream(
         }
     })
     .boxed()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::cell::Cell;
+    use std::path::Path;
+
+    /// Gets `key` from `cache`, counting the decodes it took.
+    fn get(cache: &FrameCache, key: u32, len: usize, decodes: &Cell<u32>) -> Bytes {
+        cache
+            .get_or_decode((0, key), Path::new("b.tar.zst"), || {
+                decodes.set(decodes.get() + 1);
+                Ok(vec![key as u8; len])
+            })
+            .unwrap()
+    }
+
+    #[test]
+    fn frames_are_kept_within_the_budget_least_recently_used_out_first() {
+        let (cache, decodes) = (FrameCache::new(10), Cell::new(0));
+        get(&cache, 1, 4, &decodes);
+        get(&cache, 2, 4, &decodes);
+        get(&cache, 1, 4, &decodes); // 1 is now the most recently used
+        assert_eq!((decodes.get(), cache.held()), (2, 8));
+        get(&cache, 3, 4, &decodes); // 2 goes
+        assert_eq!((decodes.get(), cache.held()), (3, 8));
+        assert_eq!(get(&cache, 1, 4, &decodes), vec![1u8; 4]);
+        assert_eq!(decodes.get(), 3);
+        get(&cache, 2, 4, &decodes);
+        assert_eq!(decodes.get(), 4);
+    }
+
+    #[test]
+    fn a_frame_larger_than_the_budget_is_kept_alone() {
+        let (cache, decodes) = (FrameCache::new(10), Cell::new(0));
+        get(&cache, 1, 4, &decodes);
+        get(&cache, 2, 16, &decodes);
+        assert_eq!(cache.held(), 16);
+        get(&cache, 2, 16, &decodes);
+        assert_eq!(decodes.get(), 2);
+        get(&cache, 1, 4, &decodes); // decoded again; the large one makes room
+        assert_eq!((decodes.get(), cache.held()), (3, 4));
+    }
+
+    #[test]
+    fn no_budget_keeps_nothing() {
+        let (cache, decodes) = (FrameCache::new(0), Cell::new(0));
+        get(&cache, 1, 4, &decodes);
+        get(&cache, 1, 4, &decodes);
+        assert_eq!((decodes.get(), cache.held()), (2, 0));
+    }
+
+    #[test]
+    fn a_failed_decode_is_reported_with_the_bundle_and_not_kept() {
+        let cache = FrameCache::new(10);
+        let e = cache
+            .get_or_decode((0, 1), Path::new("b.tar.zst"), || {
+                Err(Error::bundle(Path::new("b.tar.zst"), "frame 1 is damaged"))
+            })
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("b.tar.zst") && e.contains("frame 1"), "{e}");
+        assert_eq!(cache.held(), 0);
+    }
 }

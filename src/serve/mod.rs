@@ -29,11 +29,12 @@ use std::time::{Duration, Instant};
 type Body = http_body_util::combinators::UnsyncBoxBody<Bytes, std::io::Error>;
 
 /// Decoded frames kept for all clients together unless `--frame-cache` says otherwise, in
-/// MiB: four of the writer's 4 MiB frames. With the frames lent to responses under way
-/// (`frames::LOANS`), serve holds at most 32 MiB of frames whatever the number of clients
+/// MiB: two of the writer's 4 MiB frames. With the frames lent to responses under way
+/// (`frames::LOANS`), serve holds at most 24 MiB of frames whatever the number of clients
 /// (80 MiB for a bundle of an earlier version, whose frames are 16 MiB: the cache then keeps
-/// one).
-pub const FRAME_CACHE_MIB: u32 = 16;
+/// one). 16 MiB took `serve` of 33,340 images over 50 MiB under 8 clients; 8 MiB costs the
+/// clients of one 1 GiB layer some decodes (README's benchmarks).
+pub const FRAME_CACHE_MIB: u32 = 8;
 
 /// Users from an htpasswd file (bcrypt entries, as `htpasswd -B` writes them).
 pub struct Htpasswd {
