@@ -1,9 +1,11 @@
 //! Reading ranges of blobs straight from the compressed bundles: only the zstd frames a range
 //! needs are decoded, each whole and checked against its own checksum before a byte of it is
 //! served, and kept in one small cache shared by every client (bounded in bytes, least
-//! recently used out first; a frame larger than the whole budget is kept alone). No blob is ever held whole, and memory does not grow with the
-//! number of clients: a response holds a frame only with one of a few loans, given back when
-//! the connection has sent those bytes.
+//! recently used out first; a frame larger than the whole budget is kept alone; a frame the
+//! cache let go of while a response still sends it is taken again, not decoded again). No
+//! blob is ever held whole, and memory does not grow with the number of clients: a response
+//! holds a frame only with one of a few loans, given back when the connection has sent those
+//! bytes.
 
 use crate::bundle::Bundle;
 use crate::error::{Error, Result};
@@ -45,11 +47,49 @@ impl AsRef<[u8]> for Loaned {
     }
 }
 
+/// A decoded frame, shared by the cache and the responses sending pieces of it.
+struct Frame(Arc<Vec<u8>>);
+
+impl AsRef<[u8]> for Frame {
+    fn as_ref(&self) -> &[u8] {
+        &self.0
+    }
+}
+
 #[derive(Default)]
 struct Lru {
     frames: HashMap<(usize, u32), (Bytes, u64)>,
     bytes: usize,
     clock: u64,
+    /// Every frame decoded, as long as something holds it: a frame the cache let go of but a
+    /// response still sends is taken again instead of decoded again (it takes no more
+    /// memory). Entries whose frame is gone are swept as the map grows.
+    alive: HashMap<(usize, u32), std::sync::Weak<Vec<u8>>>,
+}
+
+impl Lru {
+    /// Keeps `bytes` under `key` within `budget`, least recently used out first; a frame
+    /// larger than the whole budget (16 MiB frames of earlier versions' bundles against a
+    /// small cache) is kept alone rather than not at all. A budget of 0 keeps nothing.
+    fn keep(&mut self, budget: usize, key: (usize, u32), bytes: &Bytes) {
+        if budget == 0 {
+            return;
+        }
+        while self.bytes + bytes.len() > budget && !self.frames.is_empty() {
+            let Some((&oldest, _)) = self.frames.iter().min_by_key(|(_, (_, used))| *used) else {
+                break;
+            };
+            if let Some((gone, _)) = self.frames.remove(&oldest) {
+                self.bytes -= gone.len();
+            }
+        }
+        self.clock += 1;
+        let now = self.clock;
+        self.bytes += bytes.len();
+        if let Some((old, _)) = self.frames.insert(key, (bytes.clone(), now)) {
+            self.bytes -= old.len();
+        }
+    }
 }
 
 impl FrameCache {
@@ -89,6 +129,11 @@ impl FrameCache {
             if let Some((bytes, used)) = l.frames.get_mut(&(bi, i)) {
                 *used = now;
                 return Ok(bytes.clone());
+            }
+            if let Some(frame) = l.alive.get(&key).and_then(std::sync::Weak::upgrade) {
+                let bytes = Bytes::from_owner(Frame(frame));
+                l.keep(self.budget, key, &bytes);
+                return Ok(bytes);
             }
         }
         // One decode per frame at a time: join one under way, or start it.
@@ -153,31 +198,25 @@ impl FrameCache {
             job,
             outcome: None,
         };
-        let decoded = decode().map(Bytes::from);
-        finish.outcome = Some(match &decoded {
-            Ok(bytes) => Ok(bytes.clone()),
-            Err(e) => Err(e.to_string()),
-        });
-        let bytes = decoded?;
-        // A frame larger than the whole budget (16 MiB frames of earlier versions' bundles
-        // against a small cache) is kept alone rather than not at all.
-        let mut l = self.lock();
-        if self.budget > 0 {
-            while l.bytes + bytes.len() > self.budget && !l.frames.is_empty() {
-                let Some((&oldest, _)) = l.frames.iter().min_by_key(|(_, (_, used))| *used) else {
-                    break;
-                };
-                if let Some((gone, _)) = l.frames.remove(&oldest) {
-                    l.bytes -= gone.len();
-                }
+        let decoded = decode().map(Arc::new);
+        let frame = match decoded {
+            Ok(frame) => frame,
+            Err(e) => {
+                finish.outcome = Some(Err(e.to_string()));
+                return Err(e);
             }
-            l.clock += 1;
-            let now = l.clock;
-            l.bytes += bytes.len();
-            if let Some((old, _)) = l.frames.insert((bi, i), (bytes.clone(), now)) {
-                l.bytes -= old.len();
+        };
+        let weak = Arc::downgrade(&frame);
+        let bytes = Bytes::from_owner(Frame(frame));
+        {
+            let mut l = self.lock();
+            l.keep(self.budget, key, &bytes);
+            if l.alive.len() >= 2 * l.frames.len() + 64 {
+                l.alive.retain(|_, w| w.strong_count() > 0);
             }
+            l.alive.insert(key, weak);
         }
+        finish.outcome = Some(Ok(bytes.clone()));
         Ok(bytes)
     }
 
@@ -293,6 +332,30 @@ mod tests {
         get(&cache, 1, 4, &decodes);
         get(&cache, 1, 4, &decodes);
         assert_eq!((decodes.get(), cache.held()), (2, 0));
+    }
+
+    #[test]
+    fn a_frame_a_response_still_holds_is_taken_again_not_decoded_again() {
+        // A cache of one frame.
+        let (cache, decodes) = (FrameCache::new(4), Cell::new(0));
+        let sending = get(&cache, 1, 4, &decodes).slice(1..3);
+        get(&cache, 2, 4, &decodes); // frame 1 leaves the cache; the response still holds it
+        assert_eq!(get(&cache, 1, 4, &decodes), vec![1u8; 4]);
+        assert_eq!((decodes.get(), cache.held()), (2, 4));
+        drop(sending);
+        get(&cache, 1, 4, &decodes); // back in the cache
+        assert_eq!(decodes.get(), 2);
+        get(&cache, 2, 4, &decodes); // held by nothing: decoded again
+        assert_eq!(decodes.get(), 3);
+
+        // No cache: only what a response holds.
+        let (cache, decodes) = (FrameCache::new(0), Cell::new(0));
+        let sending = get(&cache, 1, 4, &decodes).slice(1..3);
+        get(&cache, 1, 4, &decodes);
+        assert_eq!((decodes.get(), cache.held()), (1, 0));
+        drop(sending);
+        get(&cache, 1, 4, &decodes);
+        assert_eq!(decodes.get(), 2);
     }
 
     #[test]
