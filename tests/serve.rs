@@ -679,9 +679,9 @@ fn podman_pulls_every_image_from_serve() {
 
 /// A blob larger than one zstd frame (the writer starts a new frame every 4 MiB of a member,
 /// its 512-byte tar header included): served whole, and ranges that cross frame boundaries
-/// come back exact; with the default cache, with none (`--frame-cache 0`: every request
-/// decodes the frames it sends), and with one smaller than a frame (`--frame-cache 1`: each
-/// frame kept alone). A cache size out of range is refused before anything is served.
+/// come back exact; with the default cache, with none (`--frame-cache 0`: a request decodes
+/// the frames it sends unless another response holds them), and with one smaller than a frame
+/// (`--frame-cache 1`: each frame kept alone). A cache size out of range is refused before anything is served.
 #[test]
 fn blobs_spanning_several_frames_are_served_whole_and_by_range() {
     let dir = tempfile::tempdir().expect("tempdir");
