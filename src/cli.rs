@@ -326,7 +326,7 @@ pub struct ServeArgs {
     /// Decoded frames kept for the next request, in MiB (0: none; a request decodes what it
     /// sends unless a response under way holds that frame). More spares decodes when many
     /// clients pull large layers or different images at once; the responses under way hold at
-    /// most four frames more, whatever this is
+    /// most eight frames more, whatever this is
     #[arg(long, value_name = "MIB", default_value_t = crate::serve::FRAME_CACHE_MIB,
           value_parser = clap::value_parser!(u32).range(0..=65536))]
     pub frame_cache: u32,

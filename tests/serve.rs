@@ -940,3 +940,45 @@ fn gzip_layers_are_stored_and_every_reader_reads_them() {
         "Range bytes differ"
     );
 }
+
+/// Clients that ask for a large layer and then stop reading (a stalled or very slow link) do
+/// not hold up the others: with more of them than serve lends frames to responses at once,
+/// another client still gets the image's manifest, config and that same layer, whole and
+/// intact, while they hang on.
+#[test]
+fn clients_that_stop_reading_do_not_hold_up_the_others() {
+    use std::io::Write as _;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (bundle, layer_digest) = one_layer_bundle(dir.path(), "big/frames", 12, 40 * 1024 * 1024);
+    let served = Served::start(&[&bundle], &["-q"]);
+    let path = format!("/v2/big/frames/blobs/{layer_digest}");
+    let stalled: Vec<_> = (0..6)
+        .map(|_| {
+            let mut s = std::net::TcpStream::connect(("127.0.0.1", served.port)).expect("connect");
+            write!(s, "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n").expect("ask");
+            s
+        })
+        .collect();
+    // Long enough for serve to fill their sockets and be left waiting on them.
+    std::thread::sleep(Duration::from_secs(3));
+    let port = served.port;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let raw = RawClient::new(&format!("http://127.0.0.1:{port}"), None, None);
+        let got = raw.get_manifest("big/frames", "1").map(|m| {
+            let json: serde_json::Value = serde_json::from_slice(&m.bytes).unwrap_or_default();
+            let config = json["config"]["digest"].as_str().unwrap_or("").to_string();
+            let config_bytes = raw.get_blob("big/frames", &config);
+            (config, config_bytes.map(|b| sha(&b)))
+        });
+        let layer = raw.request("GET", &path, &[], None);
+        let _ = tx.send((got, layer.status, sha(&layer.body)));
+    });
+    let (got, status, layer_sha) = rx
+        .recv_timeout(Duration::from_secs(60))
+        .expect("the other client was held up by the ones that stopped reading");
+    let (config, config_sha) = got.expect("the manifest");
+    assert_eq!(config_sha.as_deref(), Some(config.as_str()));
+    assert_eq!((status, layer_sha), (200, layer_digest));
+    drop(stalled);
+}

@@ -2,10 +2,11 @@
 //! needs are decoded, each whole and checked against its own checksum before a byte of it is
 //! served, and kept in one small cache shared by every client (bounded in bytes, least
 //! recently used out first; a frame larger than the whole budget is kept alone; a frame the
-//! cache let go of while a response still sends it is taken again, not decoded again). No
-//! blob is ever held whole, and memory does not grow with the number of clients: a response
-//! holds a frame only with one of a few loans, given back when the connection has sent those
-//! bytes.
+//! cache let go of while a response still holds it is taken again, not decoded again). No
+//! blob is ever held whole. A response hands its connection copies of at most 256 KiB, so a
+//! client that reads slowly or not at all holds a piece and its connection's buffer, never a
+//! frame, and never a turn that others wait for; responses that read quickly keep their
+//! frame between pieces while one of a few pins is free.
 
 use crate::bundle::Bundle;
 use crate::error::{Error, Result};
@@ -13,12 +14,15 @@ use bytes::Bytes;
 use std::collections::HashMap;
 use std::sync::{Arc, Condvar, Mutex};
 
-/// Decoded frames, keyed by (bundle, frame), with a byte budget, and the loans that bound the
-/// frames held by responses under way.
+/// Decoded frames, keyed by (bundle, frame), with a byte budget; the frames being fetched and
+/// those held by responses between pieces are bounded apart.
 pub struct FrameCache {
     inner: Mutex<Lru>,
     budget: usize,
-    loans: Arc<tokio::sync::Semaphore>,
+    /// Frames fetched (from the cache, or decoded) at once: held only while a piece is cut.
+    fetches: Arc<tokio::sync::Semaphore>,
+    /// Frames kept by responses between pieces, taken only when free, never waited for.
+    pins: Arc<tokio::sync::Semaphore>,
     /// Frames being decoded: a client that wants one waits for that decode instead of
     /// starting its own (clients pulling the same image ask for the same frames at once).
     decoding: Mutex<HashMap<(usize, u32), Arc<Decoding>>>,
@@ -31,21 +35,19 @@ struct Decoding {
     done: Condvar,
 }
 
-/// Frames held by responses at once, beyond the cache (each one frame of the writer's:
-/// 4 MiB, or 16 MiB in bundles of earlier versions).
-pub const LOANS: usize = 4;
+/// Frames fetched at once, beyond the cache (each one frame of the writer's: 4 MiB, or
+/// 16 MiB in bundles of earlier versions).
+pub const FETCHES: usize = 4;
 
-/// A piece of a frame that keeps its loan until the connection is done with it.
-struct Loaned {
-    bytes: Bytes,
-    _loan: tokio::sync::OwnedSemaphorePermit,
-}
+/// Frames kept between pieces by responses that read quickly, beyond the cache.
+pub const PINS: usize = 4;
 
-impl AsRef<[u8]> for Loaned {
-    fn as_ref(&self) -> &[u8] {
-        &self.bytes
-    }
-}
+/// The most a response is handed at once, copied out of its frame: what a client that stops
+/// reading leaves in its connection's buffers is pieces, never a frame.
+const PIECE: u64 = 256 << 10;
+
+/// A reader that takes longer than this to ask for its next piece keeps no frame for it.
+const SLOW: std::time::Duration = std::time::Duration::from_millis(50);
 
 /// A decoded frame, shared by the cache and the responses sending pieces of it.
 struct Frame(Arc<Vec<u8>>);
@@ -97,7 +99,8 @@ impl FrameCache {
         FrameCache {
             inner: Mutex::new(Lru::default()),
             budget,
-            loans: Arc::new(tokio::sync::Semaphore::new(LOANS)),
+            fetches: Arc::new(tokio::sync::Semaphore::new(FETCHES)),
+            pins: Arc::new(tokio::sync::Semaphore::new(PINS)),
             decoding: Mutex::default(),
         }
     }
@@ -114,6 +117,22 @@ impl FrameCache {
         self.get_or_decode((bi, i), &b.path, || b.decode_frame(i))
     }
 
+    /// The frame under `key` if the cache has it or something still holds it; never blocks
+    /// for long (one lock, no decode).
+    fn cached(&self, key: (usize, u32)) -> Option<Bytes> {
+        let mut l = self.lock();
+        l.clock += 1;
+        let now = l.clock;
+        if let Some((bytes, used)) = l.frames.get_mut(&key) {
+            *used = now;
+            return Some(bytes.clone());
+        }
+        let frame = l.alive.get(&key).and_then(std::sync::Weak::upgrade)?;
+        let bytes = Bytes::from_owner(Frame(frame));
+        l.keep(self.budget, key, &bytes);
+        Some(bytes)
+    }
+
     /// The frame under `key`: from the cache, from a decode under way, or decoded here.
     fn get_or_decode(
         &self,
@@ -122,19 +141,8 @@ impl FrameCache {
         decode: impl FnOnce() -> Result<Vec<u8>>,
     ) -> Result<Bytes> {
         let (bi, i) = key;
-        {
-            let mut l = self.lock();
-            l.clock += 1;
-            let now = l.clock;
-            if let Some((bytes, used)) = l.frames.get_mut(&(bi, i)) {
-                *used = now;
-                return Ok(bytes.clone());
-            }
-            if let Some(frame) = l.alive.get(&key).and_then(std::sync::Weak::upgrade) {
-                let bytes = Bytes::from_owner(Frame(frame));
-                l.keep(self.budget, key, &bytes);
-                return Ok(bytes);
-            }
+        if let Some(bytes) = self.cached(key) {
+            return Ok(bytes);
         }
         // One decode per frame at a time: join one under way, or start it.
         let (job, mine) = {
@@ -226,8 +234,29 @@ impl FrameCache {
     }
 }
 
+/// A frame a response keeps between pieces, with its pin.
+struct Held {
+    frame: Bytes,
+    /// Its place in the archive: `[start, end)`.
+    start: u64,
+    end: u64,
+    _pin: tokio::sync::OwnedSemaphorePermit,
+}
+
+/// Where a response is: the next byte it sends, the frame it keeps, and when it was last
+/// handed a piece.
+struct Reading {
+    pos: u64,
+    held: Option<Held>,
+    handed: Option<std::time::Instant>,
+}
+
 /// Reads `[from, to)` of a blob whose content starts at archive offset `base`, as a stream
-/// of verified pieces, one frame at a time. Decoding runs on blocking threads.
+/// of verified pieces of at most [`PIECE`] bytes, each a copy: a client that stops reading
+/// holds no frame and no turn of anyone else's. A response that asks for its next piece
+/// quickly keeps its frame meanwhile if one of the [`PINS`] is free; the others find their
+/// frame in the cache, or held by another response, or decode it again. Fetching and
+/// decoding run on blocking threads, [`FETCHES`] at a time.
 pub fn range_stream(
     cache: Arc<FrameCache>,
     bi: usize,
@@ -237,50 +266,91 @@ pub fn range_stream(
     to: u64,
 ) -> futures_util::stream::BoxStream<'static, Result<Bytes>> {
     use futures_util::StreamExt;
-    futures_util::stream::unfold(Some(from), move |pos| {
+    let start = Reading {
+        pos: from,
+        held: None,
+        handed: None,
+    };
+    futures_util::stream::unfold(Some(start), move |reading| {
         let cache = cache.clone();
         let bundle = bundle.clone();
         async move {
-            let pos = pos?;
-            if pos >= to {
+            let mut r = reading?;
+            if r.pos >= to {
                 return None;
             }
-            let loan = match cache.loans.clone().acquire_owned().await {
-                Ok(l) => l,
-                Err(_) => return Some((Err(Error::Failed("the server is stopping".into())), None)),
-            };
-            let piece = tokio::task::spawn_blocking(move || -> Result<Bytes> {
-                let at = base + pos;
-                let (i, start, end) = bundle.frame_at(at)?;
-                let frame = cache.frame(bi, &bundle, i)?;
-                if frame.len() as u64 != end - start {
-                    return Err(Error::bundle(
-                        &bundle.path,
-                        format!("frame {i} has the wrong size"),
-                    ));
-                }
-                let lo = (at - start) as usize;
-                let hi = ((base + to).min(end) - start) as usize;
-                Ok(frame.slice(lo..hi))
-            })
-            .await
-            .map_err(|e| Error::Failed(format!("reading a frame: {e}")))
-            .and_then(|r| r);
-            match piece {
-                Ok(b) if b.is_empty() => Some((Err(Error::Failed("an empty frame".into())), None)),
-                Ok(b) => {
-                    let next = pos + b.len() as u64;
-                    let piece = Bytes::from_owner(Loaned {
-                        bytes: b,
-                        _loan: loan,
-                    });
-                    Some((Ok(piece), Some(next)))
-                }
-                Err(e) => Some((Err(e), None)),
+            let quick = r.handed.is_none_or(|t| t.elapsed() < SLOW);
+            let at = base + r.pos;
+            if !quick || r.held.as_ref().is_some_and(|h| at < h.start || at >= h.end) {
+                r.held = None;
             }
+            let (frame, start, end) = match &r.held {
+                Some(h) => (h.frame.clone(), h.start, h.end),
+                None => match fetch(&cache, bi, &bundle, at).await {
+                    Ok(f) => f,
+                    Err(e) => return Some((Err(e), None)),
+                },
+            };
+            let lo = (at - start) as usize;
+            let hi = ((base + to).min(end).min(at + PIECE) - start) as usize;
+            if lo >= hi {
+                return Some((Err(Error::Failed("an empty frame".into())), None));
+            }
+            let piece = Bytes::copy_from_slice(&frame[lo..hi]);
+            r.pos += piece.len() as u64;
+            let more_here = base + r.pos < end && r.pos < to;
+            if !(quick && more_here) {
+                r.held = None;
+            } else if r.held.is_none() {
+                if let Ok(pin) = cache.pins.clone().try_acquire_owned() {
+                    r.held = Some(Held {
+                        frame,
+                        start,
+                        end,
+                        _pin: pin,
+                    });
+                }
+            }
+            r.handed = Some(std::time::Instant::now());
+            Some((Ok(piece), Some(r)))
         }
     })
     .boxed()
+}
+
+/// The frame holding archive offset `at`, and its place `[start, end)`: from the cache, or
+/// else on a blocking thread, [`FETCHES`] at a time (joining a decode under way, or decoding).
+async fn fetch(
+    cache: &Arc<FrameCache>,
+    bi: usize,
+    bundle: &Arc<Bundle>,
+    at: u64,
+) -> Result<(Bytes, u64, u64)> {
+    let (i, start, end) = bundle.frame_at(at)?;
+    if let Some(frame) = cache.cached((bi, i)) {
+        if frame.len() as u64 == end - start {
+            return Ok((frame, start, end));
+        }
+    }
+    let _turn = cache
+        .fetches
+        .clone()
+        .acquire_owned()
+        .await
+        .map_err(|_| Error::Failed("the server is stopping".into()))?;
+    let (cache, bundle) = (cache.clone(), bundle.clone());
+    tokio::task::spawn_blocking(move || -> Result<(Bytes, u64, u64)> {
+        let frame = cache.frame(bi, &bundle, i)?;
+        if frame.len() as u64 != end - start {
+            return Err(Error::bundle(
+                &bundle.path,
+                format!("frame {i} has the wrong size"),
+            ));
+        }
+        Ok((frame, start, end))
+    })
+    .await
+    .map_err(|e| Error::Failed(format!("reading a frame: {e}")))?
 }
 
 #[cfg(test)]

@@ -29,12 +29,17 @@ use std::time::{Duration, Instant};
 type Body = http_body_util::combinators::UnsyncBoxBody<Bytes, std::io::Error>;
 
 /// Decoded frames kept for all clients together unless `--frame-cache` says otherwise, in
-/// MiB: two of the writer's 4 MiB frames. With the frames lent to responses under way
-/// (`frames::LOANS`), serve holds at most 24 MiB of frames whatever the number of clients
-/// (80 MiB for a bundle of an earlier version, whose frames are 16 MiB: the cache then keeps
-/// one). 16 MiB took `serve` of 33,340 images over 50 MiB under 8 clients; 8 MiB costs the
+/// MiB: two of the writer's 4 MiB frames. With the frames being fetched (`frames::FETCHES`)
+/// and those kept by quick responses between pieces (`frames::PINS`), serve holds at most
+/// 40 MiB of frames whatever the number of clients (144 MiB for a bundle of an earlier
+/// version, whose frames are 16 MiB: the cache then keeps one), and each connection at most
+/// a piece and its buffer (`CONNECTION_BUFFER`). 16 MiB took `serve` of 33,340 images over 50 MiB under 8 clients; 8 MiB costs the
 /// clients of one 1 GiB layer some decodes (README's benchmarks).
 pub const FRAME_CACHE_MIB: u32 = 8;
+
+/// The most a connection buffers to send, beyond the piece under way (hyper's default is
+/// about 400 KiB), and the largest request head it reads.
+const CONNECTION_BUFFER: usize = 64 << 10;
 
 /// Users from an htpasswd file (bcrypt entries, as `htpasswd -B` writes them).
 pub struct Htpasswd {
@@ -556,7 +561,10 @@ pub async fn listen(
                     Ok::<_, std::convert::Infallible>(resp)
                 }
             });
-            let http = hyper::server::conn::http1::Builder::new();
+            // What a connection buffers beyond the piece it is sending: a client that reads
+            // slowly or not at all holds this much and one piece (`frames::range_stream`).
+            let mut http = hyper::server::conn::http1::Builder::new();
+            http.max_buf_size(CONNECTION_BUFFER);
             let _ = match tls {
                 Some(acceptor) => match acceptor.accept(stream).await {
                     Ok(s) => http
