@@ -681,7 +681,8 @@ fn podman_pulls_every_image_from_serve() {
 /// its 512-byte tar header included): served whole, and ranges that cross frame boundaries
 /// come back exact; with the default cache, with none (`--frame-cache 0`: a request decodes
 /// the frames it sends unless another response holds them), and with one smaller than a frame
-/// (`--frame-cache 1`: each frame kept alone). A cache size out of range is refused before anything is served.
+/// (`--frame-cache 1`: each frame kept alone). A cache size out of range is refused before
+/// anything is served.
 #[test]
 fn blobs_spanning_several_frames_are_served_whole_and_by_range() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -942,9 +943,9 @@ fn gzip_layers_are_stored_and_every_reader_reads_them() {
 }
 
 /// Clients that ask for a large layer and then stop reading (a stalled or very slow link) do
-/// not hold up the others: with more of them than serve lends frames to responses at once,
-/// another client still gets the image's manifest, config and that same layer, whole and
-/// intact, while they hang on.
+/// not hold up the others: with more of them than serve keeps frames for between pieces (and
+/// than it lent frames to before, when this test hung), another client still gets the image's
+/// manifest, config and that same layer, whole and intact, while they hang on.
 #[test]
 fn clients_that_stop_reading_do_not_hold_up_the_others() {
     use std::io::Write as _;

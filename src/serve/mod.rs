@@ -33,8 +33,9 @@ type Body = http_body_util::combinators::UnsyncBoxBody<Bytes, std::io::Error>;
 /// and those kept by quick responses between pieces (`frames::PINS`), serve holds at most
 /// 40 MiB of frames whatever the number of clients (144 MiB for a bundle of an earlier
 /// version, whose frames are 16 MiB: the cache then keeps one), and each connection at most
-/// a piece and its buffer (`CONNECTION_BUFFER`). 16 MiB took `serve` of 33,340 images over 50 MiB under 8 clients; 8 MiB costs the
-/// clients of one 1 GiB layer some decodes (README's benchmarks).
+/// a piece and its buffer (`CONNECTION_BUFFER`). 16 MiB took `serve` of 33,340 images over
+/// 50 MiB under 8 clients; 8 MiB costs the clients of one 1 GiB layer some decodes (README's
+/// benchmarks).
 pub const FRAME_CACHE_MIB: u32 = 8;
 
 /// The most a connection buffers to send, beyond the piece under way (hyper's default is
