@@ -306,6 +306,11 @@ impl<R: Read> HashingReader<R> {
     pub fn digest(self) -> Digest {
         Digest::of_hash(&self.hasher.finalize().into())
     }
+
+    /// The digest of what was read so far, the reader kept.
+    pub fn digest_so_far(&self) -> Digest {
+        Digest::of_hash(&self.hasher.clone().finalize().into())
+    }
 }
 
 impl<R: Read> Read for HashingReader<R> {

@@ -4,7 +4,7 @@
 //! against a trusted public key. `minisign -V` verifies the same files.
 
 use crate::error::{Error, IoContext, Result};
-use std::io::Cursor;
+use std::io::Read;
 use std::path::{Path, PathBuf};
 
 /// Where the signature of a bundle lives: `NAME.minisig` beside `NAME` (or its volumes).
@@ -135,12 +135,14 @@ impl Signer {
         Ok(Signer { sk })
     }
 
-    /// Signs `bundle.json`'s bytes; the trusted comment names the bundle and its creation time.
-    pub fn sign(&self, bundle_json: &[u8], comment: &str) -> Result<String> {
+    /// Signs the bytes of `bundle.json` that `bundle_json` yields, read as a stream (minisign
+    /// signs their BLAKE2b hash, so they are never held whole); the trusted comment names the
+    /// bundle and its creation time.
+    pub fn sign(&self, bundle_json: impl Read, comment: &str) -> Result<String> {
         let sig = minisign::sign(
             None,
             &self.sk,
-            Cursor::new(bundle_json),
+            bundle_json,
             Some(comment),
             Some("airlock signature of bundle.json"),
         )
@@ -149,9 +151,9 @@ impl Signer {
     }
 }
 
-/// Checks `NAME.minisig` against `bundle.json`'s bytes with a trusted public key. Returns the
-/// key id and the trusted comment.
-pub fn verify(base: &Path, bundle_json: &[u8], trusted_key: &Path) -> Result<(String, String)> {
+/// Checks `NAME.minisig` against the bytes of `bundle.json` that `bundle_json` yields, read as
+/// a stream, with a trusted public key. Returns the key id and the trusted comment.
+pub fn verify(base: &Path, bundle_json: impl Read, trusted_key: &Path) -> Result<(String, String)> {
     let pk_text = std::fs::read_to_string(trusted_key)
         .map_err(|e| Error::Usage(format!("trusted key {}: {e}", trusted_key.display())))?;
     let pk = minisign::PublicKeyBox::from_string(&pk_text)
@@ -190,12 +192,46 @@ pub fn verify(base: &Path, bundle_json: &[u8], trusted_key: &Path) -> Result<(St
             ),
         ));
     }
-    minisign::verify(&pk, &sig, Cursor::new(bundle_json), true, false, false).map_err(|e| {
-        Error::bundle(
-            base,
-            format!("the signature does not match bundle.json: {e}; the bundle was altered"),
-        )
+    // A legacy signature covers the bytes themselves, which minisign would read whole before
+    // refusing it: refused here first. airlock and `minisign -S` sign the hash.
+    if !sig.is_prehashed() {
+        return Err(Error::bundle(
+            &sig_path,
+            "a legacy minisign signature (of the whole content, not its hash): not accepted",
+        ));
+    }
+    minisign::verify(&pk, &sig, Unseekable(bundle_json), true, false, false).map_err(|e| {
+        if let minisign::ErrorKind::Io = e.kind() {
+            Error::bundle(
+                base,
+                format!("reading bundle.json to check its signature: {e}"),
+            )
+        } else {
+            Error::bundle(
+                base,
+                format!("the signature does not match bundle.json: {e}; the bundle was altered"),
+            )
+        }
     })?;
     let comment = sig.trusted_comment().unwrap_or_default();
     Ok((trusted, comment))
+}
+
+/// A stream for `minisign::verify`, which asks for `Seek` but seeks only to print what it
+/// checked (never asked of it here).
+struct Unseekable<R>(R);
+
+impl<R: Read> Read for Unseekable<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        self.0.read(buf)
+    }
+}
+
+impl<R> std::io::Seek for Unseekable<R> {
+    fn seek(&mut self, _: std::io::SeekFrom) -> std::io::Result<u64> {
+        Err(std::io::Error::new(
+            std::io::ErrorKind::Unsupported,
+            "bundle.json is read as a stream",
+        ))
+    }
 }

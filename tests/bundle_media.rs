@@ -741,6 +741,23 @@ fn signed_bundles_verify_with_airlock_and_minisign_and_tampering_is_refused() {
     export(&images, &other, &["--sign", &other_key], &[]);
     refused("other key", &other, &["not by the trusted key"]);
 
+    // A legacy minisign signature (of bundle.json's bytes themselves, not of their hash) by
+    // the trusted key: refused, before bundle.json is read whole to check it.
+    let legacy = d.join("legacy.tar.zst");
+    fs::copy(&signed, &legacy).expect("copy");
+    let o = sh(
+        d,
+        "zstd -dc legacy.tar.zst | tar -xO bundle.json > legacy.json && \
+         minisign -S -l -s k.key -m legacy.json -x legacy.tar.zst.minisig </dev/null && \
+         minisign -Vm legacy.json -x legacy.tar.zst.minisig -p k.pub",
+    );
+    assert!(
+        o.status.success(),
+        "minisign -S -l: {}",
+        describe_output(&o)
+    );
+    refused("legacy signature", &legacy, &["legacy"]);
+
     // A layer's compressed bytes changed after signing (bundle.json and signature intact).
     let flipped = d.join("flipped.tar.zst");
     fs::copy(&signed, &flipped).expect("copy");

@@ -182,7 +182,7 @@ pub async fn run(args: ImportArgs) -> Result<()> {
         // against it. Each manifest and blob is then checked against its digest as it streams
         // (an upload's last bytes wait for that verdict), so a tampered blob fails its images,
         // is never committed, and no tag of an image holding it is written.
-        let (id, _) = crate::signing::verify(&bundle.path, &bundle.bundle_json()?, key)?;
+        let (id, _) = crate::signing::verify(&bundle.path, bundle.bundle_json_stream()?, key)?;
         reporter.info(format!(
             "signature by trusted key {id} is good; every blob is checked against it as it is \
              pushed"

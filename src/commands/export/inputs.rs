@@ -249,11 +249,10 @@ pub(super) struct Carried {
 
 /// Reads `--since`: a bundle (any volume) or its `bundle.json`.
 pub(super) fn load_since(path: &Path) -> Result<Carried> {
-    let (bytes, prev) = crate::bundle::read_manifest(path).map_err(|e| match e {
+    let (digest, prev) = crate::bundle::read_manifest(path).map_err(|e| match e {
         Error::Io { source, .. } => Error::Usage(format!("--since {}: {source}", path.display())),
         e => e,
     })?;
-    let digest = Digest::of(&bytes);
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())

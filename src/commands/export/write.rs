@@ -267,6 +267,95 @@ fn json_member<T: serde::Serialize>(value: &T) -> serde_json::Result<Member> {
     Ok(Member { digest, size })
 }
 
+/// Measures `value` as [`json_member`] does and signs the very bytes it measures: they go
+/// through a pipe to the signer, on a thread of its own, and are never held whole.
+/// [`append_json`] then writes them only if they come out the same again.
+fn signed_json_member<T: serde::Serialize>(
+    value: &T,
+    signer: &Signer,
+    comment: &str,
+) -> Result<(Member, String)> {
+    let (writer, reader) = chunk_pipe(4);
+    std::thread::scope(|scope| {
+        let signing = scope.spawn(move || signer.sign(reader, comment));
+        let measured = (|| -> io::Result<Member> {
+            let mut h = HashingWriter::new(io::BufWriter::with_capacity(64 << 10, writer));
+            serde_json::to_writer_pretty(&mut h, value)?;
+            io::Write::flush(&mut h)?;
+            let size = h.written();
+            let (_, digest) = h.digest();
+            Ok(Member { digest, size })
+        })();
+        // The pipe's writing end is gone either way, so the signer has reached its end. Its
+        // error comes first: a serialiser whose reader went away only saw a broken pipe.
+        let signature = signing
+            .join()
+            .map_err(|_| Error::Failed("signing bundle.json: the signer panicked".into()))??;
+        let member = measured.map_err(|e| Error::Failed(format!("{BUNDLE_JSON}: {e}")))?;
+        Ok((member, signature))
+    })
+}
+
+/// A writer whose bytes a reader on another thread takes, as through a pipe (without the file
+/// descriptors, and the Rust 1.87, of `io::pipe`): pieces of at most 64 KiB, at most `depth`
+/// of them waiting; the reader sees the end once the writer is dropped.
+fn chunk_pipe(depth: usize) -> (ChunkWriter, ChunkReader) {
+    let (tx, rx) = std::sync::mpsc::sync_channel(depth);
+    (
+        ChunkWriter { tx },
+        ChunkReader {
+            rx,
+            piece: Vec::new(),
+            at: 0,
+        },
+    )
+}
+
+/// The writing end of [`chunk_pipe`].
+struct ChunkWriter {
+    tx: std::sync::mpsc::SyncSender<Vec<u8>>,
+}
+
+impl io::Write for ChunkWriter {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        if buf.is_empty() {
+            return Ok(0);
+        }
+        let n = buf.len().min(64 << 10);
+        self.tx
+            .send(buf[..n].to_vec())
+            .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "the reading end is gone"))?;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// The reading end of [`chunk_pipe`].
+struct ChunkReader {
+    rx: std::sync::mpsc::Receiver<Vec<u8>>,
+    piece: Vec<u8>,
+    at: usize,
+}
+
+impl io::Read for ChunkReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        while self.at == self.piece.len() {
+            match self.rx.recv() {
+                Ok(piece) => (self.piece, self.at) = (piece, 0),
+                // The writer is gone: the end.
+                Err(_) => return Ok(0),
+            }
+        }
+        let n = (self.piece.len() - self.at).min(buf.len());
+        buf[..n].copy_from_slice(&self.piece[self.at..self.at + n]);
+        self.at += n;
+        Ok(n)
+    }
+}
+
 /// Writes `value` as pretty JSON under `name`, serialised a second time: it must come out as
 /// [`json_member`] measured it (`member`), or the bundle fails.
 fn append_json<T: serde::Serialize>(
@@ -409,17 +498,16 @@ pub(super) async fn write(
     let sig_path = crate::signing::signature_path(&out);
     let sig_partial = PathBuf::from(format!("{}.partial", sig_path.display()));
     // bundle.json is serialised straight into the bundle (at 10,000 images it is 12 MiB of
-    // text); a signed export holds its bytes, which the signature covers, until written.
-    let (side, signed_json) = match &signer {
+    // text), and for a signature straight into the signer: never held whole.
+    let (side, signed_member) = match &signer {
         Some(s) => {
-            let bundle_json = pretty_json(&BundleJson::new(&manifest, &images, objects))
-                .map_err(|e| Error::Failed(format!("bundle.json: {e}")))?;
             let name = out
                 .file_name()
                 .map(|n| n.to_string_lossy().into_owned())
                 .unwrap_or_default();
-            let sig = s.sign(
-                &bundle_json,
+            let (member, sig) = signed_json_member(
+                &BundleJson::new(&manifest, &images, objects),
+                s,
                 &format!("airlock bundle {name} created {}", manifest.created),
             )?;
             crate::cleanup::write(&sig_partial, sig.as_bytes())
@@ -428,7 +516,7 @@ pub(super) async fn write(
                 partial: sig_partial.clone(),
                 dest: sig_path.clone(),
             };
-            (side, Some(bundle_json))
+            (side, Some(member))
         }
         None => (SideFile::Remove(sig_path.clone()), None),
     };
@@ -443,15 +531,13 @@ pub(super) async fn write(
     let objects = source.clone();
     let w = tokio::task::spawn_blocking(move || -> Result<Started> {
         let mut w = BundleWriter::create(&out2, split, mtime)?;
-        match signed_json {
-            Some(bytes) => w.append(BUNDLE_JSON, bytes.len() as u64, &mut &bytes[..])?,
-            None => {
-                let json = BundleJson::new(&manifest, &images, objects.objects());
-                let member =
-                    json_member(&json).map_err(|e| Error::Failed(format!("{BUNDLE_JSON}: {e}")))?;
-                append_json(&mut w, BUNDLE_JSON, &member, &json)?;
-            }
-        }
+        let json = BundleJson::new(&manifest, &images, objects.objects());
+        let member = match signed_member {
+            // As it was signed: written only if it comes out the same again.
+            Some(m) => m,
+            None => json_member(&json).map_err(|e| Error::Failed(format!("{BUNDLE_JSON}: {e}")))?,
+        };
+        append_json(&mut w, BUNDLE_JSON, &member, &json)?;
         w.append(
             OCI_LAYOUT,
             OCI_LAYOUT_CONTENT.len() as u64,
@@ -632,14 +718,6 @@ pub(super) struct Written {
     pub failed: Vec<FailedImage>,
 }
 
-/// `value` as pretty JSON in a buffer of exactly its size (measured by a first pass), not one
-/// grown by doubling: `bundle.json` of 100,000 blobs is tens of MiB.
-fn pretty_json<T: serde::Serialize>(value: &T) -> serde_json::Result<Vec<u8>> {
-    let mut out = Vec::with_capacity(json_member(value)?.size as usize);
-    serde_json::to_writer_pretty(&mut out, value)?;
-    Ok(out)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -779,6 +857,57 @@ mod tests {
         let mut bytes = Vec::new();
         io::Read::read_to_end(&mut e, &mut bytes).unwrap();
         assert_eq!(bytes, pretty);
+    }
+
+    #[test]
+    fn a_pipe_passes_every_byte_in_order_then_ends() {
+        let bytes: Vec<u8> = (0..300_001u32).map(|i| (i % 251) as u8).collect();
+        let (mut w, mut r) = chunk_pipe(2);
+        let got = std::thread::scope(|scope| {
+            let reading = scope.spawn(move || {
+                let mut got = Vec::new();
+                io::Read::read_to_end(&mut r, &mut got).map(|_| got)
+            });
+            // Odd sizes, one larger than a piece.
+            for part in bytes.chunks(70_001) {
+                io::Write::write_all(&mut w, part).unwrap();
+            }
+            drop(w);
+            reading.join().unwrap().unwrap()
+        });
+        assert_eq!(got, bytes);
+        let (mut w, r) = chunk_pipe(1);
+        drop(r);
+        let e = io::Write::write_all(&mut w, b"x").unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::BrokenPipe);
+    }
+
+    /// What a signed export writes as `bundle.json` (measured, then written only if it comes
+    /// out the same) is exactly what the signature covers, though it is never held whole.
+    #[test]
+    fn a_signed_member_is_what_the_signature_covers() {
+        let dir = tempfile::tempdir().unwrap();
+        let (key, public, _) = crate::signing::keygen(&dir.path().join("k"), true, false).unwrap();
+        let signer = Signer::load(&key).unwrap();
+        // Several pipe pieces' worth.
+        let value: Vec<serde_json::Value> = (0..5000)
+            .map(|i| serde_json::json!({"digest": format!("sha256:{i:064}"), "size": i}))
+            .collect();
+        let (member, signature) = signed_json_member(&value, &signer, "a test").unwrap();
+        let pretty = serde_json::to_vec_pretty(&value).unwrap();
+        assert!(pretty.len() > 4 * (64 << 10));
+        assert_eq!(member.size, pretty.len() as u64);
+        assert_eq!(member.digest, Digest::of(&pretty));
+        let base = dir.path().join("b.tar.zst");
+        std::fs::write(crate::signing::signature_path(&base), signature).unwrap();
+        let (_, comment) = crate::signing::verify(&base, &pretty[..], &public).unwrap();
+        assert_eq!(comment, "a test");
+        let mut altered = pretty.clone();
+        altered[pretty.len() / 2] ^= 1;
+        let e = crate::signing::verify(&base, &altered[..], &public)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("does not match"), "{e}");
     }
 
     #[test]

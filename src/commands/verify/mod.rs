@@ -291,7 +291,8 @@ pub async fn run(args: VerifyArgs) -> Result<()> {
     let mut reporter = Reporter::new(args.quiet || args.json, args.verbose);
     let signature = match &args.trusted_key {
         Some(key) => {
-            let (id, comment) = crate::signing::verify(&bundle.path, &bundle.bundle_json()?, key)?;
+            let (id, comment) =
+                crate::signing::verify(&bundle.path, bundle.bundle_json_stream()?, key)?;
             reporter.info(format!("signature by trusted key {id} is good ({comment})"));
             Some(id)
         }
