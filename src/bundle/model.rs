@@ -220,14 +220,6 @@ impl ImageEntry {
 }
 
 impl BundleManifest {
-    /// Parses and checks `bundle.json`; `file` names the bundle in errors.
-    pub fn parse(bytes: &[u8], file: &Path) -> Result<BundleManifest> {
-        let m: BundleManifest = serde_json::from_slice(bytes)
-            .map_err(|e| Error::bundle(file, format!("bundle.json is not valid: {e}")))?;
-        m.validate(file)?;
-        Ok(m)
-    }
-
     /// Internal consistency: known format, bounded counts and sizes, every image object
     /// listed once in `blobs`, totals that add up, names that are valid.
     pub fn validate(&self, file: &Path) -> Result<()> {
