@@ -189,6 +189,36 @@ fn incremental_bundles_carry_only_new_blobs_and_import_needs_the_base_first() {
         names.contains(&"arc-2026-10.tar.zst") && names.contains(&"nov-bundle.json"),
         "{names:?}"
     );
+    // Each base is named by the digest of its bundle.json's exact bytes, whether --since was
+    // given the bundle (October, through November) or the file (November); both are hashed
+    // as they are parsed.
+    let base_digest = |name: &str| {
+        dj["bases"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|b| b["name"] == name)
+            .and_then(|b| b["bundleJson"].as_str())
+            .map(str::to_string)
+    };
+    let nov_bytes = std::fs::read(&extracted).expect("read nov-bundle.json");
+    assert_eq!(
+        base_digest("nov-bundle.json"),
+        Some(sha256_digest(&nov_bytes))
+    );
+    let oct_bytes = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "zstd -dc '{}' | tar -xO bundle.json",
+            oct.display()
+        ))
+        .output()
+        .expect("extract October's bundle.json");
+    assert!(oct_bytes.status.success() && !oct_bytes.stdout.is_empty());
+    assert_eq!(
+        base_digest("arc-2026-10.tar.zst"),
+        Some(sha256_digest(&oct_bytes.stdout))
+    );
     assert!(
         dj["blobs"].as_array().unwrap().iter().all(|b| {
             let mt = b["mediaType"].as_str().unwrap_or_default();
