@@ -15,6 +15,7 @@ pub mod imageset;
 pub mod manifest;
 pub mod memory;
 pub mod options;
+pub mod pipe;
 pub mod progress;
 pub mod prompt;
 pub mod reference;

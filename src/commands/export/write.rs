@@ -275,7 +275,7 @@ fn signed_json_member<T: serde::Serialize>(
     signer: &Signer,
     comment: &str,
 ) -> Result<(Member, String)> {
-    let (writer, reader) = chunk_pipe(4);
+    let (writer, reader) = crate::pipe::pipe(4, 64 << 10);
     std::thread::scope(|scope| {
         let signing = scope.spawn(move || signer.sign(reader, comment));
         let measured = (|| -> io::Result<Member> {
@@ -294,66 +294,6 @@ fn signed_json_member<T: serde::Serialize>(
         let member = measured.map_err(|e| Error::Failed(format!("{BUNDLE_JSON}: {e}")))?;
         Ok((member, signature))
     })
-}
-
-/// A writer whose bytes a reader on another thread takes, as through a pipe (without the file
-/// descriptors, and the Rust 1.87, of `io::pipe`): pieces of at most 64 KiB, at most `depth`
-/// of them waiting; the reader sees the end once the writer is dropped.
-fn chunk_pipe(depth: usize) -> (ChunkWriter, ChunkReader) {
-    let (tx, rx) = std::sync::mpsc::sync_channel(depth);
-    (
-        ChunkWriter { tx },
-        ChunkReader {
-            rx,
-            piece: Vec::new(),
-            at: 0,
-        },
-    )
-}
-
-/// The writing end of [`chunk_pipe`].
-struct ChunkWriter {
-    tx: std::sync::mpsc::SyncSender<Vec<u8>>,
-}
-
-impl io::Write for ChunkWriter {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        if buf.is_empty() {
-            return Ok(0);
-        }
-        let n = buf.len().min(64 << 10);
-        self.tx
-            .send(buf[..n].to_vec())
-            .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "the reading end is gone"))?;
-        Ok(n)
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
-}
-
-/// The reading end of [`chunk_pipe`].
-struct ChunkReader {
-    rx: std::sync::mpsc::Receiver<Vec<u8>>,
-    piece: Vec<u8>,
-    at: usize,
-}
-
-impl io::Read for ChunkReader {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        while self.at == self.piece.len() {
-            match self.rx.recv() {
-                Ok(piece) => (self.piece, self.at) = (piece, 0),
-                // The writer is gone: the end.
-                Err(_) => return Ok(0),
-            }
-        }
-        let n = (self.piece.len() - self.at).min(buf.len());
-        buf[..n].copy_from_slice(&self.piece[self.at..self.at + n]);
-        self.at += n;
-        Ok(n)
-    }
 }
 
 /// Writes `value` as pretty JSON under `name`, serialised a second time: it must come out as
@@ -857,29 +797,6 @@ mod tests {
         let mut bytes = Vec::new();
         io::Read::read_to_end(&mut e, &mut bytes).unwrap();
         assert_eq!(bytes, pretty);
-    }
-
-    #[test]
-    fn a_pipe_passes_every_byte_in_order_then_ends() {
-        let bytes: Vec<u8> = (0..300_001u32).map(|i| (i % 251) as u8).collect();
-        let (mut w, mut r) = chunk_pipe(2);
-        let got = std::thread::scope(|scope| {
-            let reading = scope.spawn(move || {
-                let mut got = Vec::new();
-                io::Read::read_to_end(&mut r, &mut got).map(|_| got)
-            });
-            // Odd sizes, one larger than a piece.
-            for part in bytes.chunks(70_001) {
-                io::Write::write_all(&mut w, part).unwrap();
-            }
-            drop(w);
-            reading.join().unwrap().unwrap()
-        });
-        assert_eq!(got, bytes);
-        let (mut w, r) = chunk_pipe(1);
-        drop(r);
-        let e = io::Write::write_all(&mut w, b"x").unwrap_err();
-        assert_eq!(e.kind(), io::ErrorKind::BrokenPipe);
     }
 
     /// What a signed export writes as `bundle.json` (measured, then written only if it comes

@@ -16,6 +16,7 @@ use crate::bundle::{tar_span, Bundle, INDEX_JSON};
 use crate::digest::{Digest, Verifier};
 use crate::error::{Error, Result};
 use crate::manifest;
+use crate::pipe::ChannelReader;
 use crate::progress::{human, Reporter};
 use crate::registry::{BlobSource, MAX_MANIFEST_SIZE};
 use crate::spill::{Kept, KeptWriter, Spill};
@@ -123,46 +124,7 @@ fn spawn_volume_reader(
             }
         })
         .map_err(|e| Error::io("starting the reading thread", e))?;
-    Ok((
-        ChannelReader {
-            rx,
-            back,
-            current: Vec::new(),
-            pos: 0,
-        },
-        handle,
-    ))
-}
-
-/// The receiving end of [`spawn_volume_reader`].
-struct ChannelReader {
-    rx: std::sync::mpsc::Receiver<io::Result<Vec<u8>>>,
-    /// Where read buffers go back to the reading thread.
-    back: std::sync::mpsc::Sender<Vec<u8>>,
-    current: Vec<u8>,
-    pos: usize,
-}
-
-impl Read for ChannelReader {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        while self.pos == self.current.len() {
-            match self.rx.recv() {
-                Ok(Ok(b)) => {
-                    let used = std::mem::replace(&mut self.current, b);
-                    if used.capacity() > 0 {
-                        let _ = self.back.send(used);
-                    }
-                    self.pos = 0;
-                }
-                Ok(Err(e)) => return Err(e),
-                Err(_) => return Ok(0),
-            }
-        }
-        let n = buf.len().min(self.current.len() - self.pos);
-        buf[..n].copy_from_slice(&self.current[self.pos..self.pos + n]);
-        self.pos += n;
-        Ok(n)
-    }
+    Ok((ChannelReader::new(rx, back), handle))
 }
 
 type Decoder = zstd::stream::read::Decoder<'static, BufReader<ChannelReader>>;
