@@ -327,30 +327,28 @@ async fn fetch(
     at: u64,
 ) -> Result<(Bytes, u64, u64)> {
     let (i, start, end) = bundle.frame_at(at)?;
-    if let Some(frame) = cache.cached((bi, i)) {
-        if frame.len() as u64 == end - start {
-            return Ok((frame, start, end));
+    let frame = match cache.cached((bi, i)) {
+        Some(frame) => frame,
+        None => {
+            let _turn = cache
+                .fetches
+                .clone()
+                .acquire_owned()
+                .await
+                .map_err(|_| Error::Failed("the server is stopping".into()))?;
+            let (cache, bundle) = (cache.clone(), bundle.clone());
+            tokio::task::spawn_blocking(move || cache.frame(bi, &bundle, i))
+                .await
+                .map_err(|e| Error::Failed(format!("reading a frame: {e}")))??
         }
+    };
+    if frame.len() as u64 != end - start {
+        return Err(Error::bundle(
+            &bundle.path,
+            format!("frame {i} has the wrong size"),
+        ));
     }
-    let _turn = cache
-        .fetches
-        .clone()
-        .acquire_owned()
-        .await
-        .map_err(|_| Error::Failed("the server is stopping".into()))?;
-    let (cache, bundle) = (cache.clone(), bundle.clone());
-    tokio::task::spawn_blocking(move || -> Result<(Bytes, u64, u64)> {
-        let frame = cache.frame(bi, &bundle, i)?;
-        if frame.len() as u64 != end - start {
-            return Err(Error::bundle(
-                &bundle.path,
-                format!("frame {i} has the wrong size"),
-            ));
-        }
-        Ok((frame, start, end))
-    })
-    .await
-    .map_err(|e| Error::Failed(format!("reading a frame: {e}")))?
+    Ok((frame, start, end))
 }
 
 #[cfg(test)]
