@@ -31,26 +31,18 @@ pub fn tar_span(size: u64) -> u64 {
 pub fn read_manifest(
     path: &std::path::Path,
 ) -> crate::error::Result<(crate::digest::Digest, BundleManifest)> {
-    use crate::digest::HashingReader;
     use crate::error::Error;
-    use std::io::Read;
     if path.extension().is_some_and(|e| e == "json") {
         let reading = |e| Error::io(format!("reading {}", path.display()), e);
         let f = std::fs::File::open(path).map_err(reading)?;
         if f.metadata().map_err(reading)?.len() > model::MAX_BUNDLE_JSON {
             return Err(Error::bundle(path, "too large for a bundle.json"));
         }
-        // serde_json reads a byte at a time: the buffer is outside the hashing.
-        let mut r = std::io::BufReader::with_capacity(1 << 16, HashingReader::new(f));
-        let m: BundleManifest =
-            serde_json::from_reader(&mut r).map_err(|e| match e.io_error_kind() {
-                Some(kind) => reading(std::io::Error::new(kind, e.to_string())),
-                None => Error::bundle(path, format!("bundle.json is not valid: {e}")),
-            })?;
-        // The parser read to the end (only white space may follow); nothing is left unhashed.
-        r.read_to_end(&mut Vec::new()).map_err(reading)?;
+        let (parsed, _, digest) = reader::parse_hashed(f).map_err(reading)?;
+        let m =
+            parsed.map_err(|e| Error::bundle(path, format!("bundle.json is not valid: {e}")))?;
         m.validate(path)?;
-        return Ok((r.into_inner().digest(), m));
+        return Ok((digest, m));
     }
     // Opening the bundle parsed its bundle.json and learnt its digest already.
     let bundle = Bundle::open(path)?;

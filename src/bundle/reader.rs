@@ -110,26 +110,17 @@ impl Archive {
     /// Parses `bundle.json` as it is read: its bytes (43 MB at 100,000 blobs) are never held
     /// whole. Returns it, checked, with the digest of its bytes.
     fn parse_bundle_json(&self, size: u64) -> Result<(BundleManifest, Digest)> {
-        // serde_json reads a byte at a time: the buffer is outside the hashing.
-        let mut r =
-            io::BufReader::with_capacity(1 << 16, HashingReader::new(self.range(512, size)?));
-        let parsed: serde_json::Result<BundleManifest> = serde_json::from_reader(&mut r);
-        if let Err(e) = &parsed {
-            if let Some(kind) = e.io_error_kind() {
-                return Err(self.read_error(512, io::Error::new(kind, e.to_string())));
-            }
-        }
-        // What the parser left (after a syntax error) is read too: a member that ends early
+        let (parsed, read, digest) =
+            parse_hashed(self.range(512, size)?).map_err(|e| self.read_error(512, e))?;
+        // What the parser left (after a syntax error) was read too: a member that ends early
         // is cut short, not invalid.
-        io::copy(&mut r, &mut io::sink()).map_err(|e| self.read_error(512, e))?;
-        let hashed = r.into_inner();
-        if hashed.read_so_far() != size {
+        if read != size {
             return Err(Error::bundle(&self.path, "bundle.json is cut short"));
         }
         let m = parsed
             .map_err(|e| Error::bundle(&self.path, format!("bundle.json is not valid: {e}")))?;
         m.validate(&self.path)?;
-        Ok((m, hashed.digest()))
+        Ok((m, digest))
     }
 
     /// A reader over `len` uncompressed bytes starting at `start`. It decodes only the frames
@@ -778,6 +769,25 @@ impl Read for BlobReader {
             )
         })
     }
+}
+
+/// `bundle.json` parsed from `r` as it is read, every byte hashed, never held whole; after a
+/// syntax error the rest is read too. Returns the parse, how many bytes were read and their
+/// digest; failing to read `r` is the error.
+pub(crate) fn parse_hashed(
+    r: impl Read,
+) -> io::Result<(serde_json::Result<BundleManifest>, u64, Digest)> {
+    // serde_json reads a byte at a time: the buffer is outside the hashing.
+    let mut r = io::BufReader::with_capacity(1 << 16, HashingReader::new(r));
+    let parsed: serde_json::Result<BundleManifest> = serde_json::from_reader(&mut r);
+    if let Err(e) = &parsed {
+        if let Some(kind) = e.io_error_kind() {
+            return Err(io::Error::new(kind, e.to_string()));
+        }
+    }
+    io::copy(&mut r, &mut io::sink())?;
+    let hashed = r.into_inner();
+    Ok((parsed, hashed.read_so_far(), hashed.digest()))
 }
 
 /// [`Bundle::bundle_json_stream`]'s stream: `bundle.json` read from the archive, checked
