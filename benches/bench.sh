@@ -25,8 +25,8 @@
 #   link    (big only) airlock export -j 4 through benches/throttle.py, a proxy holding every
 #           connection to BENCH_LINK_MIB MiB/s, against its floor: four connections busy all along
 #   pull x8 8 clients (one keep-alive curl each) pull every blob of the corpus from `airlock serve`
-#           (straight from the compressed bundle) and from the distribution registry the import
-#           filled (uncompressed on disk); serve's peak RSS gets a row of its own
+#           (straight from the compressed bundle) and from the distribution registry the last
+#           import filled (uncompressed on disk); serve's peak RSS gets a row of its own
 #   import --trusted-key   the same import of the (signed) bundle into a fresh registry: one pass;
 #                  the unsigned and signed imports run twice, in both orders (ABBA)
 #   fetch limit    4 parallel `curl -o FILE` of every unique blob of the corpus, then `sync`
@@ -35,7 +35,10 @@
 #   push limit     benches/raw_push.py: BENCH_JOBS threads push the unpacked bundle into a fresh
 #                  registry with the requests airlock's import makes there (each blob once per
 #                  repository, mounts across repositories, manifests, tags), nothing more
-# and after the imports every manifest digest at each target is compared with the source.
+# The limits run before the imports. After the first import every manifest digest at its target
+# is compared with the source (and at skopeo's after its import). Every registry a step filled
+# is emptied after it but for the last import's, so that each step starts with the same data in
+# the page cache (below, at the imports).
 # A third corpus, *compressed* (BENCH_CORPORA=compressed; not in the default run): four gzip -6
 # layers of real files (tar streams of /usr/lib and /usr/share, cut to size; ~300 MiB of gzip,
 # 30 MiB with BENCH_SMALL=1). Its export row adds CPU seconds (user+sys) per GiB of blobs, with
@@ -144,6 +147,9 @@ discard() {
         fi
     done
 }
+
+# empty_registry NAME: removes what the registry NAME holds (it keeps running, empty).
+empty_registry() { discard "$WORK/registry-$1/data/docker"; }
 
 # free_port: a port nothing listens on, below the kernel's ephemeral range (32768 and up here),
 # where an outgoing connection could take it between this check and the bind.
@@ -485,7 +491,7 @@ set_digest_cell() {   # set_digest_cell CORPUS TOOL VALUE: fills the import row 
 
 # serve_vs_registry CORPUS: 8 clients (one curl each, keep-alive) pull every blob of the corpus,
 # from `airlock serve` over the compressed bundle and from the distribution registry that the
-# import filled (the same blobs, uncompressed on disk). Rows: wall seconds of the 8 clients;
+# last import filled (the same blobs, uncompressed on disk). Rows: wall seconds of the 8 clients;
 # serve's own peak RSS (VmHWM) in its own row.
 serve_vs_registry() {
     local c=$1 bundle=$WORK/$1-airlock.tar.zst port pid i
@@ -509,7 +515,7 @@ PY
     pid=$!
     PIDS+=("$pid")
     for i in $(seq 1 100); do registry_up "$port" 2>/dev/null && break; sleep 0.1; done
-    for target in "airlock serve|127.0.0.1:$port" "distribution|$DST_AIRLOCK"; do
+    for target in "airlock serve|127.0.0.1:$port" "distribution|$DST_AIRLOCK2"; do
         local name=${target%%|*} host=${target#*|}
         sed "s|^|url = http://$host|; s|\$|\noutput = /dev/null|" "$WORK/$c.blob-paths" >"$WORK/$c.curl-${name// /_}"
         measure "$c" "pull x8" "$name" bash -c "pids=(); for i in 1 2 3 4 5 6 7 8; do curl -sSf -K '$WORK/$c.curl-${name// /_}' & pids+=(\$!); done; fail=0; for p in \${pids[@]}; do wait \$p || fail=1; done; exit \$fail"
@@ -574,11 +580,13 @@ raw_limits() {
     measure "$c" "fetch limit" "curl x4" bash -c "xargs -P 4 -L 1 bash -c 'curl -sSf -o \"$dir/\${1#sha256:}\" \"http://$SRC/v2/\$0/blobs/\$1\"' <'$WORK/$c.unique' && sync"
     # shellcheck disable=SC2016
     measure "$c" "upload limit" "curl x4" bash -c "xargs -P 4 -L 1 bash -c 'loc=\$(curl -sSf -o /dev/null -D - -X POST \"http://$DST_RAW/v2/\$0/blobs/uploads/\" | tr -d \"\\r\" | sed -n \"s/^[Ll]ocation: //p\"); case \$loc in http*) ;; *) loc=http://$DST_RAW\$loc ;; esac; case \$loc in *\\?*) sep=\"&\" ;; *) sep=\"?\" ;; esac; curl -sSf -o /dev/null -T \"$dir/\${1#sha256:}\" -H \"Content-Type: application/octet-stream\" \"\$loc\${sep}digest=\$1\"' <'$WORK/$c.unique'"
+    empty_registry raw
     discard "$dir"
     # The raw pusher: the same requests as airlock's import into an empty registry, $JOBS threads.
     mkdir -p "$WORK/layout-$c"
     zstd -dc "$WORK/$c-airlock.tar.zst" | tar -x -C "$WORK/layout-$c"
     measure "$c" "push limit" "raw x$JOBS" python3 "$REPO/benches/raw_push.py" "$WORK/layout-$c" "$DST_PUSH" "$JOBS"
+    empty_registry push
     discard "$WORK/layout-$c"
 }
 
@@ -631,18 +639,29 @@ EOF
     if uses airlock && [[ ! -f $WORK/$c-airlock.tar.zst ]]; then
         ROWS+=("$c|import|airlock|skipped|-|-")
     elif uses airlock; then
-        # Unsigned, signed, signed, unsigned, each into a fresh registry: a second import in a row
-        # is slower whichever it is (big: 1.08x signed second, 0.95x signed first, the registry's
-        # own CPU), so the ratio is taken over both orders.
+        # The limits first, then unsigned, signed, signed, unsigned, each into a fresh registry
+        # (the ratio is taken over both orders), and each registry emptied once read (for the
+        # first import, its digests compared with the source's) but the last, which pull x8
+        # reads: every step that writes the corpus into a registry starts with the same data in
+        # the page cache. With each import's GiB left there, the registries' system CPU for the
+        # same import grew from 1.1 to 3.5 s over four imports in a row (big, measured from
+        # /proc); emptied after each, it stayed at 1.1-1.2 s.
+        raw_limits "$c"
         measure "$c" import airlock "$AIRLOCK" import "$WORK/$c-airlock.tar.zst" \
             --registry "$DST_AIRLOCK" --plain-http -j "$JOBS"
+        say "$c: comparing manifest digests with the source"
+        manifest_digests "$SRC" "$list" "$WORK/$c.digests-source"
+        manifest_digests "$DST_AIRLOCK" "$list" "$WORK/$c.digests-airlock"
+        set_digest_cell "$c" airlock "$(preserved "$WORK/$c.digests-source" "$WORK/$c.digests-airlock")"
+        empty_registry airlock
         measure "$c" "import signed" airlock "$AIRLOCK" import "$WORK/$c-airlock.tar.zst" \
             --registry "$DST_SIGNED" --plain-http -j "$JOBS" --trusted-key "$WORK/bench.pub"
+        empty_registry signed
         measure "$c" "import signed 2" airlock "$AIRLOCK" import "$WORK/$c-airlock.tar.zst" \
             --registry "$DST_SIGNED2" --plain-http -j "$JOBS" --trusted-key "$WORK/bench.pub"
+        empty_registry signed2
         measure "$c" "import 2" airlock "$AIRLOCK" import "$WORK/$c-airlock.tar.zst" \
             --registry "$DST_AIRLOCK2" --plain-http -j "$JOBS"
-        raw_limits "$c"
     fi
     if uses skopeo && [[ ! -f $WORK/$c-skopeo.tar.zst ]]; then
         ROWS+=("$c|import|skopeo|skipped|-|-")
@@ -672,13 +691,9 @@ EOF
         [[ $c == scale ]] || serve_vs_registry "$c"
     fi
 
-    say "$c: comparing manifest digests with the source"
-    manifest_digests "$SRC" "$list" "$WORK/$c.digests-source"
-    if uses airlock; then
-        manifest_digests "$DST_AIRLOCK" "$list" "$WORK/$c.digests-airlock"
-        set_digest_cell "$c" airlock "$(preserved "$WORK/$c.digests-source" "$WORK/$c.digests-airlock")"
-    fi
     if uses skopeo; then
+        say "$c: comparing skopeo's manifest digests with the source"
+        [[ -f $WORK/$c.digests-source ]] || manifest_digests "$SRC" "$list" "$WORK/$c.digests-source"
         manifest_digests "$DST_SKOPEO" "$list" "$WORK/$c.digests-skopeo"
         set_digest_cell "$c" skopeo "$(preserved "$WORK/$c.digests-source" "$WORK/$c.digests-skopeo")"
     fi
