@@ -14,7 +14,8 @@ Environment (the offline-deployment procedure's variables; flags win):
   export: SOURCE_DOCKER_REGISTRY, SOURCE_DOCKER_REPOSITORY, SOURCE_DOCKER_TAG,
           SOURCE_DOCKER_USERNAME, SOURCE_DOCKER_PASSWORD
   import: TARGET_DOCKER_REGISTRY, TARGET_DOCKER_REPOSITORY, TARGET_DOCKER_TAG,
-          TARGET_DOCKER_USERNAME, TARGET_DOCKER_PASSWORD";
+          TARGET_DOCKER_USERNAME, TARGET_DOCKER_PASSWORD
+  through a forward proxy: HTTPS_PROXY, HTTP_PROXY, ALL_PROXY, NO_PROXY (or lower case)";
 
 #[derive(Parser, Debug)]
 #[command(name = "airlock", version, about = "Move container images across an air gap: export to one verified bundle, import into a private registry", after_help = AFTER_HELP)]

@@ -1,8 +1,11 @@
-//! Real networks (issue 7): slow links, stalls, and concurrent imports of shared manifests.
+//! Real networks (issue 7): slow links, stalls, forward proxies, and concurrent imports of
+//! shared manifests.
 //!
 //! Every test talks to a real registry, here through a [`ThrottleProxy`] that holds each
-//! connection to a bandwidth or freezes. What is checked is what a user relies on: exit codes,
-//! how long a failure takes, the error naming the registry, and the digests at the target.
+//! connection to a bandwidth or freezes, or a [`ForwardProxy`] such as sites put between the
+//! connected side and the internet. What is checked is what a user relies on: exit codes, how
+//! long a failure takes, the error naming the registry (or the proxy), and the digests at the
+//! target.
 
 mod common;
 
@@ -645,4 +648,126 @@ fn large_blobs_are_fetched_in_parallel_ranges_resumed_when_cut_and_streamed_when
     );
     let out = run_airlock(["verify", path_str(&d)], &[], None);
     assert_success(&out, "verify: parts into the cache");
+}
+
+/// The connected side behind a corporate proxy: `HTTPS_PROXY` (with Basic credentials in its
+/// URL) tunnels the export to a TLS registry, `HTTP_PROXY` forwards the import to a plain one,
+/// `NO_PROXY` goes around it; a proxy that refuses the credentials fails the run naming the
+/// proxy, and its password is never printed.
+#[test]
+fn exports_and_imports_go_through_a_forward_proxy_and_no_proxy_goes_around_it() {
+    let src = TestRegistry::start(
+        RegistryOpts::plain()
+            .with_auth("puller", "pull-S3cret")
+            .with_tls(),
+    );
+    let pushed = src.client().push_image(
+        "proxied/app",
+        Some("1.0"),
+        ImageFormat::Oci,
+        &Platform::linux_amd64(),
+        &[small_layer(0x9a0, "proxied", true)],
+        &[],
+    );
+    let dst = TestRegistry::start(RegistryOpts::plain());
+    let proxy = ForwardProxy::start(Some(("corp", "Pr0xy-S3cret")));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let bundle = dir.path().join("b.tar.zst");
+    let ca = src.ca_cert_path();
+    let image = format!("{}/proxied/app:1.0", src.host());
+    let export = |proxy_env: &[(&str, &str)]| {
+        let mut env = vec![
+            ("SOURCE_DOCKER_USERNAME", "puller"),
+            ("SOURCE_DOCKER_PASSWORD", "pull-S3cret"),
+        ];
+        env.extend_from_slice(proxy_env);
+        run_airlock(
+            [
+                "export",
+                image.as_str(),
+                "-o",
+                path_str(&bundle),
+                "--ca-cert",
+                path_str(&ca),
+            ],
+            &env,
+            None,
+        )
+    };
+
+    // Wrong credentials for the proxy: exit 1, the proxy named, its password never shown.
+    let wrong = proxy.url_with(Some(("corp", "not-the-Pa55")));
+    let out = export(&[("HTTPS_PROXY", &wrong)]);
+    let err = stderr_text(&out);
+    println!("refused by the proxy: {}", err.trim());
+    assert_eq!(out.status.code(), Some(1), "{}", describe_output(&out));
+    assert!(err.contains(&proxy.host()), "{err}");
+    assert!(err.contains("proxy authorization required"), "{err}");
+    assert!(
+        !err.contains("not-the-Pa55") && !err.contains("Pr0xy-S3cret"),
+        "{err}"
+    );
+    assert!(
+        !bundle.exists(),
+        "a refused export wrote {}",
+        bundle.display()
+    );
+    assert_eq!(proxy.seen(), vec!["REFUSED 407".to_string()]);
+
+    // The right ones: every connection to the source is a tunnel through the proxy.
+    let good = proxy.url_with(Some(("corp", "Pr0xy-S3cret")));
+    let out = export(&[("HTTPS_PROXY", &good)]);
+    assert_success(&out, "export through the proxy");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        stderr_text(&out)
+    );
+    assert!(!text.contains("Pr0xy-S3cret"), "{text}");
+    let seen = proxy.seen();
+    let tunnels = seen
+        .iter()
+        .filter(|s| **s == format!("CONNECT {}", src.host()))
+        .count();
+    assert!(tunnels >= 1, "{seen:?}");
+    assert_eq!(
+        tunnels + 1,
+        seen.len(),
+        "only tunnels to the source: {seen:?}"
+    );
+
+    // NO_PROXY names the source: the proxy (here one that is gone) is not used at all.
+    let dead = ForwardProxy::start(None);
+    let dead_url = dead.url_with(None);
+    drop(dead);
+    std::fs::remove_file(&bundle).expect("remove the bundle");
+    let out = export(&[("HTTPS_PROXY", &dead_url), ("NO_PROXY", "127.0.0.1")]);
+    assert_success(&out, "export around the proxy");
+
+    // Import to a plain-HTTP registry: forwarded by the proxy, same digest at the target.
+    let before = proxy.seen().len();
+    let out = run_airlock(
+        [
+            "import",
+            path_str(&bundle),
+            "--registry",
+            &dst.host(),
+            "--plain-http",
+        ],
+        &[("HTTP_PROXY", &good)],
+        None,
+    );
+    assert_success(&out, "import through the proxy");
+    let seen = proxy.seen();
+    assert!(
+        seen[before..]
+            .iter()
+            .all(|s| *s == format!("FORWARD {}", dst.host())),
+        "{seen:?}"
+    );
+    assert!(
+        seen.len() > before,
+        "the import did not use the proxy: {seen:?}"
+    );
+    assert_eq!(skopeo_digest(&dst, "proxied/app:1.0"), pushed.digest);
 }

@@ -48,7 +48,7 @@ impl Registry {
         } else {
             &["https"]
         };
-        let mut errors: Vec<(String, Error)> = Vec::new();
+        let mut errors: Vec<(String, Option<String>, Error)> = Vec::new();
         for scheme in schemes {
             let base = Url::parse(&format!("{scheme}://{host}/"))
                 .map_err(|e| Error::Usage(format!("registry {name:?}: {e}")))?;
@@ -66,27 +66,36 @@ impl Registry {
             };
             // A loopback HTTPS attempt that fails to connect falls back at once, without retries.
             let fallback = schemes.len() > 1 && *scheme == "https";
+            // A failure through a proxy says so: the proxy may be what failed.
+            let via = transport::proxy_for(&reg.base);
             match reg.ping(fallback).await {
                 Ok(()) => return Ok(reg),
                 // Wrong credentials are final, whatever the scheme.
                 Err(e @ Error::Auth { .. }) => return Err(e),
-                Err(e) => errors.push((scheme.to_string(), e)),
+                Err(e) => errors.push((scheme.to_string(), via, e)),
             }
         }
+        let detail = |e: &Error| {
+            let msg = e.to_string();
+            let prefix = format!("registry {name}: ");
+            msg.strip_prefix(&prefix).unwrap_or(&msg).to_string()
+        };
         match errors.len() {
             0 => Err(Error::registry(name, "no scheme to try")),
-            1 => Err(errors.remove(0).1),
+            1 => match errors.remove(0) {
+                (_, Some(via), e) => Err(Error::registry(
+                    name,
+                    format!("through {via}: {}", detail(&e)),
+                )),
+                (_, None, e) => Err(e),
+            },
             _ => Err(Error::registry(
                 name,
                 errors
                     .iter()
-                    .map(|(scheme, e)| {
-                        let msg = e.to_string();
-                        let prefix = format!("registry {name}: ");
-                        format!(
-                            "over {scheme}: {}",
-                            msg.strip_prefix(&prefix).unwrap_or(&msg)
-                        )
+                    .map(|(scheme, via, e)| match via {
+                        Some(via) => format!("over {scheme} through {via}: {}", detail(e)),
+                        None => format!("over {scheme}: {}", detail(e)),
                     })
                     .collect::<Vec<_>>()
                     .join("; "),

@@ -1,5 +1,5 @@
-//! The connection: the HTTP client (TLS trust, connect timeout, no automatic redirects) and
-//! the idle watchdog. Timeouts measure stalls, not sizes: a request fails only when no byte
+//! The connection: the HTTP client (TLS trust, connect timeout, no automatic redirects, the
+//! environment's forward proxy) and the idle watchdog. Timeouts measure stalls, not sizes: a request fails only when no byte
 //! has moved, in either direction, for the idle limit; a 5 GiB upload over a slow link is fine.
 
 use crate::error::{Error, Result};
@@ -65,6 +65,29 @@ pub fn client(name: &str, tls: &TlsOptions) -> Result<reqwest::Client> {
     builder
         .build()
         .map_err(|e| Error::registry(name, format!("building HTTP client: {}", chain(&e))))
+}
+
+/// The proxy the environment sends requests for `url` through, as "the proxy
+/// http://HOST:PORT (HTTPS_PROXY)", never with the credentials its URL may carry; `None` when
+/// it goes direct. reqwest reads `HTTPS_PROXY`, `HTTP_PROXY`, `ALL_PROXY` and `NO_PROXY` (and
+/// their lower-case forms) with hyper-util's matcher, which this asks the same question.
+pub fn proxy_for(url: &reqwest::Url) -> Option<String> {
+    let uri: hyper::Uri = url.as_str().parse().ok()?;
+    let proxy = hyper_util::client::proxy::matcher::Matcher::from_env().intercept(&uri)?;
+    let names: &[&str] = match url.scheme() {
+        "https" => &["HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"],
+        _ => &["HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy"],
+    };
+    let from = names
+        .iter()
+        .find(|n| std::env::var(n).is_ok_and(|v| !v.trim().is_empty()))
+        .copied()
+        .unwrap_or("the environment");
+    let shown = proxy.uri().to_string();
+    Some(format!(
+        "the proxy {} ({from})",
+        shown.strip_suffix('/').unwrap_or(&shown)
+    ))
 }
 
 /// The most a request body can leave in socket buffers (ours, the kernel's, a proxy's) once

@@ -21,6 +21,8 @@
 //!   at a time (no chunked or no monolithic uploads, minimum chunk size, refused mounts, no
 //!   `Docker-Content-Digest`, relative `Location`, `NAME_UNKNOWN`, blob redirects to another
 //!   host, expired tokens refused, cut chunks, delays).
+//! - [`ForwardProxy`]: an HTTP forward proxy (`CONNECT` tunnels and absolute-form requests),
+//!   optionally asking for Basic credentials, recording what clients asked for.
 //! - [`TokenServer`]: a Docker token server issuing signed JWTs per scope, with lifetimes,
 //!   anonymous pull tokens and a log of what it issued.
 //! - [`run_airlock`]: runs the binary with an isolated environment and no TTY.
@@ -29,6 +31,7 @@
 mod airlock;
 mod bundle;
 mod corpus;
+mod forward_proxy;
 mod media;
 mod pki;
 mod proxy;
@@ -46,6 +49,8 @@ pub use airlock::*;
 pub use bundle::*;
 #[allow(unused_imports)]
 pub use corpus::*;
+#[allow(unused_imports)]
+pub use forward_proxy::*;
 #[allow(unused_imports)]
 pub use media::*;
 #[allow(unused_imports)]
