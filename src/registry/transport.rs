@@ -1,6 +1,7 @@
 //! The connection: the HTTP client (TLS trust, connect timeout, no automatic redirects, the
-//! environment's forward proxy) and the idle watchdog. Timeouts measure stalls, not sizes: a request fails only when no byte
-//! has moved, in either direction, for the idle limit; a 5 GiB upload over a slow link is fine.
+//! environment's forward proxy) and the idle watchdog. Timeouts measure stalls, not sizes: a
+//! request fails only when no byte has moved, in either direction, for the idle limit; a 5 GiB
+//! upload over a slow link is fine.
 
 use crate::error::{Error, Result};
 use bytes::Bytes;
