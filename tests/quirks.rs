@@ -565,6 +565,68 @@ fn redirected_blob_gets_do_not_carry_credentials() {
     assert!(!stderr_text(&out).contains("rE4d-pass"));
 }
 
+/// The registry redirects blob downloads to storage that does not answer (down, or blocked by
+/// a firewall): export fails after its retries, naming the blob and the storage host, and the
+/// signature of the presigned redirect (a credential for its lifetime) is never printed.
+#[test]
+fn a_redirect_to_storage_that_fails_names_the_host_and_never_its_signature() {
+    let src = TestRegistry::start(RegistryOpts::plain().with_auth("reader", "rE4d-pass"));
+    let pushed = src.client().push_image(
+        "stored/app",
+        Some("1"),
+        ImageFormat::Oci,
+        &Platform::linux_amd64(),
+        &[small_layer(0x5707, "stored", true)],
+        &[],
+    );
+    let proxy = QuirkProxy::start(&src, Quirk::RedirectBlobsNowhere);
+    let storage = proxy.nowhere_host().expect("the storage host");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let bundle = dir.path().join("b.tar.zst");
+    let image = format!("{}/stored/app:1", proxy.host());
+    let out = run_airlock(
+        [
+            "export",
+            &image,
+            "-o",
+            path_str(&bundle),
+            "--retries",
+            "1",
+            "-v",
+        ],
+        &[
+            ("SOURCE_DOCKER_USERNAME", "reader"),
+            ("SOURCE_DOCKER_PASSWORD", "rE4d-pass"),
+        ],
+        None,
+    );
+    let err = stderr_text(&out);
+    let text = format!("{}{err}", String::from_utf8_lossy(&out.stdout));
+    println!("{}", err.trim());
+    assert_eq!(out.status.code(), Some(1), "{}", describe_output(&out));
+    assert!(
+        proxy.records().iter().any(|r| r.action == "redirected"),
+        "no blob GET was redirected:\n{}",
+        proxy.describe()
+    );
+    assert!(
+        pushed.blobs.iter().any(|b| err.contains(&b.digest)),
+        "no blob named: {err}"
+    );
+    assert!(
+        err.contains(&storage),
+        "the storage host is not named: {err}"
+    );
+    assert!(!text.contains(REDIRECT_SIGNATURE), "{text}");
+    assert!(!text.contains("X-Amz-Signature"), "{text}");
+    assert!(!text.contains("rE4d-pass"), "{text}");
+    assert!(
+        !bundle.exists(),
+        "a failed export left {}",
+        bundle.display()
+    );
+}
+
 /// The connection of a chunk is cut mid-body: airlock asks the registry where the session is
 /// (GET on the upload location) and goes on from that offset in the same session, without a
 /// new POST for that blob.

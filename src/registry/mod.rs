@@ -160,9 +160,11 @@ impl Registry {
                     format!("{} answered without a Location header", resp.url().path()),
                 )
             })?;
-        resp.url()
-            .join(loc)
-            .map_err(|e| Error::registry(&self.name, format!("bad Location {loc:?}: {e}")))
+        resp.url().join(loc).map_err(|e| {
+            // Without its query, which may hold a signature.
+            let shown = loc.split('?').next().unwrap_or_default();
+            Error::registry(&self.name, format!("bad Location {shown:?}: {e}"))
+        })
     }
 
     /// Sends a replayable request (no streaming body) with auth and its own retry budget.

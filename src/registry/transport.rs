@@ -168,6 +168,20 @@ impl std::fmt::Display for SendError {
     }
 }
 
+/// `e` with its URL cut to scheme, host and path. A registry's redirect to object storage
+/// carries a signature in its query (S3's `X-Amz-Signature`, Azure's `sig`) that works as a
+/// credential for some minutes, an upload location may carry session state, and errors end
+/// up in logs.
+pub fn scrubbed(mut e: reqwest::Error) -> reqwest::Error {
+    if let Some(u) = e.url_mut() {
+        u.set_query(None);
+        u.set_fragment(None);
+        let _ = u.set_username("");
+        let _ = u.set_password(None);
+    }
+    e
+}
+
 /// Sends a request, failing only when nothing moved for `idle`: the request body (when it is
 /// a [`Watched`] stream sharing `activity`) and the wait for the response both count. Once a
 /// body has been handed over, the wait for the answer also allows for the buffers between us
@@ -187,7 +201,7 @@ pub async fn send_watched(
         tokio::select! {
             r = &mut fut => {
                 activity.touch();
-                return r.map_err(SendError::Http);
+                return r.map_err(|e| SendError::Http(scrubbed(e)));
             }
             _ = tokio::time::sleep(wait.max(Duration::from_millis(10))) => {
                 if activity.idle_for() >= idle {
@@ -232,7 +246,7 @@ pub fn idle_body(resp: Response, idle: Duration) -> BoxStream<'static, std::io::
         let mut inner = state?;
         match tokio::time::timeout(idle, inner.next()).await {
             Ok(Some(Ok(b))) => Some((Ok(b), Some(inner))),
-            Ok(Some(Err(e))) => Some((Err(std::io::Error::other(chain(&e))), None)),
+            Ok(Some(Err(e))) => Some((Err(std::io::Error::other(chain(&scrubbed(e)))), None)),
             Ok(None) => None,
             Err(_) => Some((
                 Err(std::io::Error::new(
@@ -379,5 +393,44 @@ mod tests {
             .expect_err("must stall");
         assert!(err.contains("stalled"), "{err}");
         let _ = h.join();
+    }
+
+    #[tokio::test]
+    async fn errors_never_show_a_urls_query_or_credentials() {
+        // Refused: nothing listens on the port any more.
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        let client = client("test", &TlsOptions::default()).expect("client");
+        let url =
+            format!("http://u:pw-S3cret@127.0.0.1:{port}/store/blob?X-Amz-Signature=s1g-S3cret");
+        let r = send_watched(client.get(url), Duration::from_secs(5), &Activity::new()).await;
+        let msg = match r {
+            Err(e) => e.to_string(),
+            Ok(resp) => panic!("a closed port answered {}", resp.status()),
+        };
+        assert!(
+            msg.contains(&format!("127.0.0.1:{port}/store/blob")),
+            "{msg}"
+        );
+        assert!(!msg.contains("S3cret"), "{msg}");
+
+        // Cut in the middle of the body.
+        let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = l.local_addr().expect("addr");
+        let h = std::thread::spawn(move || {
+            let (mut s, _) = l.accept().expect("accept");
+            let mut buf = [0u8; 1024];
+            let _ = s.read(&mut buf);
+            let _ = s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\nhalf");
+        });
+        let url = format!("http://{addr}/store/blob?sig=s1g-S3cret");
+        let resp = client.get(url).send().await.expect("headers");
+        let _ = h.join();
+        let err = read_limited(resp, 1000, Duration::from_secs(5))
+            .await
+            .expect_err("a cut body fails");
+        assert!(!err.contains("S3cret"), "{err}");
     }
 }

@@ -48,6 +48,10 @@ pub enum Quirk {
     /// `http://localhost:<port>` that serves the blob (fetched upstream with the harness's
     /// credentials, honouring `Range`) and records the `Authorization` headers it sees.
     RedirectBlobs,
+    /// `GET /v2/<repo>/blobs/<digest>` answered `307` to `http://127.0.0.1:<port>` where
+    /// nothing listens (storage that is down or that a firewall blocks), with a signature in
+    /// the query as object storage's presigned URLs carry ([`REDIRECT_SIGNATURE`]).
+    RedirectBlobsNowhere,
     /// A request whose `Authorization: Bearer <jwt>` has an `exp` in the past is answered `401`
     /// with the registry's Bearer challenge (no leeway, unlike distribution's 60 s).
     RejectExpiredTokens,
@@ -70,6 +74,10 @@ pub enum Quirk {
     /// registry whose catalog lists nothing it should).
     EmptyCatalog,
 }
+
+/// The signature in the query of [`Quirk::RedirectBlobsNowhere`]'s redirects: it must never
+/// be printed.
+pub const REDIRECT_SIGNATURE: &str = "0f1e2d3c4b5a-presigned-S1GNATURE";
 
 /// One request as the proxy saw it.
 #[derive(Clone, Debug)]
@@ -204,6 +212,8 @@ struct Shared {
     /// `Basic …` for the harness's credentials (used by the blob host only).
     harness_auth: Option<String>,
     blob_port: Option<u16>,
+    /// Where [`Quirk::RedirectBlobsNowhere`] sends blob GETs: a port nothing listens on.
+    nowhere_port: Option<u16>,
     seq: AtomicUsize,
     records: Mutex<Vec<QuirkRecord>>,
     big_patches: AtomicUsize,
@@ -271,6 +281,12 @@ impl QuirkProxy {
             .first()
             .and_then(|l| l.local_addr().ok())
             .map(|a| a.port());
+        let nowhere_port = quirks.contains(&Quirk::RedirectBlobsNowhere).then(|| {
+            TcpListener::bind("127.0.0.1:0")
+                .and_then(|l| l.local_addr())
+                .map(|a| a.port())
+                .expect("QuirkProxy: a free port")
+        });
         let shared = Arc::new(Shared {
             stop: AtomicBool::new(false),
             upstream,
@@ -279,6 +295,7 @@ impl QuirkProxy {
             challenge,
             harness_auth,
             blob_port,
+            nowhere_port,
             seq: AtomicUsize::new(0),
             records: Mutex::new(Vec::new()),
             big_patches: AtomicUsize::new(0),
@@ -325,6 +342,11 @@ impl QuirkProxy {
     /// `http://127.0.0.1:PORT`
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)
+    }
+
+    /// `127.0.0.1:PORT` where [`Quirk::RedirectBlobsNowhere`] sends blob GETs.
+    pub fn nowhere_host(&self) -> Option<String> {
+        self.shared.nowhere_port.map(|p| format!("127.0.0.1:{p}"))
     }
 
     /// `localhost:PORT` of the blob host (with [`Quirk::RedirectBlobs`]).
@@ -980,6 +1002,24 @@ fn handle_request(client: &mut TcpStream, _id: u64, sh: &Shared) -> io::Result<(
                     action = Action::Answer(
                         "307 Temporary Redirect".into(),
                         vec![("Location", format!("http://localhost:{port}{path}"))],
+                        String::new(),
+                        "redirected",
+                    );
+                }
+                Quirk::RedirectBlobsNowhere
+                    if method == "GET"
+                        && path.contains("/blobs/sha256:")
+                        && !path.contains("/blobs/uploads/") =>
+                {
+                    let port = sh.nowhere_port.unwrap_or(0);
+                    action = Action::Answer(
+                        "307 Temporary Redirect".into(),
+                        vec![(
+                            "Location",
+                            format!(
+                                "http://127.0.0.1:{port}{path}?X-Amz-Expires=300&X-Amz-Signature={REDIRECT_SIGNATURE}"
+                            ),
+                        )],
                         String::new(),
                         "redirected",
                     );
