@@ -627,6 +627,51 @@ fn a_redirect_to_storage_that_fails_names_the_host_and_never_its_signature() {
     );
 }
 
+/// Harbor refuses any push to a tag an immutability rule covers, even of the manifest the tag
+/// holds already (412). A second import of one bundle (a re-run, a full bundle carried again)
+/// finds every tag on its manifest and succeeds; a tag that holds another manifest fails,
+/// naming it, and keeps what it holds.
+#[test]
+fn immutable_tags_already_on_their_manifest_are_not_an_error() {
+    let (src, s) = corpus_source();
+    let (_dir, bundle) = plain_bundle(&src, &s);
+    let (target, proxy) = import_through(Quirk::ImmutableTags, &s, &bundle, &[], &[]);
+    let refused = |p: &QuirkProxy| {
+        p.records()
+            .iter()
+            .filter(|r| r.action == "immutable")
+            .count()
+    };
+    assert_eq!(refused(&proxy), 0, "{}", proxy.describe());
+
+    // Again, with every tag there: each push refused, the import a success.
+    let out = import(&bundle, &proxy.host(), &["-j", "8"], &[]);
+    assert_success(&out, "a second import into immutable tags");
+    assert!(refused(&proxy) >= s.images.len(), "{}", proxy.describe());
+    assert_target_has(&target, &s, &proxy.describe());
+
+    // One tag moved to another image meanwhile: that tag fails, named; it keeps its image.
+    let (repo, tag, _, _) = &s.images[0];
+    let other = target.client().push_image(
+        repo,
+        Some(tag),
+        ImageFormat::Oci,
+        &Platform::linux_amd64(),
+        &[small_layer(0x1e0, "moved", true)],
+        &[],
+    );
+    let out = import(&bundle, &proxy.host(), &[], &[]);
+    let err = stderr_text(&out);
+    println!("{}", err.trim());
+    assert_eq!(out.status.code(), Some(1), "{}", describe_output(&out));
+    assert!(err.contains(&format!("{repo}:{tag}")), "{err}");
+    assert!(err.contains(&other.digest), "{err}");
+    assert_eq!(
+        skopeo_digest(&target, &format!("{repo}:{tag}")),
+        other.digest
+    );
+}
+
 /// The connection of a chunk is cut mid-body: airlock asks the registry where the session is
 /// (GET on the upload location) and goes on from that offset in the same session, without a
 /// new POST for that blob.

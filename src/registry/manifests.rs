@@ -1,7 +1,8 @@
 //! Manifests: read by tag or digest as the exact bytes served (digest checked against the
 //! reference or `Docker-Content-Digest` when the registry sends one, and always computed
-//! locally), written from the exact bytes with their media type, and the OCI 1.1 referrers
-//! of a manifest.
+//! locally), written from the exact bytes with their media type (a tag a registry will not
+//! rewrite is fine when it holds that manifest already), and the OCI 1.1 referrers of a
+//! manifest.
 
 use super::transport::read_limited;
 use super::{Manifest, Registry, Scope, MANIFEST_ACCEPT, MAX_MANIFEST_SIZE};
@@ -85,7 +86,9 @@ impl Registry {
             })
             .await?;
         if resp.status() != StatusCode::CREATED {
-            return Err(self.push_refused(&what, repo, resp).await);
+            let status = resp.status().as_u16();
+            let refused = self.push_refused(&what, repo, resp).await;
+            return self.refused_tag(repo, reference, m, status, refused).await;
         }
         if let Some(d) = resp
             .headers()
@@ -100,6 +103,40 @@ impl Registry {
             }
         }
         Ok(())
+    }
+
+    /// A tag push the registry refused. Registries that never rewrite a tag (Harbor's and
+    /// ECR's immutable tags, Artifactory without overwrite permission) refuse it even when the
+    /// tag already holds this very manifest, as on a re-run or a second import of one bundle:
+    /// that is the tag as wanted, not a failure. Otherwise `refused`, saying what the tag
+    /// holds when that is known.
+    async fn refused_tag(
+        &self,
+        repo: &str,
+        reference: &str,
+        m: &Manifest,
+        status: u16,
+        refused: Error,
+    ) -> Result<()> {
+        if reference.starts_with("sha256:") || !matches!(status, 400 | 403 | 409 | 412) {
+            return Err(refused);
+        }
+        match self.get_manifest(repo, reference).await {
+            Ok(there) if there.digest == m.digest => Ok(()),
+            Ok(there) => {
+                let msg = refused.to_string();
+                let prefix = format!("registry {}: ", self.name);
+                Err(Error::registry(
+                    &self.name,
+                    format!(
+                        "{}; the tag holds another manifest, {}",
+                        msg.strip_prefix(&prefix).unwrap_or(&msg),
+                        there.digest
+                    ),
+                ))
+            }
+            Err(_) => Err(refused),
+        }
     }
 
     /// An error for a refused push; a 404 `NAME_UNKNOWN` says which project to create.

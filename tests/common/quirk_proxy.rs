@@ -67,6 +67,10 @@ pub enum Quirk {
     CutPatchDelivered { nth: usize, after_bytes: u64 },
     /// Every request waits this many milliseconds before it is handled.
     Delay(u64),
+    /// `PUT /v2/<repo>/manifests/<tag>` of a tag the registry has already answered `412`
+    /// `PRECONDITION`, as Harbor does for a tag an immutability rule covers, whatever the
+    /// manifest (the one the tag holds included); pushes by digest go through.
+    ImmutableTags,
     /// `GET /v2/_catalog` answered `404` with an `UNSUPPORTED` error (GitLab, a registry with
     /// its catalog turned off).
     NoCatalog,
@@ -786,6 +790,29 @@ fn push_record(sh: &Shared, rec: QuirkRecord) {
     }
 }
 
+/// Whether the registry behind answers `HEAD` of the manifest at `path` with 200 (asked with
+/// the harness's credentials).
+fn upstream_has_manifest(sh: &Shared, path: &str) -> bool {
+    let Ok(mut up) = TcpStream::connect_timeout(&sh.upstream, Duration::from_secs(5)) else {
+        return false;
+    };
+    let _ = up.set_read_timeout(Some(Duration::from_secs(30)));
+    let mut req = format!(
+        "HEAD {path} HTTP/1.1\r\nHost: {}\r\nAccept: {}\r\n",
+        sh.upstream_host,
+        super::media::MANIFEST_ACCEPT
+    );
+    if let Some(a) = &sh.harness_auth {
+        req.push_str(&format!("Authorization: {a}\r\n"));
+    }
+    req.push_str("Connection: close\r\n\r\n");
+    if up.write_all(req.as_bytes()).is_err() {
+        return false;
+    }
+    let mut status = [0u8; 12];
+    up.read_exact(&mut status).is_ok() && status.ends_with(b" 200")
+}
+
 fn error_body(code: &str, message: &str) -> String {
     serde_json::json!({"errors": [{"code": code, "message": message, "detail": null}]}).to_string()
 }
@@ -975,6 +1002,23 @@ fn handle_request(client: &mut TcpStream, _id: u64, sh: &Shared) -> io::Result<(
                         vec![("Content-Type", "application/json".into())],
                         error_body("NAME_UNKNOWN", "repository name not known to registry"),
                         "name-unknown",
+                    );
+                }
+                Quirk::ImmutableTags
+                    if method == "PUT"
+                        && path.contains("/manifests/")
+                        && !path.contains("/manifests/sha256:")
+                        && upstream_has_manifest(sh, &path) =>
+                {
+                    let tag = path.rsplit('/').next().unwrap_or_default();
+                    action = Action::Answer(
+                        "412 Precondition Failed".into(),
+                        vec![("Content-Type", "application/json".into())],
+                        error_body(
+                            "PRECONDITION",
+                            &format!("The image {repo}:{tag} is configured as Immutable, cannot be updated"),
+                        ),
+                        "immutable",
                     );
                 }
                 Quirk::NoCatalog if path == "/v2/_catalog" => {
