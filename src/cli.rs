@@ -130,7 +130,7 @@ pub struct RegistryArgs {
     /// Read the password from standard input
     #[arg(long)]
     pub password_stdin: bool,
-    /// Trust this CA certificate (PEM) for the registry's TLS
+    /// Trust this CA certificate (PEM) for the registry's TLS (besides those in certs.d/HOST[:PORT]/)
     #[arg(long, value_name = "FILE")]
     pub ca_cert: Option<PathBuf>,
     /// Do not verify the registry's TLS certificate
@@ -436,7 +436,7 @@ pub struct ToRegistryArgs {
     /// Read the target password from standard input [env: TARGET_DOCKER_PASSWORD]
     #[arg(long)]
     pub to_password_stdin: bool,
-    /// Trust this CA certificate (PEM) for the target's TLS
+    /// Trust this CA certificate (PEM) for the target's TLS (besides those in certs.d/HOST[:PORT]/)
     #[arg(long, value_name = "FILE")]
     pub to_ca_cert: Option<PathBuf>,
     /// Do not verify the target's TLS certificate

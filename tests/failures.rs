@@ -883,3 +883,66 @@ fn is_root() -> bool {
         .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
         .unwrap_or(false)
 }
+
+/// A registry behind mutual TLS, set up the way docker and podman are: its CA and a client
+/// certificate in `certs.d/HOST:PORT/` (here the user's, under `$XDG_CONFIG_HOME`). airlock
+/// finds them there with no flag, exports and imports; with the CA alone the registry refuses
+/// the connection, and the error names the registry.
+#[test]
+fn certs_d_gives_the_registrys_ca_and_client_certificate() {
+    let reg = TestRegistry::start(RegistryOpts::plain().with_client_certs());
+    let pushed = reg.client().push_image(
+        "mtls/app",
+        Some("1"),
+        ImageFormat::Oci,
+        &Platform::linux_amd64(),
+        &[small_layer(0x3a1, "mtls", true)],
+        &[],
+    );
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("config");
+    let certs = config.join("containers/certs.d").join(reg.host());
+    std::fs::create_dir_all(&certs).expect("mkdir certs.d");
+    std::fs::copy(reg.ca_cert_path(), certs.join("ca.crt")).expect("copy ca.crt");
+    let bundle = dir.path().join("b.tar.zst");
+    let image = format!("{}/mtls/app:1", reg.host());
+    let config_s = config.to_str().expect("utf-8 path").to_string();
+    let env = [("XDG_CONFIG_HOME", config_s.as_str())];
+    let export = || {
+        run_airlock(
+            ["export", image.as_str(), "-o", bundle.to_str().unwrap()],
+            &env,
+            None,
+        )
+    };
+
+    // The CA alone: the TLS handshake fails, the registry wants a client certificate.
+    let out = export();
+    let err = stderr_text(&out);
+    println!("without a client certificate: {}", err.trim());
+    assert_eq!(out.status.code(), Some(1), "{}", describe_output(&out));
+    assert!(err.contains(&reg.host()), "{err}");
+    assert!(err.contains("client certificate"), "{err}");
+    assert!(!bundle.exists());
+
+    // The client certificate and its key beside the CA, as docker pairs them.
+    for f in ["client.cert", "client.key"] {
+        std::fs::copy(reg.cert_dir().join(f), certs.join(f)).expect("copy the client pair");
+    }
+    let out = export();
+    assert_success(&out, "export with certs.d");
+    let out = run_airlock(
+        [
+            "import",
+            bundle.to_str().unwrap(),
+            "--registry",
+            &reg.host(),
+            "--repository",
+            "copied",
+        ],
+        &env,
+        None,
+    );
+    assert_success(&out, "import with certs.d");
+    assert_eq!(skopeo_digest(&reg, "copied/mtls/app:1"), pushed.digest);
+}

@@ -7,6 +7,7 @@
 
 pub mod auth;
 pub mod blobs;
+pub mod certsd;
 pub mod list;
 pub mod manifests;
 pub mod ping;

@@ -1,6 +1,8 @@
 //! First contact: which host and scheme answer for a registry name (HTTPS; plain HTTP when
 //! asked, or as a fallback for loopback registries, as docker does), and `GET /v2/`, which
-//! learns the auth challenge and checks credentials before any work starts.
+//! learns the auth challenge and checks credentials before any work starts. A failure says
+//! which proxy it went through, and where a client certificate goes when the registry wants
+//! one.
 
 use super::auth::{Challenge, TokenCache};
 use super::transport::{self, send_watched, Activity};
@@ -78,7 +80,16 @@ impl Registry {
         let detail = |e: &Error| {
             let msg = e.to_string();
             let prefix = format!("registry {name}: ");
-            msg.strip_prefix(&prefix).unwrap_or(&msg).to_string()
+            let mut d = msg.strip_prefix(&prefix).unwrap_or(&msg).to_string();
+            // The TLS alert a registry behind mutual TLS answers a client without (or with the
+            // wrong) certificate.
+            if d.contains("BadCertificate") || d.contains("CertificateRequired") {
+                d.push_str(&format!(
+                    " (the registry may want a client certificate: NAME.cert and NAME.key in \
+                     /etc/docker/certs.d/{name}/ or ~/.config/containers/certs.d/{name}/)"
+                ));
+            }
+            d
         };
         match errors.len() {
             0 => Err(Error::registry(name, "no scheme to try")),
@@ -87,6 +98,7 @@ impl Registry {
                     name,
                     format!("through {via}: {}", detail(&e)),
                 )),
+                (_, None, e @ Error::Registry { .. }) => Err(Error::registry(name, detail(&e))),
                 (_, None, e) => Err(e),
             },
             _ => Err(Error::registry(

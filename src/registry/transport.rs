@@ -1,7 +1,7 @@
-//! The connection: the HTTP client (TLS trust, connect timeout, no automatic redirects, the
-//! environment's forward proxy) and the idle watchdog. Timeouts measure stalls, not sizes: a
-//! request fails only when no byte has moved, in either direction, for the idle limit; a 5 GiB
-//! upload over a slow link is fine.
+//! The connection: the HTTP client (TLS trust, with `certs.d`'s CAs and client certificate,
+//! connect timeout, no automatic redirects, the environment's forward proxy) and the idle
+//! watchdog. Timeouts measure stalls, not sizes: a request fails only when no byte has moved,
+//! in either direction, for the idle limit; a 5 GiB upload over a slow link is fine.
 
 use crate::error::{Error, Result};
 use bytes::Bytes;
@@ -59,6 +59,37 @@ pub fn client(name: &str, tls: &TlsOptions) -> Result<reqwest::Client> {
         let cert = reqwest::Certificate::from_pem(&pem)
             .map_err(|e| Error::Usage(format!("CA certificate {}: {}", ca.display(), chain(&e))))?;
         builder = builder.add_root_certificate(cert);
+    }
+    // What docker or podman was given for this registry: its CAs and client certificate.
+    let env = |k: &str| std::env::var(k).ok();
+    let certs = super::certsd::for_registry(name, &super::certsd::dirs(&env))?;
+    for ca in &certs.roots {
+        let pem = std::fs::read(ca)
+            .map_err(|e| Error::io(format!("reading CA certificate {}", ca.display()), e))?;
+        let bundle = reqwest::Certificate::from_pem_bundle(&pem)
+            .map_err(|e| Error::Usage(format!("CA certificate {}: {}", ca.display(), chain(&e))))?;
+        for cert in bundle {
+            builder = builder.add_root_certificate(cert);
+        }
+    }
+    if let Some((cert, key)) = &certs.identity {
+        let mut pem = std::fs::read(key)
+            .map_err(|e| Error::io(format!("reading client key {}", key.display()), e))?;
+        pem.push(b'\n');
+        pem.extend(
+            std::fs::read(cert).map_err(|e| {
+                Error::io(format!("reading client certificate {}", cert.display()), e)
+            })?,
+        );
+        let id = reqwest::Identity::from_pem(&pem).map_err(|e| {
+            Error::Usage(format!(
+                "client certificate {} with key {}: {}",
+                cert.display(),
+                key.display(),
+                chain(&e)
+            ))
+        })?;
+        builder = builder.identity(id);
     }
     if tls.insecure {
         builder = builder.danger_accept_invalid_certs(true);

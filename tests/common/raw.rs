@@ -61,6 +61,16 @@ pub struct RawClient {
 impl RawClient {
     /// `base_url` like `http://127.0.0.1:5000`; `ca_pem` is an extra trusted CA (PEM).
     pub fn new(base_url: &str, auth: Option<(String, String)>, ca_pem: Option<&[u8]>) -> RawClient {
+        RawClient::with_identity(base_url, auth, ca_pem, None)
+    }
+
+    /// [`RawClient::new`] presenting a client certificate (`identity_pem`: key and certificate).
+    pub fn with_identity(
+        base_url: &str,
+        auth: Option<(String, String)>,
+        ca_pem: Option<&[u8]>,
+        identity_pem: Option<&[u8]>,
+    ) -> RawClient {
         let base = reqwest::Url::parse(base_url)
             .unwrap_or_else(|e| panic!("invalid registry base URL {base_url:?}: {e}"));
         let mut b = reqwest::Client::builder()
@@ -71,6 +81,10 @@ impl RawClient {
         if let Some(pem) = ca_pem {
             let cert = reqwest::Certificate::from_pem(pem).expect("parse test CA certificate");
             b = b.add_root_certificate(cert);
+        }
+        if let Some(pem) = identity_pem {
+            let id = reqwest::Identity::from_pem(pem).expect("parse test client certificate");
+            b = b.identity(id);
         }
         let client = b.build().expect("build reqwest client");
         let rt = tokio::runtime::Builder::new_multi_thread()

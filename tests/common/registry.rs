@@ -11,7 +11,7 @@ use std::time::Duration;
 use tempfile::TempDir;
 
 use super::corpus::Descriptor;
-use super::pki::generate_test_pki;
+use super::pki::{generate_client_pki, generate_test_pki};
 use super::raw::{FetchedManifest, RawClient};
 use std::process::Stdio;
 use std::time::Instant;
@@ -33,6 +33,9 @@ pub struct RegistryOpts {
     pub auth: Option<(String, String)>,
     /// Serve HTTPS with a certificate from a fresh test CA.
     pub tls: bool,
+    /// With `tls`: require a client certificate (mutual TLS) signed by a second test CA; the
+    /// harness's client and [`TestRegistry::cert_dir`] carry one.
+    pub client_certs: bool,
     /// With `auth`: use token authentication (Bearer JWTs from a [`TokenServer`] that checks
     /// those credentials) instead of htpasswd basic auth.
     pub token: bool,
@@ -50,6 +53,13 @@ impl RegistryOpts {
 
     pub fn with_tls(mut self) -> RegistryOpts {
         self.tls = true;
+        self
+    }
+
+    /// Mutual TLS: the registry refuses clients without a certificate from its client CA.
+    pub fn with_client_certs(mut self) -> RegistryOpts {
+        self.tls = true;
+        self.client_certs = true;
         self
     }
 
@@ -131,6 +141,17 @@ impl TestRegistry {
             fs::copy(root.join("tls/ca.crt"), root.join("certs/ca.crt")).expect("copy ca.crt");
             ca_pem = Some(fs::read(root.join("tls/ca.crt")).expect("read ca.crt"));
         }
+        let mut identity_pem = None;
+        if opts.client_certs {
+            generate_client_pki(&root.join("tls"));
+            for f in ["client.cert", "client.key"] {
+                fs::copy(root.join("tls").join(f), root.join("certs").join(f))
+                    .expect("copy the client certificate");
+            }
+            let mut pem = fs::read(root.join("tls/client.key")).expect("read client.key");
+            pem.extend(fs::read(root.join("tls/client.cert")).expect("read client.cert"));
+            identity_pem = Some(pem);
+        }
         let mut token_server = None;
         if let Some((u, p)) = &opts.auth {
             if opts.token {
@@ -141,10 +162,11 @@ impl TestRegistry {
         }
         let scheme = if opts.tls { "https" } else { "http" };
         let client_for = |port: u16| {
-            RawClient::new(
+            RawClient::with_identity(
                 &format!("{scheme}://127.0.0.1:{port}"),
                 opts.auth.clone(),
                 ca_pem.as_deref(),
+                identity_pem.as_deref(),
             )
         };
         let port = free_port();
@@ -198,6 +220,10 @@ impl TestRegistry {
                 yaml_quote(&root.join("tls/server.crt"))
             );
             let _ = writeln!(y, "    key: {}", yaml_quote(&root.join("tls/server.key")));
+            if opts.client_certs {
+                y.push_str("    clientcas:\n");
+                let _ = writeln!(y, "      - {}", yaml_quote(&root.join("tls/client-ca.crt")));
+            }
         }
         if let Some(realm) = token_realm {
             y.push_str("auth:\n  token:\n");
@@ -324,7 +350,8 @@ impl TestRegistry {
         self.dir.path().join("tls/ca.crt")
     }
 
-    /// A directory containing only `ca.crt`, for `skopeo --cert-dir` (or docker's certs.d).
+    /// A directory holding `ca.crt` (and `client.cert`, `client.key` with client
+    /// certificates), for `skopeo --cert-dir` (or docker's certs.d).
     pub fn cert_dir(&self) -> PathBuf {
         assert!(
             self.opts.tls,
