@@ -55,25 +55,22 @@ pub fn for_registry(name: &str, dirs: &[PathBuf]) -> Result<RegistryCerts> {
         for f in &files {
             match f.extension().and_then(|e| e.to_str()) {
                 Some("crt") => found.roots.push(f.clone()),
-                Some("cert") => {
-                    let key = f.with_extension("key");
-                    if !key.is_file() {
+                Some(ext @ ("cert" | "key")) => {
+                    let (what, other, other_what) = if ext == "cert" {
+                        ("client certificate", "key", "key")
+                    } else {
+                        ("client key", "cert", "certificate")
+                    };
+                    let partner = f.with_extension(other);
+                    if !partner.is_file() {
                         return Err(Error::Usage(format!(
-                            "client certificate {} has no key {}",
+                            "{what} {} has no {other_what} {}",
                             f.display(),
-                            key.display()
+                            partner.display()
                         )));
                     }
-                    found.identity.get_or_insert((f.clone(), key));
-                }
-                Some("key") => {
-                    let cert = f.with_extension("cert");
-                    if !cert.is_file() {
-                        return Err(Error::Usage(format!(
-                            "client key {} has no certificate {}",
-                            f.display(),
-                            cert.display()
-                        )));
+                    if ext == "cert" {
+                        found.identity.get_or_insert((f.clone(), partner));
                     }
                 }
                 _ => {}

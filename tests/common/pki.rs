@@ -7,54 +7,80 @@ use std::process::Command;
 
 use super::util::run_tool;
 
-/// Generate a CA and a server certificate (SAN IP:127.0.0.1, DNS:localhost) with openssl.
-/// Writes `ca.key ca.crt server.key server.crt` into `dir`.
-pub fn generate_test_pki(dir: &Path) {
-    fs::create_dir_all(dir).expect("create tls dir");
-    let ec = [
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:prime256v1",
-        "-nodes",
-    ];
+const EC: [&str; 5] = [
+    "-newkey",
+    "ec",
+    "-pkeyopt",
+    "ec_paramgen_curve:prime256v1",
+    "-nodes",
+];
+
+/// A self-signed CA in `dir`: `NAME.key` and `NAME.crt`, common name `cn`.
+fn make_ca(dir: &Path, name: &str, cn: &str) {
     run_tool(
         Command::new("openssl")
             .current_dir(dir)
             .args(["req", "-x509", "-new"])
-            .args(ec)
-            .args(["-keyout", "ca.key", "-out", "ca.crt", "-days", "7"])
-            .args(["-subj", "/CN=airlock test CA"])
+            .args(EC)
+            .args([
+                "-keyout",
+                &format!("{name}.key"),
+                "-out",
+                &format!("{name}.crt"),
+            ])
+            .args(["-days", "7", "-subj", &format!("/CN={cn}")])
             .args(["-addext", "basicConstraints=critical,CA:TRUE"])
             .args(["-addext", "keyUsage=critical,keyCertSign,cRLSign"]),
-        "openssl: create test CA",
+        &format!("openssl: create {cn}"),
     );
+}
+
+/// A key `NAME.key` and a certificate `out` for `cn` in `dir`, signed by the CA `ca`
+/// (`ca.crt`, `ca.key`) with the extensions `ext`.
+fn make_leaf(dir: &Path, name: &str, out: &str, cn: &str, ca: &str, ext: &str) {
     run_tool(
         Command::new("openssl")
             .current_dir(dir)
             .args(["req", "-new"])
-            .args(ec)
-            .args(["-keyout", "server.key", "-out", "server.csr"])
-            .args(["-subj", "/CN=localhost"]),
-        "openssl: create server CSR",
+            .args(EC)
+            .args([
+                "-keyout",
+                &format!("{name}.key"),
+                "-out",
+                &format!("{name}.csr"),
+            ])
+            .args(["-subj", &format!("/CN={cn}")]),
+        &format!("openssl: create the CSR of {cn}"),
     );
-    fs::write(
-        dir.join("server.ext"),
+    fs::write(dir.join(format!("{name}.ext")), ext).expect("write the extensions");
+    run_tool(
+        Command::new("openssl")
+            .current_dir(dir)
+            .args(["x509", "-req", "-in", &format!("{name}.csr")])
+            .args(["-CA", &format!("{ca}.crt"), "-CAkey", &format!("{ca}.key")])
+            .args(["-CAcreateserial", "-out", out, "-days", "7"])
+            .args(["-extfile", &format!("{name}.ext")]),
+        &format!("openssl: sign the certificate of {cn}"),
+    );
+}
+
+/// Generate a CA and a server certificate (SAN IP:127.0.0.1, DNS:localhost) with openssl.
+/// Writes `ca.key ca.crt server.key server.crt` into `dir`.
+pub fn generate_test_pki(dir: &Path) {
+    fs::create_dir_all(dir).expect("create tls dir");
+    make_ca(dir, "ca", "airlock test CA");
+    make_leaf(
+        dir,
+        "server",
+        "server.crt",
+        "localhost",
+        "ca",
         "basicConstraints=critical,CA:FALSE\n\
          keyUsage=critical,digitalSignature,keyEncipherment\n\
          extendedKeyUsage=serverAuth\n\
          subjectAltName=IP:127.0.0.1,DNS:localhost\n\
          subjectKeyIdentifier=hash\n\
          authorityKeyIdentifier=keyid,issuer\n",
-    )
-    .expect("write server.ext");
-    run_tool(
-        Command::new("openssl")
-            .current_dir(dir)
-            .args(["x509", "-req", "-in", "server.csr", "-CA", "ca.crt"])
-            .args(["-CAkey", "ca.key", "-CAcreateserial", "-out", "server.crt"])
-            .args(["-days", "7", "-extfile", "server.ext"]),
-        "openssl: sign server certificate",
     );
 }
 
@@ -63,59 +89,15 @@ pub fn generate_test_pki(dir: &Path) {
 /// into `dir` (the `.cert`/`.key` names docker's certs.d pairs).
 pub fn generate_client_pki(dir: &Path) {
     fs::create_dir_all(dir).expect("create tls dir");
-    let ec = [
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:prime256v1",
-        "-nodes",
-    ];
-    run_tool(
-        Command::new("openssl")
-            .current_dir(dir)
-            .args(["req", "-x509", "-new"])
-            .args(ec)
-            .args([
-                "-keyout",
-                "client-ca.key",
-                "-out",
-                "client-ca.crt",
-                "-days",
-                "7",
-            ])
-            .args(["-subj", "/CN=airlock test client CA"])
-            .args(["-addext", "basicConstraints=critical,CA:TRUE"])
-            .args(["-addext", "keyUsage=critical,keyCertSign,cRLSign"]),
-        "openssl: create test client CA",
-    );
-    run_tool(
-        Command::new("openssl")
-            .current_dir(dir)
-            .args(["req", "-new"])
-            .args(ec)
-            .args(["-keyout", "client.key", "-out", "client.csr"])
-            .args(["-subj", "/CN=airlock test client"]),
-        "openssl: create client CSR",
-    );
-    fs::write(
-        dir.join("client.ext"),
+    make_ca(dir, "client-ca", "airlock test client CA");
+    make_leaf(
+        dir,
+        "client",
+        "client.cert",
+        "airlock test client",
+        "client-ca",
         "basicConstraints=critical,CA:FALSE\n\
          keyUsage=critical,digitalSignature\n\
          extendedKeyUsage=clientAuth\n",
-    )
-    .expect("write client.ext");
-    run_tool(
-        Command::new("openssl")
-            .current_dir(dir)
-            .args(["x509", "-req", "-in", "client.csr", "-CA", "client-ca.crt"])
-            .args([
-                "-CAkey",
-                "client-ca.key",
-                "-CAcreateserial",
-                "-out",
-                "client.cert",
-            ])
-            .args(["-days", "7", "-extfile", "client.ext"]),
-        "openssl: sign client certificate",
     );
 }

@@ -1037,33 +1037,22 @@ fn handle_request(client: &mut TcpStream, _id: u64, sh: &Shared) -> io::Result<(
                         "empty-catalog",
                     );
                 }
-                Quirk::RedirectBlobs
+                Quirk::RedirectBlobs | Quirk::RedirectBlobsNowhere
                     if method == "GET"
                         && path.contains("/blobs/sha256:")
                         && !path.contains("/blobs/uploads/") =>
                 {
-                    let port = sh.blob_port.unwrap_or(0);
+                    let location = if *q == Quirk::RedirectBlobs {
+                        format!("http://localhost:{}{path}", sh.blob_port.unwrap_or(0))
+                    } else {
+                        format!(
+                            "http://127.0.0.1:{}{path}?X-Amz-Expires=300&X-Amz-Signature={REDIRECT_SIGNATURE}",
+                            sh.nowhere_port.unwrap_or(0)
+                        )
+                    };
                     action = Action::Answer(
                         "307 Temporary Redirect".into(),
-                        vec![("Location", format!("http://localhost:{port}{path}"))],
-                        String::new(),
-                        "redirected",
-                    );
-                }
-                Quirk::RedirectBlobsNowhere
-                    if method == "GET"
-                        && path.contains("/blobs/sha256:")
-                        && !path.contains("/blobs/uploads/") =>
-                {
-                    let port = sh.nowhere_port.unwrap_or(0);
-                    action = Action::Answer(
-                        "307 Temporary Redirect".into(),
-                        vec![(
-                            "Location",
-                            format!(
-                                "http://127.0.0.1:{port}{path}?X-Amz-Expires=300&X-Amz-Signature={REDIRECT_SIGNATURE}"
-                            ),
-                        )],
+                        vec![("Location", location)],
                         String::new(),
                         "redirected",
                     );
