@@ -1,16 +1,19 @@
 //! Credentials for a registry: where they come from (flags, the seed's environment variables,
 //! docker's config.json and its helpers, podman's auth.json, a hidden prompt) and a type that
-//! never prints its password.
+//! never prints its password or identity token.
 
 use crate::error::{Error, Result};
 use crate::registry::TlsOptions;
 use std::fmt;
 
-/// A username and password. `Debug` and `Display` never show the password.
+/// A username and password, or an identity token (an OAuth2 refresh token that docker's
+/// config.json keeps in place of a password, as `az acr login` leaves it). `Debug` and
+/// `Display` never show the password or the token.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Credentials {
     pub username: String,
     password: String,
+    identity_token: bool,
 }
 
 impl Credentials {
@@ -18,11 +21,27 @@ impl Credentials {
         Credentials {
             username: username.into(),
             password: password.into(),
+            identity_token: false,
+        }
+    }
+
+    /// An identity token: exchanged at the registry's token endpoint for access tokens
+    /// (`grant_type=refresh_token`), never sent as a password.
+    pub fn identity_token(token: impl Into<String>) -> Self {
+        Credentials {
+            username: String::new(),
+            password: token.into(),
+            identity_token: true,
         }
     }
 
     pub fn password(&self) -> &str {
         &self.password
+    }
+
+    /// The identity token, when these are one.
+    pub fn refresh_token(&self) -> Option<&str> {
+        self.identity_token.then_some(self.password.as_str())
     }
 }
 
@@ -47,20 +66,20 @@ fn lookup_keys(registry: &str) -> Vec<String> {
 }
 
 /// Looks the registry up in docker's config.json (with `credHelpers`/`credsStore`), then in
-/// podman's auth.json. Identity tokens are not supported and are skipped.
+/// podman's auth.json: a username and password, or an identity token.
 pub fn from_config_files(registry: &str) -> Option<Credentials> {
+    let found = |c: docker_credential::DockerCredential| match c {
+        docker_credential::DockerCredential::UsernamePassword(u, p) => Credentials::new(u, p),
+        docker_credential::DockerCredential::IdentityToken(t) => Credentials::identity_token(t),
+    };
     for key in lookup_keys(registry) {
-        if let Ok(docker_credential::DockerCredential::UsernamePassword(u, p)) =
-            docker_credential::get_credential(&key)
-        {
-            return Some(Credentials::new(u, p));
+        if let Ok(c) = docker_credential::get_credential(&key) {
+            return Some(found(c));
         }
     }
     for key in lookup_keys(registry) {
-        if let Ok(docker_credential::DockerCredential::UsernamePassword(u, p)) =
-            docker_credential::get_podman_credential(&key)
-        {
-            return Some(Credentials::new(u, p));
+        if let Ok(c) = docker_credential::get_podman_credential(&key) {
+            return Some(found(c));
         }
     }
     None

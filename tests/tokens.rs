@@ -304,3 +304,87 @@ fn expired_token_401_mid_job_is_recovered() {
     );
     assert_eq!(bundle_digests(&again), corpus_digests(&corpus));
 }
+
+/// `az acr login` and other OAuth logins leave an *identity token* (an OAuth2 refresh token)
+/// in docker's config.json instead of a password. Import and export exchange it at the token
+/// endpoint (the refresh-token grant, a `POST`) for their access tokens, push and pull with
+/// them; a token the server no longer takes fails saying so, and is never printed.
+#[test]
+fn identity_tokens_from_the_docker_config_are_exchanged_for_access_tokens() {
+    let src = TestRegistry::start(RegistryOpts::plain());
+    let pushed = src.client().push_image(
+        "acr/app",
+        Some("1"),
+        ImageFormat::Oci,
+        &Platform::linux_amd64(),
+        &[small_layer(0x1d7, "identity", true)],
+        &[],
+    );
+    let dir = tempfile::tempdir().expect("tempdir");
+    let first = dir.path().join("first.tar.zst");
+    let out = run_airlock(
+        [
+            "export",
+            &format!("{}/acr/app:1", src.host()),
+            "-o",
+            path_str(&first),
+        ],
+        &[],
+        None,
+    );
+    assert_success(&out, "export from the plain registry");
+
+    let reg = TestRegistry::start(RegistryOpts::plain().with_token_auth(USER, PASS));
+    let tokens = reg.token_control();
+    let docker = dir.path().join("docker");
+    std::fs::create_dir_all(&docker).expect("mkdir");
+    let write_config = |token: &str| {
+        let conf = serde_json::json!({"auths": {reg.host(): {"identitytoken": token}}});
+        std::fs::write(docker.join("config.json"), conf.to_string()).expect("config.json");
+    };
+    let env = [("DOCKER_CONFIG", path_str(&docker))];
+    write_config(&tokens.identity_token());
+    tokens.clear_log();
+    let out = run_airlock(
+        ["import", path_str(&first), "--registry", &reg.host()],
+        &env,
+        None,
+    );
+    assert_success(&out, "import with an identity token");
+    let mut log = tokens.log();
+    // skopeo, the witness, logs in with the password.
+    assert_eq!(skopeo_digest(&reg, "acr/app:1"), pushed.digest);
+    tokens.clear_log();
+    let bundle = dir.path().join("b.tar.zst");
+    let image = format!("{}/acr/app:1", reg.host());
+    let export = || run_airlock(["export", &image, "-o", path_str(&bundle)], &env, None);
+    let out = export();
+    assert_success(&out, "export with an identity token");
+    log.extend(tokens.log());
+    assert!(
+        log.iter()
+            .any(|t| t.scopes.iter().any(|s| s.contains("push")))
+            && log
+                .iter()
+                .any(|t| t.scopes.iter().any(|s| s.ends_with(":pull"))),
+        "{}",
+        describe_tokens(&log)
+    );
+    assert!(
+        log.iter()
+            .all(|t| t.by_refresh_token && t.account.as_deref() == Some(USER)),
+        "every token by the refresh-token grant:\n{}",
+        describe_tokens(&log)
+    );
+
+    // Revoked (or expired) at the server: exit 1, said plainly, never printed.
+    write_config("revoked-1d3nt1ty-token");
+    std::fs::remove_file(&bundle).expect("rm bundle");
+    let out = export();
+    let err = stderr_text(&out);
+    println!("{}", err.trim());
+    assert_eq!(out.status.code(), Some(1), "{}", describe_output(&out));
+    assert!(err.contains("identity token"), "{err}");
+    assert!(!err.contains("revoked-1d3nt1ty-token"), "{err}");
+    assert!(!bundle.exists());
+}

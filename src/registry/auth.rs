@@ -1,5 +1,6 @@
 //! Registry authentication: parsing `WWW-Authenticate` challenges, Basic credentials, and
-//! Bearer tokens fetched from the challenge's realm, cached per scope for as long as their
+//! Bearer tokens fetched from the challenge's realm (with Basic credentials, or an identity
+//! token through OAuth2's refresh-token grant), cached per scope for as long as their
 //! `expires_in` says (60 s when absent), refreshed before they lapse and again when the
 //! registry answers 401 with one. One fetch per scope at a time; other scopes never wait.
 
@@ -169,7 +170,12 @@ impl Registry {
         let challenge = self.challenge();
         match challenge {
             None => Ok(None),
-            Some(Challenge::Basic) => Ok(self.creds.as_ref().map(basic_header)),
+            // An identity token is for token endpoints only, never sent as a password.
+            Some(Challenge::Basic) => Ok(self
+                .creds
+                .as_ref()
+                .filter(|c| c.refresh_token().is_none())
+                .map(basic_header)),
             Some(Challenge::Bearer { realm, service }) => {
                 let slot = self.tokens.slot(&scope.key());
                 let mut held = slot.lock().await;
@@ -195,8 +201,9 @@ impl Registry {
         service: Option<&str>,
         scope: &Scope,
     ) -> Result<Token> {
-        let mut url = Url::parse(realm)
+        let realm_url = Url::parse(realm)
             .map_err(|e| Error::registry(&self.name, format!("bad token realm {realm:?}: {e}")))?;
+        let mut url = realm_url.clone();
         {
             let mut q = url.query_pairs_mut();
             if let Some(s) = service {
@@ -206,10 +213,35 @@ impl Registry {
                 q.append_pair("scope", s);
             }
         }
-        let mut req = self.http.get(url);
-        if let Some(c) = &self.creds {
-            req = req.header(AUTHORIZATION, basic_header(c));
-        }
+        let req = match self.creds.as_ref().map(|c| (c, c.refresh_token())) {
+            // OAuth2's refresh-token grant, as docker does with an identity token: a form
+            // posted to the realm, the scopes space-separated.
+            Some((_, Some(refresh))) => {
+                let mut form = vec![
+                    ("grant_type", "refresh_token".to_string()),
+                    ("client_id", "airlock".to_string()),
+                    ("refresh_token", refresh.to_string()),
+                ];
+                if let Some(s) = service {
+                    form.push(("service", s.to_string()));
+                }
+                if !scope.0.is_empty() {
+                    form.push(("scope", scope.0.join(" ")));
+                }
+                let body = url::form_urlencoded::Serializer::new(String::new())
+                    .extend_pairs(form)
+                    .finish();
+                self.http
+                    .post(realm_url)
+                    .header(
+                        reqwest::header::CONTENT_TYPE,
+                        "application/x-www-form-urlencoded",
+                    )
+                    .body(body)
+            }
+            Some((c, None)) => self.http.get(url).header(AUTHORIZATION, basic_header(c)),
+            None => self.http.get(url),
+        };
         let asked = Instant::now();
         let idle = self.retry.idle_timeout;
         let resp = send_watched(req, idle, &Activity::new())

@@ -135,7 +135,15 @@ impl Registry {
     fn auth_error(&self) -> Error {
         Error::Auth {
             registry: self.name.clone(),
-            detail: if self.creds.is_some() {
+            detail: if self
+                .creds
+                .as_ref()
+                .is_some_and(|c| c.refresh_token().is_some())
+            {
+                "the registry refused the identity token from the docker config (it may have \
+                 expired: log in again, or give a username and password)"
+                    .into()
+            } else if self.creds.is_some() {
                 "the registry refused the username and password".into()
             } else {
                 "the registry requires credentials and none were given".into()

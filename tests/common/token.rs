@@ -1,6 +1,8 @@
 //! The token server of token-auth test registries: a minimal Docker token service issuing
 //! RS256 JWTs per scope, with a configurable lifetime (`expires_in`, also the JWT `exp`),
-//! optional anonymous pull tokens (as Docker Hub gives), and a log of every token issued.
+//! optional anonymous pull tokens (as Docker Hub gives), OAuth2's refresh-token grant for an
+//! identity token (as `az acr login` leaves in docker's config), and a log of every token
+//! issued.
 //!
 //! A [`TestRegistry`] started with [`RegistryOpts::with_token_auth`] owns one; reach it with
 //! [`TestRegistry::token_control`] to change its options while it runs and to read its log.
@@ -66,6 +68,9 @@ pub struct IssuedToken {
     pub exp: u64,
     /// The JWT `jti` claim.
     pub jti: String,
+    /// Asked for with OAuth2's refresh-token grant (a `POST` carrying the identity token)
+    /// rather than a `GET` with Basic credentials.
+    pub by_refresh_token: bool,
 }
 
 impl IssuedToken {
@@ -88,6 +93,8 @@ impl IssuedToken {
 
 struct TokenShared {
     port: u16,
+    /// The identity token (OAuth2 refresh token) the server accepts for its user.
+    identity_token: String,
     opts: Mutex<TokenOptions>,
     log: Mutex<Vec<IssuedToken>>,
     issued: AtomicUsize,
@@ -165,6 +172,7 @@ impl TokenServer {
         listener.set_nonblocking(true).expect("nonblocking");
         let shared = Arc::new(TokenShared {
             port,
+            identity_token: format!("identity-{port}-{}", signer.x5c.len()),
             opts: Mutex::new(opts),
             log: Mutex::new(Vec::new()),
             issued: AtomicUsize::new(0),
@@ -234,6 +242,12 @@ impl TokenControl {
 
     pub fn realm(&self) -> String {
         format!("http://127.0.0.1:{}/token", self.shared.port)
+    }
+
+    /// The identity token docker would keep in config.json for this server's user: the
+    /// server exchanges it for access tokens with OAuth2's refresh-token grant.
+    pub fn identity_token(&self) -> String {
+        self.shared.identity_token.clone()
     }
 
     pub fn options(&self) -> TokenOptions {
@@ -349,13 +363,40 @@ fn serve_token(mut stream: TcpStream, signer: &Signer, sh: &TokenShared) -> io::
         }
         buf.extend_from_slice(&chunk[..n]);
     }
-    let head = String::from_utf8_lossy(&buf).into_owned();
-    let target = head
-        .lines()
-        .next()
-        .and_then(|l| l.split_whitespace().nth(1))
-        .unwrap_or_default()
-        .to_string();
+    let head_end = buf
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map_or(buf.len(), |p| p + 4);
+    let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
+    let mut first = head.lines().next().unwrap_or_default().split_whitespace();
+    let method = first.next().unwrap_or_default().to_string();
+    let target = first.next().unwrap_or_default().to_string();
+    // OAuth2's refresh-token grant: a form in the body of a POST.
+    let mut form = Vec::new();
+    if method == "POST" {
+        let len: usize = head
+            .lines()
+            .find_map(|l| {
+                l.split_once(':')
+                    .filter(|(k, _)| k.eq_ignore_ascii_case("content-length"))
+                    .and_then(|(_, v)| v.trim().parse().ok())
+            })
+            .unwrap_or(0);
+        let mut body = buf[head_end..].to_vec();
+        while body.len() < len {
+            let n = stream.read(&mut chunk)?;
+            if n == 0 {
+                return Ok(());
+            }
+            body.extend_from_slice(&chunk[..n]);
+        }
+        form = String::from_utf8_lossy(&body)
+            .split('&')
+            .filter_map(|p| p.split_once('='))
+            .map(|(k, v)| (percent_decode(k), percent_decode(v)))
+            .collect::<Vec<_>>();
+    }
+    let field = |name: &str| form.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
     let auth_header = head.lines().find_map(|l| {
         l.split_once(':')
             .filter(|(k, _)| k.eq_ignore_ascii_case("authorization"))
@@ -369,26 +410,54 @@ fn serve_token(mut stream: TcpStream, signer: &Signer, sh: &TokenShared) -> io::
         );
     };
     let opts = sh.opts.lock().map(|o| o.clone()).unwrap_or_default();
-    let account = match auth_header {
-        Some(a) if a == signer.expected_auth => Some(signer.user.clone()),
-        None if opts.anonymous_pull => None,
-        _ => {
+    let by_refresh_token = method == "POST";
+    let account = if by_refresh_token {
+        if field("grant_type").as_deref() != Some("refresh_token")
+            || field("refresh_token").as_deref() != Some(sh.identity_token.as_str())
+        {
             respond(
                 &mut stream,
                 "401 Unauthorized",
-                r#"{"details":"bad credentials"}"#,
+                r#"{"error":"invalid_grant"}"#,
             );
             return Ok(());
         }
+        Some(signer.user.clone())
+    } else {
+        match auth_header {
+            Some(a) if a == signer.expected_auth => Some(signer.user.clone()),
+            None if opts.anonymous_pull => None,
+            _ => {
+                respond(
+                    &mut stream,
+                    "401 Unauthorized",
+                    r#"{"details":"bad credentials"}"#,
+                );
+                return Ok(());
+            }
+        }
     };
+    // GET: one `scope` parameter each; the grant's form: space-separated in one.
     let query = target.split_once('?').map(|(_, q)| q).unwrap_or_default();
+    let asked: Vec<String> = if by_refresh_token {
+        field("scope")
+            .unwrap_or_default()
+            .split(' ')
+            .filter(|s| !s.is_empty())
+            .map(String::from)
+            .collect()
+    } else {
+        query
+            .split('&')
+            .filter_map(|p| match p.split_once('=') {
+                Some(("scope", v)) => Some(percent_decode(v)),
+                _ => None,
+            })
+            .collect()
+    };
     let mut access = Vec::new();
     let mut scopes = Vec::new();
-    for pair in query.split('&') {
-        let Some(("scope", v)) = pair.split_once('=') else {
-            continue;
-        };
-        let scope = percent_decode(v);
+    for scope in asked {
         let mut parts = scope.splitn(3, ':');
         if let (Some(kind), Some(name), Some(actions)) = (parts.next(), parts.next(), parts.next())
         {
@@ -460,6 +529,7 @@ fn serve_token(mut stream: TcpStream, signer: &Signer, sh: &TokenShared) -> io::
             expires_in: opts.expires_in,
             exp,
             jti,
+            by_refresh_token,
         });
     }
     respond(&mut stream, "200 OK", &body.to_string());
