@@ -77,19 +77,24 @@ impl Registry {
                 Err(e) => errors.push((scheme.to_string(), via, e)),
             }
         }
+        // The TLS alert a registry behind mutual TLS answers a client without (or with the
+        // wrong) certificate.
+        let hint = |d: &str| {
+            if d.contains("BadCertificate") || d.contains("CertificateRequired") {
+                format!(
+                    " (the registry may want a client certificate: NAME.cert and NAME.key in \
+                     /etc/docker/certs.d/{name}/ or ~/.config/containers/certs.d/{name}/)"
+                )
+            } else {
+                String::new()
+            }
+        };
         let detail = |e: &Error| {
             let msg = e.to_string();
             let prefix = format!("registry {name}: ");
-            let mut d = msg.strip_prefix(&prefix).unwrap_or(&msg).to_string();
-            // The TLS alert a registry behind mutual TLS answers a client without (or with the
-            // wrong) certificate.
-            if d.contains("BadCertificate") || d.contains("CertificateRequired") {
-                d.push_str(&format!(
-                    " (the registry may want a client certificate: NAME.cert and NAME.key in \
-                     /etc/docker/certs.d/{name}/ or ~/.config/containers/certs.d/{name}/)"
-                ));
-            }
-            d
+            let d = msg.strip_prefix(&prefix).unwrap_or(&msg).to_string();
+            let h = hint(&d);
+            d + &h
         };
         match errors.len() {
             0 => Err(Error::registry(name, "no scheme to try")),
@@ -98,7 +103,23 @@ impl Registry {
                     name,
                     format!("through {via}: {}", detail(&e)),
                 )),
-                (_, None, e @ Error::Registry { .. }) => Err(Error::registry(name, detail(&e))),
+                (_, None, Error::Registry { registry, detail }) => Err(Error::Registry {
+                    detail: detail.clone() + &hint(&detail),
+                    registry,
+                }),
+                (
+                    _,
+                    None,
+                    Error::Transient {
+                        registry,
+                        detail,
+                        retry_after,
+                    },
+                ) => Err(Error::Transient {
+                    detail: detail.clone() + &hint(&detail),
+                    registry,
+                    retry_after,
+                }),
                 (_, None, e) => Err(e),
             },
             _ => Err(Error::registry(
