@@ -614,6 +614,14 @@ fn read_head(stream: &mut TcpStream, request: bool) -> io::Result<Option<(Head, 
             return Ok(None);
         }
         buf.extend_from_slice(&chunk[..n]);
+        // A TLS handshake (a client trying HTTPS first, as airlock does on loopback): answered
+        // at once as a plain-HTTP server answers it, not left to the client's timeout.
+        if request && buf[0] == 0x16 {
+            let _ = stream.write_all(
+                b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+            );
+            return Ok(None);
+        }
     };
     let text = String::from_utf8_lossy(&buf[..end]).into_owned();
     let mut lines = text.split("\r\n");
