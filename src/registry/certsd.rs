@@ -6,6 +6,7 @@
 //! them already.
 
 use crate::error::{Error, Result};
+use crate::options::Env;
 use std::path::{Path, PathBuf};
 
 /// What the certs.d directories hold for one registry.
@@ -18,19 +19,15 @@ pub struct RegistryCerts {
 }
 
 /// The certs.d directories, in the order they are read.
-pub fn dirs(env: &dyn Fn(&str) -> Option<String>) -> Vec<PathBuf> {
+pub fn dirs(env: &dyn Env) -> Vec<PathBuf> {
     let mut v = vec![
         PathBuf::from("/etc/docker/certs.d"),
         PathBuf::from("/etc/containers/certs.d"),
     ];
-    let config = env("XDG_CONFIG_HOME")
-        .filter(|s| !s.is_empty())
+    let config = env
+        .var("XDG_CONFIG_HOME")
         .map(PathBuf::from)
-        .or_else(|| {
-            env("HOME")
-                .filter(|s| !s.is_empty())
-                .map(|h| Path::new(&h).join(".config"))
-        });
+        .or_else(|| env.var("HOME").map(|h| Path::new(&h).join(".config")));
     if let Some(c) = config {
         v.push(c.join("containers/certs.d"));
     }
@@ -136,18 +133,18 @@ mod tests {
 
     #[test]
     fn the_users_directory_follows_xdg_config_home_then_home() {
-        let env = |k: &str| match k {
-            "XDG_CONFIG_HOME" => Some("/x".to_string()),
-            "HOME" => Some("/h".to_string()),
-            _ => None,
+        let env = |pairs: &[(&str, &str)]| -> std::collections::HashMap<String, String> {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
         };
         assert_eq!(
-            dirs(&env).last(),
+            dirs(&env(&[("XDG_CONFIG_HOME", "/x"), ("HOME", "/h")])).last(),
             Some(&PathBuf::from("/x/containers/certs.d"))
         );
-        let env = |k: &str| (k == "HOME").then(|| "/h".to_string());
         assert_eq!(
-            dirs(&env).last(),
+            dirs(&env(&[("XDG_CONFIG_HOME", ""), ("HOME", "/h")])).last(),
             Some(&PathBuf::from("/h/.config/containers/certs.d"))
         );
     }

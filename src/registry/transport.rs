@@ -61,8 +61,8 @@ pub fn client(name: &str, tls: &TlsOptions) -> Result<reqwest::Client> {
         builder = builder.add_root_certificate(cert);
     }
     // What docker or podman was given for this registry: its CAs and client certificate.
-    let env = |k: &str| std::env::var(k).ok();
-    let certs = super::certsd::for_registry(name, &super::certsd::dirs(&env))?;
+    let dirs = super::certsd::dirs(&crate::options::ProcessEnv);
+    let certs = super::certsd::for_registry(name, &dirs)?;
     for ca in &certs.roots {
         let pem = std::fs::read(ca)
             .map_err(|e| Error::io(format!("reading CA certificate {}", ca.display()), e))?;
