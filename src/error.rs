@@ -94,21 +94,42 @@ impl Error {
     /// Names the object a registry failure was about (`blob sha256:… of reg/repo: stalled…`),
     /// unless the message already does.
     pub fn about(self, what: &str) -> Self {
+        self.map_detail(|detail| {
+            if detail.contains(what) {
+                detail
+            } else {
+                format!("{what}: {detail}")
+            }
+        })
+    }
+
+    /// The same failure with the detail of a registry failure (`Registry`, `Transient`)
+    /// rewritten by `f`; any other error as it is.
+    pub fn map_detail(self, f: impl FnOnce(String) -> String) -> Self {
         match self {
-            Error::Registry { registry, detail } if !detail.contains(what) => Error::Registry {
+            Error::Registry { registry, detail } => Error::Registry {
                 registry,
-                detail: format!("{what}: {detail}"),
+                detail: f(detail),
             },
             Error::Transient {
                 registry,
                 detail,
                 retry_after,
-            } if !detail.contains(what) => Error::Transient {
+            } => Error::Transient {
                 registry,
-                detail: format!("{what}: {detail}"),
+                detail: f(detail),
                 retry_after,
             },
             e => e,
+        }
+    }
+
+    /// The message without its leading `registry NAME: `, to be said again of that registry.
+    pub fn text_after(&self, registry: &str) -> String {
+        let msg = self.to_string();
+        match msg.strip_prefix(&format!("registry {registry}: ")) {
+            Some(rest) => rest.to_string(),
+            None => msg,
         }
     }
 

@@ -123,18 +123,14 @@ impl Registry {
         }
         match self.get_manifest(repo, reference).await {
             Ok(there) if there.digest == m.digest => Ok(()),
-            Ok(there) => {
-                let msg = refused.to_string();
-                let prefix = format!("registry {}: ", self.name);
-                Err(Error::registry(
-                    &self.name,
-                    format!(
-                        "{}; the tag holds another manifest, {}",
-                        msg.strip_prefix(&prefix).unwrap_or(&msg),
-                        there.digest
-                    ),
-                ))
-            }
+            Ok(there) => Err(Error::registry(
+                &self.name,
+                format!(
+                    "{}; the tag holds another manifest, {}",
+                    refused.text_after(&self.name),
+                    there.digest
+                ),
+            )),
             Err(_) => Err(refused),
         }
     }

@@ -23,6 +23,19 @@ fn api_host(name: &str) -> &str {
     }
 }
 
+/// `detail` with, when it is the TLS alert a registry behind mutual TLS answers a client
+/// without (or with the wrong) certificate, where that certificate goes.
+fn with_cert_hint(detail: String, name: &str) -> String {
+    if detail.contains("BadCertificate") || detail.contains("CertificateRequired") {
+        format!(
+            "{detail} (the registry may want a client certificate: NAME.cert and NAME.key in \
+             /etc/docker/certs.d/{name}/ or ~/.config/containers/certs.d/{name}/)"
+        )
+    } else {
+        detail
+    }
+}
+
 pub(super) fn is_loopback(name: &str) -> bool {
     let host = name
         .rsplit_once(':')
@@ -50,7 +63,7 @@ impl Registry {
         } else {
             &["https"]
         };
-        let mut errors: Vec<(String, Option<String>, Error)> = Vec::new();
+        let mut errors: Vec<(&str, Option<String>, Error)> = Vec::new();
         for scheme in schemes {
             let base = Url::parse(&format!("{scheme}://{host}/"))
                 .map_err(|e| Error::Usage(format!("registry {name:?}: {e}")))?;
@@ -74,52 +87,16 @@ impl Registry {
                 Ok(()) => return Ok(reg),
                 // Wrong credentials are final, whatever the scheme.
                 Err(e @ Error::Auth { .. }) => return Err(e),
-                Err(e) => errors.push((scheme.to_string(), via, e)),
+                Err(e) => errors.push((scheme, via, e.map_detail(|d| with_cert_hint(d, name)))),
             }
         }
-        // The TLS alert a registry behind mutual TLS answers a client without (or with the
-        // wrong) certificate.
-        let hint = |d: &str| {
-            if d.contains("BadCertificate") || d.contains("CertificateRequired") {
-                format!(
-                    " (the registry may want a client certificate: NAME.cert and NAME.key in \
-                     /etc/docker/certs.d/{name}/ or ~/.config/containers/certs.d/{name}/)"
-                )
-            } else {
-                String::new()
-            }
-        };
-        let detail = |e: &Error| {
-            let msg = e.to_string();
-            let prefix = format!("registry {name}: ");
-            let d = msg.strip_prefix(&prefix).unwrap_or(&msg).to_string();
-            let h = hint(&d);
-            d + &h
-        };
         match errors.len() {
             0 => Err(Error::registry(name, "no scheme to try")),
             1 => match errors.remove(0) {
                 (_, Some(via), e) => Err(Error::registry(
                     name,
-                    format!("through {via}: {}", detail(&e)),
+                    format!("through {via}: {}", e.text_after(name)),
                 )),
-                (_, None, Error::Registry { registry, detail }) => Err(Error::Registry {
-                    detail: detail.clone() + &hint(&detail),
-                    registry,
-                }),
-                (
-                    _,
-                    None,
-                    Error::Transient {
-                        registry,
-                        detail,
-                        retry_after,
-                    },
-                ) => Err(Error::Transient {
-                    detail: detail.clone() + &hint(&detail),
-                    registry,
-                    retry_after,
-                }),
                 (_, None, e) => Err(e),
             },
             _ => Err(Error::registry(
@@ -127,8 +104,8 @@ impl Registry {
                 errors
                     .iter()
                     .map(|(scheme, via, e)| match via {
-                        Some(via) => format!("over {scheme} through {via}: {}", detail(e)),
-                        None => format!("over {scheme}: {}", detail(e)),
+                        Some(via) => format!("over {scheme} through {via}: {}", e.text_after(name)),
+                        None => format!("over {scheme}: {}", e.text_after(name)),
                     })
                     .collect::<Vec<_>>()
                     .join("; "),
