@@ -203,16 +203,20 @@ impl Registry {
     ) -> Result<Token> {
         let realm_url = Url::parse(realm)
             .map_err(|e| Error::registry(&self.name, format!("bad token realm {realm:?}: {e}")))?;
-        let mut url = realm_url.clone();
-        {
-            let mut q = url.query_pairs_mut();
-            if let Some(s) = service {
-                q.append_pair("service", s);
+        // The token spec's GET: service and each scope in the query.
+        let get = || {
+            let mut url = realm_url.clone();
+            {
+                let mut q = url.query_pairs_mut();
+                if let Some(s) = service {
+                    q.append_pair("service", s);
+                }
+                for s in &scope.0 {
+                    q.append_pair("scope", s);
+                }
             }
-            for s in &scope.0 {
-                q.append_pair("scope", s);
-            }
-        }
+            self.http.get(url)
+        };
         let req = match self.creds.as_ref().map(|c| (c, c.refresh_token())) {
             // OAuth2's refresh-token grant, as docker does with an identity token: a form
             // posted to the realm, the scopes space-separated.
@@ -232,15 +236,15 @@ impl Registry {
                     .extend_pairs(form)
                     .finish();
                 self.http
-                    .post(realm_url)
+                    .post(realm_url.clone())
                     .header(
                         reqwest::header::CONTENT_TYPE,
                         "application/x-www-form-urlencoded",
                     )
                     .body(body)
             }
-            Some((c, None)) => self.http.get(url).header(AUTHORIZATION, basic_header(c)),
-            None => self.http.get(url),
+            Some((c, None)) => get().header(AUTHORIZATION, basic_header(c)),
+            None => get(),
         };
         let asked = Instant::now();
         let idle = self.retry.idle_timeout;
