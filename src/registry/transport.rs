@@ -54,8 +54,7 @@ pub fn client(name: &str, tls: &TlsOptions) -> Result<reqwest::Client> {
         .redirect(reqwest::redirect::Policy::none())
         .user_agent(concat!("airlock/", env!("CARGO_PKG_VERSION")));
     if let Some(ca) = &tls.ca_cert {
-        let pem = std::fs::read(ca)
-            .map_err(|e| Error::io(format!("reading CA certificate {}", ca.display()), e))?;
+        let pem = read_pem(ca, "CA certificate")?;
         let cert = reqwest::Certificate::from_pem(&pem)
             .map_err(|e| Error::Usage(format!("CA certificate {}: {}", ca.display(), chain(&e))))?;
         builder = builder.add_root_certificate(cert);
@@ -64,8 +63,7 @@ pub fn client(name: &str, tls: &TlsOptions) -> Result<reqwest::Client> {
     let dirs = super::certsd::dirs(&crate::options::ProcessEnv);
     let certs = super::certsd::for_registry(name, &dirs)?;
     for ca in &certs.roots {
-        let pem = std::fs::read(ca)
-            .map_err(|e| Error::io(format!("reading CA certificate {}", ca.display()), e))?;
+        let pem = read_pem(ca, "CA certificate")?;
         let bundle = reqwest::Certificate::from_pem_bundle(&pem)
             .map_err(|e| Error::Usage(format!("CA certificate {}: {}", ca.display(), chain(&e))))?;
         for cert in bundle {
@@ -73,14 +71,9 @@ pub fn client(name: &str, tls: &TlsOptions) -> Result<reqwest::Client> {
         }
     }
     if let Some((cert, key)) = &certs.identity {
-        let mut pem = std::fs::read(key)
-            .map_err(|e| Error::io(format!("reading client key {}", key.display()), e))?;
+        let mut pem = read_pem(key, "client key")?;
         pem.push(b'\n');
-        pem.extend(
-            std::fs::read(cert).map_err(|e| {
-                Error::io(format!("reading client certificate {}", cert.display()), e)
-            })?,
-        );
+        pem.extend(read_pem(cert, "client certificate")?);
         let id = reqwest::Identity::from_pem(&pem).map_err(|e| {
             Error::Usage(format!(
                 "client certificate {} with key {}: {}",
@@ -97,6 +90,11 @@ pub fn client(name: &str, tls: &TlsOptions) -> Result<reqwest::Client> {
     builder
         .build()
         .map_err(|e| Error::registry(name, format!("building HTTP client: {}", chain(&e))))
+}
+
+/// The bytes of a PEM file the client is built with; `what` names it in the error.
+fn read_pem(path: &std::path::Path, what: &str) -> Result<Vec<u8>> {
+    std::fs::read(path).map_err(|e| Error::io(format!("reading {what} {}", path.display()), e))
 }
 
 /// The proxy the environment sends requests for `url` through, as "the proxy
