@@ -672,6 +672,133 @@ fn immutable_tags_already_on_their_manifest_are_not_an_error() {
     );
 }
 
+/// One image `src/layers:1` (also tagged `latest`) with a 12 MiB and a 3 MiB incompressible
+/// layer and a small config.
+fn two_layer_source() -> (TestRegistry, Source) {
+    let src = TestRegistry::start(RegistryOpts::plain());
+    let layers = [
+        random_layer(0x0b0d_1e51, 12 * MIB, false),
+        random_layer(0x0b0d_1e52, 3 * MIB, false),
+    ];
+    let mut images = Vec::new();
+    for tag in ["1", "latest"] {
+        let m = src.client().push_image(
+            "src/layers",
+            Some(tag),
+            ImageFormat::Oci,
+            &Platform::linux_amd64(),
+            &layers,
+            &[("org.airlock.test.image", "layers")],
+        );
+        images.push(("src/layers".into(), tag.into(), m.digest.clone(), m.blobs));
+    }
+    (src, Source { images })
+}
+
+/// A registry behind nginx whose `client_max_body_size` is 2m (ingress-nginx's default is
+/// 1m): nginx answers 413 to any larger request, before reading it. The import still lands
+/// every image, byte for byte: each refusal lowers the largest request for that registry to
+/// the power of two below it, so the 12 MiB layer goes in 2 MiB chunks and the 3 MiB one too;
+/// the config still goes in one PUT (a 413 is a size limit, not a refusal of PUT bodies); the
+/// user is told what the proxy cost. Eight jobs learn the limit at once.
+#[test]
+fn a_proxys_body_limit_brings_requests_under_it() {
+    let (src, s) = two_layer_source();
+    let (_dir, bundle) = plain_bundle(&src, &s);
+    let limit = 2 * MIB as u64;
+    let target = TestRegistry::start(RegistryOpts::plain());
+    let proxy = QuirkProxy::start(&target, Quirk::BodyLimit(limit));
+    let out = import(&bundle, &proxy.host(), &["-j", "8"], &[]);
+    let log = proxy.describe();
+    assert_success(&out, &format!("import behind a 2 MiB body limit\n{log}"));
+    assert_target_has(&target, &s, &log);
+    assert_skopeo_reads(&target, &s);
+
+    let recs = proxy.records();
+    let refused: Vec<&QuirkRecord> = recs.iter().filter(|r| r.action == "too-large").collect();
+    // 12 MiB -> 8 -> 4 -> 2 for the large layer, 3 MiB -> 2 for the other: a handful of
+    // refusals, not one per chunk.
+    assert!(
+        !refused.is_empty() && refused.len() <= 8,
+        "{} refusals:\n{log}",
+        refused.len()
+    );
+    let (_, _, _, blobs) = &s.images[0];
+    for b in blobs {
+        let commit = recs
+            .iter()
+            .find(|r| {
+                r.is_commit()
+                    && r.status == Some(201)
+                    && r.commit_digest().as_deref() == Some(b.digest.as_str())
+            })
+            .unwrap_or_else(|| panic!("no commit of {}:\n{log}", b.digest));
+        let session = commit.session();
+        let patched: Vec<u64> = recs
+            .iter()
+            .filter(|r| r.method == "PATCH" && r.status == Some(202) && r.session() == session)
+            .map(|r| r.body_bytes)
+            .collect();
+        if b.size > limit {
+            assert!(
+                patched.iter().all(|n| *n == limit || *n == b.size % limit),
+                "{} went in chunks of {patched:?}, not of the 2 MiB under the limit:\n{log}",
+                b.digest
+            );
+            assert_eq!(patched.iter().sum::<u64>(), b.size, "{log}");
+        } else {
+            assert!(patched.is_empty(), "{} was chunked:\n{log}", b.digest);
+            assert_eq!(
+                commit.body_bytes, b.size,
+                "{} not in one PUT:\n{log}",
+                b.digest
+            );
+        }
+    }
+    let err = stderr_text(&out);
+    assert!(
+        err.contains("refused requests over 2.0 MiB with 413")
+            && err.contains("client_max_body_size"),
+        "{err}"
+    );
+}
+
+/// A limit no upload can live with (16 KiB, under the 64 KiB airlock goes down to): the
+/// import fails, naming the blob, the 413 and the setting to raise, without nginx's page;
+/// no tag is written.
+#[test]
+fn a_body_limit_too_small_to_upload_under_is_a_clear_error() {
+    let (src, s) = two_layer_source();
+    let (_dir, bundle) = plain_bundle(&src, &s);
+    let target = TestRegistry::start(RegistryOpts::plain());
+    let proxy = QuirkProxy::start(&target, Quirk::BodyLimit(16 * 1024));
+    let out = import(&bundle, &proxy.host(), &[], &[]);
+    let err = stderr_text(&out);
+    println!("{}", err.trim());
+    assert_eq!(out.status.code(), Some(1), "{}", describe_output(&out));
+    let layer = s.images[0]
+        .3
+        .iter()
+        .max_by_key(|d| d.size)
+        .expect("a layer");
+    assert!(err.contains(&layer.digest), "{err}");
+    assert!(
+        err.contains("413") && err.contains("client_max_body_size") && err.contains("65536 bytes"),
+        "{err}"
+    );
+    assert!(!err.contains("<html>"), "{err}");
+    assert!(
+        !err.contains("went in chunks"),
+        "no note on chunk sizes: {err}"
+    );
+    for (repo, tag, _, _) in &s.images {
+        assert!(
+            target.get_manifest(repo, tag).is_none(),
+            "{repo}:{tag} was tagged"
+        );
+    }
+}
+
 /// The connection of a chunk is cut mid-body: airlock asks the registry where the session is
 /// (GET on the upload location) and goes on from that offset in the same session, without a
 /// new POST for that blob.

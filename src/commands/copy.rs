@@ -5,7 +5,7 @@
 
 use crate::cli::{CopyArgs, ExportArgs};
 use crate::commands::export::{images_and_objects, inputs, partial, select};
-use crate::commands::import::{finish, plan_targets};
+use crate::commands::import::{finish, note_body_limit, plan_targets};
 use crate::error::Result;
 use crate::options::{CopyOptions, ProcessEnv, Terminal};
 use crate::progress::{human, Reporter};
@@ -117,9 +117,10 @@ pub async fn run(args: CopyArgs) -> Result<()> {
     ));
     reporter.start_bar(total, "copying");
     let source = Arc::new(RegistryObjects::new(objects, sel.clients));
+    let target = Arc::new(target);
     let report = crate::copy::push(
         source,
-        Arc::new(target),
+        target.clone(),
         targets,
         args.out.jobs as usize,
         args.out.json,
@@ -127,6 +128,7 @@ pub async fn run(args: CopyArgs) -> Result<()> {
     )
     .await;
     reporter.finish_bar();
+    note_body_limit(&target, &reporter);
     finish(report?, &reporter, args.out.json, "copied")?;
     partial(
         &sel.failed,

@@ -75,6 +75,21 @@ fn drop_repeated_names(mut targets: Vec<TargetImage>) -> Result<Vec<TargetImage>
     Ok(targets)
 }
 
+/// Tells the user when the target refused large requests (`413`) and uploads went in smaller
+/// chunks for it: raising the limit of the proxy in front of it makes them faster.
+pub(crate) fn note_body_limit(target: &crate::registry::Registry, reporter: &Reporter) {
+    if let Some(max) = target.body_limit() {
+        reporter.warn(format!(
+            "{} (or a proxy in front of it) refused requests over {} with 413 Payload Too \
+             Large: blobs went in chunks of at most {}, more requests than needed; raising \
+             its request body limit makes uploads faster (nginx: client_max_body_size 0)",
+            target.name(),
+            human(max),
+            human(max)
+        ));
+    }
+}
+
 /// Prints what a push did and turns failed images into an error naming each (`done`:
 /// "imported" or "copied").
 pub(crate) fn finish(
@@ -216,7 +231,7 @@ pub async fn run(args: ImportArgs) -> Result<()> {
         let plan = copy::plan(source.as_ref(), &target, &targets, args.out.jobs as usize).await?;
         return show_plan(&plan, &registry, args.out.json);
     }
-    let target: Arc<dyn crate::store::Sink> = Arc::new(target);
+    let target = Arc::new(target);
     reporter.info(format!(
         "importing {} images ({}) from {} into {registry}",
         targets.len(),
@@ -226,13 +241,14 @@ pub async fn run(args: ImportArgs) -> Result<()> {
     reporter.start_bar(bundle.manifest.total_size, "uploading");
     let report = copy::push(
         Arc::new(bundle.clone()),
-        target,
+        target.clone(),
         targets,
         args.out.jobs as usize,
         args.out.json,
         reporter.clone(),
     )
     .await;
+    note_body_limit(&target, &reporter);
     let report = match report {
         Ok(r) => r,
         Err(e) => {

@@ -95,6 +95,9 @@ pub struct Registry {
     upload_mode: AtomicU8,
     /// Whether it takes a `PUT` carrying a blob, learnt from its answers (see `upload`).
     put_body: AtomicU8,
+    /// The largest request body it (or a proxy in front of it) was not seen to refuse with
+    /// `413`, learnt from its answers (`u64::MAX` until then; see `upload`).
+    body_max: std::sync::atomic::AtomicU64,
     /// Set once the registry answered the referrers API with 404: it has none (a registry
     /// that has one must not answer 404), so it is not asked again in this run.
     no_referrers_api: std::sync::atomic::AtomicBool,
@@ -294,6 +297,9 @@ impl Registry {
         if retryable_status(status) {
             return Error::transient(&self.name, format!("{what}: answered {status}"), None);
         }
+        if status == StatusCode::PAYLOAD_TOO_LARGE {
+            return Error::registry(&self.name, format!("{what}: {}", too_large(None)));
+        }
         Error::registry(
             &self.name,
             format!(
@@ -302,6 +308,20 @@ impl Registry {
             ),
         )
     }
+}
+
+/// What a `413` means, for a request of `bytes` when known: the page a proxy answers with
+/// (nginx's HTML) is left out.
+fn too_large(bytes: Option<u64>) -> String {
+    let what = match bytes {
+        Some(n) => format!("a request of {n} bytes"),
+        None => "the request".to_string(),
+    };
+    format!(
+        "answered 413 Payload Too Large: the registry, or a proxy in front of it, refuses {what}. \
+         Raise its request body limit (nginx: client_max_body_size 0; ingress-nginx: the \
+         annotation nginx.ingress.kubernetes.io/proxy-body-size: \"0\")"
+    )
 }
 
 /// `Retry-After` of a response, in seconds or as an HTTP date.

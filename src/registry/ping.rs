@@ -77,6 +77,7 @@ impl Registry {
                 retry: retry.clone(),
                 upload_mode: AtomicU8::new(0),
                 put_body: AtomicU8::new(0),
+                body_max: std::sync::atomic::AtomicU64::new(u64::MAX),
                 no_referrers_api: Default::default(),
             };
             // A loopback HTTPS attempt that fails to connect falls back at once, without retries.

@@ -7,7 +7,9 @@
 //! without a body. A registry that refuses `PATCH` (Google's) gets one monolithic `PUT` with
 //! the body for every blob instead; a registry that refuses a `PUT` with a body
 //! (Artifactory) gets chunks for every blob; each refusal is met once and remembered for that
-//! registry. A cut chunk resumes from the offset the registry reports
+//! registry. A request refused with `413` (a proxy's body limit, nginx's
+//! `client_max_body_size`) lowers the largest request body for that registry to the power of
+//! two below it, down to 64 KiB: blobs over it go in chunks that size. A cut chunk resumes from the offset the registry reports
 //! (`GET` on the session) instead of from byte 0. A mount answered 202 continues in the session
 //! it opened; one answered 401/403/404/405 falls back to an upload. A session given up on is
 //! cancelled with `DELETE`. The whole upload is one operation with one retry budget.
@@ -78,6 +80,10 @@ pub const ONE_PUT_MAX: u64 = MIN_CHUNK;
 
 /// The smallest chunk but the last (ECR's limit).
 pub const MIN_CHUNK: u64 = 5 * 1024 * 1024;
+/// The smallest request body a `413` may bring the chunks down to; a refusal of a request
+/// this small or smaller is an error.
+pub const MIN_BODY: u64 = 64 * 1024;
+
 /// The chunk size when `AIRLOCK_CHUNK_SIZE` does not say.
 pub const DEFAULT_CHUNK: u64 = crate::options::DEFAULT_CHUNK_SIZE;
 
@@ -108,6 +114,8 @@ enum Outcome {
     NoChunks,
     /// The registry refuses a PUT carrying the blob: upload in chunks instead.
     NoBody,
+    /// A request carrying this many bytes was refused with `413`: send smaller ones.
+    TooLarge(u64),
     Fatal(Error),
 }
 
@@ -255,6 +263,11 @@ fn held_until(v: &str) -> Option<u64> {
     Some(if end == 0 { 0 } else { end + 1 })
 }
 
+/// The largest power of two under `n` (`n` > 1).
+fn power_of_two_below(n: u64) -> u64 {
+    1u64 << (63 - (n.max(2) - 1).leading_zeros())
+}
+
 /// Does an error answer mean "this registry does not take PATCH uploads"?
 fn refuses_chunks(status: StatusCode, body: &[u8]) -> bool {
     matches!(status.as_u16(), 405 | 501)
@@ -263,9 +276,10 @@ fn refuses_chunks(status: StatusCode, body: &[u8]) -> bool {
 }
 
 /// May an error answer to a `PUT` carrying the blob mean "this registry takes no body on a
-/// PUT"? Not when it says the digest or size is wrong: that is the content's fault.
+/// PUT"? Not when it says the digest or size is wrong: that is the content's fault. Not a
+/// `413` either: that is a limit on the body's size (chunks of a size it takes).
 fn may_refuse_body(status: StatusCode) -> bool {
-    matches!(status.as_u16(), 400 | 405 | 413 | 415 | 501)
+    matches!(status.as_u16(), 400 | 405 | 415 | 501)
 }
 
 /// Does an error answer to a `PUT` carrying the blob (see [`may_refuse_body`]) say the
@@ -338,6 +352,17 @@ impl Registry {
                     // Remembered: this and every later upload go in chunks, in a new session.
                     self.put_body.store(BODY_REFUSED, Ordering::Relaxed);
                     self.cancel(repo, session.take()).await;
+                    continue;
+                }
+                Err(Outcome::TooLarge(bytes)) => {
+                    // Remembered: every later request carries at most a power of two below
+                    // `bytes` (which is over MIN_BODY), so this ends. The session stands
+                    // where it stood: ask it.
+                    self.body_max
+                        .fetch_min(power_of_two_below(bytes), Ordering::Relaxed);
+                    if let Some(s) = session.as_mut() {
+                        s.known = false;
+                    }
                     continue;
                 }
                 Err(Outcome::Fatal(e)) => {
@@ -452,7 +477,8 @@ impl Registry {
         };
         let mode = self.upload_mode.load(Ordering::Relaxed);
         let body = self.put_body.load(Ordering::Relaxed);
-        if mode == MODE_MONOLITHIC || (size <= ONE_PUT_MAX && body != BODY_REFUSED) {
+        let one_put_max = ONE_PUT_MAX.min(self.body_max());
+        if mode == MODE_MONOLITHIC || (size <= one_put_max && body != BODY_REFUSED) {
             // One PUT with the whole body, from the start of a fresh session.
             if s.offset != 0 {
                 let old = session.take();
@@ -502,7 +528,7 @@ impl Registry {
         s: &mut Session,
         what: &str,
     ) -> std::result::Result<(), Outcome> {
-        let chunk = chunk_size(s.min_chunk);
+        let chunk = chunk_size(s.min_chunk).min(self.body_max());
         let error: SourceError = Arc::default();
         let scope = Scope::push(repo);
         let mut shared: Option<(Arc<Mutex<Shared>>, u64)> = None;
@@ -575,6 +601,7 @@ impl Registry {
                     let ra = super::retry_after(&resp);
                     return Err(Outcome::Again(format!("PATCH answered {status}"), ra));
                 }
+                StatusCode::PAYLOAD_TOO_LARGE => return Err(self.too_large(what, "PATCH", len)),
                 _ => {
                     let body = self.error_body(resp).await;
                     if refuses_chunks(status, &body)
@@ -587,6 +614,34 @@ impl Registry {
             }
         }
         Ok(())
+    }
+
+    /// A request carrying `bytes` answered `413`: go on with smaller ones, unless it was
+    /// small already.
+    fn too_large(&self, what: &str, request: &str, bytes: u64) -> Outcome {
+        if bytes > MIN_BODY {
+            return Outcome::TooLarge(bytes);
+        }
+        // No size works: the error says so, not a note on chunk sizes.
+        self.body_max.store(0, Ordering::Relaxed);
+        Outcome::Fatal(Error::registry(
+            &self.name,
+            format!("{what}: {request} {}", super::too_large(Some(bytes))),
+        ))
+    }
+
+    /// The largest request body to send this registry: what `413`s left, never under
+    /// `MIN_BODY` (0, "no size works", is left by a refusal at `MIN_BODY`: that upload failed).
+    fn body_max(&self) -> u64 {
+        self.body_max.load(Ordering::Relaxed).max(MIN_BODY)
+    }
+
+    /// The largest request body this registry takes when a `413` said so (see
+    /// [`Registry::upload_blob`]), for a note to the user: uploads over it went in smaller
+    /// chunks.
+    pub fn body_limit(&self) -> Option<u64> {
+        let max = self.body_max.load(Ordering::Relaxed);
+        (max != u64::MAX && max != 0).then_some(max)
     }
 
     /// A request of an upload refused for good: the registry's status and what it said.
@@ -655,6 +710,18 @@ impl Registry {
         if retryable_status(status) {
             let ra = super::retry_after(&resp);
             return Err(Outcome::Again(format!("PUT answered {status}"), ra));
+        }
+        if status == StatusCode::PAYLOAD_TOO_LARGE {
+            if self.upload_mode.load(Ordering::Relaxed) == MODE_MONOLITHIC {
+                return Err(Outcome::Fatal(Error::registry(
+                    &self.name,
+                    format!(
+                        "{what}: PUT {} (and the registry refuses chunked uploads)",
+                        super::too_large(Some(size))
+                    ),
+                )));
+            }
+            return Err(self.too_large(what, "PUT", size));
         }
         if may_refuse && may_refuse_body(status) {
             let body = self.error_body(resp).await;
@@ -825,6 +892,17 @@ mod tests {
     }
 
     #[test]
+    fn a_413_brings_requests_to_the_power_of_two_below() {
+        const M: u64 = 1024 * 1024;
+        assert_eq!(power_of_two_below(64 * M), 32 * M);
+        assert_eq!(power_of_two_below(12 * M), 8 * M);
+        assert_eq!(power_of_two_below(3 * M), 2 * M);
+        assert_eq!(power_of_two_below(2 * M + 1), 2 * M);
+        assert_eq!(power_of_two_below(MIN_BODY + 1), MIN_BODY);
+        assert_eq!(power_of_two_below(2), 1);
+    }
+
+    #[test]
     fn chunk_refusals() {
         assert!(refuses_chunks(StatusCode::METHOD_NOT_ALLOWED, b""));
         assert!(refuses_chunks(
@@ -839,10 +917,10 @@ mod tests {
 
     #[test]
     fn body_refusals() {
-        for code in [400, 405, 413, 415, 501] {
+        for code in [400, 405, 415, 501] {
             assert!(may_refuse_body(StatusCode::from_u16(code).expect("status")));
         }
-        for code in [401, 403, 404, 416, 500, 503] {
+        for code in [401, 403, 404, 413, 416, 500, 503] {
             assert!(!may_refuse_body(
                 StatusCode::from_u16(code).expect("status")
             ));

@@ -77,7 +77,16 @@ pub enum Quirk {
     /// `GET /v2/_catalog` answered `200 {"repositories":[]}` whatever the registry holds (a
     /// registry whose catalog lists nothing it should).
     EmptyCatalog,
+    /// A request whose `Content-Length` is over this many bytes is answered `413` with nginx's
+    /// page and `Connection: close` as soon as its head is read, before its body (which is
+    /// then read and thrown away, as nginx's lingering close does): a registry behind nginx
+    /// with `client_max_body_size`, or behind ingress-nginx (1 MiB unless
+    /// `proxy-body-size` says otherwise).
+    BodyLimit(u64),
 }
+
+/// nginx's answer to a request body over `client_max_body_size`.
+pub const NGINX_413: &str = "<html>\r\n<head><title>413 Request Entity Too Large</title></head>\r\n<body>\r\n<center><h1>413 Request Entity Too Large</h1></center>\r\n<hr><center>nginx</center>\r\n</body>\r\n</html>\r\n";
 
 /// The signature in the query of [`Quirk::RedirectBlobsNowhere`]'s redirects: it must never
 /// be printed.
@@ -111,7 +120,7 @@ pub struct QuirkRecord {
     pub content_digest: bool,
     /// What the proxy did: `forwarded`, `mount-stripped`, `refused-405`, `refused-400`,
     /// `refused-416`, `refused-401-mount`, `name-unknown`, `redirected`, `expired-token`,
-    /// `no-catalog`, `empty-catalog`, `cut`, `upstream-error`.
+    /// `no-catalog`, `empty-catalog`, `too-large`, `cut`, `upstream-error`.
     pub action: String,
 }
 
@@ -838,6 +847,8 @@ enum Action {
     Cut(u64, bool),
     /// Drain the body and answer here: status line, headers, body, record label.
     Answer(String, Vec<(&'static str, String)>, String, &'static str),
+    /// Answer nginx's 413 at once, then read the body and throw it away.
+    TooLarge,
 }
 
 fn handle_request(client: &mut TcpStream, _id: u64, sh: &Shared) -> io::Result<()> {
@@ -1045,6 +1056,9 @@ fn handle_request(client: &mut TcpStream, _id: u64, sh: &Shared) -> io::Result<(
                         "empty-catalog",
                     );
                 }
+                Quirk::BodyLimit(max) if head.content_length().is_some_and(|n| n > *max) => {
+                    action = Action::TooLarge;
+                }
                 Quirk::RedirectBlobs | Quirk::RedirectBlobsNowhere
                     if method == "GET"
                         && path.contains("/blobs/sha256:")
@@ -1104,6 +1118,36 @@ fn handle_request(client: &mut TcpStream, _id: u64, sh: &Shared) -> io::Result<(
         rec.body_bytes = got;
         let _ = src.stream.shutdown(Shutdown::Both);
         rec.action = "cut".into();
+        push_record(sh, rec);
+        return Ok(());
+    }
+    if let Action::TooLarge = action {
+        // nginx answers from the head alone and keeps reading (and dropping) what the client
+        // still sends before it closes.
+        let mut answer = src.stream.try_clone()?;
+        respond(
+            &mut answer,
+            "413 Request Entity Too Large",
+            &[
+                ("Content-Type", "text/html".into()),
+                ("Server", "nginx".into()),
+            ],
+            NGINX_413,
+        );
+        let (n, _) = pump_body(
+            &head,
+            &mut src,
+            &mut Lenient {
+                inner: None,
+                failed: false,
+            },
+            None,
+        )
+        .unwrap_or((0, false));
+        let _ = src.stream.shutdown(Shutdown::Both);
+        rec.body_bytes = n;
+        rec.status = Some(413);
+        rec.action = "too-large".into();
         push_record(sh, rec);
         return Ok(());
     }
