@@ -1,6 +1,7 @@
 //! Sizes and durations as people write them on the command line and in variables: `4G`,
 //! `700M` (`--split-size`, `--max-size`, `AIRLOCK_CHUNK_SIZE`, `AIRLOCK_STREAM_OVER`), `90s`,
-//! `2m`, `500ms` (`--timeout`, `AIRLOCK_TIMEOUT`), `30d` (`cache prune --older-than`).
+//! `2m`, `500ms` (`--timeout`, `AIRLOCK_TIMEOUT`), `30d` (`cache prune --older-than`); and
+//! times as RFC 3339 UTC.
 
 use crate::error::{Error, Result};
 use std::time::Duration;
@@ -82,9 +83,39 @@ pub fn parse_age(s: &str) -> Result<Duration> {
     parse_duration(t).map_err(Error::Usage)
 }
 
+/// RFC 3339 UTC from seconds since the epoch.
+pub fn rfc3339(secs: u64) -> String {
+    let days = (secs / 86_400) as i64;
+    let rem = secs % 86_400;
+    // Civil from days (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = if m <= 2 { y + 1 } else { y };
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        (rem % 3600) / 60,
+        rem % 60
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn formats_rfc3339() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
+        assert_eq!(rfc3339(1_764_374_400), "2025-11-29T00:00:00Z");
+        assert_eq!(rfc3339(951_782_400), "2000-02-29T00:00:00Z");
+    }
 
     #[test]
     fn sizes() {

@@ -163,10 +163,13 @@ fn basic_auth_and_tls_on_both_sides_and_wrong_passwords() {
         None,
     );
     assert_eq!(out.status.code(), Some(1), "{}", describe_output(&out));
+    let err = stderr_text(&out);
+    assert!(err.contains(&src.host()), "{err}");
     assert!(
-        stderr_text(&out).contains(&src.host()),
-        "{}",
-        stderr_text(&out)
+        err.contains("UnknownIssuer")
+            && err.contains("--ca-cert FILE")
+            && err.contains(&format!("/etc/docker/certs.d/{}/ca.crt", src.host())),
+        "says where the registry's CA goes: {err}"
     );
 
     // Right password from the environment, CA given: works.
@@ -945,4 +948,83 @@ fn certs_d_gives_the_registrys_ca_and_client_certificate() {
     );
     assert_success(&out, "import with certs.d");
     assert_eq!(skopeo_digest(&reg, "copied/mtls/app:1"), pushed.digest);
+}
+
+/// A registry whose certificate is out of its dates: expired, or "not valid yet" to a
+/// disconnected machine whose clock is off (no NTP, often days or years). Export from it and
+/// import into it fail before any work, naming the registry and the reason, and saying what
+/// this machine's clock says, so that the operator can tell a wrong clock from a certificate
+/// to renew; nothing is written.
+#[test]
+fn a_certificate_out_of_its_dates_says_what_this_machines_clock_says() {
+    let expired = TestRegistry::start(RegistryOpts::plain().with_expired_certificate());
+    expired.client().push_image(
+        "old/app",
+        Some("1"),
+        ImageFormat::Oci,
+        &Platform::linux_amd64(),
+        &[small_layer(0xda7e, "expired", true)],
+        &[],
+    );
+    let today = || {
+        let out = std::process::Command::new("date")
+            .args(["-u", "+%Y-%m-%d"])
+            .output()
+            .expect("run date");
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    // The day before the runs, and after each (a run across midnight says either).
+    let before = today();
+    let ca = expired.ca_cert_path();
+    let ca = ca.to_str().expect("utf-8 path");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let bundle = dir.path().join("b.tar.zst");
+    let bundle_s = bundle.to_str().expect("utf-8 path");
+    let says = |err: &str| {
+        assert!(err.contains(&expired.host()), "{err}");
+        assert!(err.contains("Expired"), "{err}");
+        assert!(
+            [before.clone(), today()]
+                .iter()
+                .any(|d| err.contains(&format!("this machine's clock, which says {d}"))),
+            "{err}"
+        );
+    };
+
+    let image = format!("{}/old/app:1", expired.host());
+    let out = run_airlock(
+        ["export", image.as_str(), "-o", bundle_s, "--ca-cert", ca],
+        &[],
+        None,
+    );
+    let err = stderr_text(&out);
+    println!("export: {}", err.trim());
+    assert_eq!(out.status.code(), Some(1), "{}", describe_output(&out));
+    says(&err);
+    assert!(!bundle.exists());
+
+    // The disconnected side: a bundle from a good registry, into the expired one.
+    let good = TestRegistry::start(RegistryOpts::plain());
+    good.client().push_image(
+        "new/app",
+        Some("1"),
+        ImageFormat::Oci,
+        &Platform::linux_amd64(),
+        &[small_layer(0xda7f, "good", true)],
+        &[],
+    );
+    let image = format!("{}/new/app:1", good.host());
+    let out = run_airlock(["export", image.as_str(), "-o", bundle_s], &[], None);
+    assert_success(&out, "export from a good registry");
+    let host = expired.host();
+    let out = run_airlock(
+        ["import", bundle_s, "--registry", &host, "--ca-cert", ca],
+        &[],
+        None,
+    );
+    let err = stderr_text(&out);
+    println!("import: {}", err.trim());
+    assert_eq!(out.status.code(), Some(1), "{}", describe_output(&out));
+    says(&err);
+    assert!(expired.get_manifest("new/app", "1").is_none());
 }

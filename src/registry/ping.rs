@@ -24,16 +24,43 @@ fn api_host(name: &str) -> &str {
 }
 
 /// `detail` with, when it is the TLS alert a registry behind mutual TLS answers a client
-/// without (or with the wrong) certificate, where that certificate goes.
+/// without (or with the wrong) certificate, where that certificate goes; when the registry's
+/// CA is not trusted, where it goes; when the registry's
+/// certificate is out of its dates, what this machine's clock says (a disconnected machine
+/// without NTP is often days or years off).
 fn with_cert_hint(detail: String, name: &str) -> String {
     if detail.contains("BadCertificate") || detail.contains("CertificateRequired") {
         format!(
             "{detail} (the registry may want a client certificate: NAME.cert and NAME.key in \
              /etc/docker/certs.d/{name}/ or ~/.config/containers/certs.d/{name}/)"
         )
+    } else if detail.contains("invalid peer certificate: UnknownIssuer") {
+        format!(
+            "{detail} (the registry's certificate is signed by a CA this machine does not \
+             trust: give it with --ca-cert FILE, or put it in /etc/docker/certs.d/{name}/ca.crt)"
+        )
+    } else if out_of_dates(&detail) {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| crate::units::rfc3339(d.as_secs()))
+            .unwrap_or_else(|_| "before 1970".into());
+        format!(
+            "{detail} (a certificate's dates are judged by this machine's clock, which says \
+             {now}: if that is wrong, set it; if it is right, the registry's certificate \
+             needs renewing)"
+        )
     } else {
         detail
     }
+}
+
+/// Does a TLS failure say the peer's certificate has expired or is not valid yet (rustls:
+/// `Expired`, `NotValidYet`, or their forms with the dates)?
+fn out_of_dates(detail: &str) -> bool {
+    detail.contains("invalid peer certificate: Expired")
+        || detail.contains("invalid peer certificate: NotValidYet")
+        || detail.contains("certificate expired: verification time")
+        || detail.contains("certificate not valid yet: verification time")
 }
 
 pub(super) fn is_loopback(name: &str) -> bool {
@@ -175,6 +202,27 @@ impl Registry {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn certificates_out_of_their_dates_get_the_clock() {
+        for d in [
+            "client error (Connect): invalid peer certificate: Expired",
+            "invalid peer certificate: NotValidYet",
+            "certificate expired: verification time 1800000000 (UNIX), but certificate is not \
+             valid after 1700000000 (100000000 seconds ago)",
+            "certificate not valid yet: verification time 1600000000 (UNIX), but certificate \
+             is not valid before 1700000000 (100000000 seconds in the future)",
+        ] {
+            let hinted = with_cert_hint(d.to_string(), "r.example:5000");
+            assert!(hinted.starts_with(d), "{hinted}");
+            assert!(
+                hinted.contains("this machine's clock, which says 20"),
+                "{hinted}"
+            );
+        }
+        let other = "invalid peer certificate: BadSignature".to_string();
+        assert_eq!(with_cert_hint(other.clone(), "r.example:5000"), other);
+    }
 
     #[test]
     fn loopback_detection() {

@@ -84,6 +84,20 @@ pub fn generate_test_pki(dir: &Path) {
     );
 }
 
+/// Signs the server certificate of [`generate_test_pki`] in `dir` again, valid until
+/// yesterday (`-days -1`: its notAfter a day before its notBefore, now).
+pub fn expire_server_certificate(dir: &Path) {
+    run_tool(
+        Command::new("openssl")
+            .current_dir(dir)
+            .args(["x509", "-req", "-in", "server.csr"])
+            .args(["-CA", "ca.crt", "-CAkey", "ca.key"])
+            .args(["-CAcreateserial", "-out", "server.crt", "-days", "-1"])
+            .args(["-extfile", "server.ext"]),
+        "openssl: sign an expired server certificate",
+    );
+}
+
 /// Generate a second CA that signs client certificates, and one client certificate from it
 /// (extendedKeyUsage clientAuth). Writes `client-ca.key client-ca.crt client.key client.cert`
 /// into `dir` (the `.cert`/`.key` names docker's certs.d pairs).

@@ -61,15 +61,18 @@ pub struct RawClient {
 impl RawClient {
     /// `base_url` like `http://127.0.0.1:5000`; `ca_pem` is an extra trusted CA (PEM).
     pub fn new(base_url: &str, auth: Option<(String, String)>, ca_pem: Option<&[u8]>) -> RawClient {
-        RawClient::with_identity(base_url, auth, ca_pem, None)
+        RawClient::with_identity(base_url, auth, ca_pem, None, false)
     }
 
-    /// [`RawClient::new`] presenting a client certificate (`identity_pem`: key and certificate).
+    /// [`RawClient::new`] presenting a client certificate (`identity_pem`: key and certificate),
+    /// and with `any_dates`, taking a certificate whatever its dates (a registry serving an
+    /// expired one on purpose).
     pub fn with_identity(
         base_url: &str,
         auth: Option<(String, String)>,
         ca_pem: Option<&[u8]>,
         identity_pem: Option<&[u8]>,
+        any_dates: bool,
     ) -> RawClient {
         let base = reqwest::Url::parse(base_url)
             .unwrap_or_else(|e| panic!("invalid registry base URL {base_url:?}: {e}"));
@@ -85,6 +88,9 @@ impl RawClient {
         if let Some(pem) = identity_pem {
             let id = reqwest::Identity::from_pem(pem).expect("parse test client certificate");
             b = b.identity(id);
+        }
+        if any_dates {
+            b = b.danger_accept_invalid_certs(true);
         }
         let client = b.build().expect("build reqwest client");
         let rt = tokio::runtime::Builder::new_multi_thread()

@@ -11,7 +11,7 @@ use std::time::Duration;
 use tempfile::TempDir;
 
 use super::corpus::Descriptor;
-use super::pki::{generate_client_pki, generate_test_pki};
+use super::pki::{expire_server_certificate, generate_client_pki, generate_test_pki};
 use super::raw::{FetchedManifest, RawClient};
 use std::process::Stdio;
 use std::time::Instant;
@@ -36,6 +36,9 @@ pub struct RegistryOpts {
     /// With `tls`: require a client certificate (mutual TLS) signed by a second test CA; the
     /// harness's client and [`TestRegistry::cert_dir`] carry one.
     pub client_certs: bool,
+    /// With `tls`: serve a certificate that expired yesterday (the harness's client takes it
+    /// anyway).
+    pub expired_certificate: bool,
     /// With `auth`: use token authentication (Bearer JWTs from a [`TokenServer`] that checks
     /// those credentials) instead of htpasswd basic auth.
     pub token: bool,
@@ -57,6 +60,12 @@ impl RegistryOpts {
     }
 
     /// Mutual TLS: the registry refuses clients without a certificate from its client CA.
+    pub fn with_expired_certificate(mut self) -> RegistryOpts {
+        self.tls = true;
+        self.expired_certificate = true;
+        self
+    }
+
     pub fn with_client_certs(mut self) -> RegistryOpts {
         self.tls = true;
         self.client_certs = true;
@@ -137,6 +146,9 @@ impl TestRegistry {
         let mut ca_pem = None;
         if opts.tls {
             generate_test_pki(&root.join("tls"));
+            if opts.expired_certificate {
+                expire_server_certificate(&root.join("tls"));
+            }
             fs::create_dir_all(root.join("certs")).expect("create cert dir");
             fs::copy(root.join("tls/ca.crt"), root.join("certs/ca.crt")).expect("copy ca.crt");
             ca_pem = Some(fs::read(root.join("tls/ca.crt")).expect("read ca.crt"));
@@ -167,6 +179,7 @@ impl TestRegistry {
                 opts.auth.clone(),
                 ca_pem.as_deref(),
                 identity_pem.as_deref(),
+                opts.expired_certificate,
             )
         };
         let port = free_port();

@@ -11,7 +11,7 @@ mod sources;
 mod space;
 mod write;
 
-pub use inputs::{requested_images, rfc3339, Requested};
+pub use inputs::{requested_images, Requested};
 
 use crate::bundle::model::{Base, ExternalBlob, FailedImage, ImageEntry};
 use crate::cli::ExportArgs;

@@ -2,7 +2,6 @@
 //! `manifest.json`), then every object in bundle order, taken from the cache or streamed from the registry.
 
 use super::images::Images;
-use super::inputs::rfc3339;
 use super::Contents;
 use crate::bundle::docker::{self, MANIFEST_JSON};
 use crate::bundle::model::{BundleManifest, FailedImage, Layout, Member};
@@ -17,6 +16,7 @@ use crate::progress::{human, Reporter};
 use crate::registry::Registry;
 use crate::signing::Signer;
 use crate::store::RegistryObjects;
+use crate::units::rfc3339;
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::io;
