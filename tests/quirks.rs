@@ -799,6 +799,70 @@ fn a_body_limit_too_small_to_upload_under_is_a_clear_error() {
     }
 }
 
+/// Docker Hub's pull limit spent: every manifest GET answered 429 with its message. The export
+/// retries within `--retries`, then fails naming the image, the 429 and what the registry said,
+/// and, asked anonymously, that an account gets more; no bundle is written. With credentials,
+/// no such advice.
+#[test]
+fn a_spent_pull_rate_limit_says_what_the_registry_said() {
+    let (src, s) = big_source();
+    let proxy = QuirkProxy::start(&src, Quirk::PullRateLimit);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let list = dir.path().join("images.txt");
+    std::fs::write(&list, s.images_file(&proxy.host())).expect("write images file");
+    let bundle = dir.path().join("b.tar.zst");
+    let run = |envs: &[(&str, &str)]| {
+        run_airlock(
+            [
+                "export",
+                "-f",
+                path_str(&list),
+                "-o",
+                path_str(&bundle),
+                "--retries",
+                "1",
+            ],
+            envs,
+            None,
+        )
+    };
+    let out = run(&[]);
+    let err = stderr_text(&out);
+    println!("{}", err.trim());
+    assert_eq!(out.status.code(), Some(1), "{}", describe_output(&out));
+    assert!(err.contains("src/big:1"), "names the image: {err}");
+    assert!(
+        err.contains("429")
+            && err
+                .contains("TOOMANYREQUESTS: You have reached your unauthenticated pull rate limit"),
+        "{err}"
+    );
+    assert!(
+        err.contains("asked anonymously") && err.contains("--username"),
+        "{err}"
+    );
+    assert!(!bundle.exists());
+    assert!(
+        proxy
+            .records()
+            .iter()
+            .filter(|r| r.action == "rate-limited")
+            .count()
+            >= 2,
+        "retried once:\n{}",
+        proxy.describe()
+    );
+
+    let out = run(&[
+        ("SOURCE_DOCKER_USERNAME", "puller"),
+        ("SOURCE_DOCKER_PASSWORD", "pull-S3cret"),
+    ]);
+    let err = stderr_text(&out);
+    assert_eq!(out.status.code(), Some(1), "{}", describe_output(&out));
+    assert!(err.contains("TOOMANYREQUESTS"), "{err}");
+    assert!(!err.contains("asked anonymously"), "{err}");
+}
+
 /// The connection of a chunk is cut mid-body: airlock asks the registry where the session is
 /// (GET on the upload location) and goes on from that offset in the same session, without a
 /// new POST for that blob.

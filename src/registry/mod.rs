@@ -245,10 +245,22 @@ impl Registry {
                     }
                     Ok(resp) if retryable_status(resp.status()) => {
                         let ra = retry_after(&resp);
-                        (
-                            format!("{} answered {}", resp.url().path(), resp.status()),
-                            ra,
-                        )
+                        let (status, path) = (resp.status(), resp.url().path().to_string());
+                        let said = error_messages(&self.error_body(resp).await);
+                        let mut why = format!("{path} answered {status}");
+                        if !said.is_empty() {
+                            why = format!("{why}: {said}");
+                        }
+                        if status == StatusCode::TOO_MANY_REQUESTS && self.creds.is_none() {
+                            // Docker Hub's and others' limits are per account, lower for
+                            // anonymous pulls.
+                            why.push_str(
+                                " (airlock asked anonymously: a registry's rate limit is often \
+                                 higher for an account: --username, SOURCE_DOCKER_USERNAME or \
+                                 docker login)",
+                            );
+                        }
+                        (why, ra)
                     }
                     Ok(resp) => return Ok(resp),
                     Err(e) => (e.to_string(), None),
@@ -344,6 +356,29 @@ fn error_codes(body: &[u8]) -> Vec<String> {
             })
         })
         .unwrap_or_default()
+}
+
+/// `CODE: message` of each error in an OCI error body, joined with `; ` (empty when the body
+/// is not one: an HTML page, nothing).
+fn error_messages(body: &[u8]) -> String {
+    let Ok(v) = serde_json::from_slice::<serde_json::Value>(body) else {
+        return String::new();
+    };
+    let Some(errs) = v.get("errors").and_then(|e| e.as_array()) else {
+        return String::new();
+    };
+    errs.iter()
+        .map(|e| {
+            let field = |k: &str| e.get(k).and_then(|c| c.as_str()).unwrap_or_default();
+            match (field("code"), field("message")) {
+                (c, "") => c.to_string(),
+                ("", m) => m.to_string(),
+                (c, m) => format!("{c}: {m}"),
+            }
+        })
+        .filter(|m| !m.is_empty())
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 #[cfg(test)]
@@ -454,5 +489,16 @@ mod tests {
         let body = br#"{"errors":[{"code":"NAME_UNKNOWN","message":"repository name not known to registry"}]}"#;
         assert_eq!(error_codes(body), vec!["NAME_UNKNOWN".to_string()]);
         assert!(error_codes(b"not json").is_empty());
+        assert_eq!(
+            error_messages(
+                br#"{"errors":[{"code":"TOOMANYREQUESTS","message":"You have reached your unauthenticated pull rate limit."}]}"#
+            ),
+            "TOOMANYREQUESTS: You have reached your unauthenticated pull rate limit."
+        );
+        assert_eq!(error_messages(b"<html>busy</html>"), "");
+        assert_eq!(
+            error_messages(br#"{"errors":[{"code":"A"},{"message":"b"}]}"#),
+            "A; b"
+        );
     }
 }

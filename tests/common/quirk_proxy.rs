@@ -83,6 +83,9 @@ pub enum Quirk {
     /// with `client_max_body_size`, or behind ingress-nginx (1 MiB unless
     /// `proxy-body-size` says otherwise).
     BodyLimit(u64),
+    /// `GET /v2/<repo>/manifests/<reference>` answered `429` as Docker Hub answers a spent
+    /// pull limit: its `TOOMANYREQUESTS` error, `ratelimit-*` headers and no `Retry-After`.
+    PullRateLimit,
 }
 
 /// nginx's answer to a request body over `client_max_body_size`.
@@ -120,7 +123,7 @@ pub struct QuirkRecord {
     pub content_digest: bool,
     /// What the proxy did: `forwarded`, `mount-stripped`, `refused-405`, `refused-400`,
     /// `refused-416`, `refused-401-mount`, `name-unknown`, `redirected`, `expired-token`,
-    /// `no-catalog`, `empty-catalog`, `too-large`, `cut`, `upstream-error`.
+    /// `no-catalog`, `empty-catalog`, `too-large`, `rate-limited`, `cut`, `upstream-error`.
     pub action: String,
 }
 
@@ -1054,6 +1057,21 @@ fn handle_request(client: &mut TcpStream, _id: u64, sh: &Shared) -> io::Result<(
                         vec![("Content-Type", "application/json".into())],
                         r#"{"repositories":[]}"#.into(),
                         "empty-catalog",
+                    );
+                }
+                Quirk::PullRateLimit if method == "GET" && path.contains("/manifests/") => {
+                    action = Action::Answer(
+                        "429 Too Many Requests".into(),
+                        vec![
+                            ("Content-Type", "application/json".into()),
+                            ("ratelimit-limit", "100;w=21600".into()),
+                            ("ratelimit-remaining", "0;w=21600".into()),
+                        ],
+                        error_body(
+                            "TOOMANYREQUESTS",
+                            "You have reached your unauthenticated pull rate limit. https://www.docker.com/increase-rate-limit",
+                        ),
+                        "rate-limited",
                     );
                 }
                 Quirk::BodyLimit(max) if head.content_length().is_some_and(|n| n > *max) => {
