@@ -199,7 +199,8 @@ pub struct ExportArgs {
     /// Keep only this platform of multi-arch images (os/arch[/variant]); repeatable
     #[arg(long, value_name = "OS/ARCH[/VARIANT]")]
     pub platform: Vec<String>,
-    /// Split the bundle into volumes of at most this size (K, M, G, T suffixes; 4G fits FAT32)
+    /// Split the bundle into volumes of at most this size (K, M, G, T suffixes; FAT32 holds
+    /// files under 4 GiB: 4095M)
     #[arg(long, value_name = "SIZE")]
     pub split_size: Option<String>,
     /// Where downloaded blobs are kept so a re-run fetches only what is missing

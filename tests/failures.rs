@@ -879,6 +879,73 @@ fn a_full_disk_fails_the_export_cleanly() {
     );
 }
 
+/// Media whose file system takes no file as large as the bundle (FAT32: under 4 GiB; played
+/// here by a file-size limit of 48 KiB, with SIGXFSZ ignored, so that a write past it fails
+/// with EFBIG as it does on FAT32): a clear error naming the file and saying to split, nothing
+/// left behind; with `--split-size` under the limit the export fits and verifies.
+#[test]
+fn a_bundle_too_large_for_its_file_system_says_to_split_it() {
+    use std::os::unix::process::CommandExt;
+    let src = TestRegistry::start(RegistryOpts::plain());
+    let corpus = build_corpus(&src);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let media = dir.path().join("media");
+    std::fs::create_dir(&media).expect("mkdir");
+    let list = dir.path().join("images.txt");
+    std::fs::write(&list, corpus.images_file(&src.host())).expect("list");
+    let bundle = media.join("b.tar.zst");
+    const LIMIT: u64 = 48 * 1024;
+    let export = |extra: &[&str]| {
+        let home = tempfile::tempdir().expect("home");
+        let mut cmd = airlock_command(home.path());
+        cmd.args(["export", "-f", list.to_str().unwrap(), "-o"])
+            .arg(&bundle)
+            .args(extra);
+        // The limit holds for every file; the cache's (the corpus's blobs) are all under it.
+        let cache = dir.path().join("cache");
+        cmd.arg("--cache-dir").arg(&cache);
+        // SAFETY: between fork and exec, only async-signal-safe calls (setrlimit, signal).
+        unsafe {
+            cmd.pre_exec(|| {
+                let lim = libc::rlimit {
+                    rlim_cur: LIMIT as libc::rlim_t,
+                    rlim_max: LIMIT as libc::rlim_t,
+                };
+                if libc::setrlimit(libc::RLIMIT_FSIZE, &lim) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+                Ok(())
+            });
+        }
+        cmd.output().expect("run airlock")
+    };
+    let out = export(&[]);
+    let err = stderr_text(&out);
+    println!("{}", err.trim());
+    assert_eq!(out.status.code(), Some(1), "{}", describe_output(&out));
+    assert!(
+        err.contains(&bundle.display().to_string()) && err.contains("File too large"),
+        "{err}"
+    );
+    assert!(err.contains("--split-size"), "says to split: {err}");
+    assert!(
+        files_in(&media).is_empty(),
+        "left behind: {:?}",
+        files_in(&media)
+    );
+
+    let out = export(&["--split-size", "32K"]);
+    assert_success(
+        &out,
+        "export in 32 KiB volumes under a 48 KiB file-size limit",
+    );
+    let first = media.join("b.tar.zst.001");
+    assert!(first.exists(), "{:?}", files_in(&media));
+    let out = run_airlock(["verify", first.to_str().unwrap()], &[], None);
+    assert_success(&out, "verify the volumes");
+}
+
 fn is_root() -> bool {
     std::process::Command::new("id")
         .arg("-u")

@@ -102,9 +102,8 @@ impl VolumeWriter {
     /// remove). Until then the previous bundle of that name and its side files are untouched.
     /// Returns the final file names.
     pub fn finish(mut self, side: &[SideFile]) -> Result<Vec<PathBuf>> {
-        let base = self.base.display().to_string();
         self.close_current()
-            .ctx(|| format!("writing bundle {base}"))?;
+            .map_err(|e| super::writer::write_error(&self.base, e))?;
         let mut listing = String::new();
         for (name, sum) in &self.done {
             let file_name = name

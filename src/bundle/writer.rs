@@ -24,6 +24,19 @@ pub const FRAME_SIZE: u32 = 4 * 1024 * 1024;
 /// thread: 1 MiB.
 const QUEUE: usize = 4;
 
+/// A failure to write the bundle `path`. A file larger than its file system takes (`EFBIG`:
+/// FAT32 holds files under 4 GiB, the file system of most removable media) says how to split.
+pub fn write_error(path: &std::path::Path, e: std::io::Error) -> Error {
+    let mut context = format!("writing bundle {}", path.display());
+    if e.raw_os_error() == Some(libc::EFBIG) {
+        context.push_str(
+            " (its file system takes no file this large: FAT32 holds files under 4 GiB; \
+             split the bundle into volumes that fit with --split-size, 4095M for FAT32)",
+        );
+    }
+    Error::io(context, e)
+}
+
 pub struct BundleWriter {
     tar: Option<tar::Builder<Encoder>>,
     output: Option<JoinHandle<io::Result<VolumeWriter>>>,
@@ -65,7 +78,7 @@ impl BundleWriter {
     fn output_error(&mut self, fallback: Error) -> Error {
         self.tar = None;
         match self.output.take().map(|h| h.join()) {
-            Some(Ok(Err(e))) => Error::io(format!("writing bundle {}", self.path.display()), e),
+            Some(Ok(Err(e))) => write_error(&self.path, e),
             _ => fallback,
         }
     }
@@ -183,9 +196,7 @@ impl BundleWriter {
         }
         let volumes = match self.output.take().map(|h| h.join()) {
             Some(Ok(Ok(v))) => v,
-            Some(Ok(Err(e))) => {
-                return Err(Error::io(format!("writing bundle {}", path.display()), e))
-            }
+            Some(Ok(Err(e))) => return Err(write_error(&path, e)),
             _ => return Err(Error::bundle(&path, "the output thread failed")),
         };
         volumes.finish(side)
