@@ -12,6 +12,64 @@ pub fn dir(given: Option<&Path>) -> Result<PathBuf> {
     crate::options::cache_dir(given, &crate::options::ProcessEnv)
 }
 
+/// The largest manifest kept in, or read from, the cache (the registries' own limit).
+const MAX_MANIFEST: u64 = 4 << 20;
+
+/// A manifest an earlier export kept ([`keep_manifest`]), checked against its digest: `None`
+/// when it is not there, too large to be one, or damaged (a damaged one is removed and
+/// fetched again). Found, it counts as used now (`cache prune --older-than`).
+pub async fn manifest(dir: &Path, digest: &crate::digest::Digest) -> Option<Vec<u8>> {
+    let path = crate::fetch::cache_path(dir, digest);
+    let digest = digest.clone();
+    // One blocking task for the whole lookup: a miss is one failed open.
+    tokio::task::spawn_blocking(move || {
+        use std::io::Read;
+        let f = std::fs::File::open(&path).ok()?;
+        let meta = f.metadata().ok()?;
+        if !meta.is_file() || meta.len() > MAX_MANIFEST {
+            return None;
+        }
+        let mut bytes = Vec::with_capacity(meta.len() as usize);
+        (&f).read_to_end(&mut bytes).ok()?;
+        if crate::digest::Digest::of(&bytes) != digest {
+            let _ = std::fs::remove_file(&path);
+            return None;
+        }
+        let _ = f.set_modified(SystemTime::now());
+        Some(bytes)
+    })
+    .await
+    .ok()
+    .flatten()
+}
+
+/// Keeps a manifest whose digest the caller checked, for later exports: written under `tmp/`
+/// (a name of its own, as two images may fetch one manifest at once), then renamed into
+/// place. Best effort: a manifest not kept is fetched again next time.
+pub async fn keep_manifest(dir: &Path, digest: &crate::digest::Digest, bytes: &[u8]) {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    if bytes.len() as u64 > MAX_MANIFEST {
+        return;
+    }
+    let path = crate::fetch::cache_path(dir, digest);
+    // `.PID` last, as every temporary file's name ends (see `fetch::clean_stale_temps`).
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    let tmp = dir
+        .join("tmp")
+        .join(format!("{}-m{n}.{}", digest.hex(), std::process::id()));
+    let bytes = bytes.to_vec();
+    let _ = tokio::task::spawn_blocking(move || {
+        if path.exists() {
+            return;
+        }
+        if std::fs::write(&tmp, &bytes).is_err() || std::fs::rename(&tmp, &path).is_err() {
+            let _ = std::fs::remove_file(&tmp);
+        }
+    })
+    .await;
+}
+
 /// One cached blob.
 #[derive(Clone, Debug)]
 pub struct Entry {

@@ -615,3 +615,112 @@ fn rerunning_to_the_same_name_leaves_no_stale_files() {
     let out = run_airlock(["verify", name.to_str().unwrap()], &[], None);
     assert_success(&out, "verify");
 }
+
+/// The monthly job again, with the cache of last month: every manifest asked by digest (an
+/// index's children) is read from the cache, checked, not fetched; a damaged one is fetched
+/// again and the cache mended; the bundle is byte for byte the same. A registry that counts
+/// manifest `GET`s against a pull limit (Docker Hub, which announces it in `ratelimit-*`
+/// headers, played by a proxy) is asked for tags with `HEAD` once it has said so, so a re-run
+/// of known images spends one pull, not one per image.
+#[test]
+fn a_rerun_reads_known_manifests_from_the_cache_and_spares_a_pull_limit() {
+    let src = TestRegistry::start(RegistryOpts::plain());
+    let corpus = build_corpus(&src);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cache = dir.path().join("cache");
+    let list = dir.path().join("images.txt");
+    std::fs::write(&list, corpus.images_file(&src.host())).expect("list");
+    let export = |name: &str, list: &std::path::Path, extra: &[&str]| {
+        let out_path = dir.path().join(name);
+        let mut args = vec![
+            "export".to_string(),
+            "-f".into(),
+            list.to_str().unwrap().into(),
+            "-o".into(),
+            out_path.to_str().unwrap().into(),
+            "--cache-dir".into(),
+            cache.to_str().unwrap().into(),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let out = run_airlock(&args, &[("SOURCE_DATE_EPOCH", "1764547200")], None);
+        assert_success(&out, &format!("export {name}"));
+        std::fs::read(&out_path).expect("read the bundle")
+    };
+    let by_digest = || src.access_log("GET", "/manifests/sha256:").len();
+    let by_tag = || {
+        src.access_log("GET", "/manifests/")
+            .iter()
+            .filter(|l| !l.contains("/manifests/sha256:"))
+            .count()
+    };
+    let first = export("1.tar.zst", &list, &[]);
+    let (children, tags) = (by_digest(), by_tag());
+    assert!(
+        children > 0,
+        "the corpus has indexes: their children are asked by digest"
+    );
+
+    let second = export("2.tar.zst", &list, &[]);
+    assert!(
+        first == second,
+        "the re-run's bundle differs from the first"
+    );
+    assert_eq!(by_digest(), children, "a child manifest fetched again");
+    assert_eq!(
+        by_tag(),
+        2 * tags,
+        "each tag is asked again (a tag may move)"
+    );
+
+    // A cached manifest damaged: fetched again, the cache mended, the bundle the same.
+    let multi = corpus
+        .images
+        .iter()
+        .find(|i| !i.manifest.children.is_empty())
+        .expect("an index in the corpus");
+    let child = &multi.manifest.children[0].digest;
+    let cached = cache
+        .join("blobs/sha256")
+        .join(child.trim_start_matches("sha256:"));
+    std::fs::write(&cached, b"{\"damaged\":true}").expect("damage the cached manifest");
+    let third = export("3.tar.zst", &list, &[]);
+    assert!(
+        first == third,
+        "the bundle after a damaged cache entry differs"
+    );
+    assert_eq!(
+        by_digest(),
+        children + 1,
+        "only the damaged manifest fetched again"
+    );
+    let mended = std::fs::read(&cached).expect("the cache entry");
+    assert_eq!(&sha256_digest(&mended), child);
+
+    // Through a registry that announces a pull limit, whose tags' manifests are then kept
+    // too: on the re-run the first tag is fetched (and says so), every other one is asked
+    // with HEAD and found in the cache; nothing else is fetched.
+    let proxy = QuirkProxy::start(&src, Quirk::AnnounceRateLimit);
+    let via = dir.path().join("via-proxy.txt");
+    std::fs::write(&via, corpus.images_file(&proxy.host())).expect("list");
+    let manifests = |method: &str| {
+        proxy
+            .records()
+            .iter()
+            .filter(|r| r.method == method && r.path.contains("/manifests/"))
+            .count()
+    };
+    let fourth = export("4.tar.zst", &via, &["-j", "1"]);
+    let (gets, heads) = (manifests("GET"), manifests("HEAD"));
+    let fifth = export("5.tar.zst", &via, &["-j", "1"]);
+    assert!(
+        fourth == fifth,
+        "the re-run through the proxy gave another bundle"
+    );
+    assert_eq!(manifests("GET") - gets, 1, "{}", proxy.describe());
+    assert_eq!(
+        manifests("HEAD") - heads,
+        corpus.images.len() - 1,
+        "{}",
+        proxy.describe()
+    );
+}

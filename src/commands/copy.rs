@@ -52,11 +52,13 @@ pub async fn run(args: CopyArgs) -> Result<()> {
     let src = source_args(&args);
     let (image_set, cli_requested) = inputs(&src, &opts.source)?;
     let mut reporter = Reporter::new(args.out.quiet || args.out.json, args.out.verbose);
+    // One step, nothing kept: copy has no cache.
     let mut sel = select(
         &src,
         &opts.source,
         image_set.as_ref(),
         cli_requested,
+        None,
         &reporter,
     )
     .await?;

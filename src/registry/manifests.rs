@@ -2,7 +2,11 @@
 //! reference or `Docker-Content-Digest` when the registry sends one, and always computed
 //! locally), written from the exact bytes with their media type (a tag a registry will not
 //! rewrite is fine when it holds that manifest already), and the OCI 1.1 referrers of a
-//! manifest.
+//! manifest. With a cache (export's), a manifest asked by digest (an index's child) is kept
+//! there, and read from it by later exports instead of fetched again; a registry that
+//! announces a pull rate limit (Docker Hub, which counts manifest `GET`s, not `HEAD`s) has
+//! its tags' manifests kept too, and is asked for a tag's digest with `HEAD` first: the
+//! manifest is fetched only when the cache lacks it.
 
 use super::transport::read_limited;
 use super::{Manifest, Registry, Scope, MANIFEST_ACCEPT, MAX_MANIFEST_SIZE};
@@ -15,6 +19,27 @@ use std::sync::atomic::Ordering;
 impl Registry {
     /// Fetches a manifest by tag or digest, as the exact bytes served, and checks its digest.
     pub async fn get_manifest(&self, repo: &str, reference: &str) -> Result<Manifest> {
+        let cache = self.manifest_cache.get();
+        if let Some(dir) = cache {
+            let digest = if reference.starts_with("sha256:") {
+                Digest::parse(reference).ok()
+            } else if self.announces_rate_limit.load(Ordering::Relaxed) {
+                self.head_manifest(repo, reference).await
+            } else {
+                None
+            };
+            if let Some(d) = digest {
+                if let Some(bytes) = crate::cache::manifest(dir, &d).await {
+                    if let Some(media_type) = crate::manifest::media_type(&bytes, None) {
+                        return Ok(Manifest {
+                            bytes,
+                            media_type,
+                            digest: d,
+                        });
+                    }
+                }
+            }
+        }
         let url = self.url(&format!("v2/{repo}/manifests/{reference}"))?;
         let what = format!("manifest {}/{repo}:{reference}", self.name);
         let what = what.replace(":sha256:", "@sha256:");
@@ -25,6 +50,9 @@ impl Registry {
             .await?;
         if !resp.status().is_success() {
             return Err(self.unexpected(&what, resp).await);
+        }
+        if cache.is_some() && resp.headers().contains_key("ratelimit-limit") {
+            self.announces_rate_limit.store(true, Ordering::Relaxed);
         }
         let header_digest = resp
             .headers()
@@ -56,11 +84,43 @@ impl Registry {
         }
         let media_type = crate::manifest::media_type(&bytes, content_type.as_deref())
             .ok_or_else(|| Error::registry(&self.name, format!("{what}: no media type")))?;
+        // Kept: a manifest asked by digest (an index's child, found by digest next time), and
+        // with a pull limit one asked by tag too (found after a HEAD). Not the others: a
+        // file each is not free, and nothing would find them.
+        if let Some(dir) = cache {
+            if reference.starts_with("sha256:") || self.announces_rate_limit.load(Ordering::Relaxed)
+            {
+                crate::cache::keep_manifest(dir, &digest, &bytes).await;
+            }
+        }
         Ok(Manifest {
             bytes,
             media_type,
             digest,
         })
+    }
+
+    /// The digest a tag names, from `HEAD` (which a rate limit does not count): `None` when
+    /// the answer gives none or the request fails (the `GET` that follows says why).
+    async fn head_manifest(&self, repo: &str, tag: &str) -> Option<Digest> {
+        let url = self.url(&format!("v2/{repo}/manifests/{tag}")).ok()?;
+        let resp = self
+            .send(&Scope::pull(repo), || {
+                Ok(self.http.head(url.clone()).header(ACCEPT, MANIFEST_ACCEPT))
+            })
+            .await
+            .ok()?;
+        if !resp.status().is_success() {
+            return None;
+        }
+        let d = resp.headers().get("docker-content-digest")?.to_str().ok()?;
+        Digest::parse(d).ok()
+    }
+
+    /// Keeps every manifest fetched in `dir` (export's cache, `blobs/sha256/`), and reads a
+    /// manifest from there instead of fetching it when its digest is known (see the module).
+    pub fn cache_manifests_in(&self, dir: std::path::PathBuf) {
+        let _ = self.manifest_cache.set(dir);
     }
 
     /// Pushes a manifest's exact bytes under a tag or its digest.

@@ -98,6 +98,13 @@ pub struct Registry {
     /// The largest request body it (or a proxy in front of it) was not seen to refuse with
     /// `413`, learnt from its answers (`u64::MAX` until then; see `upload`).
     body_max: std::sync::atomic::AtomicU64,
+    /// Where manifests fetched are kept by digest, and found again (export's cache): set by
+    /// [`Registry::cache_manifests_in`].
+    manifest_cache: std::sync::OnceLock<std::path::PathBuf>,
+    /// Set once a manifest answer announced a pull rate limit (`RateLimit-Limit`, Docker
+    /// Hub's, which counts manifest `GET`s and not `HEAD`s): tags are then asked with `HEAD`
+    /// first, and a manifest already in the cache is not fetched again.
+    announces_rate_limit: std::sync::atomic::AtomicBool,
     /// Set once the registry answered the referrers API with 404: it has none (a registry
     /// that has one must not answer 404), so it is not asked again in this run.
     no_referrers_api: std::sync::atomic::AtomicBool,

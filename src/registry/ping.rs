@@ -106,6 +106,9 @@ impl Registry {
                 put_body: AtomicU8::new(0),
                 body_max: std::sync::atomic::AtomicU64::new(u64::MAX),
                 no_referrers_api: Default::default(),
+                manifest_cache: Default::default(),
+                // Docker Hub's limit is known before it says so.
+                announces_rate_limit: (name == crate::reference::DOCKER_HUB).into(),
             };
             // A loopback HTTPS attempt that fails to connect falls back at once, without retries.
             let fallback = schemes.len() > 1 && *scheme == "https";

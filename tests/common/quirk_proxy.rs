@@ -86,6 +86,9 @@ pub enum Quirk {
     /// `GET /v2/<repo>/manifests/<reference>` answered `429` as Docker Hub answers a spent
     /// pull limit: its `TOOMANYREQUESTS` error, `ratelimit-*` headers and no `Retry-After`.
     PullRateLimit,
+    /// Manifest answers (`GET` and `HEAD`) carry Docker Hub's `ratelimit-limit` and
+    /// `ratelimit-remaining` headers (a registry that counts manifest `GET`s).
+    AnnounceRateLimit,
 }
 
 /// nginx's answer to a request body over `client_max_body_size`.
@@ -1259,6 +1262,12 @@ fn handle_request(client: &mut TcpStream, _id: u64, sh: &Shared) -> io::Result<(
     };
     if sh.quirks.contains(&Quirk::NoContentDigest) {
         resp.remove("docker-content-digest");
+    }
+    if sh.quirks.contains(&Quirk::AnnounceRateLimit) && path.contains("/manifests/") {
+        resp.headers
+            .push(("ratelimit-limit".into(), "100;w=21600".into()));
+        resp.headers
+            .push(("ratelimit-remaining".into(), "99;w=21600".into()));
     }
     if sh.quirks.contains(&Quirk::RelativeLocation) {
         for (k, v) in resp.headers.iter_mut() {

@@ -159,13 +159,27 @@ pub(crate) struct Selection {
     pub tags: TagsAsked,
 }
 
+/// Has every client keep its manifests in `dir`, when given.
+fn keep_manifests(
+    clients: &std::collections::HashMap<String, std::sync::Arc<crate::registry::Registry>>,
+    dir: Option<&std::path::Path>,
+) {
+    if let Some(dir) = dir {
+        for reg in clients.values() {
+            reg.cache_manifests_in(dir.to_path_buf());
+        }
+    }
+}
+
 /// Connects to the source registries and resolves every image before anything is written:
-/// an unknown image fails here (or, with `--keep-going`, is left out and named).
+/// an unknown image fails here (or, with `--keep-going`, is left out and named). With
+/// `manifest_cache` (export's cache), manifests are kept there and read back by digest.
 pub(crate) async fn select(
     args: &ExportArgs,
     source: &SourceSide,
     image_set: Option<&crate::imageset::ImageSet>,
     cli_requested: Vec<Requested>,
+    manifest_cache: Option<&std::path::Path>,
     reporter: &Reporter,
 ) -> Result<Selection> {
     let jobs = args.out.jobs as usize;
@@ -174,6 +188,7 @@ pub(crate) async fn select(
     let (mut requested, clients, set_platforms) = match image_set {
         Some(set) => {
             let clients = connect_image_set(args, source, set).await?;
+            keep_manifests(&clients, manifest_cache);
             let selected = set.select_with(&clients, &tag_lists).await?;
             let requested: Vec<Requested> = selected
                 .into_iter()
@@ -190,6 +205,7 @@ pub(crate) async fn select(
         }
         None => {
             let clients = connect_sources(args, source, &cli_requested).await?;
+            keep_manifests(&clients, manifest_cache);
             (cli_requested, clients, Vec::new())
         }
     };
@@ -317,6 +333,7 @@ pub async fn run(args: ExportArgs) -> Result<()> {
         &opts.source,
         image_set.as_ref(),
         cli_requested,
+        Some(&cache),
         &reporter,
     )
     .await?;
