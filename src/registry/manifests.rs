@@ -117,8 +117,9 @@ impl Registry {
         Digest::parse(d).ok()
     }
 
-    /// Keeps every manifest fetched in `dir` (export's cache, `blobs/sha256/`), and reads a
-    /// manifest from there instead of fetching it when its digest is known (see the module).
+    /// Keeps manifests fetched by digest (and, from a registry that announces a pull limit, by
+    /// tag) in `dir` (export's cache, `blobs/sha256/`), and reads a manifest from there instead
+    /// of fetching it when its digest is known (see the module).
     pub fn cache_manifests_in(&self, dir: std::path::PathBuf) {
         let _ = self.manifest_cache.set(dir);
     }

@@ -23,11 +23,11 @@ fn api_host(name: &str) -> &str {
     }
 }
 
-/// `detail` with, when it is the TLS alert a registry behind mutual TLS answers a client
-/// without (or with the wrong) certificate, where that certificate goes; when the registry's
-/// CA is not trusted, where it goes; when the registry's
-/// certificate is out of its dates, what this machine's clock says (a disconnected machine
-/// without NTP is often days or years off).
+/// `detail` with a hint for the TLS failures a user can mend: the alert a registry behind
+/// mutual TLS answers a client without (or with the wrong) certificate (where that certificate
+/// goes); a registry CA this machine does not trust (where it goes); a registry certificate
+/// out of its dates (what this machine's clock says: a disconnected machine without NTP is
+/// often days or years off).
 fn with_cert_hint(detail: String, name: &str) -> String {
     if detail.contains("BadCertificate") || detail.contains("CertificateRequired") {
         format!(
