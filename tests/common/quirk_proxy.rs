@@ -857,6 +857,17 @@ enum Action {
     TooLarge,
 }
 
+/// Reads the request body (up to `limit` bytes) and throws it away: how many bytes came.
+fn drain(head: &Head, src: &mut Src<'_>, limit: Option<u64>) -> u64 {
+    let mut nowhere = Lenient {
+        inner: None,
+        failed: false,
+    };
+    pump_body(head, src, &mut nowhere, limit)
+        .map(|(n, _)| n)
+        .unwrap_or(0)
+}
+
 fn handle_request(client: &mut TcpStream, _id: u64, sh: &Shared) -> io::Result<()> {
     client.set_read_timeout(Some(Duration::from_secs(30)))?;
     let Some((head, rest)) = read_head(client, true)? else {
@@ -1126,17 +1137,7 @@ fn handle_request(client: &mut TcpStream, _id: u64, sh: &Shared) -> io::Result<(
     };
     if let Action::Cut(n, false) = action {
         // Read what the client sends up to the cut, deliver nothing, cut the client.
-        let (got, _) = pump_body(
-            &head,
-            &mut src,
-            &mut Lenient {
-                inner: None,
-                failed: false,
-            },
-            Some(n),
-        )
-        .unwrap_or((0, false));
-        rec.body_bytes = got;
+        rec.body_bytes = drain(&head, &mut src, Some(n));
         let _ = src.stream.shutdown(Shutdown::Both);
         rec.action = "cut".into();
         push_record(sh, rec);
@@ -1155,16 +1156,7 @@ fn handle_request(client: &mut TcpStream, _id: u64, sh: &Shared) -> io::Result<(
             ],
             NGINX_413,
         );
-        let (n, _) = pump_body(
-            &head,
-            &mut src,
-            &mut Lenient {
-                inner: None,
-                failed: false,
-            },
-            None,
-        )
-        .unwrap_or((0, false));
+        let n = drain(&head, &mut src, None);
         let _ = src.stream.shutdown(Shutdown::Both);
         rec.body_bytes = n;
         rec.status = Some(413);
@@ -1173,16 +1165,7 @@ fn handle_request(client: &mut TcpStream, _id: u64, sh: &Shared) -> io::Result<(
         return Ok(());
     }
     if let Action::Answer(status, headers, body, label) = &action {
-        let (n, _) = pump_body(
-            &head,
-            &mut src,
-            &mut Lenient {
-                inner: None,
-                failed: false,
-            },
-            None,
-        )
-        .unwrap_or((0, false));
+        let n = drain(&head, &mut src, None);
         rec.body_bytes = n;
         respond(src.stream, status, headers, body);
         rec.status = status
