@@ -317,7 +317,8 @@ impl Registry {
             return Error::transient(&self.name, format!("{what}: answered {status}"), None);
         }
         if status == StatusCode::PAYLOAD_TOO_LARGE {
-            return Error::registry(&self.name, format!("{what}: {}", too_large(None)));
+            let said = error_messages(body.as_bytes());
+            return Error::registry(&self.name, format!("{what}: {}", too_large(None, &said)));
         }
         Error::registry(
             &self.name,
@@ -329,17 +330,23 @@ impl Registry {
     }
 }
 
-/// What a `413` means, for a request of `bytes` when known: the page a proxy answers with
-/// (nginx's HTML) is left out.
-fn too_large(bytes: Option<u64>) -> String {
+/// What a `413` means, for a request of `bytes` when known, with what the registry said in an
+/// OCI error body (`said`, from [`error_messages`]; a registry may mean a quota): the page a
+/// proxy answers with (nginx's HTML) is left out.
+fn too_large(bytes: Option<u64>, said: &str) -> String {
     let what = match bytes {
         Some(n) => format!("a request of {n} bytes"),
         None => "the request".to_string(),
     };
+    let said = if said.is_empty() {
+        String::new()
+    } else {
+        format!(" (the registry said: {said})")
+    };
     format!(
-        "answered 413 Payload Too Large: the registry, or a proxy in front of it, refuses {what}. \
-         Raise its request body limit (nginx: client_max_body_size 0; ingress-nginx: the \
-         annotation nginx.ingress.kubernetes.io/proxy-body-size: \"0\")"
+        "answered 413 Payload Too Large{said}: the registry, or a proxy in front of it, refuses \
+         {what}. Raise its request body limit (nginx: client_max_body_size 0; ingress-nginx: \
+         the annotation nginx.ingress.kubernetes.io/proxy-body-size: \"0\")"
     )
 }
 
@@ -503,6 +510,14 @@ mod tests {
             "TOOMANYREQUESTS: You have reached your unauthenticated pull rate limit."
         );
         assert_eq!(error_messages(b"<html>busy</html>"), "");
+        // A 413 keeps what a registry said (a quota), never a proxy's page.
+        let quota = too_large(Some(65536), "DENIED: storage quota exceeded");
+        assert!(
+            quota.contains("(the registry said: DENIED: storage quota exceeded)")
+                && quota.contains("a request of 65536 bytes"),
+            "{quota}"
+        );
+        assert!(!too_large(None, "").contains("said"));
         assert_eq!(
             error_messages(br#"{"errors":[{"code":"A"},{"message":"b"}]}"#),
             "A; b"

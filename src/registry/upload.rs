@@ -601,7 +601,10 @@ impl Registry {
                     let ra = super::retry_after(&resp);
                     return Err(Outcome::Again(format!("PATCH answered {status}"), ra));
                 }
-                StatusCode::PAYLOAD_TOO_LARGE => return Err(self.too_large(what, "PATCH", len)),
+                StatusCode::PAYLOAD_TOO_LARGE => {
+                    let said = super::error_messages(&self.error_body(resp).await);
+                    return Err(self.too_large(what, "PATCH", len, &said));
+                }
                 _ => {
                     let body = self.error_body(resp).await;
                     if refuses_chunks(status, &body)
@@ -616,9 +619,9 @@ impl Registry {
         Ok(())
     }
 
-    /// A request carrying `bytes` answered `413`: go on with smaller ones, unless it was
-    /// small already.
-    fn too_large(&self, what: &str, request: &str, bytes: u64) -> Outcome {
+    /// A request carrying `bytes` answered `413` (the registry saying `said`): go on with
+    /// smaller ones, unless it was small already.
+    fn too_large(&self, what: &str, request: &str, bytes: u64, said: &str) -> Outcome {
         if bytes > MIN_BODY {
             return Outcome::TooLarge(bytes);
         }
@@ -626,7 +629,7 @@ impl Registry {
         self.body_max.store(0, Ordering::Relaxed);
         Outcome::Fatal(Error::registry(
             &self.name,
-            format!("{what}: {request} {}", super::too_large(Some(bytes))),
+            format!("{what}: {request} {}", super::too_large(Some(bytes), said)),
         ))
     }
 
@@ -712,16 +715,17 @@ impl Registry {
             return Err(Outcome::Again(format!("PUT answered {status}"), ra));
         }
         if status == StatusCode::PAYLOAD_TOO_LARGE {
+            let said = super::error_messages(&self.error_body(resp).await);
             if self.upload_mode.load(Ordering::Relaxed) == MODE_MONOLITHIC {
                 return Err(Outcome::Fatal(Error::registry(
                     &self.name,
                     format!(
                         "{what}: PUT {} (and the registry refuses chunked uploads)",
-                        super::too_large(Some(size))
+                        super::too_large(Some(size), &said)
                     ),
                 )));
             }
-            return Err(self.too_large(what, "PUT", size));
+            return Err(self.too_large(what, "PUT", size, &said));
         }
         if may_refuse && may_refuse_body(status) {
             let body = self.error_body(resp).await;
