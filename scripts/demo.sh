@@ -86,11 +86,16 @@ cleanup() {
 }
 trap cleanup EXIT
 
-# A port nobody listens on (bash's /dev/tcp: no extra tools needed on a fresh machine).
+# A port nobody listens on (bash's /dev/tcp: no extra tools needed on a fresh machine), below
+# the kernel's range of ports for outgoing connections when it leaves room, so that no client
+# takes it before the registry binds it.
 free_port() {
-    local p _
+    local p _ low=32768 span
+    read -r low _ </proc/sys/net/ipv4/ip_local_port_range 2>/dev/null || true
+    span=$((low - 20000))
+    ((span >= 2000)) || span=40000
     for _ in $(seq 1 100); do
-        p=$((20000 + RANDOM % 40000))
+        p=$((20000 + RANDOM % span))
         if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then
             echo "$p"
             return 0
@@ -110,7 +115,21 @@ registry_up() {
 }
 
 # start_registry NAME: starts docker-registry with its storage under $WORK/NAME, sets REG_PORT.
+# A port taken between the check and the registry's bind is met by another port (5 tries).
 start_registry() {
+    local name=$1 attempt
+    for attempt in 1 2 3 4 5; do
+        start_registry_once "$name" && return 0
+        grep -q "address already in use" "$WORK/$name/registry.log" 2>/dev/null ||
+            { cat "$WORK/$name/registry.log" >&2; die "registry $name did not start"; }
+        echo "demo: port $REG_PORT was taken meanwhile; another (try $attempt of 5)" >&2
+    done
+    cat "$WORK/$name/registry.log" >&2
+    die "registry $name did not start"
+}
+
+# start_registry_once NAME: one try; false when the registry exits before it answers.
+start_registry_once() {
     local name=$1 dir=$WORK/$1 pid _
     REG_PORT=$(free_port) || die "no free port"
     mkdir -p "$dir/data"
@@ -132,7 +151,8 @@ EOF
     pid=$!
     PIDS+=("$pid")
     for _ in $(seq 1 100); do
-        kill -0 "$pid" 2>/dev/null || { cat "$dir/registry.log" >&2; die "registry $name did not start"; }
+        # Exited (a bind that failed, say): the caller reads its log.
+        kill -0 "$pid" 2>/dev/null || return 1
         if registry_up "$REG_PORT" 2>/dev/null; then return 0; fi
         sleep 0.1
     done
