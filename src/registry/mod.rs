@@ -358,38 +358,44 @@ fn retry_after(resp: &Response) -> Option<Duration> {
         .and_then(parse_retry_after)
 }
 
-/// The `code`s of an OCI error body (`{"errors":[{"code":"NAME_UNKNOWN",…}]}`).
-fn error_codes(body: &[u8]) -> Vec<String> {
-    serde_json::from_slice::<serde_json::Value>(body)
-        .ok()
-        .and_then(|v| {
-            v.get("errors").and_then(|e| e.as_array()).map(|errs| {
-                errs.iter()
-                    .filter_map(|e| e.get("code").and_then(|c| c.as_str()).map(str::to_string))
-                    .collect()
-            })
-        })
-        .unwrap_or_default()
-}
-
-/// `CODE: message` of each error in an OCI error body, joined with `; ` (empty when the body
-/// is not one: an HTML page, nothing).
-fn error_messages(body: &[u8]) -> String {
+/// The `(code, message)` of each error in an OCI error body
+/// (`{"errors":[{"code":"NAME_UNKNOWN","message":…}]}`), each `None` when absent; nothing when
+/// the body is not one (an HTML page, nothing).
+fn oci_errors(body: &[u8]) -> Vec<(Option<String>, Option<String>)> {
     let Ok(v) = serde_json::from_slice::<serde_json::Value>(body) else {
-        return String::new();
+        return Vec::new();
     };
     let Some(errs) = v.get("errors").and_then(|e| e.as_array()) else {
-        return String::new();
+        return Vec::new();
     };
     errs.iter()
         .map(|e| {
-            let field = |k: &str| e.get(k).and_then(|c| c.as_str()).unwrap_or_default();
-            match (field("code"), field("message")) {
-                (c, "") => c.to_string(),
-                ("", m) => m.to_string(),
-                (c, m) => format!("{c}: {m}"),
-            }
+            let field = |k: &str| e.get(k).and_then(|c| c.as_str()).map(str::to_string);
+            (field("code"), field("message"))
         })
+        .collect()
+}
+
+/// The `code`s of an OCI error body.
+fn error_codes(body: &[u8]) -> Vec<String> {
+    oci_errors(body)
+        .into_iter()
+        .filter_map(|(c, _)| c)
+        .collect()
+}
+
+/// `CODE: message` of each error in an OCI error body, joined with `; ` (empty when the body
+/// is not one).
+fn error_messages(body: &[u8]) -> String {
+    oci_errors(body)
+        .into_iter()
+        .map(
+            |(c, m)| match (c.unwrap_or_default(), m.unwrap_or_default()) {
+                (c, m) if m.is_empty() => c,
+                (c, m) if c.is_empty() => m,
+                (c, m) => format!("{c}: {m}"),
+            },
+        )
         .filter(|m| !m.is_empty())
         .collect::<Vec<_>>()
         .join("; ")
