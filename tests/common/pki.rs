@@ -53,14 +53,20 @@ fn make_leaf(dir: &Path, name: &str, out: &str, cn: &str, ca: &str, ext: &str) {
         &format!("openssl: create the CSR of {cn}"),
     );
     fs::write(dir.join(format!("{name}.ext")), ext).expect("write the extensions");
+    sign(dir, name, out, ca, "7");
+}
+
+/// Signs `NAME.csr` in `dir` with the CA `ca` and the extensions `NAME.ext` into `out`, valid
+/// for `days` from now (negative: it expired that long ago).
+fn sign(dir: &Path, name: &str, out: &str, ca: &str, days: &str) {
     run_tool(
         Command::new("openssl")
             .current_dir(dir)
             .args(["x509", "-req", "-in", &format!("{name}.csr")])
             .args(["-CA", &format!("{ca}.crt"), "-CAkey", &format!("{ca}.key")])
-            .args(["-CAcreateserial", "-out", out, "-days", "7"])
+            .args(["-CAcreateserial", "-out", out, "-days", days])
             .args(["-extfile", &format!("{name}.ext")]),
-        &format!("openssl: sign the certificate of {cn}"),
+        &format!("openssl: sign {out} for {days} days"),
     );
 }
 
@@ -87,15 +93,7 @@ pub fn generate_test_pki(dir: &Path) {
 /// Signs the server certificate of [`generate_test_pki`] in `dir` again, valid until
 /// yesterday (`-days -1`: its notAfter a day before its notBefore, now).
 pub fn expire_server_certificate(dir: &Path) {
-    run_tool(
-        Command::new("openssl")
-            .current_dir(dir)
-            .args(["x509", "-req", "-in", "server.csr"])
-            .args(["-CA", "ca.crt", "-CAkey", "ca.key"])
-            .args(["-CAcreateserial", "-out", "server.crt", "-days", "-1"])
-            .args(["-extfile", "server.ext"]),
-        "openssl: sign an expired server certificate",
-    );
+    sign(dir, "server", "server.crt", "ca", "-1");
 }
 
 /// Generate a second CA that signs client certificates, and one client certificate from it
