@@ -23,6 +23,9 @@ pub const FRAME_SIZE: u32 = 4 * 1024 * 1024;
 /// How many chunks (of [`encoder::CHUNK`](super::encoder::CHUNK)) may wait for the output
 /// thread: 1 MiB.
 const QUEUE: usize = 4;
+/// What a member's data is read in: `io::copy`'s 8 KiB made 131,000 reads (each a `pread`
+/// and a lock on a spool file) of a 1 GiB layer.
+const COPY_BUF: usize = 256 * 1024;
 
 /// A failure to write the bundle `path`. A file larger than its file system takes (`EFBIG`:
 /// FAT32 holds files under 4 GiB, the file system of most removable media) says how to split.
@@ -42,6 +45,8 @@ pub struct BundleWriter {
     output: Option<JoinHandle<io::Result<VolumeWriter>>>,
     mtime: u64,
     path: PathBuf,
+    /// Reused by every member read from a reader ([`COPY_BUF`] once the first is).
+    copy_buf: Vec<u8>,
 }
 
 impl BundleWriter {
@@ -71,6 +76,7 @@ impl BundleWriter {
             output: Some(output),
             mtime,
             path: path.to_path_buf(),
+            copy_buf: Vec::new(),
         })
     }
 
@@ -98,7 +104,17 @@ impl BundleWriter {
         data: &mut dyn Read,
         how: Compression,
     ) -> Result<()> {
-        self.member(name, size, how, &mut |out| io::copy(data, out).map(|_| ()))
+        let mut buf = std::mem::take(&mut self.copy_buf);
+        // A buffer no larger than the member: most are a few KiB.
+        let room = usize::try_from(size).unwrap_or(COPY_BUF).clamp(1, COPY_BUF);
+        if buf.len() < room {
+            buf.resize(room, 0);
+        }
+        let r = self.member(name, size, how, &mut |out| {
+            copy(data, out, &mut buf[..room])
+        });
+        self.copy_buf = buf;
+        r
     }
 
     /// Appends one member of `size` bytes that `write` produces as it goes (a serialiser
@@ -200,6 +216,19 @@ impl BundleWriter {
             _ => return Err(Error::bundle(&path, "the output thread failed")),
         };
         volumes.finish(side)
+    }
+}
+
+/// Copies `data` to `out` through `buf` (see [`COPY_BUF`]).
+fn copy(data: &mut dyn Read, out: &mut dyn Write, buf: &mut [u8]) -> io::Result<()> {
+    loop {
+        let n = match data.read(buf) {
+            Ok(0) => return Ok(()),
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        out.write_all(&buf[..n])?;
     }
 }
 
