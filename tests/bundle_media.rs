@@ -509,6 +509,118 @@ fn split_bundle_is_volumes_with_checksums_and_imports_from_any_volume() {
     assert!(check.status.success(), "{}", describe_output(&check));
 }
 
+/// Media carried across by hand are often renamed (`arc-2026-11.tar.zst` for `bundle.tar.zst`),
+/// and the checksum file with them, whose lines still name the volumes as export wrote them.
+/// Such a bundle opens and imports (the checksum file no longer makes its volumes "missing"),
+/// `verify` compares each volume against its line and says the names differ, and a volume
+/// that no line stands for is said to be unchecked, never passed over in silence.
+#[test]
+fn a_renamed_bundle_is_checked_against_the_checksum_lines_of_its_old_name() {
+    let src = TestRegistry::start(RegistryOpts::plain());
+    let corpus = build_corpus(&src);
+    let dir = tempdir("airlock-media-renamed-");
+    let pristine = dir.path().join("set.tar.zst");
+    export(
+        &corpus.images_file(&src.host()),
+        &pristine,
+        &["--split-size", "16K"],
+        &[],
+    );
+    let n = volumes_of(&pristine).len();
+    assert!(n >= 3, "need at least 3 volumes");
+    let single = dir.path().join("single.tar.zst");
+    export(&one_image(&corpus, &src.host()), &single, &[], &[]);
+
+    // Every file renamed, the checksum file's contents as export wrote them.
+    let renamed = dir.path().join("media");
+    fs::create_dir_all(&renamed).expect("mkdir");
+    let rename = |from: &Path, to: &str| {
+        fs::copy(from, renamed.join(to)).expect("copy");
+    };
+    for k in 1..=n {
+        rename(
+            &volume(&pristine, k),
+            &format!("arc-2026-11.tar.zst.{k:03}"),
+        );
+    }
+    rename(&beside(&pristine, "sha256"), "arc-2026-11.tar.zst.sha256");
+    rename(&single, "one.tar.zst");
+    rename(&beside(&single, "sha256"), "one.tar.zst.sha256");
+    let base = renamed.join("arc-2026-11.tar.zst");
+    let verify = |b: &Path| run_airlock([OsString::from("verify"), b.into()], &[], None);
+
+    for (b, old) in [
+        (&base, "set.tar.zst.002"),
+        (&renamed.join("one.tar.zst"), "single.tar.zst"),
+    ] {
+        let o = verify(b);
+        assert_success(&o, &format!("verify {}", b.display()));
+        let err = stderr_text(&o);
+        assert!(err.contains("all good"), "{}", describe_output(&o));
+        assert!(
+            err.contains(old) && err.contains("renamed"),
+            "verify does not say the checksum file names the volume {old}\n{}",
+            describe_output(&o)
+        );
+    }
+
+    // And it imports under its new name, every image with its source digest.
+    let dst = TestRegistry::start(RegistryOpts::plain());
+    let o = run_airlock(import_args(&volume(&base, 2), &dst, &[]), &[], None);
+    assert_success(&o, "import of the renamed volumes");
+    for img in &corpus.images {
+        assert_eq!(
+            skopeo_digest(&dst, &img.name()),
+            skopeo_digest(&src, &img.name()),
+            "{} after import",
+            img.name()
+        );
+    }
+
+    // The line that stands for .002 is compared: a wrong one fails, naming the volume.
+    let sums = renamed.join("arc-2026-11.tar.zst.sha256");
+    let text = fs::read_to_string(&sums).expect("read sums");
+    let wrong: String = text
+        .lines()
+        .map(|l| {
+            let (h, name) = l.split_once("  ").expect("sha256sum line");
+            if name.ends_with(".002") {
+                let flipped = if h.starts_with('0') { "1" } else { "0" };
+                format!("{flipped}{}  {name}\n", &h[1..])
+            } else {
+                format!("{l}\n")
+            }
+        })
+        .collect();
+    fs::write(&sums, wrong).expect("write sums");
+    let o = verify(&base);
+    assert_eq!(o.status.code(), Some(1), "{}", describe_output(&o));
+    let err = stderr_text(&o);
+    assert!(
+        err.contains("arc-2026-11.tar.zst.002") && err.contains("does not match"),
+        "{}",
+        describe_output(&o)
+    );
+
+    // A checksum file that lists the first volumes only: the others are said to be unchecked.
+    let short: String = text.lines().take(2).map(|l| format!("{l}\n")).collect();
+    fs::write(&sums, short).expect("write sums");
+    let o = verify(&base);
+    assert_success(&o, "verify with a short checksum file");
+    let err = stderr_text(&o);
+    for k in 3..=n {
+        assert!(
+            err.contains(&format!("arc-2026-11.tar.zst.{k:03} is not listed")),
+            "volume {k} passed over in silence\n{}",
+            describe_output(&o)
+        );
+    }
+    assert!(
+        !err.contains("arc-2026-11.tar.zst.002 is not listed"),
+        "{err}"
+    );
+}
+
 // ---------------------------------------------------------------------------------------------
 // 2. Broken volume sets
 // ---------------------------------------------------------------------------------------------

@@ -220,6 +220,109 @@ impl Drop for VolumeWriter {
     }
 }
 
+/// `NAME.sha256` as read back: each line with the file of this bundle it stands for.
+pub struct Sums {
+    /// The checksum file.
+    pub file: PathBuf,
+    pub lines: Vec<SumLine>,
+    /// The lines name the volumes under another name than the bundle's: it was renamed
+    /// after export (media carried by hand often are), and each line stands for the volume
+    /// with its suffix (`.001`, …, or none for a single file).
+    pub renamed: bool,
+}
+
+pub struct SumLine {
+    /// The name the line gives.
+    pub listed: String,
+    pub sha256: String,
+    /// The file beside the bundle the line is for.
+    pub stands_for: PathBuf,
+}
+
+impl Sums {
+    /// The checksum file of the bundle `base` (a single file or the base of volumes); `None`
+    /// when there is none, or it lists nothing.
+    pub fn read(base: &Path) -> Option<Sums> {
+        let file = checksum_name(base);
+        let text = fs::read_to_string(&file).ok()?;
+        let listed: Vec<(String, String)> = text
+            .lines()
+            .filter_map(|l| l.split_once("  "))
+            .map(|(h, n)| (n.trim().to_string(), h.trim().to_string()))
+            .collect();
+        if listed.is_empty() {
+            return None;
+        }
+        let base_name = base.file_name()?.to_string_lossy().into_owned();
+        let suffixes = renamed_suffixes(&listed, &base_name, base.is_file());
+        let renamed = suffixes.is_some();
+        let lines = listed
+            .into_iter()
+            .enumerate()
+            .map(|(k, (listed, sha256))| {
+                let stands_for = match &suffixes {
+                    Some(s) => base.with_file_name(format!("{base_name}{}", s[k])),
+                    None => base.with_file_name(&listed),
+                };
+                SumLine {
+                    listed,
+                    sha256,
+                    stands_for,
+                }
+            })
+            .collect();
+        Some(Sums {
+            file,
+            lines,
+            renamed,
+        })
+    }
+
+    /// The line for `file`, if one stands for it.
+    pub fn line_for(&self, file: &Path) -> Option<&SumLine> {
+        self.lines.iter().find(|l| l.stands_for == file)
+    }
+}
+
+/// Where the lines of a checksum file name the files of one bundle under another name than
+/// `base`: the suffix each line's name has after that other name (`""` for one line naming a
+/// single file, when the bundle is one; `.001`, `.002`, … for volumes). `None` when a line
+/// names a file of `base`'s own name, or the lines are not one bundle's.
+fn renamed_suffixes(
+    listed: &[(String, String)],
+    base: &str,
+    single_file: bool,
+) -> Option<Vec<String>> {
+    if listed.iter().any(|(n, _)| n.starts_with(base)) {
+        return None;
+    }
+    if single_file {
+        let [(single, _)] = listed else {
+            return None;
+        };
+        let numbered = single
+            .rsplit_once('.')
+            .is_some_and(|(_, n)| n.len() == 3 && n.bytes().all(|b| b.is_ascii_digit()));
+        return (!numbered && !single.contains('/')).then(|| vec![String::new()]);
+    }
+    let mut stem = None;
+    let mut suffixes = Vec::with_capacity(listed.len());
+    for (name, _) in listed {
+        let (s, n) = name.rsplit_once('.')?;
+        if n.len() != 3 || !n.bytes().all(|b| b.is_ascii_digit()) || s.contains('/') {
+            return None;
+        }
+        if *stem.get_or_insert(s) != s {
+            return None;
+        }
+        suffixes.push(format!(".{n}"));
+    }
+    let mut distinct = suffixes.clone();
+    distinct.sort();
+    distinct.dedup();
+    (distinct.len() == suffixes.len()).then_some(suffixes)
+}
+
 /// Finds the files of a bundle given its base name, any of its volumes, or a single file.
 /// Volumes must be numbered without gaps; the `.sha256` file, when present, must name them all.
 pub fn discover(given: &Path) -> Result<(PathBuf, Vec<PathBuf>)> {
@@ -257,17 +360,21 @@ pub fn discover(given: &Path) -> Result<(PathBuf, Vec<PathBuf>)> {
             ));
         }
     }
-    let sums = checksum_name(&base);
-    if let Ok(text) = fs::read_to_string(&sums) {
-        for line in text.lines() {
-            if let Some((_, name)) = line.split_once("  ") {
-                let expected = base.with_file_name(name.trim());
-                if !expected.is_file() {
-                    return Err(Error::bundle(
-                        &expected,
-                        format!("volume listed in {} is missing", sums.display()),
-                    ));
-                }
+    if let Some(sums) = Sums::read(&base) {
+        for line in &sums.lines {
+            if !line.stands_for.is_file() {
+                let listed = if sums.renamed {
+                    format!(" as {}", line.listed)
+                } else {
+                    String::new()
+                };
+                return Err(Error::bundle(
+                    &line.stands_for,
+                    format!(
+                        "volume listed in {}{listed} is missing",
+                        sums.file.display()
+                    ),
+                ));
             }
         }
     }
@@ -278,19 +385,13 @@ pub fn discover(given: &Path) -> Result<(PathBuf, Vec<PathBuf>)> {
 /// Re-reads them; used to explain a failure, so empty when there is no checksum file.
 pub fn damaged_volumes(base: &Path, volumes: &[PathBuf]) -> Vec<PathBuf> {
     use sha2::{Digest as _, Sha256};
-    let Ok(text) = fs::read_to_string(checksum_name(base)) else {
+    let Some(sums) = Sums::read(base) else {
         return Vec::new();
     };
-    let listed: std::collections::HashMap<&str, &str> = text
-        .lines()
-        .filter_map(|l| l.split_once("  "))
-        .map(|(h, n)| (n.trim(), h.trim()))
-        .collect();
     volumes
         .iter()
         .filter(|v| {
-            let name = v.file_name().map(|n| n.to_string_lossy().into_owned());
-            let Some(want) = name.as_deref().and_then(|n| listed.get(n)) else {
+            let Some(want) = sums.line_for(v).map(|l| l.sha256.as_str()) else {
                 return false;
             };
             let mut h = Sha256::new();

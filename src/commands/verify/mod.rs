@@ -9,14 +9,13 @@ mod pass;
 mod sink;
 
 use crate::bundle::docker;
-use crate::bundle::volumes::{checksum_name, explain_damage};
+use crate::bundle::volumes::{checksum_name, explain_damage, Sums};
 use crate::bundle::Bundle;
 use crate::cli::VerifyArgs;
 use crate::copy::{self, TargetImage};
 use crate::error::{Error, Result};
 use crate::manifest;
 use crate::progress::{human, Reporter};
-use std::collections::HashMap;
 use std::io::Write;
 use std::sync::Arc;
 
@@ -141,24 +140,40 @@ async fn check_pass(bundle: Arc<Bundle>, reporter: &Reporter) -> Result<Report> 
 
     // Volume checksums against the .sha256 file.
     let sums_file = checksum_name(&bundle.path);
-    let listed: HashMap<String, String> = std::fs::read_to_string(&sums_file)
-        .map(|t| {
-            t.lines()
-                .filter_map(|l| l.split_once("  "))
-                .map(|(h, n)| (n.trim().to_string(), h.trim().to_string()))
-                .collect()
-        })
-        .unwrap_or_default();
-    if listed.is_empty() {
-        rep.warnings
-            .push(format!("no checksum file {}", sums_file.display()));
+    let sums = Sums::read(&bundle.path);
+    match &sums {
+        None => rep
+            .warnings
+            .push(format!("no checksum file {}", sums_file.display())),
+        Some(s) if s.renamed => {
+            let old: Vec<&str> = s.lines.iter().map(|l| l.listed.as_str()).collect();
+            rep.warnings.push(match old.as_slice() {
+                [one] => format!(
+                    "{} names the bundle {one} (renamed after export?): {} was checked \
+                     against that line; `sha256sum -c` looks for {one}",
+                    sums_file.display(),
+                    bundle.path.display()
+                ),
+                _ => format!(
+                    "{} names the volumes {} (renamed after export?): each volume was checked \
+                     against the line with its number; `sha256sum -c` looks for the old names",
+                    sums_file.display(),
+                    old.join(", ")
+                ),
+            });
+        }
+        Some(_) => {}
     }
     for (file, sum) in &volume_sums {
-        let fname = file
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        let ok = listed.get(&fname).map(|h| h == sum);
+        let line = sums.as_ref().and_then(|s| s.line_for(file));
+        let ok = line.map(|l| &l.sha256 == sum);
+        if sums.is_some() && line.is_none() {
+            rep.warnings.push(format!(
+                "{} is not listed in {}: its checksum was not compared",
+                file.display(),
+                sums_file.display()
+            ));
+        }
         if ok == Some(false) {
             rep.errors.push(format!(
                 "{}: sha256 {sum} does not match {}",
