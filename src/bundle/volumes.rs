@@ -293,23 +293,28 @@ fn renamed_suffixes(
     base: &str,
     single_file: bool,
 ) -> Option<Vec<String>> {
-    if listed.iter().any(|(n, _)| n.starts_with(base)) {
+    let numbered = |n: &str| n.len() == 3 && n.bytes().all(|b| b.is_ascii_digit());
+    let of_base = |n: &str| {
+        n == base
+            || n.strip_prefix(base)
+                .and_then(|r| r.strip_prefix('.'))
+                .is_some_and(numbered)
+    };
+    if listed.iter().any(|(n, _)| of_base(n)) {
         return None;
     }
     if single_file {
         let [(single, _)] = listed else {
             return None;
         };
-        let numbered = single
-            .rsplit_once('.')
-            .is_some_and(|(_, n)| n.len() == 3 && n.bytes().all(|b| b.is_ascii_digit()));
-        return (!numbered && !single.contains('/')).then(|| vec![String::new()]);
+        let volume = single.rsplit_once('.').is_some_and(|(_, n)| numbered(n));
+        return (!volume && !single.contains('/')).then(|| vec![String::new()]);
     }
     let mut stem = None;
     let mut suffixes = Vec::with_capacity(listed.len());
     for (name, _) in listed {
         let (s, n) = name.rsplit_once('.')?;
-        if n.len() != 3 || !n.bytes().all(|b| b.is_ascii_digit()) || s.contains('/') {
+        if !numbered(n) || s.contains('/') {
             return None;
         }
         if *stem.get_or_insert(s) != s {
@@ -546,5 +551,55 @@ impl Seek for MultiFile {
         .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "seek out of range"))?;
         self.pos = new;
         Ok(new)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::renamed_suffixes;
+
+    fn lines(names: &[&str]) -> Vec<(String, String)> {
+        names
+            .iter()
+            .map(|n| (n.to_string(), "0".repeat(64)))
+            .collect()
+    }
+
+    #[test]
+    fn checksum_lines_of_a_renamed_bundle_stand_for_its_volumes_by_number() {
+        let volumes = lines(&["set.tar.zst.002", "set.tar.zst.001"]);
+        assert_eq!(
+            renamed_suffixes(&volumes, "arc.tar.zst", false),
+            Some(vec![".002".to_string(), ".001".to_string()])
+        );
+        // A new name that is a prefix of the old one is still a rename.
+        assert!(renamed_suffixes(&volumes, "set", false).is_some());
+        // The bundle's own names: nothing to stand in for.
+        assert_eq!(renamed_suffixes(&volumes, "set.tar.zst", false), None);
+        assert_eq!(
+            renamed_suffixes(&lines(&["single.tar.zst"]), "one.tar.zst", true),
+            Some(vec![String::new()])
+        );
+        assert_eq!(
+            renamed_suffixes(&lines(&["one.tar.zst"]), "one.tar.zst", true),
+            None
+        );
+        // Not the lines of one bundle: two stems, a repeated number, a path, no number, or
+        // one file's line for a bundle of volumes.
+        for (names, single) in [
+            (&["a.tar.zst.001", "b.tar.zst.002"][..], false),
+            (&["a.tar.zst.001", "a.tar.zst.001"][..], false),
+            (&["dir/a.tar.zst.001", "dir/a.tar.zst.002"][..], false),
+            (&["a.tar.zst", "a.tar.zst.001"][..], false),
+            (&["notes.txt"][..], false),
+            (&["a.tar.zst.001"][..], true),
+            (&["dir/a.tar.zst"][..], true),
+        ] {
+            assert_eq!(
+                renamed_suffixes(&lines(names), "arc.tar.zst", single),
+                None,
+                "{names:?}"
+            );
+        }
     }
 }
