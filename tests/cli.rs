@@ -446,3 +446,51 @@ fn inspect_image_patterns() {
     let none = run_airlock(["inspect", b, "--image", "nothing-*"], &[], None);
     assert_eq!(none.status.code(), Some(2), "{}", describe_output(&none));
 }
+
+/// `-o` naming a directory (`/media/usb`, or `/srv/bundles/` in a scheduled job's settings)
+/// is refused at once with the file name to give, not after the whole download, when the
+/// bundle is renamed into place. The source here does not answer: the refusal comes first.
+#[test]
+fn an_output_naming_a_directory_is_refused_before_any_download() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let usb = dir.path().join("usb");
+    std::fs::create_dir(&usb).expect("mkdir");
+    let missing = format!("{}/", dir.path().join("bundles").display());
+    for (given, says) in [
+        (usb.display().to_string(), "is a directory"),
+        (format!("{}/", usb.display()), "is a directory"),
+        (missing.clone(), "is a directory"),
+    ] {
+        let out = run_airlock(
+            [
+                "export",
+                "127.0.0.1:9/lib/alpine:3.20",
+                "--plain-http",
+                "--retries",
+                "0",
+                "-o",
+                given.as_str(),
+            ],
+            &[],
+            None,
+        );
+        assert_eq!(
+            out.status.code(),
+            Some(2),
+            "-o {given}\n{}",
+            describe_output(&out)
+        );
+        let err = stderr_text(&out);
+        assert!(
+            err.contains(says) && err.contains("bundle.tar.zst"),
+            "-o {given}: the error does not say what to give\n{}",
+            describe_output(&out)
+        );
+    }
+    let left: Vec<_> = std::fs::read_dir(dir.path())
+        .expect("read dir")
+        .map(|e| e.expect("entry").file_name())
+        .collect();
+    assert_eq!(left, vec![std::ffi::OsString::from("usb")], "{left:?}");
+    assert_eq!(std::fs::read_dir(&usb).expect("read usb").count(), 0);
+}

@@ -22,6 +22,7 @@ use crate::progress::Reporter;
 use images::{Collect, Images};
 use inputs::{cache_dir, expand_output, load_since, validate_platform, Carried, TagsAsked};
 use sources::{companions, connect_image_set, connect_sources, resolve_all};
+use std::path::Path;
 use std::sync::Arc;
 
 /// What the bundle will hold.
@@ -291,17 +292,8 @@ pub async fn run(args: ExportArgs) -> Result<()> {
         validate_platform(p)?;
     }
     // Checked now so a bad -o fails before any network work; {tag} is filled in later.
-    if let Some(parent) = args
-        .output
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty() && !p.to_string_lossy().contains('{'))
-    {
-        if !parent.is_dir() {
-            return Err(Error::Usage(format!(
-                "output directory {} does not exist",
-                parent.display()
-            )));
-        }
+    if !args.output.to_string_lossy().contains('{') {
+        check_output(&args.output)?;
     }
     let carried = match &args.since {
         Some(p) => load_since(p)?,
@@ -338,14 +330,7 @@ pub async fn run(args: ExportArgs) -> Result<()> {
     )
     .await?;
     let out = expand_output(&args.output, mtime, &tags)?;
-    if let Some(parent) = out.parent().filter(|p| !p.as_os_str().is_empty()) {
-        if !parent.is_dir() {
-            return Err(Error::Usage(format!(
-                "output directory {} does not exist",
-                parent.display()
-            )));
-        }
-    }
+    check_output(&out)?;
     let root_sizes: Vec<u64> = resolved.iter().map(|(_, r)| r.size).collect();
     let n = resolved.len();
     let contents = assemble(resolved, &carried, Images::with_capacity(n))?;
@@ -382,4 +367,27 @@ pub async fn run(args: ExportArgs) -> Result<()> {
             written.failed.len()
         ),
     )
+}
+
+/// Refuses an output path that cannot become the bundle, before any network work: one in a
+/// directory that does not exist, or one that names a directory (the rename at the very end
+/// of a long export would fail).
+fn check_output(out: &Path) -> Result<()> {
+    let names_dir = out.is_dir() || out.to_string_lossy().ends_with('/');
+    if names_dir {
+        return Err(Error::Usage(format!(
+            "-o {} is a directory: give the bundle's file name, e.g. {}",
+            out.display(),
+            out.join("bundle.tar.zst").display()
+        )));
+    }
+    if let Some(parent) = out.parent().filter(|p| !p.as_os_str().is_empty()) {
+        if !parent.is_dir() {
+            return Err(Error::Usage(format!(
+                "output directory {} does not exist",
+                parent.display()
+            )));
+        }
+    }
+    Ok(())
 }
