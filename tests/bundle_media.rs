@@ -385,6 +385,32 @@ fn edit_seek_table(path: &Path, edit: impl FnOnce(&mut Vec<(u32, u32)>)) {
     fs::write(path, bytes).expect("write bundle");
 }
 
+/// Exports the whole corpus from `src` into volumes of 16 KiB at `base` (the corpus is about
+/// 50 KiB compressed: at least 3 of them); how many there are.
+fn export_in_volumes(corpus: &Corpus, src: &TestRegistry, base: &Path) -> usize {
+    export(
+        &corpus.images_file(&src.host()),
+        base,
+        &["--split-size", "16K"],
+        &[],
+    );
+    let n = volumes_of(base).len();
+    assert!(n >= 3, "expected at least 3 volumes, got {n}");
+    n
+}
+
+/// Every image of the corpus has at `dst` the digest it has at `src` (skopeo's word).
+fn assert_same_digests(corpus: &Corpus, src: &TestRegistry, dst: &TestRegistry, after: &str) {
+    for img in &corpus.images {
+        assert_eq!(
+            skopeo_digest(dst, &img.name()),
+            skopeo_digest(src, &img.name()),
+            "{} after {after}",
+            img.name()
+        );
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // 1. Volumes
 // ---------------------------------------------------------------------------------------------
@@ -396,20 +422,13 @@ fn split_bundle_is_volumes_with_checksums_and_imports_from_any_volume() {
     let dir = tempdir("airlock-media-");
     let base = dir.path().join("corpus.tar.zst");
 
-    // The whole corpus is ~50 KiB compressed: 16K volumes give at least 3.
-    export(
-        &corpus.images_file(&src.host()),
-        &base,
-        &["--split-size", "16K"],
-        &[],
-    );
+    export_in_volumes(&corpus, &src, &base);
     assert!(
         !base.exists(),
         "{} must not exist when split",
         base.display()
     );
     let vols = volumes_of(&base);
-    assert!(vols.len() >= 3, "expected at least 3 volumes, got {vols:?}");
     assert!(
         !volume(&base, vols.len() + 1).exists(),
         "a volume after a gap"
@@ -488,14 +507,7 @@ fn split_bundle_is_volumes_with_checksums_and_imports_from_any_volume() {
     let dst = TestRegistry::start(RegistryOpts::plain());
     let o = run_airlock(import_args(&volume(&base, 3), &dst, &[]), &[], None);
     assert_success(&o, "import NAME.003");
-    for img in &corpus.images {
-        assert_eq!(
-            skopeo_digest(&dst, &img.name()),
-            skopeo_digest(&src, &img.name()),
-            "{} after import",
-            img.name()
-        );
-    }
+    assert_same_digests(&corpus, &src, &dst, "import");
 
     // Without --split-size: one file, and NAME.sha256 names it.
     let single = dir.path().join("single.tar.zst");
@@ -520,14 +532,7 @@ fn a_renamed_bundle_is_checked_against_the_checksum_lines_of_its_old_name() {
     let corpus = build_corpus(&src);
     let dir = tempdir("airlock-media-renamed-");
     let pristine = dir.path().join("set.tar.zst");
-    export(
-        &corpus.images_file(&src.host()),
-        &pristine,
-        &["--split-size", "16K"],
-        &[],
-    );
-    let n = volumes_of(&pristine).len();
-    assert!(n >= 3, "need at least 3 volumes");
+    let n = export_in_volumes(&corpus, &src, &pristine);
     let single = dir.path().join("single.tar.zst");
     export(&one_image(&corpus, &src.host()), &single, &[], &[]);
 
@@ -568,14 +573,7 @@ fn a_renamed_bundle_is_checked_against_the_checksum_lines_of_its_old_name() {
     let dst = TestRegistry::start(RegistryOpts::plain());
     let o = run_airlock(import_args(&volume(&base, 2), &dst, &[]), &[], None);
     assert_success(&o, "import of the renamed volumes");
-    for img in &corpus.images {
-        assert_eq!(
-            skopeo_digest(&dst, &img.name()),
-            skopeo_digest(&src, &img.name()),
-            "{} after import",
-            img.name()
-        );
-    }
+    assert_same_digests(&corpus, &src, &dst, "import of the renamed volumes");
 
     // The line that stands for .002 is compared: a wrong one fails, naming the volume.
     let sums = renamed.join("arc-2026-11.tar.zst.sha256");
@@ -641,14 +639,7 @@ fn broken_volume_sets_are_refused_naming_the_volume() {
     let dir = tempdir("airlock-media-broken-");
     let pristine = dir.path().join("pristine").join("set.tar.zst");
     fs::create_dir_all(pristine.parent().expect("parent")).expect("mkdir");
-    export(
-        &corpus.images_file(&src.host()),
-        &pristine,
-        &["--split-size", "16K"],
-        &[],
-    );
-    let n = volumes_of(&pristine).len();
-    assert!(n >= 3, "need at least 3 volumes");
+    let n = export_in_volumes(&corpus, &src, &pristine);
     let dst = TestRegistry::start(RegistryOpts::plain());
 
     let refuses_everything = |case: &str, base: &Path, names: &[&str]| {
