@@ -619,6 +619,67 @@ fn a_renamed_bundle_is_checked_against_the_checksum_lines_of_its_old_name() {
     );
 }
 
+/// `airlock import /media/usb`: the directory the media mounted on, not the bundle in it. Each
+/// command says so and names the bundles there (a single file, and volumes by their base
+/// name), or that there are none; nothing is pushed.
+#[test]
+fn a_directory_given_for_a_bundle_names_the_bundles_in_it() {
+    let src = TestRegistry::start(RegistryOpts::plain());
+    let corpus = build_corpus(&src);
+    let dir = tempdir("airlock-media-dir-");
+    let usb = dir.path().join("usb");
+    fs::create_dir_all(&usb).expect("mkdir");
+    export_in_volumes(&corpus, &src, &usb.join("arc-2026-11.tar.zst"));
+    export(
+        &one_image(&corpus, &src.host()),
+        &usb.join("tools.tar.zst"),
+        &[],
+        &[],
+    );
+    let empty = dir.path().join("empty");
+    fs::create_dir_all(&empty).expect("mkdir");
+    let dst = TestRegistry::start(RegistryOpts::plain());
+
+    for (given, says) in [
+        (
+            &usb,
+            vec![
+                "is a directory".to_string(),
+                usb.join("arc-2026-11.tar.zst").display().to_string(),
+                usb.join("tools.tar.zst").display().to_string(),
+            ],
+        ),
+        (&empty, vec!["holds no bundle".to_string()]),
+    ] {
+        for args in [
+            vec![OsString::from("verify"), given.into()],
+            vec![OsString::from("inspect"), given.into()],
+            import_args(given, &dst, &[]),
+        ] {
+            let o = run_airlock(args.clone(), &[], None);
+            assert_eq!(
+                o.status.code(),
+                Some(1),
+                "{args:?}\n{}",
+                describe_output(&o)
+            );
+            let err = stderr_text(&o);
+            for s in &says {
+                assert!(
+                    err.contains(s.as_str()),
+                    "{args:?}: no {s:?}\n{}",
+                    describe_output(&o)
+                );
+            }
+            assert!(
+                !err.contains("tar.zst.001") && !err.contains(".sha256"),
+                "a volume or checksum file offered as a bundle\n{err}"
+            );
+        }
+    }
+    assert!(dst.catalog().is_empty(), "{:?}", dst.catalog());
+}
+
 // ---------------------------------------------------------------------------------------------
 // 2. Broken volume sets
 // ---------------------------------------------------------------------------------------------

@@ -331,6 +331,19 @@ fn renamed_suffixes(
 /// Finds the files of a bundle given its base name, any of its volumes, or a single file.
 /// Volumes must be numbered without gaps; the `.sha256` file, when present, must name them all.
 pub fn discover(given: &Path) -> Result<(PathBuf, Vec<PathBuf>)> {
+    if given.is_dir() {
+        let found = bundles_in(given);
+        let detail = if found.is_empty() {
+            "is a directory, and holds no bundle (NAME.tar.zst, or volumes NAME.001, …)".to_string()
+        } else {
+            let names: Vec<String> = found.iter().map(|p| p.display().to_string()).collect();
+            format!(
+                "is a directory: give the bundle in it: {}",
+                names.join(", ")
+            )
+        };
+        return Err(Error::bundle(given, detail));
+    }
     let s = given.to_string_lossy();
     // A volume name: strip `.NNN` to get the base.
     let base = match s.rsplit_once('.') {
@@ -384,6 +397,28 @@ pub fn discover(given: &Path) -> Result<(PathBuf, Vec<PathBuf>)> {
         }
     }
     Ok((base, vols))
+}
+
+/// The bundles in directory `dir`, by the names to give (`NAME.tar.zst`, or the base name of
+/// volumes `NAME.001`, …), sorted; at most ten.
+fn bundles_in(dir: &Path) -> Vec<PathBuf> {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut found: Vec<PathBuf> = entries
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_file()))
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            match name.strip_suffix(".001") {
+                Some(base) => Some(dir.join(base)),
+                None => name.ends_with(".tar.zst").then(|| dir.join(&name)),
+            }
+        })
+        .collect();
+    found.sort();
+    found.truncate(10);
+    found
 }
 
 /// The volumes (or the single file) whose sha256 differs from the one `NAME.sha256` lists.
