@@ -27,6 +27,11 @@ impl Reference {
         if s.is_empty() {
             return Err(bad("empty"));
         }
+        if let Some((rest, also)) = without_scheme(s) {
+            return Err(bad(&format!(
+                "a reference has no scheme: give {rest}{also}"
+            )));
+        }
         let (rest, digest) = match s.split_once('@') {
             Some((r, d)) => (r, Some(Digest::parse(d).map_err(|_| bad("bad digest"))?)),
             None => (s, None),
@@ -138,8 +143,32 @@ pub fn validate_tag(tag: &str) -> std::result::Result<(), String> {
     }
 }
 
+/// `s` without `http://` or `https://` (any case), when it starts with one, and what else
+/// the URL's scheme asks for: `--plain-http` for `http://`.
+fn without_scheme(s: &str) -> Option<(&str, &'static str)> {
+    [
+        (
+            "http://",
+            " (and --plain-http: the registry speaks plain HTTP)",
+        ),
+        ("https://", ""),
+    ]
+    .iter()
+    .find_map(|(scheme, also)| {
+        s.get(..scheme.len())
+            .filter(|head| head.eq_ignore_ascii_case(scheme))
+            .map(|_| (&s[scheme.len()..], *also))
+    })
+}
+
 /// Checks a registry host[:port].
 pub fn validate_registry(host: &str) -> std::result::Result<(), String> {
+    if let Some((rest, also)) = without_scheme(host) {
+        let bare = rest.split('/').next().unwrap_or(rest);
+        return Err(format!(
+            "registry {host:?} is a URL: give the host, {bare}{also}"
+        ));
+    }
     // host, host:port, [ipv6] or [ipv6]:port
     let (name, port) = match host.strip_prefix('[') {
         Some(rest) => match rest.split_once(']') {
@@ -223,5 +252,25 @@ mod tests {
         ] {
             assert!(Reference::parse(bad).is_err(), "{bad} should be refused");
         }
+    }
+
+    /// A URL pasted from a browser or a registry's web page: the error says what to give.
+    #[test]
+    fn a_url_for_a_registry_or_reference_says_to_drop_the_scheme() {
+        let e = validate_registry("https://harbor.corp.example:8443/harbor/projects").unwrap_err();
+        assert!(
+            e.ends_with("give the host, harbor.corp.example:8443"),
+            "{e}"
+        );
+        let e = validate_registry("HTTP://10.0.0.5:5000/").unwrap_err();
+        assert!(
+            e.contains("give the host, 10.0.0.5:5000 ") && e.contains("--plain-http"),
+            "{e}"
+        );
+        let e = Reference::parse("http://127.0.0.1:5000/lib/alpine:3.20")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("give 127.0.0.1:5000/lib/alpine:3.20 "), "{e}");
+        assert!(validate_registry("harbor.corp.example:8443").is_ok());
     }
 }
