@@ -109,6 +109,12 @@ pub fn validate_repository(repo: &str) -> std::result::Result<(), String> {
     if repo.is_empty() || repo.len() > 255 {
         return Err("repository must be 1 to 255 characters".into());
     }
+    let trimmed = repo.trim_matches('/');
+    if trimmed != repo && !trimmed.is_empty() {
+        return Err(format!(
+            "repository {repo:?} starts or ends with \"/\": give {trimmed:?}"
+        ));
+    }
     for comp in repo.split('/') {
         let ok = !comp.is_empty()
             && comp
@@ -254,9 +260,10 @@ mod tests {
         }
     }
 
-    /// A URL pasted from a browser or a registry's web page: the error says what to give.
+    /// A URL pasted from a browser or a registry's web page, a repository written as a path
+    /// (`/arcdata/`): the error says what to give.
     #[test]
-    fn a_url_for_a_registry_or_reference_says_to_drop_the_scheme() {
+    fn a_url_or_a_slashed_repository_says_what_to_give() {
         let e = validate_registry("https://harbor.corp.example:8443/harbor/projects").unwrap_err();
         assert!(
             e.ends_with("give the host, harbor.corp.example:8443"),
@@ -272,5 +279,7 @@ mod tests {
             .to_string();
         assert!(e.contains("give 127.0.0.1:5000/lib/alpine:3.20 "), "{e}");
         assert!(validate_registry("harbor.corp.example:8443").is_ok());
+        let e = validate_repository("/arcdata/").unwrap_err();
+        assert!(e.ends_with(r#"give "arcdata""#), "{e}");
     }
 }
