@@ -455,11 +455,16 @@ fn an_output_naming_a_directory_is_refused_before_any_download() {
     let dir = tempfile::tempdir().expect("tempdir");
     let usb = dir.path().join("usb");
     std::fs::create_dir(&usb).expect("mkdir");
-    let missing = format!("{}/", dir.path().join("bundles").display());
+    let missing = dir.path().join("bundles");
     for (given, says) in [
         (usb.display().to_string(), "is a directory"),
         (format!("{}/", usb.display()), "is a directory"),
-        (missing.clone(), "is a directory"),
+        (format!("{}/", missing.display()), "is a directory"),
+        // A monthly name still to be filled in, in a directory that is not there.
+        (
+            format!("{}/arc-{{date}}.tar.zst", missing.display()),
+            "does not exist",
+        ),
     ] {
         let out = run_airlock(
             [
@@ -481,8 +486,13 @@ fn an_output_naming_a_directory_is_refused_before_any_download() {
             describe_output(&out)
         );
         let err = stderr_text(&out);
+        let what = if says == "is a directory" {
+            "bundle.tar.zst"
+        } else {
+            "bundles"
+        };
         assert!(
-            err.contains(says) && err.contains("bundle.tar.zst"),
+            err.contains(says) && err.contains(what),
             "-o {given}: the error does not say what to give\n{}",
             describe_output(&out)
         );

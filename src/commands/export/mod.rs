@@ -292,9 +292,7 @@ pub async fn run(args: ExportArgs) -> Result<()> {
         validate_platform(p)?;
     }
     // Checked now so a bad -o fails before any network work; {tag} is filled in later.
-    if !args.output.to_string_lossy().contains('{') {
-        check_output(&args.output)?;
-    }
+    check_output(&args.output)?;
     let carried = match &args.since {
         Some(p) => load_since(p)?,
         None => Carried::default(),
@@ -371,17 +369,22 @@ pub async fn run(args: ExportArgs) -> Result<()> {
 
 /// Refuses an output path that cannot become the bundle, before any network work: one in a
 /// directory that does not exist, or one that names a directory (the rename at the very end
-/// of a long export would fail).
+/// of a long export would fail). Parts of `out` with a `{date}` or `{tag}` still to fill in
+/// are left for the check after they are.
 fn check_output(out: &Path) -> Result<()> {
+    let unfilled = |p: &Path| p.to_string_lossy().contains('{');
     let names_dir = out.is_dir() || out.to_string_lossy().ends_with('/');
-    if names_dir {
+    if names_dir && !unfilled(out) {
         return Err(Error::Usage(format!(
             "-o {} is a directory: give the bundle's file name, e.g. {}",
             out.display(),
             out.join("bundle.tar.zst").display()
         )));
     }
-    if let Some(parent) = out.parent().filter(|p| !p.as_os_str().is_empty()) {
+    if let Some(parent) = out
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty() && !unfilled(p))
+    {
         if !parent.is_dir() {
             return Err(Error::Usage(format!(
                 "output directory {} does not exist",
