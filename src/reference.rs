@@ -149,8 +149,8 @@ pub fn validate_tag(tag: &str) -> std::result::Result<(), String> {
     }
 }
 
-/// `s` without `http://` or `https://` (any case), when it starts with one, and what else
-/// the URL's scheme asks for: `--plain-http` for `http://`.
+/// `s` without `http://`, `https://` or skopeo's `docker://` (any case), when it starts with
+/// one, and what else the scheme asks for: `--plain-http` for `http://`.
 fn without_scheme(s: &str) -> Option<(&str, &'static str)> {
     [
         (
@@ -158,6 +158,7 @@ fn without_scheme(s: &str) -> Option<(&str, &'static str)> {
             " (and --plain-http: the registry speaks plain HTTP)",
         ),
         ("https://", ""),
+        ("docker://", ""),
     ]
     .iter()
     .find_map(|(scheme, also)| {
@@ -278,6 +279,11 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("give 127.0.0.1:5000/lib/alpine:3.20 "), "{e}");
+        // skopeo's transport name, from a script being replaced.
+        let e = Reference::parse("docker://quay.io/org/app:1.2")
+            .unwrap_err()
+            .to_string();
+        assert!(e.ends_with("give quay.io/org/app:1.2"), "{e}");
         assert!(validate_registry("harbor.corp.example:8443").is_ok());
         let e = validate_repository("/arcdata/").unwrap_err();
         assert!(e.ends_with(r#"give "arcdata""#), "{e}");
