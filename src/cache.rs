@@ -4,6 +4,8 @@
 //! holds downloads under way.
 
 use crate::error::{Error, IoContext, Result};
+// The largest manifest kept in, or read from, the cache: the largest read from a registry.
+use crate::registry::MAX_MANIFEST_SIZE as MAX_MANIFEST;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
@@ -11,9 +13,6 @@ use std::time::{Duration, SystemTime};
 pub fn dir(given: Option<&Path>) -> Result<PathBuf> {
     crate::options::cache_dir(given, &crate::options::ProcessEnv)
 }
-
-/// The largest manifest kept in, or read from, the cache (the registries' own limit).
-const MAX_MANIFEST: u64 = 4 << 20;
 
 /// A manifest an earlier export kept ([`keep_manifest`]), checked against its digest: `None`
 /// when it is not there, too large to be one, or damaged (a damaged one is removed and
