@@ -220,6 +220,13 @@ impl Drop for VolumeWriter {
     }
 }
 
+/// A volume's name split into the bundle's name and its number (`b.tar.zst.002` →
+/// `("b.tar.zst", "002")`); `None` for a name without a three-digit number at its end.
+fn split_volume(name: &str) -> Option<(&str, &str)> {
+    name.rsplit_once('.')
+        .filter(|(_, n)| n.len() == 3 && n.bytes().all(|b| b.is_ascii_digit()))
+}
+
 /// `NAME.sha256` as read back: each line with the file of this bundle it stands for.
 pub struct Sums {
     /// The checksum file.
@@ -293,13 +300,7 @@ fn renamed_suffixes(
     base: &str,
     single_file: bool,
 ) -> Option<Vec<String>> {
-    let numbered = |n: &str| n.len() == 3 && n.bytes().all(|b| b.is_ascii_digit());
-    let of_base = |n: &str| {
-        n == base
-            || n.strip_prefix(base)
-                .and_then(|r| r.strip_prefix('.'))
-                .is_some_and(numbered)
-    };
+    let of_base = |n: &str| n == base || split_volume(n).is_some_and(|(b, _)| b == base);
     if listed.iter().any(|(n, _)| of_base(n)) {
         return None;
     }
@@ -307,14 +308,14 @@ fn renamed_suffixes(
         let [(single, _)] = listed else {
             return None;
         };
-        let volume = single.rsplit_once('.').is_some_and(|(_, n)| numbered(n));
+        let volume = split_volume(single).is_some();
         return (!volume && !single.contains('/')).then(|| vec![String::new()]);
     }
     let mut stem = None;
     let mut suffixes = Vec::with_capacity(listed.len());
     for (name, _) in listed {
-        let (s, n) = name.rsplit_once('.')?;
-        if !numbered(n) || s.contains('/') {
+        let (s, n) = split_volume(name)?;
+        if s.contains('/') {
             return None;
         }
         if *stem.get_or_insert(s) != s {
@@ -346,9 +347,9 @@ pub fn discover(given: &Path) -> Result<(PathBuf, Vec<PathBuf>)> {
     }
     let s = given.to_string_lossy();
     // A volume name: strip `.NNN` to get the base.
-    let base = match s.rsplit_once('.') {
-        Some((b, n)) if n.len() == 3 && n.bytes().all(|c| c.is_ascii_digit()) => PathBuf::from(b),
-        _ => given.to_path_buf(),
+    let base = match split_volume(&s) {
+        Some((b, _)) => PathBuf::from(b),
+        None => given.to_path_buf(),
     };
     if base.is_file() {
         return Ok((base.clone(), vec![base]));
@@ -410,8 +411,9 @@ fn bundles_in(dir: &Path) -> Vec<PathBuf> {
         .filter(|e| e.file_type().is_ok_and(|t| t.is_file()))
         .filter_map(|e| {
             let name = e.file_name().to_string_lossy().into_owned();
-            match name.strip_suffix(".001") {
-                Some(base) => Some(dir.join(base)),
+            match split_volume(&name) {
+                Some((base, "001")) => Some(dir.join(base)),
+                Some(_) => None,
                 None => name.ends_with(".tar.zst").then(|| dir.join(&name)),
             }
         })
