@@ -162,8 +162,8 @@ pub(crate) struct Selection {
 
 /// Has every client keep its manifests in `dir`, when given.
 fn keep_manifests(
-    clients: &std::collections::HashMap<String, std::sync::Arc<crate::registry::Registry>>,
-    dir: Option<&std::path::Path>,
+    clients: &std::collections::HashMap<String, Arc<crate::registry::Registry>>,
+    dir: Option<&Path>,
 ) {
     if let Some(dir) = dir {
         for reg in clients.values() {
@@ -180,7 +180,7 @@ pub(crate) async fn select(
     source: &SourceSide,
     image_set: Option<&crate::imageset::ImageSet>,
     cli_requested: Vec<Requested>,
-    manifest_cache: Option<&std::path::Path>,
+    manifest_cache: Option<&Path>,
     reporter: &Reporter,
 ) -> Result<Selection> {
     let jobs = args.out.jobs as usize;
