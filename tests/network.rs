@@ -507,7 +507,7 @@ fn blob_gets(log: &[String], digest: &str) -> Vec<Option<String>> {
 #[test]
 fn large_blobs_are_fetched_in_parallel_ranges_resumed_when_cut_and_streamed_when_ranges_are_ignored(
 ) {
-    // 80 MiB counts as large here (AIRLOCK_STREAM_OVER=1M): three 32 MiB-ish parts at -j 4.
+    // 80 MiB counts as large here (AIRLOCK_STREAM_OVER=1M): three segments (32, 32, 16 MiB).
     const SIZE: usize = 80 * MIB;
     let src = TestRegistry::start(RegistryOpts::plain());
     let big = push_big_image(&src, SIZE);
@@ -648,6 +648,117 @@ fn large_blobs_are_fetched_in_parallel_ranges_resumed_when_cut_and_streamed_when
     );
     let out = run_airlock(["verify", path_str(&d)], &[], None);
     assert_success(&out, "verify: parts into the cache");
+}
+
+/// Bytes that do not match their digest (bit rot in the registry's storage, or a proxy that
+/// alters what it passes) fail the export naming the blob, whichever way the blob travels:
+/// into the cache in one request or in `Range` segments, through a spool in segments, or
+/// streamed whole from a registry that ignores `Range`. No bundle is left, and nothing of the
+/// blob in the cache for the next run to trust.
+#[test]
+fn damaged_bytes_from_the_registry_fail_the_export_naming_the_blob_on_every_download_path() {
+    let src = TestRegistry::start(RegistryOpts::plain());
+    let big = push_big_image(&src, 80 * MIB);
+    let layer = big_layer_digest(&src, &big);
+    let small = src.client().push_image(
+        "net/small",
+        Some("1"),
+        ImageFormat::Oci,
+        &Platform::linux_amd64(),
+        &[random_layer(0x5108, 256 * 1024, false)],
+        &[],
+    );
+    let v: serde_json::Value = serde_json::from_slice(&small.bytes).expect("manifest json");
+    let small_layer = v["layers"][0]["digest"]
+        .as_str()
+        .expect("layer digest")
+        .to_string();
+    // In the third 32 MiB segment of the large layer; in the middle of the small one.
+    src.damage_blob(&layer, 70 * MIB as u64);
+    src.damage_blob(&small_layer, 100_000);
+    let ignores_range = FaultProxy::for_registry(
+        &src,
+        FaultPlan::new(Fault::DropRange, usize::MAX)
+            .method("GET")
+            .path_contains("/blobs/"),
+    );
+    let cases = [
+        (
+            "a small blob into the cache",
+            src.host(),
+            "net/small:1",
+            &small_layer,
+            None,
+        ),
+        (
+            "a blob into the cache in segments",
+            src.host(),
+            "net/big:1",
+            &layer,
+            None,
+        ),
+        (
+            "a large blob spooled in segments",
+            src.host(),
+            "net/big:1",
+            &layer,
+            Some("1M"),
+        ),
+        (
+            "a large blob streamed whole",
+            ignores_range.host(),
+            "net/big:1",
+            &layer,
+            Some("1M"),
+        ),
+    ];
+    let dir = tempfile::tempdir().expect("tempdir");
+    for (k, (what, host, image, digest, stream_over)) in cases.into_iter().enumerate() {
+        let cache = dir.path().join(format!("cache-{k}"));
+        let bundle = dir.path().join(format!("b{k}.tar.zst"));
+        let mut env = vec![("AIRLOCK_CACHE_DIR", path_str(&cache))];
+        env.extend(stream_over.map(|s| ("AIRLOCK_STREAM_OVER", s)));
+        let out = run_airlock(
+            [
+                "export",
+                &format!("{host}/{image}"),
+                "-o",
+                path_str(&bundle),
+                "--plain-http",
+                "-j",
+                "4",
+            ],
+            &env,
+            None,
+        );
+        let err = stderr_text(&out);
+        println!("{what}: exit {:?}; {}", out.status.code(), err.trim());
+        assert_eq!(
+            out.status.code(),
+            Some(1),
+            "{what}: {}",
+            describe_output(&out)
+        );
+        assert!(
+            err.contains(digest.as_str()),
+            "{what}: the error names the blob {digest}: {err}"
+        );
+        let left: Vec<String> = std::fs::read_dir(dir.path())
+            .expect("read the output directory")
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with(&format!("b{k}.")))
+            .collect();
+        assert!(left.is_empty(), "{what}: bundle files left: {left:?}");
+        assert!(
+            !cache.join("blobs/sha256").join(&digest[7..]).exists(),
+            "{what}: the damaged blob was kept in the cache"
+        );
+        let temps: Vec<_> = std::fs::read_dir(cache.join("tmp"))
+            .map(|d| d.flatten().map(|e| e.file_name()).collect())
+            .unwrap_or_default();
+        assert!(temps.is_empty(), "{what}: temporary files left: {temps:?}");
+    }
 }
 
 /// The connected side behind a corporate proxy: `HTTPS_PROXY` (with Basic credentials in its

@@ -435,6 +435,30 @@ impl TestRegistry {
         self.client.tags(repo)
     }
 
+    /// Flips one byte of a stored blob at `offset`, as bit rot on the registry's disk (or a
+    /// proxy that alters what it passes) would: the registry goes on serving it, same size,
+    /// under its old digest.
+    pub fn damage_blob(&self, digest: &str, offset: u64) {
+        use std::os::unix::fs::FileExt;
+        let hex = digest.strip_prefix("sha256:").expect("a sha256 digest");
+        let path = self
+            .dir
+            .path()
+            .join("data/docker/registry/v2/blobs/sha256")
+            .join(&hex[..2])
+            .join(hex)
+            .join("data");
+        let f = fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&path)
+            .unwrap_or_else(|e| panic!("opening {}: {e}", path.display()));
+        let mut b = [0u8; 1];
+        f.read_exact_at(&mut b, offset).expect("read the byte");
+        b[0] ^= 0x55;
+        f.write_all_at(&b, offset).expect("write the byte back");
+    }
+
     pub fn catalog(&self) -> Vec<String> {
         self.client.catalog()
     }
