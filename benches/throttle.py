@@ -11,11 +11,16 @@ import sys
 import time
 
 CHUNK = 64 * 1024
+# Seconds of the rate a connection may send at once after a pause.
+BURST = 0.1
 
 
 async def pipe(reader, writer, rate):
-    start = time.monotonic()
-    sent = 0
+    # A token bucket holding at most BURST seconds of the rate: a kept-alive connection that
+    # sat idle earns no more than that (measuring from the connection's start would let it
+    # catch up on its idle time at full speed, which no CDN allows).
+    allowance = 0.0
+    last = time.monotonic()
     try:
         while True:
             data = await reader.read(CHUNK)
@@ -23,11 +28,11 @@ async def pipe(reader, writer, rate):
                 break
             writer.write(data)
             await writer.drain()
-            sent += len(data)
-            # Sleep until the bytes sent so far fit the rate.
-            ahead = sent / rate - (time.monotonic() - start)
-            if ahead > 0:
-                await asyncio.sleep(ahead)
+            now = time.monotonic()
+            allowance = min(BURST * rate, allowance + (now - last) * rate) - len(data)
+            last = now
+            if allowance < 0:
+                await asyncio.sleep(-allowance / rate)
     except (ConnectionError, asyncio.IncompleteReadError):
         pass
     finally:
