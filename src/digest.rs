@@ -269,6 +269,11 @@ impl<W: Write> HashingWriter<W> {
         self.written
     }
 
+    /// The writer it writes into.
+    pub fn get_ref(&self) -> &W {
+        &self.inner
+    }
+
     /// Returns the inner writer and the hex sha256 of what was written.
     pub fn finish(self) -> (W, String) {
         (self.inner, hex::encode(self.hasher.finalize()))

@@ -38,6 +38,9 @@ pub enum SideFile {
     Remove(PathBuf),
 }
 
+/// How much of a volume is handed to the kernel to write back at a time.
+const WRITEBACK: u64 = 32 * 1024 * 1024;
+
 /// Writes the bundle's bytes into `NAME.partial`, or into `NAME.NNN.partial` volumes of at
 /// most `split` bytes; `finish` syncs, renames and writes `NAME.sha256`. Dropped unfinished,
 /// it removes its partial files, so a failed export leaves nothing that looks complete.
@@ -45,6 +48,9 @@ pub struct VolumeWriter {
     base: PathBuf,
     split: Option<u64>,
     current: Option<HashingWriter<BufWriter<File>>>,
+    /// Bytes of the current volume handed to the kernel for writing back (see
+    /// [`WRITEBACK`]).
+    written_back: u64,
     /// Finished volumes: final name and sha256.
     done: Vec<(PathBuf, String)>,
     partials: Vec<PathBuf>,
@@ -60,6 +66,7 @@ impl VolumeWriter {
             base: base.to_path_buf(),
             split,
             current: None,
+            written_back: 0,
             done: Vec::new(),
             partials: Vec::new(),
             finished: false,
@@ -83,6 +90,7 @@ impl VolumeWriter {
         // The encoder hands over whole chunks of a MiB, which pass the buffer straight to the
         // file; the buffer only gathers what is written in smaller pieces.
         self.current = Some(HashingWriter::new(BufWriter::with_capacity(64 << 10, f)));
+        self.written_back = 0;
         Ok(())
     }
 
@@ -182,6 +190,32 @@ impl VolumeWriter {
     }
 }
 
+impl VolumeWriter {
+    /// Starts writing back what the current volume holds past the last [`WRITEBACK`] bytes
+    /// handed over (`sync_file_range`, which does not wait for the disk), so that the disk
+    /// writes while the export downloads and hashes, and the `fsync` at the end finds little
+    /// left. Before, the bundle waited in the page cache (up to a fifth of memory, Linux's
+    /// default), and the `fsync` wrote it all after the last byte: 0.43 s for 1 GiB on a fast
+    /// disk, minutes for GiBs bound for a slow USB stick. Only a hint: the `fsync` at the end
+    /// is what reports a failed write.
+    fn write_back(&mut self) {
+        #[cfg(target_os = "linux")]
+        if let Some(c) = &self.current {
+            use std::os::unix::io::AsRawFd;
+            let end = c.written() - c.written() % WRITEBACK;
+            if end >= self.written_back + WRITEBACK {
+                let fd = c.get_ref().get_ref().as_raw_fd();
+                let (from, len) = (self.written_back, end - self.written_back);
+                if let (Ok(from), Ok(len)) = (i64::try_from(from), i64::try_from(len)) {
+                    // SAFETY: a plain system call on a file descriptor this writer owns.
+                    unsafe { libc::sync_file_range(fd, from, len, libc::SYNC_FILE_RANGE_WRITE) };
+                }
+                self.written_back = end;
+            }
+        }
+    }
+}
+
 impl Write for VolumeWriter {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         let mut want = buf.len();
@@ -195,10 +229,12 @@ impl Write for VolumeWriter {
             }
             want = want.min((limit - written) as usize);
         }
-        match self.current.as_mut() {
-            Some(c) => c.write(&buf[..want]),
-            None => Err(io::Error::other("bundle writer already closed")),
-        }
+        let n = match self.current.as_mut() {
+            Some(c) => c.write(&buf[..want])?,
+            None => return Err(io::Error::other("bundle writer already closed")),
+        };
+        self.write_back();
+        Ok(n)
     }
 
     fn flush(&mut self) -> io::Result<()> {
