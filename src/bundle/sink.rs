@@ -59,7 +59,7 @@ pub const AHEAD_BUDGET: u64 = 4 * 1024 * 1024 * 1024;
 const AHEAD_SLOTS: usize = 1024;
 /// Spool writes are gathered into pieces of this size.
 const PIECE: usize = 1024 * 1024;
-/// Cuts a part may suffer in a row (with no byte arriving in between) before it gives up.
+/// Cuts a segment may suffer in a row (with no byte arriving in between) before it gives up.
 const PART_RETRIES: u32 = 5;
 
 /// How the writer reads one blob.
@@ -125,7 +125,7 @@ pub struct Inbox {
 
 impl BundleSink {
     /// A sink for the bundle at `out` holding `objects` (in bundle order); `jobs` bounds the
-    /// parallel parts of one large blob.
+    /// parallel requests of one large blob.
     pub fn new(
         objects: Arc<RegistryObjects>,
         out: &Path,
@@ -297,9 +297,9 @@ impl BundleSink {
         r
     }
 
-    /// Downloads a large blob in parallel parts into a spool file the writer reads as it
-    /// fills. False when the registry answered the first part with the whole blob (nothing
-    /// was spooled).
+    /// Downloads a large blob in segments into a spool file the writer reads as it fills.
+    /// False when the registry answered the first segment's request with the whole blob
+    /// (nothing was spooled).
     async fn spool(
         &self,
         i: usize,
@@ -606,11 +606,11 @@ impl<R: Read> Read for Exact<R> {
     }
 }
 
-/// A large blob's spool file: filled by parallel parts, read in order by the writer, removed
+/// A large blob's spool file: filled in segments, read in order by the writer, removed
 /// when the writer is done with it.
 struct Spool {
     path: PathBuf,
-    /// Written by the parts, read by the writer through `reader`.
+    /// Written by the segments' downloads, read by the writer through `reader`.
     file: std::fs::File,
     reader: std::fs::File,
     state: Mutex<SpoolState>,
