@@ -8,9 +8,12 @@
 //!   64 MiB and more in `Range` segments the same way, checked as they fill;
 //! - larger blobs are downloaded in `Range` segments of 32 MiB, in order and up to four at a
 //!   time, into a spool file that the writer reads right behind the segments as they fill
-//!   (so it hashes and writes while the rest downloads, not after) and removes once read,
-//!   ahead of the writer only within a byte budget; from a registry that ignores `Range`
-//!   they stream straight into the bundle when their turn comes.
+//!   (so it hashes and writes while the rest downloads, not after) and removes once read.
+//!   Spools ahead of the writer take at most a byte budget together; within one blob the
+//!   download runs at most that budget past the writer, which frees each segment it has
+//!   read (a hole punched in the file), so that a 20 GiB layer needs about 4 GiB of spool,
+//!   not 20. From a registry that ignores `Range` they stream straight into the bundle when
+//!   their turn comes.
 //!
 //! Every byte is checked against its blob's digest and size once: by the download (cache,
 //! stream, segments bound for the cache) or by the writer as it reads (a spool's segments).
@@ -53,6 +56,10 @@ const SEGMENT: u64 = 32 * 1024 * 1024;
 /// Bytes of large blobs that may be spooled ahead of the writer (the blob the writer waits
 /// for is always fetched, whatever its size).
 pub const AHEAD_BUDGET: u64 = 4 * 1024 * 1024 * 1024;
+/// The most that the spool of the blob the writer reads holds on disk, whatever the blob's
+/// size: the budget downloaded past the writer, the segment it reads and one being filled
+/// at the window's edge (what it has read is freed where the file system punches holes).
+pub const READ_SPOOL_MAX: u64 = AHEAD_BUDGET + 2 * SEGMENT;
 /// How many slots past the writer's a blob may be put into: what waits for the writer (a
 /// path, a stream) is held in memory, and from a warm cache the engine would otherwise hand
 /// over every blob of the bundle (100,000 paths, 15 MiB) before the writer took the first.
@@ -97,7 +104,7 @@ pub struct BundleSink {
     arrived: Condvar,
     /// The slot the writer waits for; `usize::MAX` once it stopped.
     writer_at: AtomicUsize,
-    closed: AtomicBool,
+    closed: Arc<AtomicBool>,
     /// Bytes spooled ahead of the writer, against `AHEAD_BUDGET`.
     ahead: Arc<AtomicU64>,
     /// Rung when the writer moves on or stops, or spool space is freed.
@@ -142,7 +149,7 @@ impl BundleSink {
             mailbox: Mutex::default(),
             arrived: Condvar::new(),
             writer_at: AtomicUsize::new(0),
-            closed: AtomicBool::new(false),
+            closed: Arc::default(),
             ahead: Arc::default(),
             changed: Arc::default(),
             stream_over: if cache_all {
@@ -316,7 +323,14 @@ impl BundleSink {
             .join(format!("{}.spool.{}", d.hex(), std::process::id()));
         // Counted against the budget until the writer is done with it (it is dropped).
         let budget = (self.ahead.clone(), self.changed.clone());
-        let spool = Spool::create(path, d, size, budget)?;
+        // The writer waits for this blob or will: past the writer, the download goes no
+        // further than the budget of bytes ahead, and what the writer has read is freed.
+        let window = Window {
+            ahead: AHEAD_BUDGET,
+            moved: self.changed.clone(),
+            stopped: self.closed.clone(),
+        };
+        let spool = Spool::create(path, d, size, SEGMENT, budget, Some(window))?;
         self.deliver(i, Delivery::Spool(spool.clone()));
         fill_all(&spool, parts, first, self.parts).await?;
         self.downloaded.fetch_add(size, Ordering::Relaxed);
@@ -340,13 +354,14 @@ impl BundleSink {
             .cache
             .join("tmp")
             .join(format!("{}.parts.{}", d.hex(), std::process::id()));
-        let spool = Spool::create(tmp.clone(), d, size, Default::default())?;
+        let spool = Spool::create(tmp.clone(), d, size, SEGMENT, Default::default(), None)?;
         let digest = d.clone();
         let follower = spool.clone();
         let check = tokio::task::spawn_blocking(move || -> Result<()> {
             let mut r = SpoolReader {
                 spool: follower,
                 pos: 0,
+                done: 0,
             };
             let mut v = Verifier::new(&digest, size);
             let mut buf = vec![0u8; 1 << 20];
@@ -408,6 +423,7 @@ async fn fill_all(
                 next.fetch_add(1, Ordering::Relaxed)
             };
             while k < count {
+                spool.room_for(k).await?;
                 fill(spool, k, parts.as_ref(), body.take()).await?;
                 k = next.fetch_add(1, Ordering::Relaxed);
             }
@@ -543,7 +559,11 @@ impl Inbox {
             }
             Delivery::Spool(spool) => {
                 let (digest, size) = (spool.digest.clone(), spool.size);
-                let r = SpoolReader { spool, pos: 0 };
+                let r = SpoolReader {
+                    spool,
+                    pos: 0,
+                    done: 0,
+                };
                 (
                     Box::new(VerifyingReader::new(r, &digest, size)),
                     Taken::Downloaded,
@@ -618,6 +638,27 @@ struct Spool {
     size: u64,
     digest: Digest,
     budget: (Arc<AtomicU64>, Arc<Notify>),
+    /// The segment size ([`SEGMENT`]; smaller in tests).
+    seg: u64,
+    /// For the bundle's spools: how far the download may run ahead of the writer, whose
+    /// reader gives back (punches out) each segment it has read. `None` for blobs bound for
+    /// the cache, which keep every byte.
+    window: Option<Window>,
+    /// Where the writer's reader has got to, in whole segments.
+    read_to: AtomicU64,
+    /// Whether the file system punches holes (cleared at the first refusal).
+    punching: AtomicBool,
+}
+
+/// How far a spool's download may run ahead of its reader, and how it learns that the reader
+/// moved or the writer stopped.
+struct Window {
+    /// Bytes past the reader's position that may be fetched.
+    ahead: u64,
+    /// Rung when the reader has read a segment, or the writer stopped.
+    moved: Arc<Notify>,
+    /// Set once the writer stopped.
+    stopped: Arc<AtomicBool>,
 }
 
 struct SpoolState {
@@ -628,13 +669,17 @@ struct SpoolState {
 
 impl Spool {
     /// A spool file of `size` bytes at `path` (listed for removal on a signal), filled in
-    /// segments of `SEGMENT`; `budget` is what it gives back when dropped.
+    /// segments of `seg` bytes, ahead of its reader within `window`; `budget` is what it
+    /// gives back when dropped.
     fn create(
         path: PathBuf,
         d: &Digest,
         size: u64,
+        seg: u64,
         budget: (Arc<AtomicU64>, Arc<Notify>),
+        window: Option<Window>,
     ) -> Result<Arc<Spool>> {
+        let seg = seg.max(1);
         let file = crate::cleanup::create(&path).ctx(|| format!("creating {}", path.display()))?;
         let sized = file
             .set_len(size)
@@ -655,25 +700,70 @@ impl Spool {
             file,
             reader,
             state: Mutex::new(SpoolState {
-                filled: vec![0; usize::try_from(size.div_ceil(SEGMENT)).unwrap_or(0)],
+                filled: vec![0; usize::try_from(size.div_ceil(seg)).unwrap_or(0)],
                 failed: None,
             }),
             cond: Condvar::new(),
             size,
             digest: d.clone(),
             budget,
+            seg,
+            window,
+            read_to: AtomicU64::new(0),
+            punching: AtomicBool::new(true),
         }))
     }
 
     /// How many segments the blob has.
     fn segments(&self) -> usize {
-        usize::try_from(self.size.div_ceil(SEGMENT)).unwrap_or(0)
+        usize::try_from(self.size.div_ceil(self.seg)).unwrap_or(0)
     }
 
     /// Segment `k`'s bytes, `start..end`.
     fn segment(&self, k: usize) -> (u64, u64) {
-        let start = (k as u64).saturating_mul(SEGMENT).min(self.size);
-        (start, start.saturating_add(SEGMENT).min(self.size))
+        let start = (k as u64).saturating_mul(self.seg).min(self.size);
+        (start, start.saturating_add(self.seg).min(self.size))
+    }
+
+    /// Waits until segment `k` may be fetched: it starts within the window past the reader
+    /// (always, for a spool without one). Fails once the writer stopped or the spool failed.
+    async fn room_for(&self, k: usize) -> Result<()> {
+        let Some(w) = &self.window else {
+            return Ok(());
+        };
+        let (start, _) = self.segment(k);
+        loop {
+            let notified = w.moved.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if w.stopped.load(Ordering::Acquire) {
+                return Err(Error::Failed(format!(
+                    "blob {}: the bundle's writer stopped",
+                    self.digest
+                )));
+            }
+            if let Some(e) = self.state.lock().ok().and_then(|st| st.failed.clone()) {
+                return Err(Error::Failed(e));
+            }
+            if start < self.read_to.load(Ordering::Acquire).saturating_add(w.ahead) {
+                return Ok(());
+            }
+            notified.await;
+        }
+    }
+
+    /// The reader has read everything before `to` (a segment boundary) and will not come
+    /// back: frees those bytes on disk (where the file system punches holes), and lets the
+    /// download move on.
+    fn read_past(&self, from: u64, to: u64) {
+        let Some(w) = &self.window else {
+            return;
+        };
+        if self.punching.load(Ordering::Relaxed) && !punch_hole(&self.file, from, to) {
+            self.punching.store(false, Ordering::Relaxed);
+        }
+        self.read_to.store(to, Ordering::Release);
+        w.moved.notify_waiters();
     }
 
     fn filled(&self, k: usize, n: u64) {
@@ -706,6 +796,34 @@ impl Drop for Spool {
         let (ahead, changed) = &self.budget;
         ahead.fetch_sub(self.size, Ordering::AcqRel);
         changed.notify_waiters();
+    }
+}
+
+/// Frees bytes `from..to` of `file` on disk, its size unchanged (`FALLOC_FL_PUNCH_HOLE`);
+/// false where the file system does not.
+fn punch_hole(file: &std::fs::File, from: u64, to: u64) -> bool {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::unix::io::AsRawFd;
+        let (Ok(offset), Ok(len)) = (i64::try_from(from), i64::try_from(to.saturating_sub(from)))
+        else {
+            return false;
+        };
+        // SAFETY: a plain system call on a file descriptor the spool owns.
+        let r = unsafe {
+            libc::fallocate(
+                file.as_raw_fd(),
+                libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+                offset,
+                len,
+            )
+        };
+        r == 0
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = (file, from, to);
+        false
     }
 }
 
@@ -802,6 +920,8 @@ async fn fill(
 struct SpoolReader {
     spool: Arc<Spool>,
     pos: u64,
+    /// Whole segments read, given back to the spool.
+    done: u64,
 }
 
 impl Read for SpoolReader {
@@ -810,7 +930,7 @@ impl Read for SpoolReader {
         if self.pos >= sp.size || buf.is_empty() {
             return Ok(0);
         }
-        let k = usize::try_from(self.pos / SEGMENT).unwrap_or(usize::MAX);
+        let k = usize::try_from(self.pos / sp.seg).unwrap_or(usize::MAX);
         let (start, end) = sp.segment(k);
         let available = {
             let mut st = sp
@@ -841,6 +961,11 @@ impl Read for SpoolReader {
             )));
         }
         self.pos += got as u64;
+        let behind = self.pos - self.pos % sp.seg;
+        if behind > self.done {
+            sp.read_past(self.done, behind);
+            self.done = behind;
+        }
         Ok(got)
     }
 }
@@ -909,5 +1034,170 @@ impl Read for StreamReader {
         buf[..n].copy_from_slice(&self.current[..n]);
         self.current = self.current.slice(n..);
         Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures_util::future::BoxFuture;
+    use futures_util::stream::BoxStream;
+    use std::os::unix::fs::MetadataExt;
+
+    /// A blob in memory served by `Range`, remembering where each request started.
+    struct Memory {
+        data: Bytes,
+        starts: Mutex<Vec<u64>>,
+    }
+
+    impl PartSource for Memory {
+        fn open_part(
+            &self,
+            start: u64,
+            end: u64,
+        ) -> BoxFuture<'static, Result<Option<BoxStream<'static, io::Result<Bytes>>>>> {
+            if let Ok(mut s) = self.starts.lock() {
+                s.push(start);
+            }
+            let part = self.data.slice(start as usize..end as usize);
+            let pieces: Vec<io::Result<Bytes>> =
+                part.chunks(4096).map(|c| Ok(part.slice_ref(c))).collect();
+            Box::pin(async move {
+                Ok(Some(
+                    futures_util::stream::iter(pieces).boxed() as BoxStream<'static, _>
+                ))
+            })
+        }
+    }
+
+    const SEG: u64 = 64 * 1024;
+
+    fn blob(segments: u64) -> (Arc<Memory>, Digest) {
+        let data: Vec<u8> = (0..segments * SEG).map(|i| (i * 7 % 251) as u8).collect();
+        let digest = Digest::of(&data);
+        let m = Memory {
+            data: Bytes::from(data),
+            starts: Mutex::default(),
+        };
+        (Arc::new(m), digest)
+    }
+
+    fn window(ahead: u64) -> (Window, Arc<Notify>, Arc<AtomicBool>) {
+        let (moved, stopped) = (Arc::new(Notify::new()), Arc::new(AtomicBool::new(false)));
+        let w = Window {
+            ahead,
+            moved: moved.clone(),
+            stopped: stopped.clone(),
+        };
+        (w, moved, stopped)
+    }
+
+    fn furthest(m: &Memory) -> u64 {
+        m.starts
+            .lock()
+            .map(|s| s.iter().copied().max().unwrap_or(0))
+            .unwrap_or(0)
+    }
+
+    /// The download of a spool goes no further than its window past the reader, and what
+    /// the reader has read no longer takes room on disk.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_spool_downloads_within_its_window_and_frees_what_was_read() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (src, digest) = blob(16);
+        let size = 16 * SEG;
+        let (w, _, _) = window(4 * SEG);
+        let path = dir.path().join("spool");
+        let spool = Spool::create(
+            path.clone(),
+            &digest,
+            size,
+            SEG,
+            Default::default(),
+            Some(w),
+        )
+        .expect("spool");
+        let first = src.open_part(0, SEG).await.expect("first").expect("ranged");
+        let parts: Arc<dyn PartSource> = src.clone();
+        let filling = tokio::spawn({
+            let spool = spool.clone();
+            async move { fill_all(&spool, parts, first, 4).await }
+        });
+        // Nobody reads yet: the download stops at the window (segments 0 to 3).
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(!filling.is_finished(), "the download ran past its window");
+        assert_eq!(
+            furthest(&src),
+            3 * SEG,
+            "segments past the window were asked for"
+        );
+
+        // The reader reads six segments: the download moves on to the window past it, and
+        // those six are freed.
+        let reading = spool.clone();
+        let mut reader = tokio::task::spawn_blocking(move || {
+            let mut r = SpoolReader {
+                spool: reading,
+                pos: 0,
+                done: 0,
+            };
+            let mut buf = vec![0u8; (6 * SEG) as usize];
+            r.read_exact(&mut buf).map(|_| r)
+        })
+        .await
+        .expect("join")
+        .expect("six segments");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(
+            furthest(&src),
+            9 * SEG,
+            "the download stops at the window past the reader"
+        );
+        let allocated = std::fs::metadata(&path).expect("stat").blocks() * 512;
+        assert!(
+            allocated <= 5 * SEG,
+            "{allocated} bytes on disk with four segments unread (ten downloaded, six read)"
+        );
+        // The rest, checked against the digest: the bytes are the blob's.
+        let rest = tokio::task::spawn_blocking(move || {
+            let mut all = Vec::new();
+            reader.read_to_end(&mut all).map(|_| all)
+        });
+        filling.await.expect("join").expect("download");
+        let rest = rest.await.expect("join").expect("read the rest");
+        assert_eq!(&rest[..], &src.data[(6 * SEG) as usize..]);
+    }
+
+    /// A download waiting for the reader ends, with an error, when the writer stops.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_download_held_by_its_window_ends_when_the_writer_stops() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (src, digest) = blob(8);
+        let (w, moved, stopped) = window(2 * SEG);
+        let spool = Spool::create(
+            dir.path().join("spool"),
+            &digest,
+            8 * SEG,
+            SEG,
+            Default::default(),
+            Some(w),
+        )
+        .expect("spool");
+        let first = src.open_part(0, SEG).await.expect("first").expect("ranged");
+        let parts: Arc<dyn PartSource> = src.clone();
+        let filling = tokio::spawn({
+            let spool = spool.clone();
+            async move { fill_all(&spool, parts, first, 2).await }
+        });
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(!filling.is_finished());
+        stopped.store(true, Ordering::Release);
+        moved.notify_waiters();
+        let r = tokio::time::timeout(Duration::from_secs(5), filling)
+            .await
+            .expect("the download ended")
+            .expect("join");
+        let e = r.expect_err("a stopped writer fails the download");
+        assert!(e.to_string().contains("writer stopped"), "{e}");
     }
 }
