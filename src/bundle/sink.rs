@@ -827,6 +827,19 @@ fn punch_hole(file: &std::fs::File, from: u64, to: u64) -> bool {
     }
 }
 
+/// Whether the file system of `dir` punches holes in files, so that a spool frees what its
+/// reader has read: tried on a small file made there and removed.
+pub fn punches_holes(dir: &Path) -> bool {
+    let path = dir.join(format!("punch-check.{}", std::process::id()));
+    let Ok(f) = crate::cleanup::create(&path) else {
+        return false;
+    };
+    let punched = f.write_all_at(&[1u8; 3 * 4096], 0).is_ok() && punch_hole(&f, 4096, 8192);
+    drop(f);
+    crate::cleanup::remove(&path);
+    punched
+}
+
 /// Fails the spool if its download ends without finishing (an error or a cancelled task), so
 /// the writer never waits for bytes that will not come.
 struct PartGuard {
@@ -1166,6 +1179,21 @@ mod tests {
         filling.await.expect("join").expect("download");
         let rest = rest.await.expect("join").expect("read the rest");
         assert_eq!(&rest[..], &src.data[(6 * SEG) as usize..]);
+    }
+
+    /// The free-space check asks the cache's file system whether it punches holes; the file
+    /// it tries that on does not stay.
+    #[test]
+    fn the_hole_punching_check_leaves_nothing_behind() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        assert!(punches_holes(dir.path()), "ext4 and tmpfs punch holes");
+        let left: Vec<_> = std::fs::read_dir(dir.path())
+            .expect("read_dir")
+            .flatten()
+            .map(|e| e.file_name())
+            .collect();
+        assert!(left.is_empty(), "{left:?}");
+        assert!(!punches_holes(&dir.path().join("missing")));
     }
 
     /// A download waiting for the reader ends, with an error, when the writer stops.

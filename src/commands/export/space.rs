@@ -53,7 +53,7 @@ pub(super) fn needed(contents: &Contents, cache: &Path, cache_all: bool) -> (u64
     let mut cached: u64 = 0;
     // Large blobs pass through spool files in the cache's tmp/: at most the spool budget
     // ahead of the writer, plus the one the writer reads, which holds no more than a window
-    // of it where the file system frees what was read (ext4, XFS, Btrfs, tmpfs).
+    // of it where the file system frees what was read (ext4, XFS, Btrfs, tmpfs; not FAT).
     let (mut large, mut largest) = (0u64, 0u64);
     for o in &contents.objects {
         bundle = bundle.saturating_add(crate::bundle::tar_span(o.size) + 64);
@@ -71,7 +71,13 @@ pub(super) fn needed(contents: &Contents, cache: &Path, cache_all: bool) -> (u64
             cached = cached.saturating_add(o.size);
         }
     }
-    let read_spool = largest.min(crate::bundle::sink::READ_SPOOL_MAX);
+    let read_spool = if largest > crate::bundle::sink::READ_SPOOL_MAX
+        && crate::bundle::sink::punches_holes(&cache.join("tmp"))
+    {
+        crate::bundle::sink::READ_SPOOL_MAX
+    } else {
+        largest
+    };
     let spool = large.min(crate::bundle::sink::AHEAD_BUDGET.saturating_add(read_spool));
     (bundle, cached.saturating_add(spool))
 }
