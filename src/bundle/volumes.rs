@@ -188,9 +188,7 @@ impl VolumeWriter {
         }
         Ok(())
     }
-}
 
-impl VolumeWriter {
     /// Starts writing back what the current volume holds past the last [`WRITEBACK`] bytes
     /// handed over (`sync_file_range`, which does not wait for the disk), so that the disk
     /// writes while the export downloads and hashes, and the `fsync` at the end finds little
