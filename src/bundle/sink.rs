@@ -26,7 +26,7 @@ use crate::error::{Error, IoContext, Result};
 use crate::fetch;
 use crate::registry::{BlobSource, Manifest, MountResult, PartSource};
 use crate::store::{RegistryObjects, Sink};
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use futures_util::future::BoxFuture;
 use futures_util::StreamExt;
 use std::collections::BTreeMap;
@@ -66,6 +66,8 @@ pub const READ_SPOOL_MAX: u64 = AHEAD_BUDGET + 2 * SEGMENT;
 const AHEAD_SLOTS: usize = 1024;
 /// Spool writes are gathered into pieces of this size.
 const PIECE: usize = 1024 * 1024;
+/// At most this many received pieces go into one write (the system's limit is 1,024).
+const MAX_PIECES: usize = 512;
 /// Cuts a segment may suffer in a row (with no byte arriving in between) before it gives up.
 const PART_RETRIES: u32 = 5;
 
@@ -780,10 +782,10 @@ impl Spool {
         self.cond.notify_all();
     }
 
-    /// Writes `data` at `at` (on a blocking thread).
-    async fn write_at(self: &Arc<Self>, data: Bytes, at: u64) -> Result<()> {
+    /// Writes the pieces `data` one after the other at `at` (on a blocking thread).
+    async fn write_at(self: &Arc<Self>, data: Vec<Bytes>, at: u64) -> Result<()> {
         let me = self.clone();
-        tokio::task::spawn_blocking(move || me.file.write_all_at(&data, at))
+        tokio::task::spawn_blocking(move || write_all_vectored_at(&me.file, &data, at))
             .await
             .map_err(|e| Error::Failed(format!("spool writer: {e}")))?
             .ctx(|| format!("writing {}", self.path.display()))
@@ -797,6 +799,61 @@ impl Drop for Spool {
         ahead.fetch_sub(self.size, Ordering::AcqRel);
         changed.notify_waiters();
     }
+}
+
+/// Writes `pieces` one after the other into `file` from `at`: one `pwritev` for all of them
+/// where it takes them whole, again for what is left where it does not.
+fn write_all_vectored_at(file: &std::fs::File, pieces: &[Bytes], at: u64) -> io::Result<()> {
+    use std::os::unix::io::AsRawFd;
+    let (mut first, mut skip, mut at) = (0usize, 0usize, at);
+    while first < pieces.len() {
+        let slices: Vec<io::IoSlice<'_>> = pieces[first..]
+            .iter()
+            .enumerate()
+            .map(|(i, p)| io::IoSlice::new(if i == 0 { &p[skip..] } else { &p[..] }))
+            .collect();
+        let offset = i64::try_from(at).map_err(|_| io::Error::other("offset out of range"))?;
+        let count = libc::c_int::try_from(slices.len()).unwrap_or(libc::c_int::MAX);
+        // SAFETY: `IoSlice` is ABI-compatible with `iovec` on Unix; the slices borrow
+        // `pieces`, which outlive the call; the descriptor is the spool's own.
+        let r = unsafe {
+            libc::pwritev(
+                file.as_raw_fd(),
+                slices.as_ptr().cast::<libc::iovec>(),
+                count,
+                offset,
+            )
+        };
+        if r < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        if r == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        let mut n = r as usize;
+        at += n as u64;
+        while n > 0 && first < pieces.len() {
+            let left = pieces[first].len() - skip;
+            if n >= left {
+                n -= left;
+                first += 1;
+                skip = 0;
+            } else {
+                skip += n;
+                n = 0;
+            }
+        }
+        // Empty pieces at the front take no bytes.
+        while first < pieces.len() && pieces[first].len() == skip {
+            first += 1;
+            skip = 0;
+        }
+    }
+    Ok(())
 }
 
 /// Frees bytes `from..to` of `file` on disk, its size unchanged (`FALLOC_FL_PUNCH_HOLE`);
@@ -868,7 +925,10 @@ async fn fill(
     let what = format!("blob {} (bytes {start}-{})", spool.digest, end - 1);
     let mut at = start;
     let mut cuts = 0u32;
-    let mut piece = BytesMut::with_capacity(PIECE);
+    // What arrived since the last write, kept as the pieces the connection delivered (no
+    // copy: they go to the file in one vectored write).
+    let mut piece: Vec<Bytes> = Vec::new();
+    let mut piece_len = 0usize;
     while at < end {
         let mut stream = match body.take() {
             Some(b) => b,
@@ -885,17 +945,18 @@ async fn fill(
         loop {
             match stream.next().await {
                 Some(Ok(c)) => {
-                    if at + (piece.len() + c.len()) as u64 > end {
+                    if at + (piece_len + c.len()) as u64 > end {
                         return Err(Error::Integrity {
                             what,
                             detail: "the registry sent more bytes than the range asked".into(),
                         });
                     }
-                    piece.extend_from_slice(&c);
-                    if piece.len() >= PIECE {
-                        let data = piece.split().freeze();
-                        let n = data.len() as u64;
-                        spool.write_at(data, at).await?;
+                    piece_len += c.len();
+                    piece.push(c);
+                    if piece_len >= PIECE || piece.len() >= MAX_PIECES {
+                        let n = piece_len as u64;
+                        spool.write_at(std::mem::take(&mut piece), at).await?;
+                        piece_len = 0;
                         at += n;
                         spool.filled(k, at - start);
                         cuts = 0;
@@ -909,9 +970,9 @@ async fn fill(
             }
         }
         if !piece.is_empty() {
-            let data = piece.split().freeze();
-            let n = data.len() as u64;
-            spool.write_at(data, at).await?;
+            let n = piece_len as u64;
+            spool.write_at(std::mem::take(&mut piece), at).await?;
+            piece_len = 0;
             at += n;
             spool.filled(k, at - start);
         }
@@ -1179,6 +1240,29 @@ mod tests {
         filling.await.expect("join").expect("download");
         let rest = rest.await.expect("join").expect("read the rest");
         assert_eq!(&rest[..], &src.data[(6 * SEG) as usize..]);
+    }
+
+    /// Received pieces, empty ones among them, land one after the other where they belong.
+    #[test]
+    fn pieces_are_written_in_order_at_their_offset() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("f");
+        let f = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(true)
+            .read(true)
+            .write(true)
+            .open(&path)
+            .expect("create");
+        let data: Vec<u8> = (0..300_000u32).map(|i| (i % 253) as u8).collect();
+        let all = Bytes::from(data.clone());
+        let cuts = [0, 0, 1, 4096, 4096, 70_000, 299_999, 300_000];
+        let pieces: Vec<Bytes> = cuts.windows(2).map(|w| all.slice(w[0]..w[1])).collect();
+        write_all_vectored_at(&f, &pieces, 5).expect("write");
+        let got = std::fs::read(&path).expect("read");
+        assert_eq!(got.len(), 5 + data.len());
+        assert_eq!(&got[..5], &[0u8; 5]);
+        assert!(got[5..] == data[..], "the bytes are the pieces', in order");
     }
 
     /// The free-space check asks the cache's file system whether it punches holes; the file
