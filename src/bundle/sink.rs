@@ -1173,30 +1173,50 @@ mod tests {
             .unwrap_or(0)
     }
 
+    /// A spool at `path` of a `segments`-segment blob whose download runs with `workers`
+    /// requests and a window of `ahead` bytes, started; with the blob, the spool, the
+    /// download's task and the window's signals.
+    struct Filling {
+        src: Arc<Memory>,
+        spool: Arc<Spool>,
+        task: tokio::task::JoinHandle<Result<()>>,
+        moved: Arc<Notify>,
+        stopped: Arc<AtomicBool>,
+    }
+
+    async fn start_filling(path: PathBuf, segments: u64, ahead: u64, workers: u64) -> Filling {
+        let (src, digest) = blob(segments);
+        let (w, moved, stopped) = window(ahead);
+        let size = segments * SEG;
+        let spool =
+            Spool::create(path, &digest, size, SEG, Default::default(), Some(w)).expect("spool");
+        let first = src.open_part(0, SEG).await.expect("first").expect("ranged");
+        let parts: Arc<dyn PartSource> = src.clone();
+        let task = tokio::spawn({
+            let spool = spool.clone();
+            async move { fill_all(&spool, parts, first, workers).await }
+        });
+        Filling {
+            src,
+            spool,
+            task,
+            moved,
+            stopped,
+        }
+    }
+
     /// The download of a spool goes no further than its window past the reader, and what
     /// the reader has read no longer takes room on disk.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_spool_downloads_within_its_window_and_frees_what_was_read() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let (src, digest) = blob(16);
-        let size = 16 * SEG;
-        let (w, _, _) = window(4 * SEG);
         let path = dir.path().join("spool");
-        let spool = Spool::create(
-            path.clone(),
-            &digest,
-            size,
-            SEG,
-            Default::default(),
-            Some(w),
-        )
-        .expect("spool");
-        let first = src.open_part(0, SEG).await.expect("first").expect("ranged");
-        let parts: Arc<dyn PartSource> = src.clone();
-        let filling = tokio::spawn({
-            let spool = spool.clone();
-            async move { fill_all(&spool, parts, first, 4).await }
-        });
+        let Filling {
+            src,
+            spool,
+            task: filling,
+            ..
+        } = start_filling(path.clone(), 16, 4 * SEG, 4).await;
         // Nobody reads yet: the download stops at the window (segments 0 to 3).
         tokio::time::sleep(Duration::from_millis(300)).await;
         assert!(!filling.is_finished(), "the download ran past its window");
@@ -1284,23 +1304,12 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_download_held_by_its_window_ends_when_the_writer_stops() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let (src, digest) = blob(8);
-        let (w, moved, stopped) = window(2 * SEG);
-        let spool = Spool::create(
-            dir.path().join("spool"),
-            &digest,
-            8 * SEG,
-            SEG,
-            Default::default(),
-            Some(w),
-        )
-        .expect("spool");
-        let first = src.open_part(0, SEG).await.expect("first").expect("ranged");
-        let parts: Arc<dyn PartSource> = src.clone();
-        let filling = tokio::spawn({
-            let spool = spool.clone();
-            async move { fill_all(&spool, parts, first, 2).await }
-        });
+        let Filling {
+            task: filling,
+            moved,
+            stopped,
+            ..
+        } = start_filling(dir.path().join("spool"), 8, 2 * SEG, 2).await;
         tokio::time::sleep(Duration::from_millis(200)).await;
         assert!(!filling.is_finished());
         stopped.store(true, Ordering::Release);
