@@ -806,7 +806,15 @@ impl Drop for Spool {
 fn write_all_vectored_at(file: &std::fs::File, pieces: &[Bytes], at: u64) -> io::Result<()> {
     use std::os::unix::io::AsRawFd;
     let (mut first, mut skip, mut at) = (0usize, 0usize, at);
-    while first < pieces.len() {
+    loop {
+        // Empty pieces (or what is left of one) at the front take no bytes.
+        while first < pieces.len() && pieces[first].len() == skip {
+            first += 1;
+            skip = 0;
+        }
+        if first == pieces.len() {
+            return Ok(());
+        }
         let slices: Vec<io::IoSlice<'_>> = pieces[first..]
             .iter()
             .enumerate()
@@ -847,13 +855,7 @@ fn write_all_vectored_at(file: &std::fs::File, pieces: &[Bytes], at: u64) -> io:
                 n = 0;
             }
         }
-        // Empty pieces at the front take no bytes.
-        while first < pieces.len() && pieces[first].len() == skip {
-            first += 1;
-            skip = 0;
-        }
     }
-    Ok(())
 }
 
 /// Frees bytes `from..to` of `file` on disk, its size unchanged (`FALLOC_FL_PUNCH_HOLE`);
@@ -1283,6 +1285,9 @@ mod tests {
         assert_eq!(got.len(), 5 + data.len());
         assert_eq!(&got[..5], &[0u8; 5]);
         assert!(got[5..] == data[..], "the bytes are the pieces', in order");
+        // Nothing but empty pieces: nothing to write, and no error.
+        write_all_vectored_at(&f, &[Bytes::new(), Bytes::new()], 7).expect("empty pieces");
+        assert_eq!(std::fs::read(&path).expect("read").len(), 5 + data.len());
     }
 
     /// The free-space check asks the cache's file system whether it punches holes; the file
