@@ -363,7 +363,6 @@ impl BundleSink {
             let mut r = SpoolReader {
                 spool: follower,
                 pos: 0,
-                done: 0,
             };
             let mut v = Verifier::new(&digest, size);
             let mut buf = vec![0u8; 1 << 20];
@@ -561,11 +560,7 @@ impl Inbox {
             }
             Delivery::Spool(spool) => {
                 let (digest, size) = (spool.digest.clone(), spool.size);
-                let r = SpoolReader {
-                    spool,
-                    pos: 0,
-                    done: 0,
-                };
+                let r = SpoolReader { spool, pos: 0 };
                 (
                     Box::new(VerifyingReader::new(r, &digest, size)),
                     Taken::Downloaded,
@@ -754,17 +749,21 @@ impl Spool {
         }
     }
 
-    /// The reader has read everything before `to` (a segment boundary) and will not come
-    /// back: frees those bytes on disk (where the file system punches holes), and lets the
-    /// download move on.
-    fn read_past(&self, from: u64, to: u64) {
+    /// The reader (there is one) has read everything before `to`, a segment boundary, and
+    /// will not come back: for a spool with a window, frees what it had not freed of that on
+    /// disk (where the file system punches holes), and lets the download move on.
+    fn read_past(&self, to: u64) {
+        let from = self.read_to.load(Ordering::Acquire);
+        if to <= from {
+            return;
+        }
+        self.read_to.store(to, Ordering::Release);
         let Some(w) = &self.window else {
             return;
         };
         if self.punching.load(Ordering::Relaxed) && !punch_hole(&self.file, from, to) {
             self.punching.store(false, Ordering::Relaxed);
         }
-        self.read_to.store(to, Ordering::Release);
         w.moved.notify_waiters();
     }
 
@@ -996,8 +995,6 @@ async fn fill(
 struct SpoolReader {
     spool: Arc<Spool>,
     pos: u64,
-    /// Whole segments read, given back to the spool.
-    done: u64,
 }
 
 impl Read for SpoolReader {
@@ -1037,11 +1034,7 @@ impl Read for SpoolReader {
             )));
         }
         self.pos += got as u64;
-        let behind = self.pos - self.pos % sp.seg;
-        if behind > self.done {
-            sp.read_past(self.done, behind);
-            self.done = behind;
-        }
+        sp.read_past(self.pos - self.pos % sp.seg);
         Ok(got)
     }
 }
@@ -1235,7 +1228,6 @@ mod tests {
             let mut r = SpoolReader {
                 spool: reading,
                 pos: 0,
-                done: 0,
             };
             let mut buf = vec![0u8; (6 * SEG) as usize];
             r.read_exact(&mut buf).map(|_| r)
