@@ -230,18 +230,13 @@ impl BundleSink {
     /// Waits until `ready` holds (looked at again whenever the writer moves on or spool space
     /// is freed); fails once the writer stopped.
     async fn wait_until(&self, ready: impl Fn(&Self) -> bool) -> Result<()> {
-        loop {
-            let notified = self.changed.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
+        wait_on(&self.changed, || {
             if self.stopped() {
                 return Err(self.stopped_error());
             }
-            if ready(self) {
-                return Ok(());
-            }
-            notified.await;
-        }
+            Ok(ready(self))
+        })
+        .await
     }
 
     /// Puts blob `i`: from the cache, into the cache, through a spool or as a stream.
@@ -391,6 +386,20 @@ impl BundleSink {
         crate::cleanup::rename(&tmp, &dest)
             .map_err(|e| Error::io(format!("moving {d} into the cache"), e))?;
         Ok(Some(dest))
+    }
+}
+
+/// Waits until `check` says ready (`Ok(true)`) or fails, looking again each time `notify`
+/// rings (registered before each look, so no ring between a look and the wait is missed).
+async fn wait_on(notify: &Notify, mut check: impl FnMut() -> Result<bool>) -> Result<()> {
+    loop {
+        let notified = notify.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        if check()? {
+            return Ok(());
+        }
+        notified.await;
     }
 }
 
@@ -729,10 +738,7 @@ impl Spool {
             return Ok(());
         };
         let (start, _) = self.segment(k);
-        loop {
-            let notified = w.moved.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
+        wait_on(&w.moved, || {
             if w.stopped.load(Ordering::Acquire) {
                 return Err(Error::Failed(format!(
                     "blob {}: the bundle's writer stopped",
@@ -742,11 +748,9 @@ impl Spool {
             if let Some(e) = self.state.lock().ok().and_then(|st| st.failed.clone()) {
                 return Err(Error::Failed(e));
             }
-            if start < self.read_to.load(Ordering::Acquire).saturating_add(w.ahead) {
-                return Ok(());
-            }
-            notified.await;
-        }
+            Ok(start < self.read_to.load(Ordering::Acquire).saturating_add(w.ahead))
+        })
+        .await
     }
 
     /// The reader (there is one) has read everything before `to`, a segment boundary, and
