@@ -93,8 +93,8 @@ fn main() {
             // Our own unfinished files go; nothing new can be created from now on.
             let removed = airlock::cleanup::remove_all();
             eprintln!(
-                "airlock: stopped by {name}; removed {} unfinished file(s)",
-                removed.len()
+                "airlock: stopped by {name}; removed {}",
+                airlock::units::count(removed.len() as u64, "unfinished file", "unfinished files")
             );
             code
         }

@@ -6,6 +6,15 @@
 use crate::error::{Error, Result};
 use std::time::Duration;
 
+/// `1 image`, `2 images`: a count with its noun, singular for one.
+pub fn count(n: u64, one: &str, many: &str) -> String {
+    if n == 1 {
+        format!("1 {one}")
+    } else {
+        format!("{n} {many}")
+    }
+}
+
 /// Parses `4G`, `700M`, `512K`, `1T` or a plain byte count.
 pub fn parse_size(s: &str) -> Result<u64> {
     let t = s.trim();
@@ -109,6 +118,13 @@ pub fn rfc3339(secs: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn counts_are_singular_for_one_only() {
+        assert_eq!(count(0, "image", "images"), "0 images");
+        assert_eq!(count(1, "image", "images"), "1 image");
+        assert_eq!(count(2, "entry", "entries"), "2 entries");
+    }
 
     #[test]
     fn formats_rfc3339() {

@@ -93,15 +93,18 @@ pub async fn run(args: CopyArgs) -> Result<()> {
                 );
             }
             println!(
-                "{} images, {} objects, {} (nothing was copied)",
-                lines.len(),
-                objects.len(),
+                "{}, {}, {} (nothing was copied)",
+                crate::units::count(lines.len() as u64, "image", "images"),
+                crate::units::count(objects.len() as u64, "object", "objects"),
                 human(total)
             );
         }
         return partial(
             &sel.failed,
-            format!("{} image(s) could not be resolved", sel.failed.len()),
+            format!(
+                "{} could not be resolved",
+                crate::units::count(sel.failed.len() as u64, "image", "images")
+            ),
         );
     }
     let creds = opts.target.login.credentials(&registry, &Terminal)?;
@@ -113,8 +116,8 @@ pub async fn run(args: CopyArgs) -> Result<()> {
     )
     .await?;
     reporter.info(format!(
-        "copying {} images ({}) into {registry}",
-        targets.len(),
+        "copying {} ({}) into {registry}",
+        crate::units::count(targets.len() as u64, "image", "images"),
         human(total)
     ));
     reporter.start_bar(total, "copying");
@@ -135,8 +138,9 @@ pub async fn run(args: CopyArgs) -> Result<()> {
     partial(
         &sel.failed,
         format!(
-            "{} image(s) could not be resolved and were not copied",
-            sel.failed.len()
+            "{} could not be resolved and {} not copied",
+            crate::units::count(sel.failed.len() as u64, "image", "images"),
+            if sel.failed.len() == 1 { "was" } else { "were" }
         ),
     )
 }

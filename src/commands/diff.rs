@@ -90,13 +90,13 @@ pub fn run(args: DiffArgs) -> Result<()> {
         return crate::progress::print_json(&d);
     }
     println!(
-        "{} ({}, {} images) -> {} ({}, {} images)",
+        "{} ({}, {}) -> {} ({}, {})",
         args.old.display(),
         old.created,
-        old.images.len(),
+        crate::units::count(old.images.len() as u64, "image", "images"),
         args.new.display(),
         new.created,
-        new.images.len()
+        crate::units::count(new.images.len() as u64, "image", "images")
     );
     for c in &d.added {
         println!(

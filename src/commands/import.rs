@@ -99,8 +99,8 @@ pub(crate) fn finish(
     done: &str,
 ) -> Result<()> {
     reporter.info(format!(
-        "{} images pushed, {} failed; blobs: {} uploaded ({}), {} mounted, {} already there",
-        report.images_pushed_count,
+        "{} pushed, {} failed; blobs: {} uploaded ({}), {} mounted, {} already there",
+        crate::units::count(report.images_pushed_count as u64, "image", "images"),
         report.images_failed.len(),
         report.blobs_uploaded,
         human(report.bytes_uploaded),
@@ -119,9 +119,18 @@ pub(crate) fn finish(
         .map(|(name, why)| format!("  {name}: {why}"))
         .collect();
     Err(Error::Failed(format!(
-        "{} of {} images were not {done} (their tags were not written):\n{}",
+        "{} of {} {} not {done} (their tags were not written):\n{}",
         report.images_failed.len(),
-        report.images_failed.len() + report.images_pushed_count,
+        crate::units::count(
+            (report.images_failed.len() + report.images_pushed_count) as u64,
+            "image",
+            "images"
+        ),
+        if report.images_failed.len() == 1 {
+            "was"
+        } else {
+            "were"
+        },
         lines.join("\n")
     )))
 }
@@ -151,9 +160,9 @@ fn show_plan(plan: &copy::PushPlan, registry: &str, json: bool) -> Result<()> {
             }
             writeln!(
                 out,
-                "\n{} images into {registry}: {} blobs to upload ({}), {} to mount, {} already \
-                 there. Nothing was written.",
-                plan.images.len(),
+                "\n{} into {registry}: {} blobs to upload ({}), {} to mount, {} already there. \
+                 Nothing was written.",
+                crate::units::count(plan.images.len() as u64, "image", "images"),
                 plan.blobs_to_upload,
                 human(plan.bytes_to_upload),
                 plan.blobs_to_mount,
@@ -233,8 +242,8 @@ pub async fn run(args: ImportArgs) -> Result<()> {
     }
     let target = Arc::new(target);
     reporter.info(format!(
-        "importing {} images ({}) from {} into {registry}",
-        targets.len(),
+        "importing {} ({}) from {} into {registry}",
+        crate::units::count(targets.len() as u64, "image", "images"),
         human(bundle.manifest.total_size),
         bundle.path.display()
     ));

@@ -110,9 +110,9 @@ pub fn run(args: InspectArgs) -> Result<()> {
     writeln!(out).map_err(w)?;
     writeln!(
         out,
-        "{} images, {} unique blobs, {} ({} before deduplication), {} compressed",
-        m.images.len(),
-        m.blobs.len(),
+        "{}, {}, {} ({} before deduplication), {} compressed",
+        crate::units::count(m.images.len() as u64, "image", "images"),
+        crate::units::count(m.blobs.len() as u64, "unique blob", "unique blobs"),
         human(m.total_size),
         human(sum_images),
         human(b.compressed_size())

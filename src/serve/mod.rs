@@ -514,9 +514,9 @@ pub async fn listen(
         .local_addr()
         .map_err(|e| Error::io("reading the listening address", e))?;
     eprintln!(
-        "serving {} repositories from {} bundle(s) on {}://{local}/ (Ctrl-C to stop)",
-        server.ns.tags.len(),
-        server.ns.bundles.len(),
+        "serving {} from {} on {}://{local}/ (Ctrl-C to stop)",
+        crate::units::count(server.ns.tags.len() as u64, "repository", "repositories"),
+        crate::units::count(server.ns.bundles.len() as u64, "bundle", "bundles"),
         if tls.is_some() { "https" } else { "http" }
     );
     let active = Arc::new(AtomicUsize::new(0));

@@ -307,7 +307,8 @@ pub async fn run(args: ExportArgs) -> Result<()> {
     let stale = crate::fetch::clean_stale_temps(&cache.join("tmp"));
     if stale > 0 {
         reporter.detail(format!(
-            "removed {stale} temporary file(s) that interrupted runs left in {}",
+            "removed {} that interrupted runs left in {}",
+            crate::units::count(stale as u64, "temporary file", "temporary files"),
             cache.join("tmp").display()
         ));
     }
@@ -338,7 +339,10 @@ pub async fn run(args: ExportArgs) -> Result<()> {
         plan::show(&contents, &failed, &cache, &out, args.out.json)?;
         return partial(
             &failed,
-            format!("{} image(s) could not be resolved", failed.len()),
+            format!(
+                "{} could not be resolved",
+                crate::units::count(failed.len() as u64, "image", "images")
+            ),
         );
     }
     // Before the first download: will it all fit?
@@ -359,9 +363,9 @@ pub async fn run(args: ExportArgs) -> Result<()> {
     partial(
         &written.failed,
         format!(
-            "{} holds {} images; {} could not be exported",
+            "{} holds {}; {} could not be exported",
             out.display(),
-            written.images,
+            crate::units::count(written.images as u64, "image", "images"),
             written.failed.len()
         ),
     )

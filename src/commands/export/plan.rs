@@ -52,10 +52,10 @@ fn print_plan(plan: &Plan, images: &[Arc<ImageEntry>], out: &Path, json: bool) -
     writeln!(stdout).map_err(w)?;
     writeln!(
         stdout,
-        "{} would get {} images, {} blobs, {} before compression ({} already in the cache)",
+        "{} would get {}, {}, {} before compression ({} already in the cache)",
         out.display(),
-        plan.images.len(),
-        plan.blobs,
+        crate::units::count(plan.images.len() as u64, "image", "images"),
+        crate::units::count(plan.blobs as u64, "blob", "blobs"),
         human(plan.bundle_size),
         human(plan.cached_size)
     )

@@ -16,7 +16,7 @@ use crate::progress::{human, Reporter};
 use crate::registry::Registry;
 use crate::signing::Signer;
 use crate::store::RegistryObjects;
-use crate::units::rfc3339;
+use crate::units::{count, rfc3339};
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::io;
@@ -612,11 +612,11 @@ pub(super) async fn write(
     // How big the cache has grown (`airlock cache prune` trims it).
     let cache_now = crate::cache::summary(&cache).unwrap_or_default();
     reporter.info(format!(
-        "wrote {} ({} images, {} blobs, {} in {} on disk, ratio {:.2}; downloaded {}, {} from \
-         cache; the cache {} holds {} in {} entries)",
+        "wrote {} ({}, {}, {} in {} on disk, ratio {:.2}; downloaded {}, {} from cache; the \
+         cache {} holds {} in {})",
         out.display(),
-        counts.images,
-        counts.blobs,
+        count(counts.images as u64, "image", "images"),
+        count(counts.blobs as u64, "blob", "blobs"),
         human(total_size),
         human(compressed),
         ratio(total_size, compressed),
@@ -624,7 +624,7 @@ pub(super) async fn write(
         human(cached),
         cache.display(),
         human(cache_now.bytes),
-        cache_now.entries
+        count(cache_now.entries as u64, "entry", "entries")
     ));
     if json {
         let summary = Summary {

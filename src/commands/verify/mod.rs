@@ -330,12 +330,12 @@ pub async fn run(args: VerifyArgs) -> Result<()> {
             reporter.warn(w);
         }
         reporter.info(format!(
-            "{}: {} images, {} blobs, {} checked; {} volume(s){}",
+            "{}: {}, {}, {} checked; {}{}",
             bundle.path.display(),
-            rep.images,
-            rep.blobs_checked,
+            crate::units::count(rep.images as u64, "image", "images"),
+            crate::units::count(rep.blobs_checked as u64, "blob", "blobs"),
             human(rep.bytes_checked),
-            rep.volumes.len(),
+            crate::units::count(rep.volumes.len() as u64, "volume", "volumes"),
             if rep.ok { ", all good" } else { "" }
         ));
         if !rep.external.is_empty() {
