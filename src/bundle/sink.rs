@@ -239,6 +239,38 @@ impl BundleSink {
         .await
     }
 
+    /// Takes `size` bytes of the spool budget for blob `i`, once they fit in it or the writer
+    /// waits for the blob (which is fetched whatever its size). The bytes are counted the
+    /// moment they fit, in the same look: blobs that wait together cannot all see the same
+    /// room and all take it (each then spending a request before counting itself).
+    async fn reserve(&self, i: usize, size: u64) -> Result<Reservation> {
+        self.wait_until(|s| {
+            let mut now = s.ahead.load(Ordering::Acquire);
+            loop {
+                let fits = now.saturating_add(size) <= AHEAD_BUDGET
+                    || s.writer_at.load(Ordering::Acquire) >= i;
+                if !fits {
+                    return false;
+                }
+                match s.ahead.compare_exchange_weak(
+                    now,
+                    now.saturating_add(size),
+                    Ordering::AcqRel,
+                    Ordering::Acquire,
+                ) {
+                    Ok(_) => return true,
+                    Err(actual) => now = actual,
+                }
+            }
+        })
+        .await?;
+        Ok(Reservation {
+            taken: self.ahead.clone(),
+            freed: self.changed.clone(),
+            size,
+        })
+    }
+
     /// Puts blob `i`: from the cache, into the cache, through a spool or as a stream.
     async fn put(&self, i: usize, d: &Digest, size: u64, src: &dyn BlobSource) -> Result<()> {
         // The engine puts blobs in bundle order, so the one the writer waits for is never
@@ -277,13 +309,8 @@ impl BundleSink {
             return Ok(());
         }
         if let Some(parts) = src.parts() {
-            // Within the budget, or when the writer waits for it.
-            self.wait_until(|s| {
-                s.writer_at.load(Ordering::Acquire) >= i
-                    || s.ahead.load(Ordering::Acquire) + size <= AHEAD_BUDGET
-            })
-            .await?;
-            if self.spool(i, d, size, parts).await? {
+            let reserved = self.reserve(i, size).await?;
+            if self.spool(i, d, size, parts, reserved).await? {
                 return Ok(());
             }
             // The registry ignores Range: stream it when its turn comes.
@@ -310,6 +337,7 @@ impl BundleSink {
         d: &Digest,
         size: u64,
         parts: Arc<dyn PartSource>,
+        reserved: Reservation,
     ) -> Result<bool> {
         let Some(first) = parts.open_part(0, size.min(SEGMENT)).await? else {
             return Ok(false);
@@ -318,8 +346,6 @@ impl BundleSink {
             .cache
             .join("tmp")
             .join(format!("{}.spool.{}", d.hex(), std::process::id()));
-        // Counted against the budget until the writer is done with it (it is dropped).
-        let budget = (self.ahead.clone(), self.changed.clone());
         // The writer waits for this blob or will: past the writer, the download goes no
         // further than the budget of bytes ahead, and what the writer has read is freed.
         let window = Window {
@@ -327,7 +353,8 @@ impl BundleSink {
             moved: self.changed.clone(),
             stopped: self.closed.clone(),
         };
-        let spool = Spool::create(path, d, size, SEGMENT, budget, Some(window))?;
+        // Counted against the budget until the writer is done with it (it is dropped).
+        let spool = Spool::create(path, d, size, SEGMENT, reserved, Some(window))?;
         self.deliver(i, Delivery::Spool(spool.clone()));
         fill_all(&spool, parts, first, self.parts).await?;
         self.downloaded.fetch_add(size, Ordering::Relaxed);
@@ -643,7 +670,8 @@ struct Spool {
     cond: Condvar,
     size: u64,
     digest: Digest,
-    budget: (Arc<AtomicU64>, Arc<Notify>),
+    /// Its bytes of the spool budget, given back when it is dropped (after the file went).
+    _budget: Reservation,
     /// The segment size ([`SEGMENT`]; smaller in tests).
     seg: u64,
     /// For the bundle's spools: how far the download may run ahead of the writer, whose
@@ -675,14 +703,14 @@ struct SpoolState {
 
 impl Spool {
     /// A spool file of `size` bytes at `path` (listed for removal on a signal), filled in
-    /// segments of `seg` bytes, ahead of its reader within `window`; `budget` is what it
-    /// gives back when dropped.
+    /// segments of `seg` bytes, ahead of its reader within `window`; `budget` (already
+    /// taken) is given back when it is dropped.
     fn create(
         path: PathBuf,
         d: &Digest,
         size: u64,
         seg: u64,
-        budget: (Arc<AtomicU64>, Arc<Notify>),
+        budget: Reservation,
         window: Option<Window>,
     ) -> Result<Arc<Spool>> {
         let seg = seg.max(1);
@@ -699,8 +727,6 @@ impl Spool {
                 return Err(e);
             }
         };
-        // Given back by `drop`.
-        budget.0.fetch_add(size, Ordering::AcqRel);
         Ok(Arc::new(Spool {
             path,
             file,
@@ -712,7 +738,7 @@ impl Spool {
             cond: Condvar::new(),
             size,
             digest: d.clone(),
-            budget,
+            _budget: budget,
             seg,
             window,
             read_to: AtomicU64::new(0),
@@ -797,10 +823,25 @@ impl Spool {
 
 impl Drop for Spool {
     fn drop(&mut self) {
+        // The budget goes back once this returns, with the file gone.
         crate::cleanup::remove(&self.path);
-        let (ahead, changed) = &self.budget;
-        ahead.fetch_sub(self.size, Ordering::AcqRel);
-        changed.notify_waiters();
+    }
+}
+
+/// Bytes taken from a budget of spool space (`BundleSink::reserve`), given back when this is
+/// dropped, which wakes whoever waits for room. The default takes nothing from a budget of
+/// its own.
+#[derive(Default)]
+struct Reservation {
+    taken: Arc<AtomicU64>,
+    freed: Arc<Notify>,
+    size: u64,
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        self.taken.fetch_sub(self.size, Ordering::AcqRel);
+        self.freed.notify_waiters();
     }
 }
 
@@ -1321,5 +1362,82 @@ mod tests {
             .expect("join");
         let e = r.expect_err("a stopped writer fails the download");
         assert!(e.to_string().contains("writer stopped"), "{e}");
+    }
+
+    /// A blob served by `Range` whose requests are counted and never answered: a registry
+    /// that takes its time.
+    struct Unanswered {
+        asked: Arc<AtomicUsize>,
+    }
+
+    impl PartSource for Unanswered {
+        fn open_part(
+            &self,
+            _start: u64,
+            _end: u64,
+        ) -> BoxFuture<'static, Result<Option<BoxStream<'static, io::Result<Bytes>>>>> {
+            self.asked.fetch_add(1, Ordering::SeqCst);
+            Box::pin(std::future::pending())
+        }
+    }
+
+    impl BlobSource for Unanswered {
+        fn open(&self, _offset: u64) -> Result<BoxStream<'static, Result<Bytes>>> {
+            Err(Error::Failed("this source is read in parts".into()))
+        }
+        fn parts(&self) -> Option<Arc<dyn PartSource>> {
+            Some(Arc::new(Unanswered {
+                asked: self.asked.clone(),
+            }))
+        }
+    }
+
+    #[tokio::test]
+    async fn large_blobs_waiting_together_take_the_spool_budget_in_turn() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let objects = Arc::new(RegistryObjects::new(Vec::new(), Default::default()));
+        let (sink, _inbox) =
+            BundleSink::new(objects, &dir.path().join("b.tar.zst"), dir.path(), false, 4);
+        // Three blobs of three quarters of the budget each, past the one the writer waits
+        // for (slot 0): one at a time fits. Each counts its own requests.
+        let size = AHEAD_BUDGET / 4 * 3;
+        let asked: Vec<Arc<AtomicUsize>> = (0..3).map(|_| Arc::default()).collect();
+        let puts: Vec<_> = (1..=3u8)
+            .zip(&asked)
+            .map(|(k, asked)| {
+                let (sink, asked) = (sink.clone(), asked.clone());
+                let d = Digest::parse(&format!("sha256:{}", format!("{k:02x}").repeat(32)))
+                    .expect("digest");
+                tokio::spawn(
+                    async move { sink.put(k.into(), &d, size, &Unanswered { asked }).await },
+                )
+            })
+            .collect();
+        let started = || -> Vec<usize> {
+            (0..3)
+                .filter(|&k| asked[k].load(Ordering::SeqCst) > 0)
+                .collect()
+        };
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let first = started();
+        assert_eq!(
+            first.len(),
+            1,
+            "one blob's download at a time fits in the budget"
+        );
+        assert_eq!(sink.ahead.load(Ordering::SeqCst), size);
+        // The one downloading stops (a failure, or Ctrl-C): its share goes to the next.
+        puts[first[0]].abort();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let now = started();
+        assert_eq!(
+            now.len(),
+            2,
+            "the next blob starts once its room is freed: {now:?}"
+        );
+        assert_eq!(sink.ahead.load(Ordering::SeqCst), size);
+        for p in &puts {
+            p.abort();
+        }
     }
 }
