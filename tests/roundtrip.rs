@@ -399,6 +399,80 @@ fn short_names_environment_and_target_naming() {
     );
 }
 
+/// Image lists written from Kubernetes manifests pin images as NAME:TAG@DIGEST: a short name
+/// takes the pin as a full reference does (fetched by digest, written under the tag), and a
+/// digest without a tag is refused before any request.
+#[test]
+fn short_names_pinned_by_digest_are_fetched_by_it_and_written_under_their_tag() {
+    let src = TestRegistry::start(RegistryOpts::plain());
+    let corpus = build_corpus(&src);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let bundle = dir.path().join("pinned.tar.zst");
+    let host = src.host();
+    let alpha = corpus.get("src/alpha", "1.0").digest.clone();
+    let beta = corpus.get("src/beta", "1.0").digest.clone();
+    let env = [
+        ("SOURCE_DOCKER_REGISTRY", host.as_str()),
+        ("SOURCE_DOCKER_REPOSITORY", "src"),
+        ("SOURCE_DOCKER_TAG", "latest"),
+    ];
+    let pinned = format!("alpha:1.0@{alpha}");
+    export(
+        &[&pinned, "beta:1.0", "-o", bundle.to_str().unwrap(), "-q"],
+        &env,
+    );
+    let bj = read_bundle_json(&bundle);
+    let img = &bj["images"][0];
+    assert_eq!(img["source"], format!("{host}/src/alpha:1.0@{alpha}"));
+    assert_eq!(img["digest"], alpha.as_str());
+    assert_eq!(img["tag"], "1.0");
+    assert_eq!(img["namespace"], "src");
+    assert_eq!(img["path"], "alpha");
+
+    let dst = TestRegistry::start(RegistryOpts::plain());
+    let out = run_airlock(
+        ["import", bundle.to_str().unwrap(), "-q"],
+        &[
+            ("TARGET_DOCKER_REGISTRY", &dst.host()),
+            ("TARGET_DOCKER_REPOSITORY", "mirror"),
+        ],
+        None,
+    );
+    assert_success(&out, "import of a pinned short name");
+    assert_eq!(skopeo_digest(&dst, "mirror/alpha:1.0"), alpha);
+    assert_eq!(skopeo_digest(&dst, "mirror/beta:1.0"), beta);
+
+    // A pin that is not the repository's: the export fails naming the image.
+    let wrong = format!("alpha:1.0@{beta}");
+    let other = dir.path().join("wrong.tar.zst");
+    let out = run_airlock(
+        ["export", &wrong, "-o", other.to_str().unwrap(), "-q"],
+        &env,
+        None,
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", describe_output(&out));
+    assert!(
+        stderr_text(&out).contains(&format!("src/alpha:1.0@{beta}")),
+        "names the image: {}",
+        describe_output(&out)
+    );
+    assert!(!other.exists(), "no bundle from a failed export");
+
+    // A digest with no tag: import would not know which tag to write.
+    let untagged = format!("alpha@{alpha}");
+    let out = run_airlock(
+        ["export", &untagged, "-o", other.to_str().unwrap(), "-q"],
+        &env,
+        None,
+    );
+    assert_eq!(out.status.code(), Some(2), "{}", describe_output(&out));
+    assert!(
+        stderr_text(&out).contains(&format!("alpha:TAG@{alpha}")),
+        "says how to write it: {}",
+        describe_output(&out)
+    );
+}
+
 #[test]
 fn missing_required_values_without_a_terminal_are_usage_errors() {
     let out = run_airlock(

@@ -96,12 +96,23 @@ pub fn requested_images(
                 source = Some((reg, repo));
             }
             let (reg, repo) = source.clone().unwrap_or_default();
-            let (short, inline_tag) = match name.split_once(':') {
+            // NAME, NAME:TAG or NAME:TAG@DIGEST (pinned, written under TAG by import).
+            let (named, pin) = match name.split_once('@') {
+                Some((n, d)) => (n, format!("@{d}")),
+                None => (name.as_str(), String::new()),
+            };
+            let (short, inline_tag) = match named.split_once(':') {
                 Some((n, t)) => (n.to_string(), Some(t.to_string())),
-                None => (name.clone(), None),
+                None => (named.to_string(), None),
             };
             let t = match inline_tag {
                 Some(t) => t,
+                None if !pin.is_empty() => {
+                    return Err(Error::Usage(format!(
+                        "{name}: give a tag with the digest ({short}:TAG{pin}) so import knows \
+                         which tag to write"
+                    )))
+                }
                 None => {
                     if tag.is_none() {
                         tag = Some(source_side.short_name_tag(prompter)?);
@@ -111,9 +122,9 @@ pub fn requested_images(
             };
             validate_tag(&t).map_err(Error::Usage)?;
             let full = if repo.is_empty() {
-                format!("{reg}/{short}:{t}")
+                format!("{reg}/{short}:{t}{pin}")
             } else {
-                format!("{reg}/{repo}/{short}:{t}")
+                format!("{reg}/{repo}/{short}:{t}{pin}")
             };
             let reference = Reference::parse(&full)?;
             out.push(Requested {
