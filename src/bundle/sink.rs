@@ -1021,6 +1021,8 @@ async fn fill(
             piece_len = 0;
             at += n;
             spool.filled(k, at - start);
+            // Bytes arrived before the cut: it is not one in a row.
+            cuts = 0;
         }
         if at < end {
             cuts += 1;
@@ -1439,5 +1441,55 @@ mod tests {
         for p in &puts {
             p.abort();
         }
+    }
+
+    /// A blob served by `Range` whose every response is cut after `cut` bytes: a flaky link
+    /// on which each connection still gets somewhere.
+    struct Cutting {
+        data: Bytes,
+        cut: usize,
+    }
+
+    impl PartSource for Cutting {
+        fn open_part(
+            &self,
+            start: u64,
+            end: u64,
+        ) -> BoxFuture<'static, Result<Option<BoxStream<'static, io::Result<Bytes>>>>> {
+            let asked = self.data.slice(start as usize..end as usize);
+            let sent = asked.slice(..asked.len().min(self.cut));
+            let mut body: Vec<io::Result<Bytes>> = vec![Ok(sent)];
+            if asked.len() > self.cut {
+                body.push(Err(io::Error::new(io::ErrorKind::ConnectionReset, "cut")));
+            }
+            Box::pin(async move { Ok(Some(futures_util::stream::iter(body).boxed())) })
+        }
+    }
+
+    /// Every cut comes after some bytes (more cuts in all than the retries allowed in a row):
+    /// the segment resumes each time and the blob arrives whole.
+    #[tokio::test]
+    async fn a_segment_cut_again_and_again_completes_while_each_try_gets_somewhere() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (m, digest) = blob(1);
+        let src = Arc::new(Cutting {
+            data: m.data.clone(),
+            cut: (SEG / 8) as usize,
+        });
+        let spool = Spool::create(
+            dir.path().join("s"),
+            &digest,
+            SEG,
+            SEG,
+            Default::default(),
+            None,
+        )
+        .expect("spool");
+        let first = src.open_part(0, SEG).await.expect("first").expect("ranged");
+        fill_all(&spool, src.clone(), first, 1)
+            .await
+            .expect("eight tries, each with bytes, fill the segment");
+        let got = std::fs::read(dir.path().join("s")).expect("read the spool");
+        assert_eq!(&got[..], &m.data[..]);
     }
 }
