@@ -156,7 +156,8 @@ pub struct OutputArgs {
     /// Print more detail (every blob)
     #[arg(short, long)]
     pub verbose: bool,
-    /// How often a failed request or transfer is retried (with back-off) before giving up
+    /// How often a failed request or transfer is retried (with back-off) before giving up; a
+    /// transfer that moved forward since its last failure starts its count again
     #[arg(long, default_value_t = 4, value_name = "N", value_parser = clap::value_parser!(u32).range(0..=20))]
     pub retries: u32,
     /// Give up on a request when no byte has moved, in either direction, for this long

@@ -226,6 +226,58 @@ fn an_upload_or_download_slower_than_the_idle_timeout_completes() {
     );
 }
 
+/// A link that drops a long download again and again, more often in all than `--retries`
+/// allows, each time after some bytes: each try moves the download forward (resumed with
+/// `Range` where it stopped), so it completes, checked; the count is of failures in a row.
+#[test]
+fn a_download_cut_more_often_than_its_retries_completes_while_each_try_moves_it_forward() {
+    let src = TestRegistry::start(RegistryOpts::plain());
+    let big = push_big_image(&src, 2 * MIB);
+    let layer = big
+        .blobs
+        .iter()
+        .max_by_key(|d| d.size)
+        .expect("a layer")
+        .digest
+        .clone();
+    let proxy = FaultProxy::for_registry(
+        &src,
+        FaultPlan::new(
+            Fault::TruncateBody {
+                after_bytes: 256 * 1024,
+            },
+            4,
+        )
+        .method("GET")
+        .path_contains(&format!("/blobs/{layer}")),
+    );
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out_path = dir.path().join("cut.tar.zst");
+    let out = run_airlock(
+        [
+            "export",
+            &format!("{}/net/big:1", proxy.host()),
+            "-o",
+            path_str(&out_path),
+            "--retries",
+            "1",
+            "--plain-http",
+            "--cache-dir",
+            path_str(&dir.path().join("cache")),
+        ],
+        &[],
+        None,
+    );
+    assert_success(&out, "export through a link that cuts the layer four times");
+    assert_eq!(
+        proxy.faults_injected(),
+        4,
+        "the layer's download was cut four times"
+    );
+    let out = run_airlock(["verify", path_str(&out_path)], &[], None);
+    assert_success(&out, "verify after the resumed download");
+}
+
 #[test]
 fn a_stalled_registry_fails_fast_naming_it() {
     let src = TestRegistry::start(RegistryOpts::plain());

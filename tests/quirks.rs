@@ -866,6 +866,33 @@ fn a_spent_pull_rate_limit_says_what_the_registry_said() {
 /// The connection of a chunk is cut mid-body: airlock asks the registry where the session is
 /// (GET on the upload location) and goes on from that offset in the same session, without a
 /// new POST for that blob.
+/// A link that drops every other chunk of a long upload, more often in all than `--retries`
+/// allows: each try moves the upload forward (the chunks between the cuts stay with the
+/// registry), so it goes on from where the registry stands and completes; the count is of
+/// failures in a row.
+#[test]
+fn an_upload_cut_more_often_than_its_retries_completes_while_each_try_moves_it_forward() {
+    let (src, s) = big_source();
+    let (_dir, bundle) = plain_bundle(&src, &s);
+    let (_t, proxy) = import_through(
+        Quirk::CutEveryPatch {
+            every: 2,
+            after_bytes: MIB as u64 / 2,
+        },
+        &s,
+        &bundle,
+        &["--retries", "1", "-j", "1"],
+        &[("AIRLOCK_CHUNK_SIZE", "1M")],
+    );
+    let cuts = proxy.records().iter().filter(|r| r.action == "cut").count();
+    assert!(
+        cuts >= 2,
+        "the layer's upload was cut {cuts} times; the test needs more cuts than the one retry \
+         --retries 1 allows in a row:\n{}",
+        proxy.describe()
+    );
+}
+
 #[test]
 fn cut_chunk_resumes_from_the_registry_offset() {
     let (src, s) = big_source();

@@ -76,7 +76,15 @@ impl Budget {
         true
     }
 
-    /// Tries made so far that failed.
+    /// A transfer that moved forward since its last failure (bytes that stay: a download's
+    /// beyond any it had before, an upload's the registry holds) starts its count again:
+    /// the budget is for failures in a row, so a long transfer on a link that drops now and
+    /// then goes on as long as each try gets somewhere, and one that gets nowhere still ends.
+    pub fn progressed(&mut self) {
+        self.failures = 0;
+    }
+
+    /// Tries that failed (in a row, for a transfer that moves forward).
     pub fn failures(&self) -> u32 {
         self.failures
     }

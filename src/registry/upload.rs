@@ -336,6 +336,8 @@ impl Registry {
             known: true,
             min_chunk: 0,
         });
+        // The most the registry was known to hold: more after a failure is progress.
+        let mut best = 0u64;
         loop {
             let outcome = self
                 .try_upload(repo, digest, size, source, &mut session, &mut budget, &what)
@@ -370,6 +372,11 @@ impl Registry {
                     return Err(e);
                 }
             };
+            let held = session.as_ref().map_or(0, |s| s.offset);
+            if held > best {
+                best = held;
+                budget.progressed();
+            }
             if !budget.again(retry_after).await {
                 self.cancel(repo, session.take()).await;
                 return Err(self.gave_up(format!("{what}: {why}"), &budget));

@@ -65,6 +65,10 @@ pub enum Quirk {
     /// refuses the session (`404 BLOB_UPLOAD_INVALID`, "upload resumed at wrong offset": its
     /// `_state` still names the previous offset), so a client must start a new upload.
     CutPatchDelivered { nth: usize, after_bytes: u64 },
+    /// Every `every`-th PATCH whose body is larger than `after_bytes` is cut as
+    /// [`Quirk::CutPatch`] cuts its one (lost in transit): a link that drops now and then
+    /// through a long upload, the chunks between the cuts going through.
+    CutEveryPatch { every: usize, after_bytes: u64 },
     /// Every request waits this many milliseconds before it is handled.
     Delay(u64),
     /// `PUT /v2/<repo>/manifests/<tag>` of a tag the registry has already answered `412`
@@ -1122,6 +1126,15 @@ fn handle_request(client: &mut TcpStream, _id: u64, sh: &Shared) -> io::Result<(
                             sh.cut_done.store(true, Ordering::SeqCst);
                             let deliver = matches!(q, Quirk::CutPatchDelivered { .. });
                             action = Action::Cut(*after_bytes, deliver);
+                        }
+                    }
+                }
+                Quirk::CutEveryPatch { every, after_bytes } if is_patch => {
+                    let big = head.chunked() || head.content_length().unwrap_or(0) > *after_bytes;
+                    if big {
+                        let n = sh.big_patches.fetch_add(1, Ordering::SeqCst) + 1;
+                        if n % (*every).max(1) == 0 {
+                            action = Action::Cut(*after_bytes, false);
                         }
                     }
                 }
