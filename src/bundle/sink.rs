@@ -791,8 +791,18 @@ impl Spool {
         let Some(w) = &self.window else {
             return;
         };
-        if self.punching.load(Ordering::Relaxed) && !punch_hole(&self.file, from, to) {
-            self.punching.store(false, Ordering::Relaxed);
+        if self.punching.load(Ordering::Relaxed) {
+            if let Err(e) = punch_hole(&self.file, from, to) {
+                // A file system that cannot punch holes is not asked again; another failure
+                // (ENOSPC splitting an extent on a full disk) leaves this range and tries the
+                // next, so one refusal does not let the spool grow to the whole blob.
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::EOPNOTSUPP | libc::ENOSYS | libc::EINVAL)
+                ) {
+                    self.punching.store(false, Ordering::Relaxed);
+                }
+            }
         }
         w.moved.notify_waiters();
     }
@@ -903,30 +913,38 @@ fn write_all_vectored_at(file: &std::fs::File, pieces: &[Bytes], at: u64) -> io:
 }
 
 /// Frees bytes `from..to` of `file` on disk, its size unchanged (`FALLOC_FL_PUNCH_HOLE`);
-/// false where the file system does not.
-fn punch_hole(file: &std::fs::File, from: u64, to: u64) -> bool {
+/// `EOPNOTSUPP` where the file system (or the system) does not.
+fn punch_hole(file: &std::fs::File, from: u64, to: u64) -> io::Result<()> {
     #[cfg(target_os = "linux")]
     {
         use std::os::unix::io::AsRawFd;
         let (Ok(offset), Ok(len)) = (i64::try_from(from), i64::try_from(to.saturating_sub(from)))
         else {
-            return false;
+            return Err(io::Error::from_raw_os_error(libc::EINVAL));
         };
-        // SAFETY: a plain system call on a file descriptor the spool owns.
-        let r = unsafe {
-            libc::fallocate(
-                file.as_raw_fd(),
-                libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
-                offset,
-                len,
-            )
-        };
-        r == 0
+        loop {
+            // SAFETY: a plain system call on a file descriptor the spool owns.
+            let r = unsafe {
+                libc::fallocate(
+                    file.as_raw_fd(),
+                    libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+                    offset,
+                    len,
+                )
+            };
+            if r == 0 {
+                return Ok(());
+            }
+            let e = io::Error::last_os_error();
+            if e.kind() != io::ErrorKind::Interrupted {
+                return Err(e);
+            }
+        }
     }
     #[cfg(not(target_os = "linux"))]
     {
         let _ = (file, from, to);
-        false
+        Err(io::Error::from_raw_os_error(libc::EOPNOTSUPP))
     }
 }
 
@@ -937,7 +955,7 @@ pub fn punches_holes(dir: &Path) -> bool {
     let Ok(f) = crate::cleanup::create(&path) else {
         return false;
     };
-    let punched = f.write_all_at(&[1u8; 3 * 4096], 0).is_ok() && punch_hole(&f, 4096, 8192);
+    let punched = f.write_all_at(&[1u8; 3 * 4096], 0).is_ok() && punch_hole(&f, 4096, 8192).is_ok();
     drop(f);
     crate::cleanup::remove(&path);
     punched
