@@ -60,7 +60,9 @@ impl Served {
             .args(extra)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::null());
+            .stderr(
+                std::fs::File::create(home.path().join("serve.log")).expect("serve's log file"),
+            );
         let child = cmd.spawn().expect("start airlock serve");
         let served = Served {
             child,
@@ -75,6 +77,11 @@ impl Served {
             std::thread::sleep(Duration::from_millis(50));
         }
         served
+    }
+
+    /// What serve printed on its standard error so far.
+    fn log(&self) -> String {
+        std::fs::read_to_string(self._home.path().join("serve.log")).unwrap_or_default()
     }
 
     fn raw(&self) -> RawClient {
@@ -230,6 +237,34 @@ fn serve_answers_skopeo_with_every_source_digest_ranges_paging_and_errors() {
     );
     let beyond = raw.request("GET", &path, &[("range", &format!("bytes={size}-"))], None);
     assert_eq!(beyond.status, 416);
+    // A range past the end (however large) runs to the end; the unit's case does not matter.
+    let huge = raw.request(
+        "GET",
+        &path,
+        &[("range", "Bytes=3-99999999999999999999")],
+        None,
+    );
+    assert_eq!((huge.status, &huge.body[..]), (206, &whole.body[3..]));
+    // Ranges this server does not read (another unit, several at once, malformed) are
+    // ignored: the whole blob, 200 (RFC 9110), never a 416.
+    for ignored in ["items=0-1", "bytes=0-1,5-6", "bytes=9-2", "bytes=x-"] {
+        let r = raw.request("GET", &path, &[("range", ignored)], None);
+        assert_eq!(r.status, 200, "Range: {ignored}");
+        assert_eq!(sha(&r.body), layer, "Range: {ignored}");
+    }
+    // The manifests endpoint serves manifests only: a blob's digest there is unknown.
+    for method in ["GET", "HEAD"] {
+        let r = raw.request(
+            method,
+            &format!("/v2/{}/manifests/{layer}", plain.repo),
+            &[],
+            None,
+        );
+        assert_eq!(r.status, 404, "{method} of a layer as a manifest");
+        if method == "GET" {
+            assert_eq!(error_code(&r), "MANIFEST_UNKNOWN");
+        }
+    }
 
     // Manifests: exact bytes and media type, by tag and by digest.
     let m = raw.request(
@@ -982,4 +1017,92 @@ fn clients_that_stop_reading_do_not_hold_up_the_others() {
     assert_eq!(config_sha.as_deref(), Some(config.as_str()));
     assert_eq!((status, layer_sha), (200, layer_digest));
     drop(stalled);
+}
+
+/// serve faces clients it cannot trust: a connection that sends nothing is closed once its
+/// head has not come for 30 s (it held a connection slot and a task forever), while others
+/// are answered; a request in absolute form with `user:password@` in its target is logged
+/// without them.
+#[test]
+fn silent_connections_are_closed_and_credentials_in_a_target_are_not_logged() {
+    use std::io::{Read, Write};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (bundle, _) = one_layer_bundle(dir.path(), "small/one", 3, 4096);
+    let served = Served::start(&[&bundle], &[]);
+    let mut silent = std::net::TcpStream::connect(("127.0.0.1", served.port)).expect("connect");
+    silent
+        .set_read_timeout(Some(Duration::from_secs(90)))
+        .expect("read timeout");
+    let opened = Instant::now();
+
+    let mut c = std::net::TcpStream::connect(("127.0.0.1", served.port)).expect("connect");
+    write!(
+        c,
+        "GET http://robot:s3cret-Pa55@127.0.0.1:{0}/v2/ HTTP/1.1\r\nHost: 127.0.0.1:{0}\r\n\
+         Connection: close\r\n\r\n",
+        served.port
+    )
+    .expect("send");
+    let mut answer = String::new();
+    c.read_to_string(&mut answer).expect("answer");
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    let log = served.log();
+    assert!(log.contains("GET /v2/ 200"), "the request is logged: {log}");
+    assert!(
+        !log.contains("s3cret"),
+        "a password in the target was logged: {log}"
+    );
+
+    let mut one = [0u8; 1];
+    let read = silent.read(&mut one);
+    let waited = opened.elapsed();
+    assert!(
+        matches!(read, Ok(0))
+            || matches!(&read, Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset),
+        "the silent connection was not closed by the server: {read:?} after {waited:?}"
+    );
+    assert!(
+        waited >= Duration::from_secs(25) && waited < Duration::from_secs(60),
+        "closed after {waited:?}, where the head timeout is 30 s"
+    );
+}
+
+/// Stopping serve closes idle keep-alive connections at once (clients keep them open between
+/// pulls) instead of waiting out the 10 s given to requests under way.
+#[test]
+fn a_stop_does_not_wait_for_idle_connections() {
+    use std::io::{Read, Write};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (bundle, _) = one_layer_bundle(dir.path(), "small/one", 4, 4096);
+    let mut served = Served::start(&[&bundle], &["-q"]);
+    let mut k = std::net::TcpStream::connect(("127.0.0.1", served.port)).expect("connect");
+    write!(k, "GET /v2/ HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n").expect("send");
+    let mut buf = [0u8; 512];
+    let n = k.read(&mut buf).expect("answer");
+    assert!(
+        buf[..n].starts_with(b"HTTP/1.1 200"),
+        "kept-alive request answered"
+    );
+    let pid = served.child.id().to_string();
+    let stopping = Instant::now();
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+    let exited = loop {
+        if let Ok(Some(st)) = served.child.try_wait() {
+            break st;
+        }
+        assert!(
+            stopping.elapsed() < Duration::from_secs(20),
+            "serve did not stop"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let took = stopping.elapsed();
+    assert!(
+        took < Duration::from_secs(5),
+        "serve took {took:?} to stop with an idle connection open (exit {exited:?})"
+    );
 }

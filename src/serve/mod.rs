@@ -22,7 +22,7 @@ use sha2::Digest as _;
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -48,6 +48,8 @@ pub struct Htpasswd {
     /// Hashes of user:password pairs already checked (bcrypt is slow on purpose; clients send
     /// the header with every request).
     good: Mutex<HashSet<[u8; 32]>>,
+    /// One bcrypt check at a time: wrong passwords sent in a flood cost one core, not all.
+    checking: tokio::sync::Semaphore,
 }
 
 impl Htpasswd {
@@ -78,6 +80,7 @@ impl Htpasswd {
         Ok(Htpasswd {
             entries,
             good: Mutex::default(),
+            checking: tokio::sync::Semaphore::new(1),
         })
     }
 
@@ -104,13 +107,23 @@ impl Htpasswd {
         let Some((user, pass)) = pair.split_once(':') else {
             return false;
         };
-        let Some(hash) = self.entries.get(user).cloned() else {
+        // An unknown user costs a check too (against some user's hash, its answer unused), so
+        // that the time taken does not tell which users exist.
+        let (hash, known) = match self.entries.get(user) {
+            Some(h) => (h.clone(), true),
+            None => match self.entries.values().next() {
+                Some(h) => (h.clone(), false),
+                None => return false,
+            },
+        };
+        let Ok(_turn) = self.checking.acquire().await else {
             return false;
         };
         let pass = pass.to_string();
         let ok = tokio::task::spawn_blocking(move || bcrypt::verify(pass, &hash).unwrap_or(false))
             .await
-            .unwrap_or(false);
+            .unwrap_or(false)
+            && known;
         if ok {
             if let Ok(mut g) = self.good.lock() {
                 g.insert(key);
@@ -136,6 +149,17 @@ fn full(b: impl Into<Bytes>) -> Body {
 
 fn empty() -> Body {
     full(Bytes::new())
+}
+
+/// A failure on this side (a damaged bundle): the detail goes to the log, where the operator
+/// sees it; the client learns which object failed, not the bundle's path on this machine.
+fn internal(what: &str, e: &Error) -> Response<Body> {
+    eprintln!("airlock serve: {what}: {e}");
+    error(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "UNKNOWN",
+        &format!("{what} could not be read from the bundle (see the server's log)"),
+    )
 }
 
 /// An error in the distribution spec's JSON form.
@@ -215,28 +239,60 @@ fn page<'a>(
     (page, link)
 }
 
-/// Parses a `Range: bytes=…` header against a size: (from, to) with `to` exclusive.
-fn parse_range(v: &str, size: u64) -> Option<(u64, u64)> {
-    let spec = v.trim().strip_prefix("bytes=")?;
-    if spec.contains(',') {
-        return None;
-    }
-    let (a, b) = spec.split_once('-')?;
-    let (a, b) = (a.trim(), b.trim());
-    if a.is_empty() {
-        let n: u64 = b.parse().ok()?;
-        if n == 0 || size == 0 {
-            return None;
-        }
-        return Some((size.saturating_sub(n), size));
-    }
-    let from: u64 = a.parse().ok()?;
-    let to = if b.is_empty() {
-        size
-    } else {
-        b.parse::<u64>().ok()?.saturating_add(1).min(size)
+/// What a `Range` header asks of a blob (RFC 9110, section 14).
+#[derive(Debug, PartialEq, Eq)]
+enum Ranged {
+    /// Bytes `from..to`: a 206.
+    Part(u64, u64),
+    /// No byte of the blob is in the range: a 416.
+    Unsatisfiable,
+    /// Not one byte range this server reads (another unit, several ranges, a malformed
+    /// one): the header is ignored and the whole blob sent, as the RFC has it.
+    Whole,
+}
+
+/// Reads a `Range` header against a blob of `size` bytes. The unit is matched without regard
+/// to case, and a last position past the end (however large) means the end.
+fn parse_range(v: &str, size: u64) -> Ranged {
+    let Some((unit, spec)) = v.trim().split_once('=') else {
+        return Ranged::Whole;
     };
-    (from < to).then_some((from, to))
+    if !unit.trim().eq_ignore_ascii_case("bytes") || spec.contains(',') {
+        return Ranged::Whole;
+    }
+    let Some((a, b)) = spec.split_once('-') else {
+        return Ranged::Whole;
+    };
+    // Digits only; a number too large for 64 bits is as good as the largest.
+    let number = |t: &str| -> Option<u64> {
+        let t = t.trim();
+        (!t.is_empty() && t.bytes().all(|c| c.is_ascii_digit()))
+            .then(|| t.parse().unwrap_or(u64::MAX))
+    };
+    if a.trim().is_empty() {
+        return match number(b) {
+            None => Ranged::Whole,
+            Some(0) => Ranged::Unsatisfiable,
+            Some(_) if size == 0 => Ranged::Unsatisfiable,
+            Some(n) => Ranged::Part(size.saturating_sub(n), size),
+        };
+    }
+    let Some(from) = number(a) else {
+        return Ranged::Whole;
+    };
+    let last = if b.trim().is_empty() {
+        None
+    } else {
+        match number(b) {
+            Some(l) if l >= from => Some(l),
+            _ => return Ranged::Whole,
+        }
+    };
+    if from >= size {
+        return Ranged::Unsatisfiable;
+    }
+    let to = last.map_or(size, |l| l.saturating_add(1).min(size));
+    Ranged::Part(from, to)
 }
 
 impl Server {
@@ -325,9 +381,10 @@ impl Server {
                 "manifest unknown",
             );
         };
+        // A layer or config asked for by digest is no manifest (and is never read whole).
         let (bundle, media_type, size) = match self.ns.object(&d) {
-            Ok(x) => x,
-            Err(_) => {
+            Ok(x) if crate::manifest::is_manifest(&x.1) => x,
+            _ => {
                 return error(
                     StatusCode::NOT_FOUND,
                     "MANIFEST_UNKNOWN",
@@ -347,7 +404,7 @@ impl Server {
         };
         let bytes = match bytes {
             Ok(b) => b,
-            Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, "UNKNOWN", &e.to_string()),
+            Err(e) => return internal(&format!("manifest {d}"), &e),
         };
         let mut r = with_len(Response::new(full(bytes)), size);
         header(&mut r, "content-type", &media_type);
@@ -387,20 +444,21 @@ impl Server {
                 "blob unknown to registry",
             );
         };
-        let (from, to, partial) = match range.and_then(|v| v.to_str().ok()) {
-            None => (0, size, false),
-            Some(v) => match parse_range(v, size) {
-                Some((a, b)) => (a, b, true),
-                None => {
-                    let mut r = error(
-                        StatusCode::RANGE_NOT_SATISFIABLE,
-                        "RANGE_INVALID",
-                        "range not satisfiable",
-                    );
-                    header(&mut r, "content-range", &format!("bytes */{size}"));
-                    return r;
-                }
-            },
+        let asked = range
+            .and_then(|v| v.to_str().ok())
+            .map_or(Ranged::Whole, |v| parse_range(v, size));
+        let (from, to, partial) = match asked {
+            Ranged::Whole => (0, size, false),
+            Ranged::Part(a, b) => (a, b, true),
+            Ranged::Unsatisfiable => {
+                let mut r = error(
+                    StatusCode::RANGE_NOT_SATISFIABLE,
+                    "RANGE_INVALID",
+                    "range not satisfiable",
+                );
+                header(&mut r, "content-range", &format!("bytes */{size}"));
+                return r;
+            }
         };
         let body = if head || from == to {
             empty()
@@ -411,9 +469,7 @@ impl Server {
             // a 500, not a cut body.
             let first = match stream.next().await {
                 Some(Ok(b)) => b,
-                Some(Err(e)) => {
-                    return error(StatusCode::INTERNAL_SERVER_ERROR, "UNKNOWN", &e.to_string())
-                }
+                Some(Err(e)) => return internal(&format!("blob {d}"), &e),
                 None => Bytes::new(),
             };
             let all = futures_util::stream::once(async move { Ok(first) })
@@ -501,7 +557,113 @@ async fn stop_signal() {
     }
 }
 
-/// Serves until SIGINT/SIGTERM, then lets requests under way finish (10 s at most).
+/// Connections served at once; more wait in the system's listen queue until one ends.
+const MAX_CONNECTIONS: usize = 256;
+/// A request's head must have arrived this long after the connection began waiting for it
+/// (idle keep-alive connections close after it too); a TLS handshake must end within it.
+const HEAD_TIMEOUT: Duration = Duration::from_secs(30);
+/// A connection on which no byte has moved, either way, for this long is closed: a client
+/// that stopped reading a blob holds its buffers and a connection slot no longer.
+const STALL: Duration = Duration::from_secs(120);
+
+/// A connection's stream, noting when a byte last moved either way.
+struct Watched {
+    inner: tokio::net::TcpStream,
+    since: Instant,
+    /// Milliseconds from `since` to the last byte read or written.
+    last: Arc<AtomicU64>,
+}
+
+impl Watched {
+    fn new(inner: tokio::net::TcpStream) -> Watched {
+        Watched {
+            inner,
+            since: Instant::now(),
+            last: Arc::default(),
+        }
+    }
+
+    fn touch(&self) {
+        let ms = u64::try_from(self.since.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.last.store(ms, Ordering::Relaxed);
+    }
+
+    /// How long since a byte last moved, from a copy of `last` and `since`.
+    fn idle(since: Instant, last: &AtomicU64) -> Duration {
+        since
+            .elapsed()
+            .saturating_sub(Duration::from_millis(last.load(Ordering::Relaxed)))
+    }
+}
+
+impl tokio::io::AsyncRead for Watched {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let me = self.get_mut();
+        let before = buf.filled().len();
+        let r = std::pin::Pin::new(&mut me.inner).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            me.touch();
+        }
+        r
+    }
+}
+
+impl tokio::io::AsyncWrite for Watched {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let me = self.get_mut();
+        let r = std::pin::Pin::new(&mut me.inner).poll_write(cx, buf);
+        if matches!(r, std::task::Poll::Ready(Ok(n)) if n > 0) {
+            me.touch();
+        }
+        r
+    }
+
+    fn poll_write_vectored(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let me = self.get_mut();
+        let r = std::pin::Pin::new(&mut me.inner).poll_write_vectored(cx, bufs);
+        if matches!(r, std::task::Poll::Ready(Ok(n)) if n > 0) {
+            me.touch();
+        }
+        r
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+}
+
+/// A connection's stream, plain or TLS.
+trait Stream: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Stream for T {}
+
+/// Serves until SIGINT/SIGTERM, then lets requests under way finish (10 s at most) and closes
+/// idle connections at once.
 pub async fn listen(
     server: Arc<Server>,
     addr: SocketAddr,
@@ -519,10 +681,18 @@ pub async fn listen(
         crate::units::count(server.ns.bundles.len() as u64, "bundle", "bundles"),
         if tls.is_some() { "https" } else { "http" }
     );
-    let active = Arc::new(AtomicUsize::new(0));
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    let (stopping, stopped) = tokio::sync::watch::channel(false);
     let stop = stop_signal();
     tokio::pin!(stop);
     loop {
+        let slot = tokio::select! {
+            _ = &mut stop => break,
+            s = slots.clone().acquire_owned() => match s {
+                Ok(s) => s,
+                Err(_) => break,
+            },
+        };
         let (stream, remote) = tokio::select! {
             _ = &mut stop => break,
             a = listener.accept() => match a {
@@ -536,14 +706,20 @@ pub async fn listen(
         };
         let server = server.clone();
         let tls = tls.clone();
-        let active = active.clone();
-        active.fetch_add(1, Ordering::SeqCst);
+        let mut stopped = stopped.clone();
         tokio::spawn(async move {
+            let _slot = slot;
             let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
                 let server = server.clone();
                 async move {
                     let started = Instant::now();
-                    let line = format!("{remote} {} {}", req.method(), req.uri());
+                    // The path and query only: a request in absolute form may carry
+                    // user:password@ in its authority.
+                    let target = req
+                        .uri()
+                        .path_and_query()
+                        .map_or_else(|| req.uri().path().to_string(), |p| p.to_string());
+                    let line = format!("{remote} {} {target}", req.method());
                     let quiet = server.quiet;
                     let resp = server.handle(req).await;
                     if !quiet {
@@ -562,29 +738,47 @@ pub async fn listen(
                     Ok::<_, std::convert::Infallible>(resp)
                 }
             });
+            let watched = Watched::new(stream);
+            let (since, last) = (watched.since, watched.last.clone());
+            let io: Box<dyn Stream> = match tls {
+                Some(acceptor) => {
+                    match tokio::time::timeout(HEAD_TIMEOUT, acceptor.accept(watched)).await {
+                        Ok(Ok(s)) => Box::new(s),
+                        _ => return,
+                    }
+                }
+                None => Box::new(watched),
+            };
             // What a connection buffers beyond the piece it is sending: a client that reads
             // slowly or not at all holds this much and one piece (`frames::range_stream`).
             let mut http = hyper::server::conn::http1::Builder::new();
-            http.max_buf_size(CONNECTION_BUFFER);
-            let _ = match tls {
-                Some(acceptor) => match acceptor.accept(stream).await {
-                    Ok(s) => http
-                        .serve_connection(hyper_util::rt::TokioIo::new(s), svc)
-                        .await
-                        .map_err(|e| e.to_string()),
-                    Err(e) => Err(e.to_string()),
-                },
-                None => http
-                    .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
-                    .await
-                    .map_err(|e| e.to_string()),
-            };
-            active.fetch_sub(1, Ordering::SeqCst);
+            http.max_buf_size(CONNECTION_BUFFER)
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(HEAD_TIMEOUT);
+            let conn = http.serve_connection(hyper_util::rt::TokioIo::new(io), svc);
+            tokio::pin!(conn);
+            let mut closing = false;
+            loop {
+                tokio::select! {
+                    _ = conn.as_mut() => break,
+                    _ = stopped.changed(), if !closing => {
+                        // Requests under way finish; an idle connection closes now.
+                        closing = true;
+                        conn.as_mut().graceful_shutdown();
+                    }
+                    _ = tokio::time::sleep(STALL / 4) => {
+                        if Watched::idle(since, &last) >= STALL {
+                            break;
+                        }
+                    }
+                }
+            }
         });
     }
     drop(listener);
+    let _ = stopping.send(true);
     let deadline = Instant::now() + Duration::from_secs(10);
-    while active.load(Ordering::SeqCst) > 0 && Instant::now() < deadline {
+    while slots.available_permits() < MAX_CONNECTIONS && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     eprintln!("airlock serve: stopped");
@@ -623,14 +817,24 @@ mod tests {
 
     #[test]
     fn ranges() {
-        assert_eq!(parse_range("bytes=0-9", 100), Some((0, 10)));
-        assert_eq!(parse_range("bytes=90-", 100), Some((90, 100)));
-        assert_eq!(parse_range("bytes=-10", 100), Some((90, 100)));
-        assert_eq!(parse_range("bytes=95-200", 100), Some((95, 100)));
-        assert_eq!(parse_range("bytes=100-", 100), None);
-        assert_eq!(parse_range("bytes=5-2", 100), None);
-        assert_eq!(parse_range("bytes=0-1,5-6", 100), None);
-        assert_eq!(parse_range("items=0-1", 100), None);
+        use Ranged::*;
+        assert_eq!(parse_range("bytes=0-9", 100), Part(0, 10));
+        assert_eq!(parse_range("bytes=90-", 100), Part(90, 100));
+        assert_eq!(parse_range("bytes=-10", 100), Part(90, 100));
+        assert_eq!(parse_range("bytes=-200", 100), Part(0, 100));
+        assert_eq!(parse_range("bytes=95-200", 100), Part(95, 100));
+        assert_eq!(parse_range("Bytes=0-0", 100), Part(0, 1));
+        assert_eq!(
+            parse_range("bytes=0-99999999999999999999", 100),
+            Part(0, 100)
+        );
+        assert_eq!(parse_range("bytes=100-", 100), Unsatisfiable);
+        assert_eq!(parse_range("bytes=-0", 100), Unsatisfiable);
+        assert_eq!(parse_range("bytes=5-2", 100), Whole);
+        assert_eq!(parse_range("bytes=0-1,5-6", 100), Whole);
+        assert_eq!(parse_range("items=0-1", 100), Whole);
+        assert_eq!(parse_range("bytes=a-1", 100), Whole);
+        assert_eq!(parse_range("bytes=+1-2", 100), Whole);
     }
 
     #[test]
