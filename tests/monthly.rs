@@ -476,6 +476,70 @@ fn a_registry_without_the_referrers_api_is_asked_once_per_export() {
     );
 }
 
+/// Platforms: an image's own list replaces the file's global one, `platforms: []` keeps every
+/// platform of its image even under a global list, and `--platform` replaces the global list
+/// (never an image's own).
+#[test]
+fn an_empty_platform_list_keeps_every_platform_and_the_flag_replaces_the_global_list() {
+    let src = TestRegistry::start(RegistryOpts::plain());
+    let corpus = build_corpus(&src);
+    let host = src.host();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = dir.path().join("set.yaml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "platforms: [linux/amd64]\nregistries:\n  - registry: {host}\n    namespace: src\n    tls: {{ plainHttp: true }}\n    images:\n      - name: gamma\n        tags: ['3.0']\n        platforms: []\n      - name: multi\n        tags: ['2.0']\n"
+        ),
+    )
+    .expect("write set");
+    let gamma = corpus.get("src/gamma", "3.0").digest.clone();
+    let multi = corpus.get("src/multi", "2.0").digest.clone();
+    for (flag, multi_kept) in [
+        (None, "linux/amd64"),
+        (Some("linux/arm64"), "linux/arm64/v8"),
+    ] {
+        let bundle = dir.path().join(format!("p-{}.tar.zst", flag.is_some()));
+        let mut args = vec![
+            "export".to_string(),
+            "--config".into(),
+            cfg.to_str().unwrap().into(),
+            "-o".into(),
+            bundle.to_str().unwrap().into(),
+            "-q".into(),
+        ];
+        if let Some(f) = flag {
+            args.extend(["--platform".to_string(), f.to_string()]);
+        }
+        let out = run_airlock(&args, &[], None);
+        assert_success(&out, "export with platform lists");
+        let bj = read_bundle_json(&bundle);
+        let image = |path: &str| {
+            bj["images"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|i| i["path"] == path)
+                .unwrap_or_else(|| panic!("{path} in the bundle"))
+                .clone()
+        };
+        let g = image("gamma");
+        assert_eq!(
+            g["digest"],
+            gamma.as_str(),
+            "gamma kept whole (flag {flag:?})"
+        );
+        assert!(g.get("sourceDigest").is_none(), "gamma was not rewritten");
+        let m = image("multi");
+        assert_eq!(
+            m["platforms"],
+            serde_json::json!([multi_kept]),
+            "flag {flag:?}"
+        );
+        assert_eq!(m["sourceDigest"], multi.as_str());
+    }
+}
+
 #[test]
 fn an_image_set_file_drives_the_export() {
     let src = TestRegistry::start(RegistryOpts::plain());

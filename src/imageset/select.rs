@@ -61,6 +61,14 @@ impl TagLists {
 }
 
 impl ImageSet {
+    /// The same set with `platforms` as its global list (`--platform` given with a file).
+    pub fn with_platforms(&self, platforms: Vec<String>) -> ImageSet {
+        ImageSet {
+            platforms,
+            ..self.clone()
+        }
+    }
+
     /// Lists tags (and the catalog where asked) through the given clients (one per
     /// `RegistrySet.registry`, already connected by the caller; a client keyed by the
     /// normalised name, e.g. `docker.io` for `index.docker.io`, is found too) and applies the

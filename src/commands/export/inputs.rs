@@ -19,8 +19,10 @@ pub struct Requested {
     pub reference: Reference,
     pub namespace: String,
     pub path: String,
-    /// Platforms to keep for this image (empty: the global `--platform` list).
-    pub platforms: Vec<String>,
+    /// Platforms to keep for this image, when it has a list of its own (an image-set entry:
+    /// empty keeps every platform); `None` takes the global list (`--platform`, else the
+    /// image-set file's).
+    pub platforms: Option<Vec<String>>,
     /// For a signature or attestation carried along: the image digest it is about (boxed, like
     /// `ImageEntry`'s: 8 bytes when absent, as it nearly always is, not 33).
     pub subject: Option<Box<Digest>>,
@@ -131,7 +133,7 @@ pub fn requested_images(
                 reference,
                 namespace: repo.clone(),
                 path: short,
-                platforms: Vec::new(),
+                platforms: None,
                 subject: None,
                 prefetched: None,
             });
@@ -146,7 +148,7 @@ pub fn requested_images(
                 path: reference.repository.clone(),
                 namespace: String::new(),
                 reference,
-                platforms: Vec::new(),
+                platforms: None,
                 subject: None,
                 prefetched: None,
             });

@@ -186,6 +186,15 @@ pub(crate) async fn select(
     let jobs = args.out.jobs as usize;
     // Tag lists are read once per repository in this run (image-set rules and signatures).
     let tag_lists = crate::imageset::TagLists::default();
+    // `--platform` replaces the file's global list; an image's own list still wins.
+    let with_cli_platforms;
+    let image_set = match image_set {
+        Some(set) if !args.platform.is_empty() => {
+            with_cli_platforms = set.with_platforms(args.platform.clone());
+            Some(&with_cli_platforms)
+        }
+        other => other,
+    };
     let (mut requested, clients, set_platforms) = match image_set {
         Some(set) => {
             let clients = connect_image_set(args, source, set).await?;
@@ -197,7 +206,7 @@ pub(crate) async fn select(
                     reference: s.reference,
                     namespace: s.namespace,
                     path: s.path,
-                    platforms: s.platforms,
+                    platforms: Some(s.platforms),
                     subject: None,
                     prefetched: None,
                 })
@@ -210,7 +219,7 @@ pub(crate) async fn select(
             (cli_requested, clients, Vec::new())
         }
     };
-    for p in requested.iter().flat_map(|r| &r.platforms) {
+    for p in requested.iter().flat_map(|r| r.platforms.iter().flatten()) {
         validate_platform(p)?;
     }
     let tags = TagsAsked::of(requested.iter().filter_map(|r| r.reference.tag.as_deref()));

@@ -121,10 +121,11 @@ pub(super) async fn resolve_all(
     let mut results = stream::iter(Dwindling::new(requested).zip(homes))
         .map(|(req, home)| {
             let reg = clients.get(&req.reference.registry).cloned();
-            let platforms = if req.platforms.is_empty() && req.subject.is_none() {
-                global_platforms.to_vec()
-            } else {
-                req.platforms.clone()
+            // Signatures and attestations are taken whole.
+            let platforms = match (&req.platforms, &req.subject) {
+                (Some(own), _) => own.clone(),
+                (None, None) => global_platforms.to_vec(),
+                (None, Some(_)) => Vec::new(),
             };
             let reporter = reporter.clone();
             async move {
@@ -310,7 +311,7 @@ fn companion(req: &Requested, subject: &Digest, suffix: &str) -> Requested {
         reference,
         namespace: req.namespace.clone(),
         path: req.path.clone(),
-        platforms: Vec::new(),
+        platforms: None,
         subject: Some(Box::new(subject.clone())),
         prefetched: None,
     }
