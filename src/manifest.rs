@@ -4,6 +4,7 @@
 use crate::digest::Digest;
 use crate::error::{Error, Result};
 use oci_spec::image::{Descriptor, ImageIndex, ImageManifest};
+use std::collections::HashSet;
 
 pub const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
 pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
@@ -113,15 +114,25 @@ pub fn children(bytes: &[u8], media_type: &str, what: &str) -> Result<Vec<Child>
 }
 
 /// Whether an index entry's platform matches a requested `os/arch[/variant]` (a request
-/// without variant matches every variant).
+/// without variant matches every variant). An entry without variant has its architecture's
+/// default, as containerd reads it: `linux/arm64` is `linux/arm64/v8`, `linux/arm` is
+/// `linux/arm/v7`.
 pub fn platform_matches(entry: &str, wanted: &str) -> bool {
     let e: Vec<&str> = entry.split('/').collect();
     let w: Vec<&str> = wanted.split('/').collect();
+    let variant = |p: &[&str]| -> Option<String> {
+        match (p.get(1).copied(), p.get(2).copied()) {
+            (_, Some(v)) => Some(v.to_string()),
+            (Some("arm64"), None) => Some("v8".into()),
+            (Some("arm"), None) => Some("v7".into()),
+            _ => None,
+        }
+    };
     e.len() >= 2
         && w.len() >= 2
         && e[0] == w[0]
         && e[1] == w[1]
-        && (w.len() < 3 || e.get(2) == w.get(2))
+        && (w.len() < 3 || variant(&e) == variant(&w))
 }
 
 /// Rewrites an index keeping only the entries whose platform matches one of `wanted`.
@@ -152,10 +163,25 @@ pub fn filter_index(bytes: &[u8], wanted: &[String], what: &str) -> Result<Optio
         Some(s)
     };
     let available: Vec<String> = entries.iter().filter_map(platform_of).collect();
-    entries
-        .retain(|e| platform_of(e).is_some_and(|p| wanted.iter().any(|w| platform_matches(&p, w))));
-    if entries.is_empty() {
-        return Err(Error::Usage(format!(
+    let kept_platform = |e: &serde_json::Value| {
+        platform_of(e).is_some_and(|p| wanted.iter().any(|w| platform_matches(&p, w)))
+    };
+    // BuildKit's attestations (provenance, SBOM) are entries of their own, `unknown/unknown`,
+    // naming the image they are about: those about a kept image stay with it.
+    let kept: HashSet<String> = entries
+        .iter()
+        .filter(|e| kept_platform(e))
+        .filter_map(|e| e.get("digest")?.as_str().map(str::to_string))
+        .collect();
+    let attests_kept = |e: &serde_json::Value| {
+        let a = e.get("annotations");
+        let note = |k: &str| a.and_then(|a| a.get(k)).and_then(|v| v.as_str());
+        note("vnd.docker.reference.type") == Some("attestation-manifest")
+            && note("vnd.docker.reference.digest").is_some_and(|d| kept.contains(d))
+    };
+    entries.retain(|e| kept_platform(e) || attests_kept(e));
+    if kept.is_empty() {
+        return Err(Error::Failed(format!(
             "{what}: none of the platforms {} is in this image (it has {})",
             wanted.join(", "),
             available.join(", ")
@@ -179,6 +205,35 @@ mod tests {
         assert!(platform_matches("linux/arm64/v8", "linux/arm64"));
         assert!(!platform_matches("linux/arm/v6", "linux/arm/v7"));
         assert!(!platform_matches("windows/amd64", "linux/amd64"));
+        // An entry without variant has its architecture's default one.
+        assert!(platform_matches("linux/arm64", "linux/arm64/v8"));
+        assert!(platform_matches("linux/arm", "linux/arm/v7"));
+        assert!(!platform_matches("linux/arm", "linux/arm/v6"));
+        assert!(!platform_matches("linux/arm64", "linux/arm64/v9"));
+    }
+
+    #[test]
+    fn a_platform_filter_keeps_the_attestations_of_the_images_it_keeps() {
+        let index = br#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json","manifests":[
+            {"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"sha256:aa","size":1,"platform":{"os":"linux","architecture":"amd64"}},
+            {"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"sha256:bb","size":1,"platform":{"os":"linux","architecture":"arm64"}},
+            {"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"sha256:cc","size":1,"platform":{"os":"unknown","architecture":"unknown"},
+             "annotations":{"vnd.docker.reference.type":"attestation-manifest","vnd.docker.reference.digest":"sha256:aa"}},
+            {"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"sha256:dd","size":1,"platform":{"os":"unknown","architecture":"unknown"},
+             "annotations":{"vnd.docker.reference.type":"attestation-manifest","vnd.docker.reference.digest":"sha256:bb"}}]}"#;
+        let kept = filter_index(index, &["linux/amd64".into()], "x")
+            .expect("filter")
+            .expect("rewritten");
+        let v: serde_json::Value = serde_json::from_slice(&kept).expect("json");
+        let digests: Vec<&str> = v["manifests"]
+            .as_array()
+            .expect("manifests")
+            .iter()
+            .filter_map(|m| m["digest"].as_str())
+            .collect();
+        assert_eq!(digests, ["sha256:aa", "sha256:cc"]);
+        let e = filter_index(index, &["linux/s390x".into()], "x").expect_err("no such platform");
+        assert!(matches!(e, Error::Failed(_)), "{e:?}");
     }
 
     #[test]

@@ -328,6 +328,48 @@ fn keep_going_exports_the_rest_names_the_failures_and_exits_3() {
     assert_eq!(bj["images"].as_array().map(|a| a.len()), Some(1));
     let out = run_airlock(["verify", out_path.to_str().unwrap()], &[], None);
     assert_success(&out, "verify a partial bundle");
+
+    // An image without the platform asked for is one of the failures, not the end of the run
+    // (multi has amd64 and arm64, gamma amd64 and arm/v7).
+    let gamma = corpus.get("src/gamma", "3.0").reference(&host);
+    let multi = corpus.get("src/multi", "2.0").reference(&host);
+    let arm = dir.path().join("arm.tar.zst");
+    let out = run_airlock(
+        [
+            "export",
+            &gamma,
+            &multi,
+            "-o",
+            arm.to_str().unwrap(),
+            "--platform",
+            "linux/arm/v7",
+            "--keep-going",
+        ],
+        &[],
+        None,
+    );
+    assert_eq!(out.status.code(), Some(3), "{}", describe_output(&out));
+    let bj = read_bundle_json(&arm);
+    assert_eq!(bj["failed"][0]["source"], multi.as_str());
+    assert_eq!(
+        bj["images"][0]["platforms"],
+        serde_json::json!(["linux/arm/v7"])
+    );
+    // Without --keep-going, the run fails naming it (exit 1, not a usage error).
+    let out = run_airlock(
+        [
+            "export",
+            &multi,
+            "-o",
+            dir.path().join("none.tar.zst").to_str().unwrap(),
+            "--platform",
+            "linux/arm/v7",
+        ],
+        &[],
+        None,
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", describe_output(&out));
+    assert!(stderr_text(&out).contains("none of the platforms linux/arm/v7"));
 }
 
 #[test]
