@@ -249,16 +249,31 @@ impl Registry {
                     .header(ACCEPT, crate::manifest::OCI_INDEX))
             })
             .await?;
-        if resp.status() == StatusCode::NOT_FOUND {
-            self.no_referrers_api.store(true, Ordering::Relaxed);
+        match resp.status() {
+            s if s.is_success() => {}
+            // No such API here (404, as the spec has it; 400, 405 or 501 from some).
+            StatusCode::NOT_FOUND
+            | StatusCode::BAD_REQUEST
+            | StatusCode::METHOD_NOT_ALLOWED
+            | StatusCode::NOT_IMPLEMENTED => {
+                self.no_referrers_api.store(true, Ordering::Relaxed);
+                return Ok(None);
+            }
+            _ => {
+                return Err(self
+                    .unexpected(&format!("asking the referrers of {repo}@{digest}"), resp)
+                    .await)
+            }
         }
-        if !resp.status().is_success() {
-            return Ok(None);
-        }
-        let bytes = match read_limited(resp, MAX_MANIFEST_SIZE, self.retry.idle_timeout).await {
-            Ok(b) => b,
-            Err(_) => return Ok(None),
-        };
+        let bytes = read_limited(resp, MAX_MANIFEST_SIZE, self.retry.idle_timeout)
+            .await
+            .map_err(|e| {
+                Error::transient(
+                    &self.name,
+                    format!("the referrers of {repo}@{digest}: {e}"),
+                    None,
+                )
+            })?;
         let has_referrers = serde_json::from_slice::<serde_json::Value>(&bytes)
             .ok()
             .and_then(|v| {
@@ -329,5 +344,36 @@ mod tests {
             3,
             "a registry with the API is asked for every subject"
         );
+    }
+
+    /// A registry that refuses the referrers API's route (405) has none; one that fails
+    /// (503 through the retries, 403) gives an error naming the subject, for a warning, and
+    /// is asked again about the next one.
+    #[tokio::test]
+    async fn a_failing_referrers_answer_is_an_error_and_a_refused_route_no_api() {
+        let refused = TestServer::start(|r| match r.path.as_str() {
+            "/v2/" => Answer::new(200),
+            _ => Answer::new(405),
+        });
+        let failing = TestServer::start(|r| match r.path.as_str() {
+            "/v2/" => Answer::new(200),
+            _ => Answer::new(403).body(r#"{"errors":[{"code":"DENIED","message":"denied"}]}"#),
+        });
+        let d = Digest::of(b"a");
+        let reg = plain(&refused.addr, None).await;
+        assert!(reg.referrers("r", &d).await.expect("no error").is_none());
+        assert!(reg.referrers("r", &d).await.expect("no error").is_none());
+        assert_eq!(
+            refused
+                .seen()
+                .iter()
+                .filter(|r| r.path.contains("/referrers/"))
+                .count(),
+            1
+        );
+        let reg = plain(&failing.addr, None).await;
+        let e = reg.referrers("r", &d).await.expect_err("403 is an error");
+        assert!(e.to_string().contains(&d.to_string()), "{e}");
+        assert!(reg.referrers("r", &d).await.is_err(), "asked again");
     }
 }

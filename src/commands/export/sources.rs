@@ -286,10 +286,20 @@ pub(super) async fn companions(
                     c.prefetched = Some(Box::new(index));
                     Some(c)
                 }
-                _ => None,
+                Ok(None) => None,
+                Err(e) => {
+                    reporter.warn(format!(
+                        "cannot ask {} for the signatures and attestations of {} (referrers \
+                         API): {e}",
+                        reg.name(),
+                        req.reference
+                    ));
+                    None
+                }
             }
         })
-        .buffer_unordered(jobs)
+        // In the order asked, so that the bundle's order does not depend on the network.
+        .buffered(jobs)
         .filter_map(|c| async move { c })
         .collect()
         .await;
