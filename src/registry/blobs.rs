@@ -24,12 +24,6 @@ pub struct BlobDownload {
     pub start: u64,
 }
 
-fn same_origin(a: &Url, b: &Url) -> bool {
-    a.scheme() == b.scheme()
-        && a.host_str() == b.host_str()
-        && a.port_or_known_default() == b.port_or_known_default()
-}
-
 impl Registry {
     /// Sends a blob request (`GET` or `HEAD`) and follows redirects: with the registry's
     /// credentials on its own origin, without them anywhere else.
@@ -70,7 +64,7 @@ impl Registry {
                 }
                 let next = self.location(&resp)?;
                 let mut req = build(&next);
-                if same_origin(&next, &self.base) {
+                if self.own(&next) {
                     if let Some(h) = self.authorization(&scope, None).await? {
                         req = req.header(AUTHORIZATION, h);
                     }
@@ -271,19 +265,19 @@ mod tests {
     #[test]
     fn origins() {
         let a = Url::parse("https://r.example/v2/").expect("url");
-        assert!(same_origin(
+        assert!(super::super::same_origin(
             &a,
             &Url::parse("https://r.example:443/x").expect("url")
         ));
-        assert!(!same_origin(
+        assert!(!super::super::same_origin(
             &a,
             &Url::parse("https://s3.example/x").expect("url")
         ));
-        assert!(!same_origin(
+        assert!(!super::super::same_origin(
             &a,
             &Url::parse("http://r.example/x").expect("url")
         ));
-        assert!(!same_origin(
+        assert!(!super::super::same_origin(
             &a,
             &Url::parse("https://r.example:8443/x").expect("url")
         ));

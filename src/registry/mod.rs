@@ -29,6 +29,13 @@ use std::sync::RwLock;
 use std::time::Duration;
 use transport::{read_limited, send_watched, Activity};
 
+/// Whether two URLs share scheme, host and port.
+pub(super) fn same_origin(a: &Url, b: &Url) -> bool {
+    a.scheme() == b.scheme()
+        && a.host_str() == b.host_str()
+        && a.port_or_known_default() == b.port_or_known_default()
+}
+
 pub use blobs::BlobDownload;
 pub use retry::RetryPolicy;
 pub use transport::TlsOptions;
@@ -161,6 +168,13 @@ impl Registry {
         }
     }
 
+    /// Whether `url` is on the registry's own origin: the only one its credentials go to (a
+    /// `Location` or `Link` naming another host, or plain HTTP, gets none, and its 401 teaches
+    /// nothing about how to log in).
+    fn own(&self, url: &Url) -> bool {
+        same_origin(url, &self.base)
+    }
+
     fn url(&self, path: &str) -> Result<Url> {
         self.base
             .join(path)
@@ -224,13 +238,20 @@ impl Registry {
                 }
                 Err(e) => return Err(e),
             };
-            let mut req = build()?;
-            if let Some(h) = &auth {
-                req = req.header(AUTHORIZATION, h);
+            let (client, request) = build()?.build_split();
+            let mut request = request
+                .map_err(|e| Error::registry(&self.name, format!("making a request: {e}")))?;
+            let own = self.own(request.url());
+            if let (Some(h), true) = (&auth, own) {
+                let v = reqwest::header::HeaderValue::from_str(h).map_err(|_| {
+                    Error::registry(&self.name, "an Authorization value that is no header")
+                })?;
+                request.headers_mut().insert(AUTHORIZATION, v);
             }
+            let req = RequestBuilder::from_parts(client, request);
             let (why, retry_after) =
                 match send_watched(req, self.retry.idle_timeout, &Activity::new()).await {
-                    Ok(resp) if resp.status() == StatusCode::UNAUTHORIZED => {
+                    Ok(resp) if resp.status() == StatusCode::UNAUTHORIZED && own => {
                         if let Some(c) = resp
                             .headers()
                             .get(WWW_AUTHENTICATE)

@@ -372,7 +372,11 @@ impl Registry {
                     return Err(e);
                 }
             };
-            let held = session.as_ref().map_or(0, |s| s.offset);
+            // (A session a PUT used up holds nothing to go on from.)
+            let held = session
+                .as_ref()
+                .filter(|s| s.offset != u64::MAX)
+                .map_or(0, |s| s.offset);
             if held > best {
                 best = held;
                 budget.progressed();
@@ -569,7 +573,7 @@ impl Registry {
                     &activity,
                     &error,
                 ));
-            if let Some(h) = &auth {
+            if let (Some(h), true) = (&auth, self.own(&s.url)) {
                 req = req.header(AUTHORIZATION, h);
             }
             let sent = send_watched(req, self.retry.idle_timeout, &activity).await;
@@ -689,13 +693,14 @@ impl Registry {
             .append_pair("digest", digest.text().as_str());
         let auth = self.authorization(&scope, None).await?;
         let activity = Activity::new();
+        let own = self.own(&put);
         let mut req = self
             .http
             .put(put)
             .header(CONTENT_TYPE, "application/octet-stream")
             .header(CONTENT_LENGTH, size.to_string())
             .body(body_of(&stream, size, true, &activity, &error));
-        if let Some(h) = &auth {
+        if let (Some(h), true) = (&auth, own) {
             req = req.header(AUTHORIZATION, h);
         }
         let sent = send_watched(req, self.retry.idle_timeout, &activity).await;
@@ -759,8 +764,9 @@ impl Registry {
     /// Cancels a session given up on (best effort, one try, with the token we hold).
     async fn cancel(&self, repo: &str, session: Option<Session>) {
         let Some(s) = session else { return };
+        let own = self.own(&s.url);
         let mut req = self.http.delete(s.url);
-        if let Ok(Some(h)) = self.authorization(&Scope::push(repo), None).await {
+        if let (Ok(Some(h)), true) = (self.authorization(&Scope::push(repo), None).await, own) {
             req = req.header(AUTHORIZATION, h);
         }
         let _ = tokio::time::timeout(Duration::from_secs(10), req.send()).await;
@@ -799,6 +805,55 @@ mod tests {
             .await
             .expect("upload");
         }
+    }
+
+    /// An upload session on another origin (here `localhost` for a registry reached as
+    /// `127.0.0.1`, a host the registry named in `Location`) gets no credentials: they go to
+    /// the registry's own origin only.
+    #[tokio::test]
+    async fn an_upload_location_on_another_origin_gets_no_credentials() {
+        let port = Arc::new(std::sync::OnceLock::<u16>::new());
+        let p = port.clone();
+        let server = TestServer::start(move |r| {
+            let authed = r.headers.contains_key("authorization");
+            match (r.method.as_str(), r.path.as_str()) {
+                ("GET", "/v2/") if !authed => {
+                    Answer::new(401).header("www-authenticate", "Basic realm=\"r\"")
+                }
+                ("GET", "/v2/") => Answer::new(200),
+                ("POST", _) => Answer::new(202).header(
+                    "location",
+                    &format!(
+                        "http://localhost:{}/upload/s1?state=x",
+                        p.get().unwrap_or(&0)
+                    ),
+                ),
+                ("PUT", p) if p.starts_with("/upload/s1?state=x&digest=") => Answer::new(201),
+                (m, p) => Answer::new(400).body(format!("unexpected {m} {p}")),
+            }
+        });
+        let listening: u16 = server
+            .addr
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.parse().ok())
+            .expect("port");
+        port.set(listening).expect("port once");
+        let creds = crate::credentials::Credentials::new("robot", "s3cret");
+        let reg = plain(&server.addr, Some(creds)).await;
+        upload_all(&reg, &[b"a small blob".to_vec()]).await;
+        let seen = server.seen();
+        let post = seen.iter().find(|r| r.method == "POST").expect("a POST");
+        assert!(
+            post.headers.contains_key("authorization"),
+            "the registry's own origin gets the credentials"
+        );
+        let put = seen.iter().find(|r| r.method == "PUT").expect("a PUT");
+        assert!(
+            !put.headers.contains_key("authorization"),
+            "credentials were sent to another origin: {:?}",
+            put.headers
+        );
     }
 
     #[tokio::test]
