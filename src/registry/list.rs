@@ -5,14 +5,34 @@ use super::{Registry, Scope};
 use crate::error::{Error, Result};
 use reqwest::Url;
 
-/// The target of a `Link: <…>; rel="next"` header, resolved against `base`.
+/// The target of the link whose relation is `next` in a `Link` header (RFC 8288: one or
+/// more `<target>; param=value…` separated by commas, `rel` quoted or not, a relation among
+/// several), resolved against `base`.
 fn next_link(header: &str, base: &Url) -> Option<Url> {
-    let start = header.find('<')? + 1;
-    let end = header[start..].find('>')? + start;
-    if !header[end..].contains("rel=\"next\"") {
-        return None;
+    let mut rest = header;
+    while let Some(open) = rest.find('<') {
+        let after = &rest[open + 1..];
+        let close = after.find('>')?;
+        let target = &after[..close];
+        // This link's parameters run to the next link's `<`.
+        let params_end = after[close..].find('<').map_or(after.len(), |i| close + i);
+        let is_next = after[close + 1..params_end].split(';').any(|p| {
+            p.split_once('=').is_some_and(|(k, v)| {
+                k.trim().eq_ignore_ascii_case("rel")
+                    && v.trim()
+                        .trim_end_matches(',')
+                        .trim()
+                        .trim_matches('"')
+                        .split_whitespace()
+                        .any(|r| r.eq_ignore_ascii_case("next"))
+            })
+        });
+        if is_next {
+            return base.join(target).ok();
+        }
+        rest = &after[params_end..];
     }
-    base.join(&header[start..end]).ok()
+    None
 }
 
 impl Registry {
@@ -131,5 +151,79 @@ mod tests {
             "https://other.example/p?q=1"
         );
         assert!(next_link(r#"</v2/x/tags/list?n=2>; rel="prev""#, &base).is_none());
+        // Several links: the next one, wherever it stands; rel unquoted or among others.
+        assert_eq!(
+            next_link(r#"</p?last=a>; rel="prev", </n?last=c>; rel="next""#, &base)
+                .expect("next")
+                .path(),
+            "/n"
+        );
+        assert_eq!(
+            next_link("</n?last=c>; rel=next", &base)
+                .expect("next")
+                .path(),
+            "/n"
+        );
+        assert_eq!(
+            next_link(r#"</n>; title="x"; rel="last next""#, &base)
+                .expect("next")
+                .path(),
+            "/n"
+        );
+        assert!(next_link(r#"</n>; rel="nextpage""#, &base).is_none());
+        assert!(next_link("", &base).is_none());
+    }
+
+    /// A page link to another origin is followed without the registry's credentials.
+    #[tokio::test]
+    async fn a_catalog_page_on_another_origin_gets_no_credentials() {
+        use super::super::testserver::{plain, Answer, TestServer};
+        let port = std::sync::Arc::new(std::sync::OnceLock::<u16>::new());
+        let p = port.clone();
+        let server = TestServer::start(move |r| {
+            let authed = r.headers.contains_key("authorization");
+            match (r.path.as_str(), authed) {
+                ("/v2/", false) => Answer::new(401).header("www-authenticate", "Basic realm=\"r\""),
+                ("/v2/", true) => Answer::new(200),
+                ("/v2/_catalog?n=1000", _) => Answer::new(200)
+                    .header(
+                        "link",
+                        &format!(
+                            "<http://localhost:{}/v2/_catalog?n=1000&last=a>; rel=\"next\"",
+                            p.get().unwrap_or(&0)
+                        ),
+                    )
+                    .body(r#"{"repositories":["a"]}"#),
+                (_, _) => Answer::new(200).body(r#"{"repositories":["b"]}"#),
+            }
+        });
+        let listening: u16 = server
+            .addr
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.parse().ok())
+            .expect("port");
+        port.set(listening).expect("port once");
+        let creds = crate::credentials::Credentials::new("robot", "s3cret");
+        let reg = plain(&server.addr, Some(creds)).await;
+        assert_eq!(reg.catalog().await.expect("catalog"), ["a", "b"]);
+        let seen = server.seen();
+        let second = seen
+            .iter()
+            .find(|r| {
+                r.headers
+                    .get("host")
+                    .is_some_and(|h| h.starts_with("localhost"))
+            })
+            .expect("the second page was asked of localhost");
+        assert!(
+            !second.headers.contains_key("authorization"),
+            "credentials went to another origin"
+        );
+        assert!(
+            seen.iter()
+                .any(|r| r.path == "/v2/_catalog?n=1000" && r.headers.contains_key("authorization")),
+            "the registry's own origin gets them"
+        );
     }
 }
