@@ -1027,10 +1027,21 @@ async fn put_once<'a>(
             Ok(mine)
         }
         Err(e) if mine => Err(Error::Failed(e.clone())),
-        Err(e) => Err(Error::Failed(format!(
-            "manifest {} could not be written into {repo}: {e}",
-            m.digest
-        ))),
+        Err(e) => {
+            // The write that failed was another image's, under its own reference (a tag
+            // the registry refused, say): this one tries under its own before failing.
+            match target.put_manifest(repo, reference, m).await {
+                Ok(()) => {
+                    counters.manifests.fetch_add(1, Ordering::Relaxed);
+                    Ok(true)
+                }
+                Err(mine) => Err(Error::Failed(format!(
+                    "manifest {} could not be written into {repo}: {mine} (and as another \
+                     image's: {e})",
+                    m.digest
+                ))),
+            }
+        }
     }
 }
 

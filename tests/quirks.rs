@@ -672,6 +672,77 @@ fn immutable_tags_already_on_their_manifest_are_not_an_error() {
     );
 }
 
+/// One tag refused does not fail another image that shares its manifest: `src/app:v1-amd64`
+/// is the amd64 child of the index `src/app:latest`; at the target, the immutable tag
+/// `v1-amd64` holds another image. That tag fails, named; `latest` lands whole (its child
+/// written by digest), though the refused write was of the same manifest under the tag.
+#[test]
+fn a_tag_refused_for_one_image_does_not_fail_another_that_shares_its_manifest() {
+    let src = TestRegistry::start(RegistryOpts::plain());
+    let client = src.client();
+    let amd = client.push_image(
+        "src/app",
+        None,
+        ImageFormat::Oci,
+        &Platform::linux_amd64(),
+        &[small_layer(0xa11, "app-amd64", true)],
+        &[],
+    );
+    let arm = client.push_image(
+        "src/app",
+        None,
+        ImageFormat::Oci,
+        &Platform::new("linux", "arm64", Some("v8")),
+        &[small_layer(0xa12, "app-arm64", true)],
+        &[],
+    );
+    client.push_manifest("src/app", "v1-amd64", &amd.bytes, &amd.media_type);
+    let index = client.push_index("src/app", "latest", ImageFormat::Oci, &[amd.clone(), arm]);
+    // The tag first, so that its write of the shared manifest comes first (-j 1).
+    let s = Source {
+        images: vec![
+            (
+                "src/app".into(),
+                "v1-amd64".into(),
+                amd.digest.clone(),
+                amd.blobs.clone(),
+            ),
+            (
+                "src/app".into(),
+                "latest".into(),
+                index.digest.clone(),
+                index.blobs.clone(),
+            ),
+        ],
+    };
+    let (_dir, bundle) = plain_bundle(&src, &s);
+    let target = TestRegistry::start(RegistryOpts::plain());
+    let other = target.client().push_image(
+        "src/app",
+        Some("v1-amd64"),
+        ImageFormat::Oci,
+        &Platform::linux_amd64(),
+        &[small_layer(0xa13, "already-there", true)],
+        &[],
+    );
+    let proxy = QuirkProxy::start_with(&target, vec![Quirk::ImmutableTags]);
+    let out = import(&bundle, &proxy.host(), &["-j", "1"], &[]);
+    let err = stderr_text(&out);
+    assert_eq!(out.status.code(), Some(1), "{}", describe_output(&out));
+    assert!(
+        err.contains("src/app:v1-amd64"),
+        "names the refused tag: {err}"
+    );
+    let failures = err.split("airlock: error:").nth(1).unwrap_or_default();
+    assert!(
+        failures.contains("1 of 2 images") && !failures.contains("src/app:latest"),
+        "latest failed with the refused tag: {err}\n{}",
+        proxy.describe()
+    );
+    assert_eq!(skopeo_digest(&target, "src/app:latest"), index.digest);
+    assert_eq!(skopeo_digest(&target, "src/app:v1-amd64"), other.digest);
+}
+
 /// One image `src/layers:1` (also tagged `latest`) with a 12 MiB and a 3 MiB incompressible
 /// layer and a small config.
 fn two_layer_source() -> (TestRegistry, Source) {
