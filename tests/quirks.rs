@@ -964,6 +964,33 @@ fn an_upload_cut_more_often_than_its_retries_completes_while_each_try_moves_it_f
     );
 }
 
+/// A commit the registry took, whose answer a proxy lost (504): the retry finds the session
+/// spent (404), the registry is asked whether it has the blob (it has), and the import goes
+/// on instead of failing the blob's images.
+#[test]
+fn a_commit_whose_answer_was_lost_is_found_done() {
+    let (src, s) = corpus_source();
+    let (_dir, bundle) = plain_bundle(&src, &s);
+    let (_t, proxy) = import_through(Quirk::LoseCommitAnswer, &s, &bundle, &[], &[]);
+    let lost = proxy
+        .records()
+        .iter()
+        .filter(|r| r.action == "commit-answer-lost")
+        .count();
+    assert!(lost > 0, "no commit answer was lost:\n{}", proxy.describe());
+    // The same for a blob sent in chunks and committed by an empty PUT.
+    let (src, s) = big_source();
+    let (_dir, bundle) = plain_bundle(&src, &s);
+    let (_t, proxy) = import_through(Quirk::LoseCommitAnswer, &s, &bundle, &[], &[]);
+    let recs = proxy.records();
+    assert!(
+        recs.iter()
+            .any(|r| r.action == "commit-answer-lost" && r.method == "PUT" && r.body_bytes == 0),
+        "no empty commit lost its answer:\n{}",
+        proxy.describe()
+    );
+}
+
 #[test]
 fn cut_chunk_resumes_from_the_registry_offset() {
     let (src, s) = big_source();

@@ -369,9 +369,19 @@ impl Registry {
                 }
                 Err(Outcome::Fatal(e)) => {
                     self.cancel(repo, session.take()).await;
-                    return Err(e);
+                    return self.landed_after_all(repo, digest, size, e).await;
                 }
             };
+            // A PUT that carried the whole blob and got no answer it could read (a proxy's
+            // 504, a cut) may have gone through: ask before sending it all again.
+            if session.as_ref().is_some_and(|s| s.offset == u64::MAX)
+                && matches!(
+                    self.blob_exists(repo, digest, &Scope::push(repo)).await,
+                    Ok(Some(n)) if n == size || n == 0
+                )
+            {
+                return Ok(());
+            }
             // (A session a PUT used up holds nothing to go on from.)
             let held = session
                 .as_ref()
@@ -383,11 +393,36 @@ impl Registry {
             }
             if !budget.again(retry_after).await {
                 self.cancel(repo, session.take()).await;
-                return Err(self.gave_up(format!("{what}: {why}"), &budget));
+                let e = self.gave_up(format!("{what}: {why}"), &budget);
+                return self.landed_after_all(repo, digest, size, e).await;
             }
             if let Some(s) = session.as_mut() {
                 s.known = false;
             }
+        }
+    }
+
+    /// Before an upload is given up: a commit whose answer was lost (a proxy's timeout while
+    /// object storage assembled a large blob, a cut connection) may have gone through, and its
+    /// retry then finds the session spent. The registry checked the digest when it took the
+    /// blob: one that has it, at its size, has it whole.
+    async fn landed_after_all(
+        &self,
+        repo: &str,
+        digest: &Digest,
+        size: u64,
+        failure: Error,
+    ) -> Result<()> {
+        // A failure of the blob's source (a damaged bundle) is told as it is.
+        if !matches!(
+            failure,
+            Error::Registry { .. } | Error::Transient { .. } | Error::NotFound { .. }
+        ) {
+            return Err(failure);
+        }
+        match self.blob_exists(repo, digest, &Scope::push(repo)).await {
+            Ok(Some(n)) if n == size || n == 0 => Ok(()),
+            _ => Err(failure),
         }
     }
 

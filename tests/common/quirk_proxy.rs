@@ -69,6 +69,11 @@ pub enum Quirk {
     /// [`Quirk::CutPatch`] cuts its one (lost in transit): a link that drops now and then
     /// through a long upload, the chunks between the cuts going through.
     CutEveryPatch { every: usize, after_bytes: u64 },
+    /// A blob commit (`PUT …/blobs/uploads/…?digest=`) the registry answered `201` is
+    /// answered `504 Gateway Timeout` instead: a proxy that gave up waiting while object
+    /// storage assembled the blob, which the registry took all the same. A retry of the
+    /// commit then finds the session spent (`404 BLOB_UPLOAD_UNKNOWN`).
+    LoseCommitAnswer,
     /// Every request waits this many milliseconds before it is handled.
     Delay(u64),
     /// `PUT /v2/<repo>/manifests/<tag>` of a tag the registry has already answered `412`
@@ -1276,6 +1281,18 @@ fn handle_request(client: &mut TcpStream, _id: u64, sh: &Shared) -> io::Result<(
                 }
             }
         }
+    }
+    if sh.quirks.contains(&Quirk::LoseCommitAnswer)
+        && method == "PUT"
+        && path.contains("/blobs/uploads/")
+        && query.contains("digest=")
+        && resp.first.get(1).map(String::as_str) == Some("201")
+    {
+        respond(src.stream, "504 Gateway Timeout", &[], "");
+        rec.status = Some(504);
+        rec.action = "commit-answer-lost".into();
+        push_record(sh, rec);
+        return Ok(());
     }
     rec.status = resp.first.get(1).and_then(|s| s.parse().ok());
     rec.location = resp.get("location").map(String::from);
