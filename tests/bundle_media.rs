@@ -348,43 +348,6 @@ fn bundle_json_member(v: &serde_json::Value) -> Member {
     )
 }
 
-/// The seek table at the end of a file: (entries (c_size, d_size), table length in bytes).
-fn read_seek_table(bytes: &[u8]) -> (Vec<(u32, u32)>, usize) {
-    let n = bytes.len();
-    let u32_at = |i: usize| u32::from_le_bytes(bytes[i..i + 4].try_into().expect("4 bytes"));
-    assert_eq!(u32_at(n - 4), 0x8F92_EAB1, "seekable magic");
-    let frames = u32_at(n - 9) as usize;
-    let per = if bytes[n - 5] & 0x80 != 0 { 12 } else { 8 };
-    let len = 8 + frames * per + 9;
-    let start = n - len;
-    assert_eq!(u32_at(start), 0x184D_2A5E, "skippable frame magic");
-    let entries = (0..frames)
-        .map(|i| {
-            let at = start + 8 + i * per;
-            (u32_at(at), u32_at(at + 4))
-        })
-        .collect();
-    (entries, len)
-}
-
-/// Rewrites the seek table at the end of `path` after `edit` changed its entries.
-fn edit_seek_table(path: &Path, edit: impl FnOnce(&mut Vec<(u32, u32)>)) {
-    let mut bytes = fs::read(path).expect("read bundle");
-    let (mut entries, len) = read_seek_table(&bytes);
-    bytes.truncate(bytes.len() - len);
-    edit(&mut entries);
-    bytes.extend_from_slice(&0x184D_2A5Eu32.to_le_bytes());
-    bytes.extend_from_slice(&((entries.len() * 8 + 9) as u32).to_le_bytes());
-    for (c, d) in &entries {
-        bytes.extend_from_slice(&c.to_le_bytes());
-        bytes.extend_from_slice(&d.to_le_bytes());
-    }
-    bytes.extend_from_slice(&(entries.len() as u32).to_le_bytes());
-    bytes.push(0);
-    bytes.extend_from_slice(&0x8F92_EAB1u32.to_le_bytes());
-    fs::write(path, bytes).expect("write bundle");
-}
-
 /// Exports the whole corpus from `src` into volumes of 16 KiB at `base` (the corpus is about
 /// 50 KiB compressed: at least 3 of them); how many there are.
 fn export_in_volumes(corpus: &Corpus, src: &TestRegistry, base: &Path) -> usize {

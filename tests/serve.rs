@@ -1106,3 +1106,36 @@ fn a_stop_does_not_wait_for_idle_connections() {
         "serve took {took:?} to stop with an idle connection open (exit {exited:?})"
     );
 }
+
+/// A frame that hides more than its seek table says (a second zstd frame of 256 MiB of zeros
+/// spliced into it, 8 KiB compressed) is refused when a client asks for it, and serve does
+/// not decode it whole to find out: its memory stays far below the hidden quarter GiB.
+#[test]
+fn a_frame_hiding_more_than_its_seek_table_says_is_refused_without_decoding_it() {
+    use std::io::Read;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (bundle, layer) = one_layer_bundle(dir.path(), "big/one", 11, 1024 * 1024);
+    let zeros = zstd::stream::encode_all(std::io::repeat(0).take(256 << 20), 3).expect("zstd");
+    // Into the layer's frame, the largest.
+    let (frames, _) = read_seek_table(&std::fs::read(&bundle).expect("read bundle"));
+    let k = (0..frames.len())
+        .max_by_key(|&i| frames[i].1)
+        .expect("a frame");
+    splice_into_frame(&bundle, k, &zeros);
+    let served = Served::start(&[&bundle], &["-q"]);
+    let r = served
+        .raw()
+        .request("GET", &format!("/v2/big/one/blobs/{layer}"), &[], None);
+    assert_eq!(r.status, 500, "a frame that lies about its size was served");
+    let status =
+        std::fs::read_to_string(format!("/proc/{}/status", served.child.id())).expect("status");
+    let peak_kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .expect("VmHWM");
+    assert!(
+        peak_kib < 128 * 1024,
+        "serve peaked at {peak_kib} KiB: the hidden frame was decoded"
+    );
+}

@@ -14,6 +14,10 @@ use std::io::{self, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use zeekstd::SeekTable;
 
+/// The most a frame may decode to for [`Bundle::decode_frame`], which holds it whole: airlock
+/// writes frames of 4 MiB (16 MiB before), so this leaves room and stops a hostile table.
+const MAX_FRAME: u64 = 64 << 20;
+
 /// Where a member sits in the uncompressed tar stream.
 #[derive(Clone, Debug)]
 pub struct Location {
@@ -525,6 +529,18 @@ impl Bundle {
         let (c, d) = a
             .frame_sizes(i)
             .map_err(|e| Error::bundle(&self.path, format!("seek table: {e}")))?;
+        // Decoded whole, so never more than airlock writes (4 MiB; 16 MiB before): a seek
+        // table is read before anything checks it.
+        if u64::from(d) > MAX_FRAME {
+            return Err(Error::bundle(
+                &self.path,
+                format!(
+                    "frame {i} holds {d} bytes by the seek table, more than the {} MiB a bundle's \
+                     frames hold",
+                    MAX_FRAME >> 20
+                ),
+            ));
+        }
         let start = a
             .seek
             .frame_start_comp(i)
@@ -538,9 +554,10 @@ impl Bundle {
         let mut out = Vec::with_capacity(d as usize);
         let dstart = a.seek.frame_start_decomp(i).unwrap_or(0);
         // `take`: the decoder looks past the frame's end, where the window would call it a
-        // truncation.
+        // truncation; and it gives no more than a byte past what the table says (a frame that
+        // decodes to gigabytes is stopped there).
         zstd::stream::read::Decoder::new(window.take(c as u64))
-            .and_then(|mut dec| dec.read_to_end(&mut out))
+            .and_then(|dec| dec.take(u64::from(d) + 1).read_to_end(&mut out))
             .map_err(|e| a.read_error(dstart, e))?;
         if out.len() != d as usize {
             return Err(Error::bundle(

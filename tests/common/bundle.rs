@@ -53,3 +53,55 @@ pub fn assert_bundle_schema(bj: &Value) {
         "bundle.json violates the schema: {errors:#?}"
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// Editing a bundle's seek table (hostile bundles)
+// ---------------------------------------------------------------------------------------------
+
+/// The seek table at the end of a file: (entries (c_size, d_size), table length in bytes).
+pub fn read_seek_table(bytes: &[u8]) -> (Vec<(u32, u32)>, usize) {
+    let n = bytes.len();
+    let u32_at = |i: usize| u32::from_le_bytes(bytes[i..i + 4].try_into().expect("4 bytes"));
+    assert_eq!(u32_at(n - 4), 0x8F92_EAB1, "seekable magic");
+    let frames = u32_at(n - 9) as usize;
+    let per = if bytes[n - 5] & 0x80 != 0 { 12 } else { 8 };
+    let len = 8 + frames * per + 9;
+    let start = n - len;
+    assert_eq!(u32_at(start), 0x184D_2A5E, "skippable frame magic");
+    let entries = (0..frames)
+        .map(|i| {
+            let at = start + 8 + i * per;
+            (u32_at(at), u32_at(at + 4))
+        })
+        .collect();
+    (entries, len)
+}
+
+/// Rewrites the seek table at the end of `path` after `edit` changed its entries.
+pub fn edit_seek_table(path: &Path, edit: impl FnOnce(&mut Vec<(u32, u32)>)) {
+    let mut bytes = fs::read(path).expect("read bundle");
+    let (mut entries, len) = read_seek_table(&bytes);
+    bytes.truncate(bytes.len() - len);
+    edit(&mut entries);
+    bytes.extend_from_slice(&0x184D_2A5Eu32.to_le_bytes());
+    bytes.extend_from_slice(&((entries.len() * 8 + 9) as u32).to_le_bytes());
+    for (c, d) in &entries {
+        bytes.extend_from_slice(&c.to_le_bytes());
+        bytes.extend_from_slice(&d.to_le_bytes());
+    }
+    bytes.extend_from_slice(&(entries.len() as u32).to_le_bytes());
+    bytes.push(0);
+    bytes.extend_from_slice(&0x8F92_EAB1u32.to_le_bytes());
+    fs::write(path, bytes).expect("write bundle");
+}
+
+/// Puts `extra` compressed bytes at the end of frame `k` of the bundle at `path`, counted in
+/// that frame's compressed size: a frame that hides more than its seek table says.
+pub fn splice_into_frame(path: &Path, k: usize, extra: &[u8]) {
+    let mut bytes = fs::read(path).expect("read bundle");
+    let (entries, _) = read_seek_table(&bytes);
+    let at: usize = entries[..=k].iter().map(|(c, _)| *c as usize).sum();
+    bytes.splice(at..at, extra.iter().copied());
+    fs::write(path, bytes).expect("write bundle");
+    edit_seek_table(path, |e| e[k].0 += extra.len() as u32);
+}
