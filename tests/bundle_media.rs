@@ -656,6 +656,46 @@ fn copy_set(base: &Path, into: &Path) -> PathBuf {
     into.join(base.file_name().expect("name"))
 }
 
+/// A split size that would take more than 999 volumes (what readers look for, NAME.001 to
+/// NAME.999) fails the export saying so, and leaves nothing behind; 1,109 unreadable volumes
+/// were written before.
+#[test]
+fn a_split_into_more_than_999_volumes_is_refused_and_leaves_nothing() {
+    let src = TestRegistry::start(RegistryOpts::plain());
+    let corpus = build_corpus(&src);
+    let dir = tempdir("airlock-media-");
+    let base = dir.path().join("tiny.tar.zst");
+    let list = dir.path().join("images.txt");
+    fs::write(&list, corpus.images_file(&src.host())).expect("write images file");
+    let o = run_airlock(
+        [
+            OsString::from("export"),
+            "-f".into(),
+            list.clone().into(),
+            "-o".into(),
+            base.clone().into(),
+            "--plain-http".into(),
+            "--split-size".into(),
+            "16".into(),
+        ],
+        &[],
+        None,
+    );
+    assert_ne!(o.status.code(), Some(0), "{}", describe_output(&o));
+    assert!(
+        stderr_text(&o).contains("more than 999 volumes"),
+        "{}",
+        describe_output(&o)
+    );
+    let left: Vec<_> = fs::read_dir(dir.path())
+        .expect("read dir")
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n != "images.txt")
+        .collect();
+    assert!(left.is_empty(), "left behind: {left:?}");
+}
+
 #[test]
 fn broken_volume_sets_are_refused_naming_the_volume() {
     let src = TestRegistry::start(RegistryOpts::plain());

@@ -14,6 +14,9 @@ fn with_suffix(base: &Path, suffix: &str) -> PathBuf {
     PathBuf::from(s)
 }
 
+/// Volumes a bundle may have: `NAME.001` to `NAME.999`, as readers look for them.
+pub const MAX_VOLUMES: usize = 999;
+
 /// The name of volume `n` (1-based) of `base`.
 pub fn volume_name(base: &Path, n: usize) -> PathBuf {
     with_suffix(base, &format!(".{n:03}"))
@@ -83,7 +86,16 @@ impl VolumeWriter {
     }
 
     fn open_next(&mut self) -> Result<()> {
-        let name = self.final_name(self.partials.len() + 1);
+        let n = self.partials.len() + 1;
+        if n > MAX_VOLUMES {
+            return Err(Error::Usage(format!(
+                "{} would need more than {MAX_VOLUMES} volumes of {} bytes: give a larger \
+                 --split-size",
+                self.base.display(),
+                self.split.unwrap_or(0)
+            )));
+        }
+        let name = self.final_name(n);
         let p = partial(&name);
         let f = crate::cleanup::create(&p).ctx(|| format!("creating {}", p.display()))?;
         self.partials.push(p);
@@ -179,7 +191,7 @@ impl VolumeWriter {
         } else {
             1
         };
-        for n in first_stale..=999 {
+        for n in first_stale..=MAX_VOLUMES {
             let v = volume_name(&self.base, n);
             if !v.exists() {
                 break;
@@ -389,7 +401,7 @@ pub fn discover(given: &Path) -> Result<(PathBuf, Vec<PathBuf>)> {
         return Ok((base.clone(), vec![base]));
     }
     let mut vols = Vec::new();
-    for n in 1..=999 {
+    for n in 1..=MAX_VOLUMES {
         let v = volume_name(&base, n);
         if v.is_file() {
             vols.push(v);
