@@ -154,7 +154,7 @@ impl Signer {
 /// Checks `NAME.minisig` against the bytes of `bundle.json` that `bundle_json` yields, read as
 /// a stream, with a trusted public key. Returns the key id and the trusted comment.
 pub fn verify(base: &Path, bundle_json: impl Read, trusted_key: &Path) -> Result<(String, String)> {
-    let pk_text = std::fs::read_to_string(trusted_key)
+    let pk_text = crate::bundle::volumes::read_side_file(trusted_key, 64 << 10)
         .map_err(|e| Error::Usage(format!("trusted key {}: {e}", trusted_key.display())))?;
     let pk = minisign::PublicKeyBox::from_string(&pk_text)
         .and_then(|b| b.into_public_key())
@@ -166,7 +166,7 @@ pub fn verify(base: &Path, bundle_json: impl Read, trusted_key: &Path) -> Result
             ))
         })?;
     let sig_path = signature_path(base);
-    let sig_text = match std::fs::read_to_string(&sig_path) {
+    let sig_text = match crate::bundle::volumes::read_side_file(&sig_path, 64 << 10) {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             return Err(Error::bundle(

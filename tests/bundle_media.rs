@@ -696,6 +696,31 @@ fn a_split_into_more_than_999_volumes_is_refused_and_leaves_nothing() {
     assert!(left.is_empty(), "left behind: {left:?}");
 }
 
+/// A checksum file that is no listing (here a sparse GiB) is not read whole: verify says it
+/// cannot use it, and checks the bundle all the same.
+#[test]
+fn a_checksum_file_of_a_gigabyte_is_not_read_whole() {
+    let src = TestRegistry::start(RegistryOpts::plain());
+    let corpus = build_corpus(&src);
+    let dir = tempdir("airlock-media-");
+    let base = dir.path().join("b.tar.zst");
+    export(&corpus.images_file(&src.host()), &base, &[], &[]);
+    let sums = dir.path().join("b.tar.zst.sha256");
+    fs::OpenOptions::new()
+        .write(true)
+        .truncate(true)
+        .open(&sums)
+        .and_then(|f| f.set_len(1 << 30))
+        .expect("a sparse GiB");
+    let o = run_airlock([OsString::from("verify"), base.clone().into()], &[], None);
+    assert_success(&o, "verify beside a GiB checksum file");
+    assert!(
+        stderr_text(&o).contains("is not a checksum listing airlock can use"),
+        "{}",
+        describe_output(&o)
+    );
+}
+
 #[test]
 fn broken_volume_sets_are_refused_naming_the_volume() {
     let src = TestRegistry::start(RegistryOpts::plain());

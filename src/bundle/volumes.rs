@@ -22,6 +22,27 @@ pub fn volume_name(base: &Path, n: usize) -> PathBuf {
     with_suffix(base, &format!(".{n:03}"))
 }
 
+/// A side file of a bundle (its `.sha256`, a `.minisig`, a public key) read whole, up to
+/// `limit` bytes: a larger one is an error, not read into memory (a hostile or mistaken file
+/// of gigabytes took `inspect` to a GB).
+pub fn read_side_file(path: &Path, limit: u64) -> io::Result<String> {
+    use std::io::Read as _;
+    let mut text = String::new();
+    fs::File::open(path)?
+        .take(limit + 1)
+        .read_to_string(&mut text)?;
+    if text.len() as u64 > limit {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("larger than the {limit} bytes such a file holds"),
+        ));
+    }
+    Ok(text)
+}
+
+/// The most a `.sha256` file may hold: a line per volume (999 at most) of about 100 bytes.
+pub const MAX_SUMS_FILE: u64 = 1 << 20;
+
 /// The checksum file of `base`.
 pub fn checksum_name(base: &Path) -> PathBuf {
     with_suffix(base, ".sha256")
@@ -297,7 +318,7 @@ impl Sums {
     /// when there is none, or it lists nothing.
     pub fn read(base: &Path) -> Option<Sums> {
         let file = checksum_name(base);
-        let text = fs::read_to_string(&file).ok()?;
+        let text = read_side_file(&file, MAX_SUMS_FILE).ok()?;
         let listed: Vec<(String, String)> = text
             .lines()
             .filter_map(|l| l.split_once("  "))

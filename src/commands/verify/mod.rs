@@ -142,6 +142,12 @@ async fn check_pass(bundle: Arc<Bundle>, reporter: &Reporter) -> Result<Report> 
     let sums_file = checksum_name(&bundle.path);
     let sums = Sums::read(&bundle.path);
     match &sums {
+        None if sums_file.exists() => rep.warnings.push(format!(
+            "{} is not a checksum listing airlock can use (sha256sum lines, at most {} MiB): \
+             the volumes were not checked against it",
+            sums_file.display(),
+            crate::bundle::volumes::MAX_SUMS_FILE >> 20
+        )),
         None => rep
             .warnings
             .push(format!("no checksum file {}", sums_file.display())),
