@@ -76,7 +76,8 @@ pub fn run(args: InspectArgs) -> Result<()> {
         .map_err(w)?;
     }
     if !m.external.is_empty() {
-        let size: u64 = m.external.iter().map(|x| x.size).sum();
+        // Sizes a bundle.json states, unchecked here: added without wrapping.
+        let size = m.external.iter().fold(0u64, |a, x| a.saturating_add(x.size));
         writeln!(
             out,
             "\nincremental: {} blobs ({}) are not in this bundle; import these first:",
@@ -106,7 +107,7 @@ pub fn run(args: InspectArgs) -> Result<()> {
             .map_err(w)?;
         }
     }
-    let sum_images: u64 = m.images.iter().map(|i| i.size).sum();
+    let sum_images = m.images.iter().fold(0u64, |a, i| a.saturating_add(i.size));
     writeln!(out).map_err(w)?;
     writeln!(
         out,
