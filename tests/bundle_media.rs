@@ -721,6 +721,39 @@ fn a_checksum_file_of_a_gigabyte_is_not_read_whole() {
     );
 }
 
+/// A byte damaged in the second volume: import refuses the bundle naming that volume (it
+/// does not match its line in the .sha256), as verify does, whatever part of the archive
+/// the byte was in.
+#[test]
+fn import_names_the_damaged_volume() {
+    let src = TestRegistry::start(RegistryOpts::plain());
+    let corpus = build_corpus(&src);
+    let dir = tempdir("airlock-media-");
+    let base = dir.path().join("v.tar.zst");
+    export(
+        &one_image(&corpus, &src.host()),
+        &base,
+        &["--split-size", "2K"],
+        &[],
+    );
+    let second = volume(&base, 2);
+    let mut bytes = fs::read(&second).expect("read volume 2");
+    bytes[452] ^= 0x20;
+    fs::write(&second, &bytes).expect("write volume 2");
+    let target = TestRegistry::start(RegistryOpts::plain());
+    let o = run_airlock(import_args(&base, &target, &[]), &[], None);
+    assert_ne!(o.status.code(), Some(0), "{}", describe_output(&o));
+    let name = second
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    assert!(
+        stderr_text(&o).contains(&name),
+        "the error does not name {name}: {}",
+        describe_output(&o)
+    );
+}
+
 #[test]
 fn broken_volume_sets_are_refused_naming_the_volume() {
     let src = TestRegistry::start(RegistryOpts::plain());

@@ -225,7 +225,14 @@ impl Archive {
     fn read_header_with(&self, m: &Location, reader: &mut HeaderReader) -> Result<(String, u64)> {
         let block = reader.block(self, m.header)?;
         let (name, size, kind) = parse_header(&block).map_err(|e| {
-            Error::bundle(&self.path, format!("member at offset {}: {e}", m.header))
+            Error::bundle(
+                &self.path,
+                format!(
+                    "member at archive offset {}: {e} (around {})",
+                    m.header,
+                    self.files.file_at(self.compressed_pos(m.header)).display()
+                ),
+            )
         })?;
         if !is_regular(kind) {
             return Err(Error::bundle(

@@ -196,9 +196,12 @@ pub async fn run(args: ImportArgs) -> Result<()> {
     let mut reporter = Reporter::new(args.out.quiet || args.out.json, args.out.verbose);
 
     let path = args.bundle.clone();
+    let given = args.bundle.clone();
     let bundle = tokio::task::spawn_blocking(move || Bundle::open(&path))
         .await
-        .map_err(|e| Error::Failed(format!("opening the bundle: {e}")))??;
+        .map_err(|e| Error::Failed(format!("opening the bundle: {e}")))?
+        // Which volume does not match its checksum, as verify says it.
+        .map_err(|e| crate::bundle::volumes::explain_damage(e, &given))?;
     let bundle = Arc::new(bundle);
     if let Some(key) = &args.trusted_key {
         // One pass: the signature covers bundle.json, which names the digest and size of every

@@ -77,7 +77,10 @@ pub fn run(args: InspectArgs) -> Result<()> {
     }
     if !m.external.is_empty() {
         // Sizes a bundle.json states, unchecked here: added without wrapping.
-        let size = m.external.iter().fold(0u64, |a, x| a.saturating_add(x.size));
+        let size = m
+            .external
+            .iter()
+            .fold(0u64, |a, x| a.saturating_add(x.size));
         writeln!(
             out,
             "\nincremental: {} blobs ({}) are not in this bundle; import these first:",
