@@ -754,6 +754,55 @@ fn import_names_the_damaged_volume() {
     );
 }
 
+/// Bytes no digest covers are checked too: text in the tar padding after a member, and a
+/// header (`../evil`, which `tar -t` lists) in the second end-of-archive block, each make
+/// verify fail; the same bundle written back as it was passes.
+#[test]
+fn verify_refuses_bytes_hidden_where_the_tar_format_has_zeros() {
+    let src = TestRegistry::start(RegistryOpts::plain());
+    let corpus = build_corpus(&src);
+    let dir = tempdir("airlock-media-");
+    let base = dir.path().join("b.tar.zst");
+    export(&one_image(&corpus, &src.host()), &base, &[], &[]);
+    let members = read_members(&base);
+    let rewrite = |name: &str, padding: Option<&[u8]>, end: Vec<u8>| -> Output {
+        let out = dir.path().join(name);
+        let mut frames: Vec<Box<dyn Read>> = Vec::new();
+        let mut hidden = padding;
+        for m in &members {
+            let mut bytes = m.tar_bytes();
+            let used = 512 + m.data.len();
+            if let Some(text) = hidden.filter(|t| bytes.len() - used >= t.len()) {
+                bytes[used..used + text.len()].copy_from_slice(text);
+                hidden = None;
+            }
+            frames.push(in_frame(bytes));
+        }
+        assert!(hidden.is_none(), "no member with room in its padding");
+        frames.push(in_frame(end));
+        write_frames(&out, frames);
+        run_airlock([OsString::from("verify"), out.into()], &[], None)
+    };
+    let o = rewrite("same.tar.zst", None, vec![0; 1024]);
+    assert_success(&o, "verify of the bundle written back as it was");
+    let o = rewrite("padded.tar.zst", Some(b"hidden text"), vec![0; 1024]);
+    assert_eq!(o.status.code(), Some(1), "{}", describe_output(&o));
+    assert!(
+        stderr_text(&o).contains("tar padding"),
+        "{}",
+        describe_output(&o)
+    );
+    let mut end = vec![0; 512];
+    end.extend_from_slice(Member::regular("../evil", b"x".to_vec()).header.as_bytes());
+    let o = rewrite("evil.tar.zst", None, end);
+    assert_eq!(o.status.code(), Some(1), "{}", describe_output(&o));
+    assert!(
+        stderr_text(&o).contains("after the archive's end-of-archive block"),
+        "{}",
+        describe_output(&o)
+    );
+}
+
 #[test]
 fn broken_volume_sets_are_refused_naming_the_volume() {
     let src = TestRegistry::start(RegistryOpts::plain());

@@ -129,6 +129,23 @@ fn spawn_volume_reader(
 
 type Decoder = zstd::stream::read::Decoder<'static, BufReader<ChannelReader>>;
 
+/// A sink that notes whether anything but zeros was written to it.
+#[derive(Default)]
+struct Zeros {
+    other: bool,
+}
+
+impl io::Write for Zeros {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.other |= buf.iter().any(|b| *b != 0);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
 /// What the pass found, once it is over.
 pub struct Findings {
     /// Content failures, one per member.
@@ -362,6 +379,13 @@ impl Pass {
             if let Err(e) = r {
                 return Err(self.fatal(st, format!("reading {name}: {e}")));
             }
+            // No digest covers these bytes: what the tar format has as zeros must be zeros.
+            if zeros.iter().any(|b| *b != 0) {
+                return Err(self.fatal(
+                    st,
+                    format!("bytes other than zeros in the tar padding after {name}"),
+                ));
+            }
         }
         let verdict = match verifier {
             Some(v) => v.finish().map_err(|e| {
@@ -496,12 +520,20 @@ impl Pass {
         // Drain the rest (padding, the seek table) so every volume is hashed; a writer leaves
         // 1 KiB of end-of-archive blocks, so much more is not ours to decompress.
         const TRAILER_LIMIT: u64 = 1 << 20;
-        let trailer = io::copy(&mut (&mut dec).take(TRAILER_LIMIT), &mut io::sink())
+        let mut zeros = Zeros::default();
+        let trailer = io::copy(&mut (&mut dec).take(TRAILER_LIMIT), &mut zeros)
             .map_err(|e| Error::bundle(&self.bundle.path, format!("after the archive: {e}")))?;
         if trailer == TRAILER_LIMIT {
             return Err(Error::bundle(
                 &self.bundle.path,
                 "more than 1 MiB of data follows the end of the archive",
+            ));
+        }
+        // The rest of the end-of-archive blocks: `tar` would read a header there.
+        if zeros.other {
+            return Err(Error::bundle(
+                &self.bundle.path,
+                "bytes other than zeros after the archive's end-of-archive block",
             ));
         }
         let mut raw = dec.finish();
