@@ -178,9 +178,7 @@ mod tests {
     #[tokio::test]
     async fn a_catalog_page_on_another_origin_gets_no_credentials() {
         use super::super::testserver::{plain, Answer, TestServer};
-        let port = std::sync::Arc::new(std::sync::OnceLock::<u16>::new());
-        let p = port.clone();
-        let server = TestServer::start(move |r| {
+        let server = TestServer::start_knowing_port(move |r, port| {
             let authed = r.headers.contains_key("authorization");
             match (r.path.as_str(), authed) {
                 ("/v2/", false) => Answer::new(401).header("www-authenticate", "Basic realm=\"r\""),
@@ -189,21 +187,13 @@ mod tests {
                     .header(
                         "link",
                         &format!(
-                            "<http://localhost:{}/v2/_catalog?n=1000&last=a>; rel=\"next\"",
-                            p.get().unwrap_or(&0)
+                            "<http://localhost:{port}/v2/_catalog?n=1000&last=a>; rel=\"next\""
                         ),
                     )
                     .body(r#"{"repositories":["a"]}"#),
                 (_, _) => Answer::new(200).body(r#"{"repositories":["b"]}"#),
             }
         });
-        let listening: u16 = server
-            .addr
-            .rsplit(':')
-            .next()
-            .and_then(|p| p.parse().ok())
-            .expect("port");
-        port.set(listening).expect("port once");
         let creds = crate::credentials::Credentials::new("robot", "s3cret");
         let reg = plain(&server.addr, Some(creds)).await;
         assert_eq!(reg.catalog().await.expect("catalog"), ["a", "b"]);

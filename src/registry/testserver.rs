@@ -49,8 +49,24 @@ pub struct TestServer {
 }
 
 impl TestServer {
-    pub fn start(handler: impl Fn(&Seen) -> Answer + Send + Sync + 'static) -> TestServer {
+    /// A server whose handler is told the port it listens on (to name itself, under another
+    /// host name, in the URLs it answers with).
+    pub fn start_knowing_port(
+        handler: impl Fn(&Seen, u16) -> Answer + Send + Sync + 'static,
+    ) -> TestServer {
         let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = l.local_addr().expect("addr").port();
+        TestServer::start_on(l, move |r| handler(r, port))
+    }
+
+    pub fn start(handler: impl Fn(&Seen) -> Answer + Send + Sync + 'static) -> TestServer {
+        TestServer::start_on(TcpListener::bind("127.0.0.1:0").expect("bind"), handler)
+    }
+
+    fn start_on(
+        l: TcpListener,
+        handler: impl Fn(&Seen) -> Answer + Send + Sync + 'static,
+    ) -> TestServer {
         let addr = l.local_addr().expect("addr").to_string();
         let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
         let handler: Handler = Arc::new(handler);

@@ -847,9 +847,7 @@ mod tests {
     /// the registry's own origin only.
     #[tokio::test]
     async fn an_upload_location_on_another_origin_gets_no_credentials() {
-        let port = Arc::new(std::sync::OnceLock::<u16>::new());
-        let p = port.clone();
-        let server = TestServer::start(move |r| {
+        let server = TestServer::start_knowing_port(move |r, port| {
             let authed = r.headers.contains_key("authorization");
             match (r.method.as_str(), r.path.as_str()) {
                 ("GET", "/v2/") if !authed => {
@@ -858,22 +856,12 @@ mod tests {
                 ("GET", "/v2/") => Answer::new(200),
                 ("POST", _) => Answer::new(202).header(
                     "location",
-                    &format!(
-                        "http://localhost:{}/upload/s1?state=x",
-                        p.get().unwrap_or(&0)
-                    ),
+                    &format!("http://localhost:{port}/upload/s1?state=x"),
                 ),
                 ("PUT", p) if p.starts_with("/upload/s1?state=x&digest=") => Answer::new(201),
                 (m, p) => Answer::new(400).body(format!("unexpected {m} {p}")),
             }
         });
-        let listening: u16 = server
-            .addr
-            .rsplit(':')
-            .next()
-            .and_then(|p| p.parse().ok())
-            .expect("port");
-        port.set(listening).expect("port once");
         let creds = crate::credentials::Credentials::new("robot", "s3cret");
         let reg = plain(&server.addr, Some(creds)).await;
         upload_all(&reg, &[b"a small blob".to_vec()]).await;
