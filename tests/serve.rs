@@ -1139,3 +1139,43 @@ fn a_frame_hiding_more_than_its_seek_table_says_is_refused_without_decoding_it()
         "serve peaked at {peak_kib} KiB: the hidden frame was decoded"
     );
 }
+
+/// A bundle made to lie: the layer's bytes changed and its frames written again, sound (their
+/// checksums match) but no longer the layer. A pull of the whole blob is checked against its
+/// digest on the way: it ends cut short with an error, never as a complete wrong blob.
+#[test]
+fn a_blob_whose_sound_frames_hold_other_bytes_is_never_served_whole() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (bundle, layer) = one_layer_bundle(dir.path(), "big/one", 12, 1024 * 1024);
+    let hex = layer.trim_start_matches("sha256:");
+    let mut members = read_members(&bundle);
+    let m = members
+        .iter_mut()
+        .find(|m| m.name().ends_with(hex))
+        .expect("the layer's member");
+    let last = m.data.len() - 1;
+    m.data[last] ^= 0x01;
+    write_bundle(&bundle, &members);
+    let served = Served::start(&[&bundle], &["-q"]);
+    let got = dir.path().join("got");
+    let out = std::process::Command::new("curl")
+        .args(["-s", "-o"])
+        .arg(&got)
+        .args(["-w", "%{http_code}"])
+        .arg(format!(
+            "http://127.0.0.1:{}/v2/big/one/blobs/{layer}",
+            served.port
+        ))
+        .output()
+        .expect("curl");
+    let body = std::fs::read(&got).unwrap_or_default();
+    assert!(
+        !out.status.success(),
+        "curl took the answer as complete ({} bytes, HTTP {})",
+        body.len(),
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert_ne!(sha(&body), layer);
+    // curl's 18: the body ended before its Content-Length.
+    assert_eq!(out.status.code(), Some(18), "the answer was not cut short");
+}

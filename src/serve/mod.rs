@@ -295,6 +295,56 @@ fn parse_range(v: &str, size: u64) -> Ranged {
     Ranged::Part(from, to)
 }
 
+/// A whole blob's pieces, checked against its digest as they go: the last piece is handed on
+/// only once the blob matches, so a blob whose frames are sound but whose bytes are not (a
+/// bundle made to lie) ends in an error, cut short, never whole and wrong.
+fn checked(
+    pieces: futures_util::stream::BoxStream<'static, Result<Bytes>>,
+    d: &Digest,
+    size: u64,
+) -> futures_util::stream::BoxStream<'static, Result<Bytes>> {
+    let what = format!("blob {d}");
+    let start = (
+        pieces,
+        Some(crate::digest::Verifier::new(d, size)),
+        None::<Bytes>,
+    );
+    futures_util::stream::unfold(start, move |(mut pieces, verifier, held)| {
+        let what = what.clone();
+        async move {
+            let mut verifier = verifier?;
+            let mut held = held;
+            loop {
+                match pieces.next().await {
+                    Some(Ok(piece)) => {
+                        if let Err(e) = verifier.update(&piece) {
+                            let e = Error::Integrity {
+                                what,
+                                detail: e.to_string(),
+                            };
+                            return Some((Err(e), (pieces, None, None)));
+                        }
+                        if let Some(before) = held.replace(piece) {
+                            return Some((Ok(before), (pieces, Some(verifier), held)));
+                        }
+                    }
+                    Some(Err(e)) => return Some((Err(e), (pieces, None, None))),
+                    None => {
+                        return match verifier.finish() {
+                            Ok(()) => held.map(|last| (Ok(last), (pieces, None, None))),
+                            Err(e) => {
+                                eprintln!("airlock serve: {what}: {e}");
+                                Some((Err(e), (pieces, None, None)))
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    })
+    .boxed()
+}
+
 impl Server {
     async fn handle(self: Arc<Self>, req: Request<Incoming>) -> Response<Body> {
         if let Some(users) = &self.users {
@@ -464,7 +514,13 @@ impl Server {
             empty()
         } else {
             let bi = self.ns.bundle_index(&bundle);
-            let mut stream = range_stream(self.cache.clone(), bi, bundle, base, from, to);
+            let pieces = range_stream(self.cache.clone(), bi, bundle, base, from, to);
+            // A whole blob is checked against its digest on the way; a range cannot be.
+            let mut stream = if partial {
+                pieces
+            } else {
+                checked(pieces, &d, size)
+            };
             // The first piece is read before the answer starts, so a damaged frame there is
             // a 500, not a cut body.
             let first = match stream.next().await {

@@ -2,6 +2,7 @@
 
 use serde_json::Value;
 use std::fs;
+use std::io::Read;
 use std::path::Path;
 use std::process::Command;
 
@@ -104,4 +105,104 @@ pub fn splice_into_frame(path: &Path, k: usize, extra: &[u8]) {
     bytes.splice(at..at, extra.iter().copied());
     fs::write(path, bytes).expect("write bundle");
     edit_seek_table(path, |e| e[k].0 += extra.len() as u32);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Crafting archives
+// ---------------------------------------------------------------------------------------------
+
+/// A tar member: its raw 512-byte header and its data (written as is, padded to 512).
+#[derive(Clone)]
+pub struct Member {
+    pub header: tar::Header,
+    pub data: Vec<u8>,
+}
+
+impl Member {
+    pub fn name(&self) -> String {
+        String::from_utf8_lossy(&self.header.path_bytes()).into_owned()
+    }
+
+    /// Header, data and padding, as they sit in the tar stream.
+    pub fn tar_bytes(&self) -> Vec<u8> {
+        let mut v = self.header.as_bytes().to_vec();
+        v.extend_from_slice(&self.data);
+        v.resize(v.len().div_ceil(512) * 512, 0);
+        v
+    }
+
+    /// Sets the name field byte for byte (tar::Header::set_path refuses `..`).
+    pub fn set_raw_name(&mut self, name: &str) {
+        let old = self.header.as_old_mut();
+        old.name = [0; 100];
+        old.name[..name.len()].copy_from_slice(name.as_bytes());
+        if let Some(u) = self.header.as_ustar_mut() {
+            u.prefix = [0; 155];
+        }
+        self.header.set_cksum();
+    }
+
+    pub fn set_raw_link(&mut self, target: &str) {
+        let old = self.header.as_old_mut();
+        old.linkname = [0; 100];
+        old.linkname[..target.len()].copy_from_slice(target.as_bytes());
+        self.header.set_cksum();
+    }
+
+    pub fn regular(name: &str, data: Vec<u8>) -> Member {
+        let mut header = tar::Header::new_ustar();
+        header.set_size(data.len() as u64);
+        header.set_mode(0o644);
+        header.set_mtime(0);
+        header.set_entry_type(tar::EntryType::Regular);
+        let mut m = Member { header, data };
+        m.set_raw_name(name);
+        m
+    }
+}
+
+/// Reads every member of a (single-file) bundle, extension headers included, in order.
+pub fn read_members(bundle: &Path) -> Vec<Member> {
+    let f = fs::File::open(bundle).expect("open bundle");
+    let dec = zstd::stream::read::Decoder::new(f).expect("zstd decoder");
+    let mut archive = tar::Archive::new(dec);
+    let mut out = Vec::new();
+    for e in archive.entries().expect("entries").raw(true) {
+        let mut e = e.expect("entry");
+        let header = e.header().clone();
+        let mut data = Vec::new();
+        e.read_to_end(&mut data).expect("member data");
+        out.push(Member { header, data });
+    }
+    out
+}
+
+/// Writes `frames` as a seekable zstd file: each reader compressed into its own frame(s), then
+/// the seek table. Returns, per reader, the range of seek-table frames it produced.
+pub fn write_frames(path: &Path, frames: Vec<Box<dyn Read>>) -> Vec<std::ops::Range<usize>> {
+    let f = fs::File::create(path).expect("create crafted bundle");
+    let mut enc = zeekstd::EncodeOptions::new()
+        .checksum_flag(true)
+        .into_encoder(f)
+        .expect("zeekstd encoder");
+    let mut ranges = Vec::new();
+    for mut data in frames {
+        let first = enc.seek_table().num_frames() as usize;
+        std::io::copy(&mut data, &mut enc).expect("compress");
+        enc.end_frame().expect("end frame");
+        ranges.push(first..enc.seek_table().num_frames() as usize);
+    }
+    enc.finish().expect("write seek table");
+    ranges
+}
+
+pub fn in_frame(bytes: Vec<u8>) -> Box<dyn Read> {
+    Box::new(std::io::Cursor::new(bytes))
+}
+
+/// Writes members one frame each, then the end-of-archive blocks, like airlock does.
+pub fn write_bundle(path: &Path, members: &[Member]) {
+    let mut frames: Vec<Box<dyn Read>> = members.iter().map(|m| in_frame(m.tar_bytes())).collect();
+    frames.push(in_frame(vec![0; 1024]));
+    write_frames(path, frames);
 }
