@@ -311,6 +311,74 @@ fn docker_config_json_credentials_are_used() {
     assert_success(&out, "export with docker config.json");
 }
 
+/// An image-set file over two registries, the procedure's variables naming the first: its
+/// username and password go to it alone; the second, whose `credentials` is `docker` too,
+/// gets what docker's config.json holds for it (here another account), never the first's.
+#[test]
+fn image_set_credentials_from_the_environment_go_only_to_the_registry_they_name() {
+    let a = TestRegistry::start(RegistryOpts::plain().with_auth("robot", "s3cret-A"));
+    let b = TestRegistry::start(RegistryOpts::plain().with_auth("other", "pw-B"));
+    let ca = build_corpus(&a);
+    let cb = build_corpus(&b);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let docker = dir.path().join("docker");
+    std::fs::create_dir(&docker).expect("mkdir");
+    std::fs::write(
+        docker.join("config.json"),
+        format!(
+            r#"{{"auths":{{"{}":{{"auth":"{}"}}}}}}"#,
+            b.host(),
+            base64_encode(b"other:pw-B")
+        ),
+    )
+    .expect("write config.json");
+    let cfg = dir.path().join("set.yaml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "registries:\n  - registry: {}\n    namespace: src\n    tls: {{ plainHttp: true }}\n    images: [{{ name: alpha, tags: ['1.0'] }}]\n  - registry: {}\n    namespace: src\n    tls: {{ plainHttp: true }}\n    images: [{{ name: beta, tags: ['1.0'] }}]\n",
+            a.host(),
+            b.host()
+        ),
+    )
+    .expect("write set");
+    let bundle = dir.path().join("two.tar.zst");
+    let out = run_airlock(
+        [
+            "export",
+            "--config",
+            cfg.to_str().unwrap(),
+            "-o",
+            bundle.to_str().unwrap(),
+        ],
+        &[
+            ("DOCKER_CONFIG", docker.to_str().unwrap()),
+            ("SOURCE_DOCKER_REGISTRY", &a.host()),
+            ("SOURCE_DOCKER_USERNAME", "robot"),
+            ("SOURCE_DOCKER_PASSWORD", "s3cret-A"),
+        ],
+        None,
+    );
+    assert_success(
+        &out,
+        "export from two registries, each with its own credentials",
+    );
+    let bj = read_bundle_json(&bundle);
+    let digests: Vec<&str> = bj["images"]
+        .as_array()
+        .expect("images")
+        .iter()
+        .filter_map(|i| i["digest"].as_str())
+        .collect();
+    assert_eq!(
+        digests,
+        [
+            ca.get("src/alpha", "1.0").digest.as_str(),
+            cb.get("src/beta", "1.0").digest.as_str()
+        ]
+    );
+}
+
 fn base64_encode(data: &[u8]) -> String {
     const T: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let mut s = String::new();

@@ -66,13 +66,47 @@ pub(super) async fn connect_image_set(
     set: &crate::imageset::ImageSet,
 ) -> Result<HashMap<String, Arc<Registry>>> {
     use crate::imageset::CredentialSource;
+    // Flag and environment credentials go to one registry only, as with images named on the
+    // command line: the one `--registry`/`SOURCE_DOCKER_REGISTRY` names, or the file's only
+    // one. The others' `docker` entries read the config files (a private registry's password
+    // must not go to docker.io).
+    let normal = |r: &str| {
+        Reference::parse(&format!("{r}/x"))
+            .map(|p| p.registry)
+            .unwrap_or_else(|_| r.to_string())
+    };
+    let mut names: Vec<String> = Vec::new();
+    for r in &set.registries {
+        if matches!(r.credentials, CredentialSource::Default)
+            && !names.contains(&normal(&r.registry))
+        {
+            names.push(normal(&r.registry));
+        }
+    }
+    let creds_for = match (&source.credentials_for, names.len()) {
+        (Some(n), _) => Some(normal(n)),
+        (None, 1) => names.first().cloned(),
+        (None, 0) => None,
+        (None, _) if source.login.explicit() => {
+            return Err(Error::Usage(format!(
+                "{} names several registries ({}); say which one the username is for with \
+                 --registry or SOURCE_DOCKER_REGISTRY",
+                set.path.display(),
+                names.join(", ")
+            )))
+        }
+        (None, _) => None,
+    };
     let mut clients = HashMap::new();
     for r in &set.registries {
         if clients.contains_key(&r.registry) {
             continue;
         }
         let creds = match &r.credentials {
-            CredentialSource::Default => source.login.credentials(&r.registry, &Terminal)?,
+            CredentialSource::Default if creds_for.as_deref() == Some(&*normal(&r.registry)) => {
+                source.login.credentials(&r.registry, &Terminal)?
+            }
+            CredentialSource::Default => crate::credentials::from_config_files(&r.registry),
             CredentialSource::Anonymous => None,
             env @ CredentialSource::Env { .. } => env.env_credentials(&ProcessEnv)?,
         };
