@@ -93,16 +93,39 @@ pub struct Summary {
 
 /// Calls `f` with every entry of the cache, in directory order.
 fn each_entry(dir: &Path, mut f: impl FnMut(Entry)) -> Result<()> {
+    // What `cache prune` deletes must be the cache's: not an OCI image layout given by
+    // mistake (its blobs look the same), nor what a symbolic link points to.
+    if dir.join("oci-layout").exists() {
+        return Err(Error::Usage(format!(
+            "{} is an OCI image layout, not airlock's cache",
+            dir.display()
+        )));
+    }
     let blobs = dir.join("blobs/sha256");
-    if !blobs.exists() {
-        return Ok(());
+    for part in [dir.join("blobs"), blobs.clone()] {
+        match std::fs::symlink_metadata(&part) {
+            Ok(m) if m.file_type().is_symlink() => {
+                return Err(Error::Usage(format!(
+                    "{} is a symbolic link: airlock's cache holds its entries itself",
+                    part.display()
+                )))
+            }
+            Ok(_) => {}
+            Err(_) => return Ok(()),
+        }
     }
     for e in std::fs::read_dir(&blobs).ctx(|| format!("reading {}", blobs.display()))? {
         let e = e.ctx(|| format!("reading {}", blobs.display()))?;
         let meta = e
             .metadata()
             .ctx(|| format!("reading {}", e.path().display()))?;
-        if !meta.is_file() {
+        // Entries are named by their digest's 64 hex digits; anything else is not ours.
+        let named = e.file_name().to_str().is_some_and(|n| {
+            n.len() == 64
+                && n.bytes()
+                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        });
+        if !meta.is_file() || !named {
             continue;
         }
         f(Entry {

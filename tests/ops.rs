@@ -177,6 +177,77 @@ fn diff_of_two_months_names_added_removed_and_retagged_images_and_the_new_bytes(
     assert!(stderr_text(&bad).contains("junk.tar.zst"));
 }
 
+/// `cache prune` deletes only what is the cache's own: a directory given by mistake that is
+/// an OCI image layout is refused, a `blobs/sha256` that is a symbolic link is not followed,
+/// and files not named by a digest are left; each refusal exits 2 and removes nothing.
+#[test]
+fn cache_prune_deletes_only_the_caches_own_entries() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let hex = "ab".repeat(32);
+    let prune = |cache: &std::path::Path| {
+        run_airlock(
+            [
+                "cache",
+                "prune",
+                "--cache-dir",
+                cache.to_str().expect("utf8"),
+                "--max-size",
+                "1",
+            ],
+            &[],
+            None,
+        )
+    };
+    // An OCI image layout (a skopeo oci: directory, an extracted bundle).
+    let layout = dir.path().join("layout");
+    std::fs::create_dir_all(layout.join("blobs/sha256")).expect("mkdir");
+    std::fs::write(
+        layout.join("oci-layout"),
+        r#"{"imageLayoutVersion":"1.0.0"}"#,
+    )
+    .expect("write");
+    std::fs::write(layout.join("blobs/sha256").join(&hex), b"a blob").expect("write");
+    let o = prune(&layout);
+    assert_eq!(o.status.code(), Some(2), "{}", describe_output(&o));
+    assert!(
+        stderr_text(&o).contains("OCI image layout"),
+        "{}",
+        describe_output(&o)
+    );
+    assert!(
+        layout.join("blobs/sha256").join(&hex).is_file(),
+        "a layout's blob was removed"
+    );
+    // A cache whose blobs/sha256 is a link to somewhere else.
+    let victim = dir.path().join("victim");
+    std::fs::create_dir_all(&victim).expect("mkdir");
+    std::fs::write(victim.join(&hex), b"precious").expect("write");
+    let linked = dir.path().join("linked");
+    std::fs::create_dir_all(linked.join("blobs")).expect("mkdir");
+    std::os::unix::fs::symlink(&victim, linked.join("blobs/sha256")).expect("symlink");
+    let o = prune(&linked);
+    assert_eq!(o.status.code(), Some(2), "{}", describe_output(&o));
+    assert!(
+        victim.join(&hex).is_file(),
+        "the link was followed and its target pruned"
+    );
+    // Files not named by a digest are not the cache's.
+    let cache = dir.path().join("cache");
+    std::fs::create_dir_all(cache.join("blobs/sha256")).expect("mkdir");
+    std::fs::write(cache.join("blobs/sha256/notes.txt"), b"mine").expect("write");
+    std::fs::write(cache.join("blobs/sha256").join(&hex), b"an entry").expect("write");
+    let o = prune(&cache);
+    assert_success(&o, "prune of a cache");
+    assert!(
+        cache.join("blobs/sha256/notes.txt").is_file(),
+        "a file not named by a digest went"
+    );
+    assert!(
+        !cache.join("blobs/sha256").join(&hex).exists(),
+        "the entry stayed"
+    );
+}
+
 #[test]
 fn cache_ls_and_prune() {
     let src = TestRegistry::start(RegistryOpts::plain());
