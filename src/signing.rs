@@ -41,7 +41,8 @@ pub fn keygen(prefix: &Path, no_password: bool, force: bool) -> Result<(PathBuf,
     pk_path.push(".pub");
     let (sk_path, pk_path) = (PathBuf::from(sk_path), PathBuf::from(pk_path));
     for p in [&sk_path, &pk_path] {
-        if p.exists() && !force {
+        // A link counts as there, even when it points nowhere.
+        if std::fs::symlink_metadata(p).is_ok() && !force {
             return Err(Error::Usage(format!(
                 "{} exists; remove it or pass --force",
                 p.display()
@@ -91,10 +92,16 @@ pub fn keygen(prefix: &Path, no_password: bool, force: bool) -> Result<(PathBuf,
 fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
+    // A new file, made 0600 here: an existing one (--force) keeps its mode when truncated, and
+    // a link there would take the key elsewhere, so whatever is there goes first.
+    match std::fs::symlink_metadata(path) {
+        Ok(_) => std::fs::remove_file(path).ctx(|| format!("replacing {}", path.display()))?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(Error::io(format!("writing {}", path.display()), e)),
+    }
     let mut f = std::fs::OpenOptions::new()
         .write(true)
-        .create(true)
-        .truncate(true)
+        .create_new(true)
         .mode(0o600)
         .open(path)
         .ctx(|| format!("writing {}", path.display()))?;

@@ -836,6 +836,42 @@ fn keygen(prefix: &Path, password: Option<&str>) -> Output {
     run_airlock(&args, &envs, None)
 }
 
+/// The secret key is never left readable by others: `keygen --force` over a key file of mode
+/// 0644 writes a new file of mode 0600, and a link where the key goes (even one pointing
+/// nowhere) is refused without --force and replaced, not followed, with it.
+#[test]
+fn keygen_writes_the_secret_key_only_to_a_new_file_of_its_own() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempdir("airlock-keys-");
+    let prefix = dir.path().join("k");
+    let key = dir.path().join("k.key");
+    fs::write(&key, b"old").expect("write");
+    fs::set_permissions(&key, fs::Permissions::from_mode(0o644)).expect("chmod");
+    let mut args = vec![OsString::from("keygen"), "-o".into(), prefix.clone().into()];
+    args.extend(["--no-password".into(), "--force".into()]);
+    let o = run_airlock(&args, &[], None);
+    assert_success(&o, "keygen --force");
+    let mode = fs::metadata(&key).expect("key").permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "the secret key's mode is {mode:o}");
+
+    let linked = dir.path().join("l");
+    let target = dir.path().join("elsewhere");
+    std::os::unix::fs::symlink(&target, dir.path().join("l.key")).expect("symlink");
+    let o = keygen(&linked, None);
+    assert_eq!(o.status.code(), Some(2), "{}", describe_output(&o));
+    assert!(!target.exists(), "the key went through the link");
+    let mut args = vec![OsString::from("keygen"), "-o".into(), linked.clone().into()];
+    args.extend(["--no-password".into(), "--force".into()]);
+    let o = run_airlock(&args, &[], None);
+    assert_success(&o, "keygen --force over a link");
+    assert!(!target.exists(), "the key went through the link");
+    let meta = fs::symlink_metadata(dir.path().join("l.key")).expect("key");
+    assert!(
+        meta.file_type().is_file(),
+        "the link was not replaced by a file"
+    );
+}
+
 #[test]
 fn signed_bundles_verify_with_airlock_and_minisign_and_tampering_is_refused() {
     let src = TestRegistry::start(RegistryOpts::plain());
