@@ -38,6 +38,13 @@ fn limit_malloc_arenas() {
 
 fn main() {
     limit_malloc_arenas();
+    // An empty variable counts as unset (README); clap would take "" for a value. Removed
+    // here, before any thread starts.
+    for var in ["AIRLOCK_TIMEOUT", "AIRLOCK_CACHE_DIR"] {
+        if std::env::var_os(var).is_some_and(|v| v.is_empty()) {
+            std::env::remove_var(var);
+        }
+    }
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -355,6 +355,35 @@ fn man_prints_the_main_page_and_writes_one_page_per_subcommand() {
 /// Where short names go, flag by flag and variable by variable: the origin procedure's
 /// defaults only in its own (variable) mode, and a usage error that says what to add when
 /// only a tag is given.
+/// An empty AIRLOCK_CACHE_DIR or AIRLOCK_TIMEOUT counts as unset, as every variable does (an
+/// `AIRLOCK_CACHE_DIR=` line in the service's export.env made every run a usage error).
+#[test]
+fn empty_airlock_variables_count_as_unset() {
+    let o = run_airlock(
+        ["cache", "ls", "--json"],
+        &[("AIRLOCK_CACHE_DIR", ""), ("AIRLOCK_TIMEOUT", "")],
+        None,
+    );
+    assert_success(
+        &o,
+        "cache ls with empty AIRLOCK_CACHE_DIR and AIRLOCK_TIMEOUT",
+    );
+    let o = run_airlock(
+        [
+            "export",
+            "127.0.0.1:9/x/y:1",
+            "-o",
+            "unused.tar.zst",
+            "--plan",
+            "--retries",
+            "0",
+        ],
+        &[("AIRLOCK_TIMEOUT", "")],
+        None,
+    );
+    assert_eq!(o.status.code(), Some(1), "{}", describe_output(&o));
+}
+
 #[test]
 fn short_name_defaults_are_in_the_open() {
     let src = TestRegistry::start(RegistryOpts::plain());
