@@ -137,6 +137,49 @@ fn each_entry(dir: &Path, mut f: impl FnMut(Entry)) -> Result<()> {
     Ok(())
 }
 
+/// A lock on a cache directory (`DIR/lock`, `flock`): exports hold it shared while they use
+/// the cache, `cache prune` exclusively, so that a prune never removes an entry an export has
+/// found and is about to read. Released when dropped (or when the process ends, however).
+pub struct CacheLock {
+    _file: std::fs::File,
+}
+
+/// Takes the cache's lock: shared waits for a prune under way (seconds); exclusive fails at
+/// once, naming the cache, when an export holds it.
+pub fn lock(dir: &Path, exclusive: bool) -> Result<CacheLock> {
+    use std::os::unix::io::AsRawFd;
+    let path = dir.join("lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .read(true)
+        .write(true)
+        .open(&path)
+        .ctx(|| format!("opening {}", path.display()))?;
+    let op = if exclusive {
+        libc::LOCK_EX | libc::LOCK_NB
+    } else {
+        libc::LOCK_SH
+    };
+    loop {
+        // SAFETY: a plain system call on a descriptor this function owns.
+        if unsafe { libc::flock(file.as_raw_fd(), op) } == 0 {
+            return Ok(CacheLock { _file: file });
+        }
+        let e = std::io::Error::last_os_error();
+        match e.kind() {
+            std::io::ErrorKind::Interrupted => continue,
+            std::io::ErrorKind::WouldBlock => {
+                return Err(Error::Failed(format!(
+                    "an export is using the cache {}: prune it once the export is done",
+                    dir.display()
+                )))
+            }
+            _ => return Err(Error::io(format!("locking {}", path.display()), e)),
+        }
+    }
+}
+
 /// Every entry of the cache, least recently used first.
 pub fn entries(dir: &Path) -> Result<Vec<Entry>> {
     let mut out = Vec::new();
@@ -184,7 +227,12 @@ pub struct Pruned {
 /// Removes entries unused for longer than `older_than`, then the least recently used until
 /// the rest fit in `max_size`.
 pub fn prune(dir: &Path, older_than: Option<Duration>, max_size: Option<u64>) -> Result<Pruned> {
+    if !dir.join("blobs").exists() {
+        return Ok(Pruned::default());
+    }
     let mut all = entries(dir)?;
+    // Not while an export uses the cache (after the checks of what the directory is).
+    let _lock = lock(dir, true)?;
     let now = SystemTime::now();
     let mut out = Pruned::default();
     let remove = |e: &Entry, out: &mut Pruned| -> Result<()> {

@@ -248,6 +248,63 @@ fn cache_prune_deletes_only_the_caches_own_entries() {
     );
 }
 
+/// `cache prune` never removes what a running export uses: while an export reads the cache
+/// (slowly, through a throttled link), a prune is refused saying so and removes nothing, and
+/// the export completes; once it is done, the prune goes through.
+#[test]
+fn cache_prune_waits_for_no_export_and_is_refused_during_one() {
+    let src = TestRegistry::start(RegistryOpts::plain());
+    let corpus = build_corpus(&src);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cache = dir.path().join("cache");
+    let c = cache.to_str().expect("utf8").to_string();
+    // An export through a slow link: its cache fills as it goes, and it reads each entry back.
+    let proxy = ThrottleProxy::for_registry(&src, 8 * 1024);
+    let list = dir.path().join("slow.txt");
+    std::fs::write(&list, corpus.images_file(&proxy.host())).expect("list");
+    let home = tempfile::tempdir().expect("home");
+    let mut slow = airlock_command(home.path());
+    slow.args(["export", "-q", "--plain-http", "--cache-dir", &c, "-f"])
+        .arg(&list)
+        .arg("-o")
+        .arg(dir.path().join("slow.tar.zst"));
+    let running = slow.spawn().expect("start the export");
+    let cached = || {
+        std::fs::read_dir(cache.join("blobs/sha256"))
+            .map(|d| d.count())
+            .unwrap_or(0)
+    };
+    let waiting = std::time::Instant::now();
+    while cached() < 2 && waiting.elapsed() < std::time::Duration::from_secs(30) {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let before = cached();
+    let o = run_airlock(
+        ["cache", "prune", "--cache-dir", &c, "--max-size", "1"],
+        &[],
+        None,
+    );
+    let still = cached();
+    let done = running.wait_with_output().expect("the export");
+    assert_success(&done, "the export the prune met");
+    assert_eq!(o.status.code(), Some(1), "{}", describe_output(&o));
+    assert!(
+        stderr_text(&o).contains("an export is using the cache"),
+        "{}",
+        describe_output(&o)
+    );
+    assert!(
+        still >= before,
+        "the prune removed entries during the export"
+    );
+    let o = run_airlock(
+        ["cache", "prune", "--cache-dir", &c, "--max-size", "1"],
+        &[],
+        None,
+    );
+    assert_success(&o, "prune after the export");
+}
+
 #[test]
 fn cache_ls_and_prune() {
     let src = TestRegistry::start(RegistryOpts::plain());

@@ -311,6 +311,8 @@ pub async fn run(args: ExportArgs) -> Result<()> {
         std::fs::create_dir_all(cache.join(sub))
             .ctx(|| format!("creating cache directory {}", cache.join(sub).display()))?;
     }
+    // Held to the end of the export: `cache prune` waits for it.
+    let _cache_lock = crate::cache::lock(&cache, false)?;
     let reporter = Reporter::new(args.out.quiet || args.out.json, args.out.verbose);
     // What killed runs (SIGKILL, power loss) left half-written in the cache.
     let stale = crate::fetch::clean_stale_temps(&cache.join("tmp"));
