@@ -4,6 +4,7 @@ use airlock::cli::{Cli, Command};
 use airlock::commands;
 use airlock::error::{Error, EXIT_OK};
 use clap::Parser;
+use std::time::Duration;
 
 /// Waits for SIGINT or SIGTERM; returns its name and the exit code it maps to (128 + signal
 /// number: 130, 143). Pends forever when the handlers cannot be installed.
@@ -46,6 +47,7 @@ fn main() {
         }
     }
     let cli = Cli::parse();
+    let terminal = terminal_settings();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -63,6 +65,15 @@ fn main() {
         }
         // Listen before any work starts, so that an early signal is not missed.
         let stop = stop_signal();
+        // The same signals, heard on a thread of their own: work that blocks its thread (a
+        // prompt waiting for a line, keygen, cache prune) cannot hear them, so after a grace
+        // the stop is made from here.
+        tokio::spawn(async move {
+            let (name, code) = stop_signal().await;
+            let _ = SIGNALLED.set((name, code));
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            stop_now(name, code, terminal);
+        });
         let work = async move {
             match cli.command {
                 Command::Export(a) => commands::export::run(a).await,
@@ -90,23 +101,57 @@ fn main() {
             r = work => Ok(r),
         }
     });
+    // A signal that interrupted blocking work (a password prompt's read) is what stopped it.
+    let outcome = match (outcome, SIGNALLED.get()) {
+        (Ok(_), Some(&(name, code))) => Err((name, code)),
+        (o, _) => o,
+    };
     let code = match outcome {
         Ok(Ok(())) => EXIT_OK,
         Ok(Err(e)) => {
             eprintln!("airlock: error: {e}");
             e.exit_code()
         }
-        Err((name, code)) => {
-            // Our own unfinished files go; nothing new can be created from now on.
-            let removed = airlock::cleanup::remove_all();
-            eprintln!(
-                "airlock: stopped by {name}; removed {}",
-                airlock::units::count(removed.len() as u64, "unfinished file", "unfinished files")
-            );
-            code
-        }
+        Err((name, code)) => stop_now(name, code, terminal),
     };
     // Leave background transfers behind: the outcome is decided.
     runtime.shutdown_background();
     std::process::exit(code);
+}
+
+/// The signal heard, once it was: (its name, the exit code it gives).
+static SIGNALLED: std::sync::OnceLock<(&'static str, i32)> = std::sync::OnceLock::new();
+
+/// Stops the process for signal `name`: the terminal as it was (a hidden prompt turns echo
+/// off), our own unfinished files removed (nothing new can be created from now on), exit
+/// `code`.
+fn stop_now(name: &str, code: i32, terminal: Option<libc::termios>) -> ! {
+    restore_terminal(terminal);
+    let removed = airlock::cleanup::remove_all();
+    eprintln!(
+        "airlock: stopped by {name}; removed {}",
+        airlock::units::count(removed.len() as u64, "unfinished file", "unfinished files")
+    );
+    std::process::exit(code);
+}
+
+/// The terminal's settings on standard input, when it is one.
+fn terminal_settings() -> Option<libc::termios> {
+    // SAFETY: isatty and tcgetattr on descriptor 0 with a zeroed struct they fill.
+    unsafe {
+        if libc::isatty(0) != 1 {
+            return None;
+        }
+        let mut t: libc::termios = std::mem::zeroed();
+        (libc::tcgetattr(0, &mut t) == 0).then_some(t)
+    }
+}
+
+fn restore_terminal(saved: Option<libc::termios>) {
+    if let Some(t) = saved {
+        // SAFETY: tcsetattr on descriptor 0 with settings tcgetattr gave.
+        unsafe {
+            libc::tcsetattr(0, libc::TCSANOW, &t);
+        }
+    }
 }

@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command};
+use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -738,6 +738,76 @@ fn sigterm_and_sigint_stop_an_export_and_leave_nothing_behind() {
 
 /// SIGTERM during an import that is uploading (slowly): exit 143 within a couple of seconds;
 /// a re-run completes and the target has every digest.
+/// Ctrl-C at a prompt stops airlock: at a hidden password prompt (keygen on a terminal,
+/// played by `script`), SIGINT gives exit 130 within a few seconds, no key file, and the
+/// terminal's echo back on (the prompt had turned it off). Before, the prompt's read was
+/// interrupted into an error (exit 1), and at a visible prompt nothing happened until Enter.
+#[test]
+fn sigint_at_a_password_prompt_exits_130_and_gives_the_terminal_back() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let prefix = dir.path().join("k");
+    let bin = airlock_bin();
+    let script = format!(
+        "{} keygen -o {}; echo EXIT=$?; stty -a",
+        bin.display(),
+        prefix.display()
+    );
+    let home = tempfile::tempdir().expect("home");
+    let mut child = Command::new("script")
+        .args(["-qec", &script, "/dev/null"])
+        .env("HOME", home.path())
+        .env_remove("AIRLOCK_KEY_PASSWORD")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("script (bsdutils)");
+    // airlock, as a grandchild: found by its executable and its arguments.
+    let prefix_text = prefix.display().to_string();
+    let find = || -> Option<u32> {
+        std::fs::read_dir("/proc")
+            .ok()?
+            .filter_map(|e| e.ok())
+            .find_map(|e| {
+                let pid: u32 = e.file_name().to_str()?.parse().ok()?;
+                let exe = std::fs::read_link(format!("/proc/{pid}/exe")).ok()?;
+                let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+                (exe == bin && String::from_utf8_lossy(&cmd).contains(&prefix_text)).then_some(pid)
+            })
+    };
+    let mut pid = None;
+    wait_for(Duration::from_secs(20), "airlock keygen to start", || {
+        pid = find();
+        pid.is_some()
+    });
+    // At the prompt by now (it asks at once); a moment for it to turn echo off.
+    std::thread::sleep(Duration::from_millis(500));
+    let pid = pid.expect("pid").to_string();
+    let sent = Instant::now();
+    assert!(Command::new("kill")
+        .args(["-INT", &pid])
+        .status()
+        .expect("kill")
+        .success());
+    wait_for(Duration::from_secs(10), "airlock to stop", || {
+        !std::path::Path::new(&format!("/proc/{pid}")).exists()
+    });
+    let took = sent.elapsed();
+    drop(child.stdin.take());
+    let out = child.wait_with_output().expect("script");
+    let text = String::from_utf8_lossy(&out.stdout).replace('\r', "");
+    assert!(
+        text.contains("EXIT=130"),
+        "not stopped with 130 ({took:?}): {text}"
+    );
+    assert!(took < Duration::from_secs(5), "took {took:?} to stop");
+    assert!(
+        text.split_whitespace().any(|w| w == "echo"),
+        "the terminal's echo stayed off: {text}"
+    );
+    assert!(!dir.path().join("k.key").exists(), "a key file was written");
+}
+
 #[test]
 fn sigterm_stops_an_import_and_a_rerun_completes() {
     let src = TestRegistry::start(RegistryOpts::plain());
