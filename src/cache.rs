@@ -276,8 +276,13 @@ pub fn prune(dir: &Path, older_than: Option<Duration>, max_size: Option<u64>) ->
 mod tests {
     use super::*;
 
+    /// An entry named by a digest: `name` repeated to 64 hex digits.
+    fn hex(name: &str) -> String {
+        name.repeat(64)
+    }
+
     fn entry(dir: &Path, name: &str, size: usize, age_days: u64) {
-        let p = dir.join("blobs/sha256").join(name);
+        let p = dir.join("blobs/sha256").join(hex(name));
         std::fs::create_dir_all(p.parent().expect("parent")).expect("mkdir");
         std::fs::write(&p, vec![0u8; size]).expect("write");
         let f = std::fs::File::options().write(true).open(&p).expect("open");
@@ -297,9 +302,12 @@ mod tests {
         assert!(s.oldest_age_secs.expect("age") >= 40 * 86_400 - 60);
         let p = prune(d.path(), Some(Duration::from_secs(30 * 86_400)), None).expect("prune");
         assert_eq!((p.removed, p.kept), (1, 3));
-        assert!(!d.path().join("blobs/sha256/a").exists());
+        assert!(!d.path().join("blobs/sha256").join(hex("a")).exists());
         let p = prune(d.path(), None, Some(150)).expect("prune");
         assert_eq!((p.removed, p.bytes_kept), (2, 100));
-        assert!(d.path().join("blobs/sha256/e").exists(), "the newest stays");
+        assert!(
+            d.path().join("blobs/sha256").join(hex("e")).exists(),
+            "the newest stays"
+        );
     }
 }
