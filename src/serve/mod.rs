@@ -22,7 +22,6 @@ use sha2::Digest as _;
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -622,34 +621,11 @@ const HEAD_TIMEOUT: Duration = Duration::from_secs(30);
 /// that stopped reading a blob holds its buffers and a connection slot no longer.
 const STALL: Duration = Duration::from_secs(120);
 
-/// A connection's stream, noting when a byte last moved either way.
+/// A connection's stream, noting when a byte last moved either way (the registry client's
+/// [`Activity`](crate::registry::transport::Activity), which times its requests out alike).
 struct Watched {
     inner: tokio::net::TcpStream,
-    since: Instant,
-    /// Milliseconds from `since` to the last byte read or written.
-    last: Arc<AtomicU64>,
-}
-
-impl Watched {
-    fn new(inner: tokio::net::TcpStream) -> Watched {
-        Watched {
-            inner,
-            since: Instant::now(),
-            last: Arc::default(),
-        }
-    }
-
-    fn touch(&self) {
-        let ms = u64::try_from(self.since.elapsed().as_millis()).unwrap_or(u64::MAX);
-        self.last.store(ms, Ordering::Relaxed);
-    }
-
-    /// How long since a byte last moved, from a copy of `last` and `since`.
-    fn idle(since: Instant, last: &AtomicU64) -> Duration {
-        since
-            .elapsed()
-            .saturating_sub(Duration::from_millis(last.load(Ordering::Relaxed)))
-    }
+    activity: crate::registry::transport::Activity,
 }
 
 impl tokio::io::AsyncRead for Watched {
@@ -662,7 +638,7 @@ impl tokio::io::AsyncRead for Watched {
         let before = buf.filled().len();
         let r = std::pin::Pin::new(&mut me.inner).poll_read(cx, buf);
         if buf.filled().len() > before {
-            me.touch();
+            me.activity.touch();
         }
         r
     }
@@ -677,7 +653,7 @@ impl tokio::io::AsyncWrite for Watched {
         let me = self.get_mut();
         let r = std::pin::Pin::new(&mut me.inner).poll_write(cx, buf);
         if matches!(r, std::task::Poll::Ready(Ok(n)) if n > 0) {
-            me.touch();
+            me.activity.touch();
         }
         r
     }
@@ -690,7 +666,7 @@ impl tokio::io::AsyncWrite for Watched {
         let me = self.get_mut();
         let r = std::pin::Pin::new(&mut me.inner).poll_write_vectored(cx, bufs);
         if matches!(r, std::task::Poll::Ready(Ok(n)) if n > 0) {
-            me.touch();
+            me.activity.touch();
         }
         r
     }
@@ -794,8 +770,11 @@ pub async fn listen(
                     Ok::<_, std::convert::Infallible>(resp)
                 }
             });
-            let watched = Watched::new(stream);
-            let (since, last) = (watched.since, watched.last.clone());
+            let activity = crate::registry::transport::Activity::new();
+            let watched = Watched {
+                inner: stream,
+                activity: activity.clone(),
+            };
             let io: Box<dyn Stream> = match tls {
                 Some(acceptor) => {
                     match tokio::time::timeout(HEAD_TIMEOUT, acceptor.accept(watched)).await {
@@ -823,7 +802,7 @@ pub async fn listen(
                         conn.as_mut().graceful_shutdown();
                     }
                     _ = tokio::time::sleep(STALL / 4) => {
-                        if Watched::idle(since, &last) >= STALL {
+                        if activity.idle_for() >= STALL {
                             break;
                         }
                     }
