@@ -118,9 +118,6 @@ struct Download<'a> {
     verifier: Option<Verifier>,
     budget: Budget,
     body: Option<futures_util::stream::BoxStream<'static, io::Result<Bytes>>>,
-    /// The furthest a try has got: a cut past it is progress (a restart from the first byte
-    /// must pass it again to count).
-    best: u64,
 }
 
 impl<'a> Download<'a> {
@@ -132,7 +129,6 @@ impl<'a> Download<'a> {
             verifier: Some(Verifier::new(&o.digest, o.size)),
             budget: Budget::new(reg.retry_policy()),
             body: None,
-            best: 0,
         }
     }
 
@@ -166,10 +162,7 @@ impl<'a> Download<'a> {
                 }
                 Some(Err(e)) => {
                     self.body = None;
-                    if verifier.seen() > self.best {
-                        self.best = verifier.seen();
-                        self.budget.progressed();
-                    }
+                    self.budget.reached(verifier.seen());
                     if !self.budget.again(None).await {
                         return Err(Error::registry(
                             self.reg.name(),

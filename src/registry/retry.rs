@@ -55,6 +55,8 @@ impl RetryPolicy {
 pub struct Budget {
     policy: RetryPolicy,
     failures: u32,
+    /// The furthest its transfer has got (see [`reached`](Self::reached)).
+    furthest: u64,
 }
 
 impl Budget {
@@ -62,6 +64,7 @@ impl Budget {
         Budget {
             policy: policy.clone(),
             failures: 0,
+            furthest: 0,
         }
     }
 
@@ -76,12 +79,16 @@ impl Budget {
         true
     }
 
-    /// A transfer that moved forward since its last failure (bytes that stay: a download's
-    /// beyond any it had before, an upload's the registry holds) starts its count again:
-    /// the budget is for failures in a row, so a long transfer on a link that drops now and
-    /// then goes on as long as each try gets somewhere, and one that gets nowhere still ends.
-    pub fn progressed(&mut self) {
-        self.failures = 0;
+    /// Where a transfer stands at a failure (bytes that stay: a download's, an upload's the
+    /// registry holds). Past the furthest it had got, it starts its count again: the budget is
+    /// for failures in a row, so a long transfer on a link that drops now and then goes on as
+    /// long as each try gets somewhere, and one that gets nowhere (or must start over from the
+    /// first byte, and has not passed where it was) still ends.
+    pub fn reached(&mut self, at: u64) {
+        if at > self.furthest {
+            self.furthest = at;
+            self.failures = 0;
+        }
     }
 
     /// Tries that failed (in a row, for a transfer that moves forward).

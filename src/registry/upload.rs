@@ -336,8 +336,6 @@ impl Registry {
             known: true,
             min_chunk: 0,
         });
-        // The most the registry was known to hold: more after a failure is progress.
-        let mut best = 0u64;
         loop {
             let outcome = self
                 .try_upload(repo, digest, size, source, &mut session, &mut budget, &what)
@@ -382,15 +380,13 @@ impl Registry {
             {
                 return Ok(());
             }
-            // (A session a PUT used up holds nothing to go on from.)
-            let held = session
-                .as_ref()
-                .filter(|s| s.offset != u64::MAX)
-                .map_or(0, |s| s.offset);
-            if held > best {
-                best = held;
-                budget.progressed();
-            }
+            // What the registry holds (a session a PUT used up holds nothing to go on from).
+            budget.reached(
+                session
+                    .as_ref()
+                    .filter(|s| s.offset != u64::MAX)
+                    .map_or(0, |s| s.offset),
+            );
             if !budget.again(retry_after).await {
                 self.cancel(repo, session.take()).await;
                 let e = self.gave_up(format!("{what}: {why}"), &budget);
