@@ -175,6 +175,27 @@ impl Registry {
         same_origin(url, &self.base)
     }
 
+    /// `req` with `auth` as its `Authorization` header if it goes to the registry's own
+    /// origin, and whether it does: every request that carries the registry's credentials is
+    /// made ready here.
+    fn authorized(
+        &self,
+        req: RequestBuilder,
+        auth: Option<&str>,
+    ) -> Result<(RequestBuilder, bool)> {
+        let (client, request) = req.build_split();
+        let mut request =
+            request.map_err(|e| Error::registry(&self.name, format!("making a request: {e}")))?;
+        let own = self.own(request.url());
+        if let (Some(h), true) = (auth, own) {
+            let v = reqwest::header::HeaderValue::from_str(h).map_err(|_| {
+                Error::registry(&self.name, "an Authorization value that is no header")
+            })?;
+            request.headers_mut().insert(AUTHORIZATION, v);
+        }
+        Ok((RequestBuilder::from_parts(client, request), own))
+    }
+
     fn url(&self, path: &str) -> Result<Url> {
         self.base
             .join(path)
@@ -238,17 +259,7 @@ impl Registry {
                 }
                 Err(e) => return Err(e),
             };
-            let (client, request) = build()?.build_split();
-            let mut request = request
-                .map_err(|e| Error::registry(&self.name, format!("making a request: {e}")))?;
-            let own = self.own(request.url());
-            if let (Some(h), true) = (&auth, own) {
-                let v = reqwest::header::HeaderValue::from_str(h).map_err(|_| {
-                    Error::registry(&self.name, "an Authorization value that is no header")
-                })?;
-                request.headers_mut().insert(AUTHORIZATION, v);
-            }
-            let req = RequestBuilder::from_parts(client, request);
+            let (req, own) = self.authorized(build()?, auth.as_deref())?;
             let (why, retry_after) =
                 match send_watched(req, self.retry.idle_timeout, &Activity::new()).await {
                     Ok(resp) if resp.status() == StatusCode::UNAUTHORIZED && own => {

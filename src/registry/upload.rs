@@ -21,7 +21,7 @@ use crate::digest::Digest;
 use crate::error::{Error, Result};
 use bytes::Bytes;
 use futures_util::stream::{BoxStream, Stream, StreamExt};
-use reqwest::header::{AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE};
+use reqwest::header::{CONTENT_LENGTH, CONTENT_TYPE};
 use reqwest::{Response, StatusCode, Url};
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
@@ -588,7 +588,7 @@ impl Registry {
             shared = Some((stream.clone(), s.offset + len));
             let auth = self.authorization(&scope, None).await?;
             let activity = Activity::new();
-            let mut req = self
+            let req = self
                 .http
                 .patch(s.url.clone())
                 .header(CONTENT_TYPE, "application/octet-stream")
@@ -604,9 +604,7 @@ impl Registry {
                     &activity,
                     &error,
                 ));
-            if let (Some(h), true) = (&auth, self.own(&s.url)) {
-                req = req.header(AUTHORIZATION, h);
-            }
+            let (req, _) = self.authorized(req, auth.as_deref())?;
             let sent = send_watched(req, self.retry.idle_timeout, &activity).await;
             if let Some(e) = take_source_error(&error) {
                 return Err(Outcome::Fatal(e));
@@ -724,16 +722,13 @@ impl Registry {
             .append_pair("digest", digest.text().as_str());
         let auth = self.authorization(&scope, None).await?;
         let activity = Activity::new();
-        let own = self.own(&put);
-        let mut req = self
+        let req = self
             .http
             .put(put)
             .header(CONTENT_TYPE, "application/octet-stream")
             .header(CONTENT_LENGTH, size.to_string())
             .body(body_of(&stream, size, true, &activity, &error));
-        if let (Some(h), true) = (&auth, own) {
-            req = req.header(AUTHORIZATION, h);
-        }
+        let (req, _) = self.authorized(req, auth.as_deref())?;
         let sent = send_watched(req, self.retry.idle_timeout, &activity).await;
         if let Some(e) = take_source_error(&error) {
             return Err(Outcome::Fatal(e));
@@ -795,11 +790,14 @@ impl Registry {
     /// Cancels a session given up on (best effort, one try, with the token we hold).
     async fn cancel(&self, repo: &str, session: Option<Session>) {
         let Some(s) = session else { return };
-        let own = self.own(&s.url);
-        let mut req = self.http.delete(s.url);
-        if let (Ok(Some(h)), true) = (self.authorization(&Scope::push(repo), None).await, own) {
-            req = req.header(AUTHORIZATION, h);
-        }
+        let auth = self
+            .authorization(&Scope::push(repo), None)
+            .await
+            .ok()
+            .flatten();
+        let Ok((req, _)) = self.authorized(self.http.delete(s.url), auth.as_deref()) else {
+            return;
+        };
         let _ = tokio::time::timeout(Duration::from_secs(10), req.send()).await;
     }
 }
