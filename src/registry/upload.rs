@@ -373,10 +373,7 @@ impl Registry {
             // A PUT that carried the whole blob and got no answer it could read (a proxy's
             // 504, a cut) may have gone through: ask before sending it all again.
             if session.as_ref().is_some_and(|s| s.offset == u64::MAX)
-                && matches!(
-                    self.blob_exists(repo, digest, &Scope::push(repo)).await,
-                    Ok(Some(n)) if n == size || n == 0
-                )
+                && self.holds_whole(repo, digest, size).await
             {
                 return Ok(());
             }
@@ -416,10 +413,20 @@ impl Registry {
         ) {
             return Err(failure);
         }
-        match self.blob_exists(repo, digest, &Scope::push(repo)).await {
-            Ok(Some(n)) if n == size || n == 0 => Ok(()),
-            _ => Err(failure),
+        if self.holds_whole(repo, digest, size).await {
+            Ok(())
+        } else {
+            Err(failure)
         }
+    }
+
+    /// Whether `repo` has the blob at its size (the registry checked its digest when it took
+    /// it; a size it does not tell is taken as the blob's).
+    async fn holds_whole(&self, repo: &str, digest: &Digest, size: u64) -> bool {
+        matches!(
+            self.blob_exists(repo, digest, &Scope::push(repo)).await,
+            Ok(Some(n)) if n == size || n == 0
+        )
     }
 
     /// Opens an upload session.
