@@ -120,11 +120,10 @@ fn each_entry(dir: &Path, mut f: impl FnMut(Entry)) -> Result<()> {
             .metadata()
             .ctx(|| format!("reading {}", e.path().display()))?;
         // Entries are named by their digest's 64 hex digits; anything else is not ours.
-        let named = e.file_name().to_str().is_some_and(|n| {
-            n.len() == 64
-                && n.bytes()
-                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-        });
+        let named = e
+            .file_name()
+            .to_str()
+            .is_some_and(|n| crate::digest::Digest::parse(&format!("sha256:{n}")).is_ok());
         if !meta.is_file() || !named {
             continue;
         }
