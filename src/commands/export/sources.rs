@@ -70,6 +70,7 @@ pub(super) async fn connect_image_set(
     // command line: the one `--registry`/`SOURCE_DOCKER_REGISTRY` names, or the file's only
     // one. The others' `docker` entries read the config files (a private registry's password
     // must not go to docker.io).
+    // A registry's name as references normalise it (index.docker.io → docker.io).
     let normal = |r: &str| {
         Reference::parse(&format!("{r}/x"))
             .map(|p| p.registry)
@@ -115,9 +116,7 @@ pub(super) async fn connect_image_set(
                 .await?,
         );
         // Images name their registry as references normalise it (index.docker.io → docker.io).
-        if let Ok(normal) = Reference::parse(&format!("{}/x", r.registry)) {
-            clients.insert(normal.registry, reg.clone());
-        }
+        clients.insert(normal(&r.registry), reg.clone());
         clients.insert(r.registry.clone(), reg);
     }
     Ok(clients)
