@@ -977,6 +977,33 @@ impl Drop for PartGuard {
     }
 }
 
+/// What a segment's download received since its last write, kept as the pieces the
+/// connection delivered (no copy: they go to the file in one vectored write).
+#[derive(Default)]
+struct Pending {
+    pieces: Vec<Bytes>,
+    len: usize,
+}
+
+impl Pending {
+    /// Writes the pieces at `at` in segment `k` (which starts at `start`), moves `at` past
+    /// them and tells the reader.
+    async fn write(
+        &mut self,
+        spool: &Arc<Spool>,
+        k: usize,
+        start: u64,
+        at: &mut u64,
+    ) -> Result<()> {
+        spool
+            .write_at(std::mem::take(&mut self.pieces), *at)
+            .await?;
+        *at += std::mem::take(&mut self.len) as u64;
+        spool.filled(k, *at - start);
+        Ok(())
+    }
+}
+
 /// Downloads segment `k` of a spooled blob (starting with `body` when its request is already
 /// answered), resuming a cut transfer where it stopped.
 async fn fill(
@@ -989,10 +1016,7 @@ async fn fill(
     let what = format!("blob {} (bytes {start}-{})", spool.digest, end - 1);
     let mut at = start;
     let mut cuts = 0u32;
-    // What arrived since the last write, kept as the pieces the connection delivered (no
-    // copy: they go to the file in one vectored write).
-    let mut piece: Vec<Bytes> = Vec::new();
-    let mut piece_len = 0usize;
+    let mut pending = Pending::default();
     while at < end {
         let mut stream = match body.take() {
             Some(b) => b,
@@ -1009,20 +1033,16 @@ async fn fill(
         loop {
             match stream.next().await {
                 Some(Ok(c)) => {
-                    if at + (piece_len + c.len()) as u64 > end {
+                    if at + (pending.len + c.len()) as u64 > end {
                         return Err(Error::Integrity {
                             what,
                             detail: "the registry sent more bytes than the range asked".into(),
                         });
                     }
-                    piece_len += c.len();
-                    piece.push(c);
-                    if piece_len >= PIECE || piece.len() >= MAX_PIECES {
-                        let n = piece_len as u64;
-                        spool.write_at(std::mem::take(&mut piece), at).await?;
-                        piece_len = 0;
-                        at += n;
-                        spool.filled(k, at - start);
+                    pending.len += c.len();
+                    pending.pieces.push(c);
+                    if pending.len >= PIECE || pending.pieces.len() >= MAX_PIECES {
+                        pending.write(spool, k, start, &mut at).await?;
                         cuts = 0;
                     }
                 }
@@ -1033,12 +1053,8 @@ async fn fill(
                 None => break,
             }
         }
-        if !piece.is_empty() {
-            let n = piece_len as u64;
-            spool.write_at(std::mem::take(&mut piece), at).await?;
-            piece_len = 0;
-            at += n;
-            spool.filled(k, at - start);
+        if !pending.pieces.is_empty() {
+            pending.write(spool, k, start, &mut at).await?;
             // Bytes arrived before the cut: it is not one in a row.
             cuts = 0;
         }
